@@ -1,0 +1,187 @@
+//! The membership advert: what every node gossips about itself every few seconds, and
+//! what a peer answers when asked directly. Gossipsub signs each message with the
+//! sender's key; receivers also check that [`Advert::peer_id`] is the signer.
+
+use serde::{Deserialize, Serialize};
+
+use crate::PROTOCOL_VERSION;
+
+/// Bounds that keep a hostile advert small.
+pub const MAX_LISTEN_ADDRS: usize = 32;
+pub const MAX_ADDR_LEN: usize = 256;
+pub const MAX_AGENTS: usize = 64;
+pub const MAX_AGENT_NAME_LEN: usize = 64;
+pub const MAX_GPUS: usize = 16;
+pub const MAX_TEXT_LEN: usize = 128;
+/// Largest encoded advert accepted from the wire.
+pub const MAX_ADVERT_BYTES: usize = 16 * 1024;
+
+/// A node's self-description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advert {
+    /// Peer protocol version ([`PROTOCOL_VERSION`]).
+    pub protocol_version: u16,
+    /// Base58 PeerId of the node; must equal the gossip message's signer.
+    pub peer_id: String,
+    /// Software version, e.g. `pyagent/0.1.0`.
+    pub node_version: String,
+    /// Multiaddrs the node listens on (so that peers can dial it back).
+    pub listen_addrs: Vec<String>,
+    /// Names of the agents this node hosts.
+    pub agents: Vec<String>,
+    /// What the node can run.
+    pub capacity: Capacity,
+    /// Seconds since the node started.
+    pub uptime_secs: u64,
+    /// Increases with every advert of one run; older adverts are ignored.
+    pub seq: u64,
+}
+
+/// Host capacity as measured by the engine's probe.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub cpus: u32,
+    pub ram_total_bytes: u64,
+    pub ram_available_bytes: u64,
+    pub gpus: Vec<GpuInfo>,
+}
+
+/// One GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    pub name: String,
+    pub vram_total_bytes: u64,
+    pub vram_free_bytes: u64,
+}
+
+impl Capacity {
+    /// Total VRAM over all GPUs.
+    pub fn vram_total_bytes(&self) -> u64 {
+        self.gpus.iter().map(|g| g.vram_total_bytes).sum()
+    }
+
+    /// Short human form for mDNS TXT and tables: `cpu=8;ram=31.2G;vram=24.0G`.
+    pub fn summary(&self) -> String {
+        format!(
+            "cpu={};ram={};vram={}",
+            self.cpus,
+            gib(self.ram_total_bytes),
+            gib(self.vram_total_bytes())
+        )
+    }
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1}G", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// Why an advert was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AdvertError {
+    #[error("protocol version {0} is not supported (this node speaks {PROTOCOL_VERSION})")]
+    Version(u16),
+    #[error("advert is signed by {signer} but claims to be from {claimed}")]
+    WrongSigner { signer: String, claimed: String },
+    #[error("field {field}: {reason}")]
+    Field { field: &'static str, reason: String },
+}
+
+fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), AdvertError> {
+    if value.len() > max {
+        return Err(AdvertError::Field { field, reason: format!("{} bytes, limit {max}", value.len()) });
+    }
+    if value.chars().any(char::is_control) {
+        return Err(AdvertError::Field { field, reason: "contains control characters".into() });
+    }
+    Ok(())
+}
+
+fn check_list(field: &'static str, values: &[String], max_items: usize, max_len: usize) -> Result<(), AdvertError> {
+    if values.len() > max_items {
+        return Err(AdvertError::Field { field, reason: format!("{} entries, limit {max_items}", values.len()) });
+    }
+    values.iter().try_for_each(|v| check_text(field, v, max_len))
+}
+
+impl Advert {
+    /// Checks version and bounds, and that the advert was signed by the peer it names.
+    pub fn validate(&self, signer: &str) -> Result<(), AdvertError> {
+        if self.protocol_version != PROTOCOL_VERSION {
+            return Err(AdvertError::Version(self.protocol_version));
+        }
+        if self.peer_id != signer {
+            return Err(AdvertError::WrongSigner { signer: signer.to_owned(), claimed: self.peer_id.clone() });
+        }
+        check_text("node_version", &self.node_version, MAX_TEXT_LEN)?;
+        check_list("listen_addrs", &self.listen_addrs, MAX_LISTEN_ADDRS, MAX_ADDR_LEN)?;
+        check_list("agents", &self.agents, MAX_AGENTS, MAX_AGENT_NAME_LEN)?;
+        if self.capacity.gpus.len() > MAX_GPUS {
+            return Err(AdvertError::Field {
+                field: "capacity.gpus",
+                reason: format!("{} entries, limit {MAX_GPUS}", self.capacity.gpus.len()),
+            });
+        }
+        self.capacity.gpus.iter().try_for_each(|g| check_text("capacity.gpus.name", &g.name, MAX_TEXT_LEN))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    pub(crate) fn sample() -> Advert {
+        Advert {
+            protocol_version: PROTOCOL_VERSION,
+            peer_id: "12D3KooWExample".into(),
+            node_version: "pyagent/0.1.0".into(),
+            listen_addrs: vec!["/ip4/10.77.0.11/tcp/7760".into()],
+            agents: vec![],
+            capacity: Capacity {
+                cpus: 8,
+                ram_total_bytes: 32 << 30,
+                ram_available_bytes: 20 << 30,
+                gpus: vec![GpuInfo { name: "H100".into(), vram_total_bytes: 80 << 30, vram_free_bytes: 79 << 30 }],
+            },
+            uptime_secs: 12,
+            seq: 3,
+        }
+    }
+
+    #[test]
+    fn advert_round_trips_through_the_codec() {
+        let frame = codec::encode(&sample()).unwrap();
+        let back: Advert = codec::decode(&frame, MAX_ADVERT_BYTES).unwrap();
+        assert_eq!(back, sample());
+        assert!(back.validate("12D3KooWExample").is_ok());
+    }
+
+    #[test]
+    fn rejects_advert_from_another_signer() {
+        let err = sample().validate("12D3KooWOther").unwrap_err();
+        assert!(matches!(err, AdvertError::WrongSigner { .. }));
+    }
+
+    #[test]
+    fn rejects_other_protocol_version() {
+        let mut a = sample();
+        a.protocol_version = 99;
+        assert_eq!(a.validate("12D3KooWExample"), Err(AdvertError::Version(99)));
+    }
+
+    #[test]
+    fn rejects_oversized_lists_and_control_characters() {
+        let mut a = sample();
+        a.listen_addrs = vec!["/ip4/1.2.3.4/tcp/1".into(); MAX_LISTEN_ADDRS + 1];
+        assert!(matches!(a.validate("12D3KooWExample"), Err(AdvertError::Field { field: "listen_addrs", .. })));
+        let mut b = sample();
+        b.agents = vec!["bad\nname".into()];
+        assert!(matches!(b.validate("12D3KooWExample"), Err(AdvertError::Field { field: "agents", .. })));
+    }
+
+    #[test]
+    fn capacity_summary_is_short_and_readable() {
+        let s = sample().capacity.summary();
+        assert_eq!(s, "cpu=8;ram=32.0G;vram=80.0G");
+    }
+}

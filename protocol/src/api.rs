@@ -1,0 +1,282 @@
+//! JSON schema of the node's local ZeroMQ API.
+//!
+//! Requests arrive on a ROUTER socket as one frame of JSON:
+//! `{"id": <any JSON>, "method": "status" | "peers", "params": {}}`.
+//! Each gets exactly one reply frame: `{"id": .., "result": {..}}` or
+//! `{"id": .., "error": {"code": .., "message": ".."}}`. Error codes follow JSON-RPC 2.0.
+//! Events go out on a PUB socket as two frames: the topic (`peer`) and a JSON [`Event`].
+//!
+//! [`parse_request`] turns raw bytes into a typed [`Request`] or an [`ApiError`] that
+//! already carries the reply to send; it never panics on any input.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Capacity;
+
+/// Largest request accepted, in bytes.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// JSON-RPC 2.0 error codes used by the API.
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// The node is shutting down or its network task stopped.
+    pub const UNAVAILABLE: i64 = -32000;
+}
+
+/// A typed API request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Echoed back in the reply; any JSON value the client likes.
+    pub id: Value,
+    pub method: Method,
+}
+
+/// The methods of the API and their parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Method {
+    Status,
+    Peers,
+}
+
+/// Method names, as written on the wire.
+pub const METHODS: &[&str] = &["status", "peers"];
+
+/// Parameters of `status` and `peers`: none, so `{}` or absent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+/// The error object of a reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorObject {
+    pub code: i64,
+    pub message: String,
+}
+
+/// A refused request: the id to echo (null when it could not be read) and the error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub id: Value,
+    pub error: ErrorObject,
+}
+
+impl ApiError {
+    pub fn new(id: Value, code: i64, message: impl Into<String>) -> Self {
+        Self { id, error: ErrorObject { code, message: message.into() } }
+    }
+
+    /// The reply frame for this error.
+    pub fn to_reply(&self) -> Vec<u8> {
+        error_reply(&self.id, &self.error)
+    }
+}
+
+/// Parses one request frame.
+pub fn parse_request(frame: &[u8]) -> Result<Request, ApiError> {
+    if frame.len() > MAX_REQUEST_BYTES {
+        return Err(ApiError::new(
+            Value::Null,
+            code::INVALID_REQUEST,
+            format!("request of {} bytes exceeds the limit of {MAX_REQUEST_BYTES} bytes", frame.len()),
+        ));
+    }
+    let value: Value = serde_json::from_slice(frame)
+        .map_err(|e| ApiError::new(Value::Null, code::PARSE_ERROR, format!("request is not valid JSON: {e}")))?;
+    let Value::Object(mut obj) = value else {
+        return Err(ApiError::new(Value::Null, code::INVALID_REQUEST, "request must be a JSON object"));
+    };
+    let id = obj.remove("id").unwrap_or(Value::Null);
+    let method = match obj.remove("method") {
+        Some(Value::String(m)) => m,
+        Some(_) => return Err(ApiError::new(id, code::INVALID_REQUEST, "\"method\" must be a string")),
+        None => return Err(ApiError::new(id, code::INVALID_REQUEST, "missing \"method\"")),
+    };
+    let params = obj.remove("params").unwrap_or(Value::Object(Default::default()));
+    if let Some(extra) = obj.keys().next() {
+        return Err(ApiError::new(
+            id,
+            code::INVALID_REQUEST,
+            format!("unknown field {extra:?}: a request has only \"id\", \"method\" and \"params\""),
+        ));
+    }
+    let method = match method.as_str() {
+        "status" => no_params(&id, &method, params).map(|()| Method::Status)?,
+        "peers" => no_params(&id, &method, params).map(|()| Method::Peers)?,
+        other => {
+            return Err(ApiError::new(
+                id,
+                code::METHOD_NOT_FOUND,
+                format!("unknown method {other:?}; known methods: {}", METHODS.join(", ")),
+            ));
+        }
+    };
+    Ok(Request { id, method })
+}
+
+fn no_params(id: &Value, method: &str, params: Value) -> Result<(), ApiError> {
+    serde_json::from_value::<NoParams>(params)
+        .map(|_| ())
+        .map_err(|e| ApiError::new(id.clone(), code::INVALID_PARAMS, format!("{method}: invalid params: {e}")))
+}
+
+/// A success reply frame.
+pub fn result_reply<T: Serialize>(id: &Value, result: &T) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Reply<'a, T> {
+        id: &'a Value,
+        result: &'a T,
+    }
+    match serde_json::to_vec(&Reply { id, result }) {
+        Ok(bytes) => bytes,
+        Err(e) => error_reply(id, &ErrorObject { code: code::INTERNAL_ERROR, message: format!("cannot encode reply: {e}") }),
+    }
+}
+
+/// An error reply frame.
+pub fn error_reply(id: &Value, error: &ErrorObject) -> Vec<u8> {
+    serde_json::json!({ "id": id, "error": error }).to_string().into_bytes()
+}
+
+/// A reply as a client reads it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Reply<T> {
+    pub id: Value,
+    pub result: Option<T>,
+    pub error: Option<ErrorObject>,
+}
+
+/// Result of `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusResult {
+    pub peer_id: String,
+    pub node_version: String,
+    pub protocol_version: u16,
+    /// Swarm namespace name.
+    pub swarm: String,
+    /// True when a pre-shared swarm key is in use.
+    pub private: bool,
+    pub quic: bool,
+    pub mdns: bool,
+    pub listen_addrs: Vec<String>,
+    pub uptime_secs: u64,
+    /// Peers with an open connection.
+    pub connected_peers: usize,
+    /// Peers in the membership view (fresh advert).
+    pub members: usize,
+    pub agents: Vec<String>,
+    pub capacity: Capacity,
+    pub data_dir: String,
+}
+
+/// One member of the view, as `peers` returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub peer_id: String,
+    pub node_version: String,
+    pub connected: bool,
+    pub listen_addrs: Vec<String>,
+    pub agents: Vec<String>,
+    pub capacity: Capacity,
+    pub uptime_secs: u64,
+    /// Milliseconds since the last advert from this peer.
+    pub last_seen_ms: u64,
+}
+
+/// Result of `peers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeersResult {
+    pub peers: Vec<PeerInfo>,
+}
+
+/// PUB topic of membership events.
+pub const PEER_EVENT_TOPIC: &str = "peer";
+
+/// An event on the PUB socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    PeerJoined { peer: PeerInfo },
+    PeerLeft { peer_id: String, reason: String },
+}
+
+impl Event {
+    pub fn topic(&self) -> &'static str {
+        PEER_EVENT_TOPIC
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn err(frame: &[u8]) -> ApiError {
+        parse_request(frame).unwrap_err()
+    }
+
+    #[test]
+    fn parses_valid_requests() {
+        let r = parse_request(br#"{"id": 7, "method": "status", "params": {}}"#).unwrap();
+        assert_eq!(r, Request { id: json!(7), method: Method::Status });
+        let r = parse_request(br#"{"id": "a", "method": "peers"}"#).unwrap();
+        assert_eq!(r.method, Method::Peers);
+        assert_eq!(r.id, json!("a"));
+    }
+
+    #[test]
+    fn rejects_non_json() {
+        let e = err(b"hello");
+        assert_eq!(e.error.code, code::PARSE_ERROR);
+        assert_eq!(e.id, Value::Null);
+    }
+
+    #[test]
+    fn rejects_non_object_and_missing_method() {
+        assert_eq!(err(b"[1,2]").error.code, code::INVALID_REQUEST);
+        let e = err(br#"{"id": 3}"#);
+        assert_eq!((e.error.code, e.id), (code::INVALID_REQUEST, json!(3)));
+        assert_eq!(err(br#"{"id": 3, "method": 5}"#).error.code, code::INVALID_REQUEST);
+        assert_eq!(err(br#"{"id": 3, "method": "status", "extra": 1}"#).error.code, code::INVALID_REQUEST);
+    }
+
+    #[test]
+    fn rejects_unknown_method_with_the_list_of_known_ones() {
+        let e = err(br#"{"id": 1, "method": "reboot"}"#);
+        assert_eq!(e.error.code, code::METHOD_NOT_FOUND);
+        assert!(e.error.message.contains("status"), "{}", e.error.message);
+    }
+
+    #[test]
+    fn rejects_wrong_params() {
+        let e = err(br#"{"id": 1, "method": "status", "params": {"verbose": true}}"#);
+        assert_eq!(e.error.code, code::INVALID_PARAMS);
+        assert!(e.error.message.contains("verbose"), "{}", e.error.message);
+        assert_eq!(err(br#"{"id": 1, "method": "peers", "params": [1]}"#).error.code, code::INVALID_PARAMS);
+    }
+
+    #[test]
+    fn rejects_oversized_request() {
+        let big = vec![b' '; MAX_REQUEST_BYTES + 1];
+        assert_eq!(err(&big).error.code, code::INVALID_REQUEST);
+    }
+
+    #[test]
+    fn error_reply_echoes_the_id() {
+        let e = err(br#"{"id": {"n": 1}, "method": "nope"}"#);
+        let reply: Value = serde_json::from_slice(&e.to_reply()).unwrap();
+        assert_eq!(reply["id"], json!({"n": 1}));
+        assert_eq!(reply["error"]["code"], json!(code::METHOD_NOT_FOUND));
+    }
+
+    #[test]
+    fn events_are_tagged() {
+        let e = Event::PeerLeft { peer_id: "p".into(), reason: "disconnected".into() };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v, json!({"event": "peer_left", "peer_id": "p", "reason": "disconnected"}));
+    }
+}

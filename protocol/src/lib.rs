@@ -1,0 +1,20 @@
+//! Wire types and codecs of PyAgent Swarm. Pure data: no sockets, no tokio, no disk.
+//!
+//! Layout:
+//! - [`codec`]: the one place that knows the binary wire encoding (bincode 2 today);
+//!   every peer-to-peer message is encoded and decoded through it, with a size limit.
+//! - [`swarm`]: protocol version, swarm namespaces and the names derived from them
+//!   (gossip topics, identify protocol string, mDNS service type and TXT keys).
+//! - [`advert`]: the membership advert every node gossips, and the capacity it carries.
+//! - [`rpc`]: request-response messages exchanged directly between two peers.
+//! - [`api`]: the JSON schema of the local ZeroMQ API (requests, replies, events).
+
+pub mod advert;
+pub mod api;
+pub mod codec;
+pub mod rpc;
+pub mod swarm;
+
+pub use advert::{Advert, AdvertError, Capacity, GpuInfo};
+pub use codec::{CodecError, decode, encode};
+pub use swarm::{PROTOCOL_VERSION, SwarmNamespace};
