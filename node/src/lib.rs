@@ -1,1 +1,27 @@
+//! The PyAgent Swarm node: the only crate that touches the network and the disk layout.
+//!
+//! Layout:
+//! - [`config`]: defaults, TOML file, `PYAGENT_*` environment, flags → validated [`config::Settings`].
+//! - [`data_dir`]: the locked data directory; [`identity`]: the persistent ed25519 key;
+//!   [`store`]: RocksDB (known peers).
+//! - [`p2p`]: libp2p transport and behaviours, the swarm task and its [`p2p::NodeClient`].
+//! - [`membership`]: the membership view (pure state, fed by the swarm task).
+//! - [`discovery`]: mDNS announcement and browsing.
+//! - [`api`]: the local ZeroMQ API server; [`api_client`]: its client.
+//! - [`node`]: assembling, running and shutting down a [`Node`].
+//! - [`cli`], [`logging`]: the `pyagent` binary's front end.
 
+pub mod api;
+pub mod api_client;
+pub mod cli;
+pub mod config;
+pub mod data_dir;
+pub mod discovery;
+pub mod identity;
+pub mod logging;
+pub mod membership;
+pub mod node;
+pub mod p2p;
+pub mod store;
+
+pub use node::{Node, StartError};

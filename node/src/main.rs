@@ -1,1 +1,105 @@
-fn main() {}
+//! `pyagent`: parse the command line, load the configuration, run, and shut down
+//! gracefully on SIGINT/SIGTERM. All logic lives in the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use pyagent_node::api_client;
+use pyagent_node::cli::{self, Cli, CliCommand, NodeArgs, QueryArgs};
+use pyagent_protocol::api::{PeersResult, StatusResult};
+
+/// Exit code of a configuration error (as for a usage error).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        CliCommand::Node(args) => return runtime.block_on(run_node(args)),
+        CliCommand::Keygen(args) => cli::keygen(&args).map(|key| {
+            println!("wrote swarm key {} (fingerprint {})", args.swarm_key.display(), key.fingerprint());
+            println!("copy it to every node of the swarm and start them with --swarm-key {}", args.swarm_key.display());
+        }).map_err(anyhow::Error::from),
+        CliCommand::Status(args) => runtime.block_on(status(args)),
+        CliCommand::Peers(args) => runtime.block_on(peers(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_node(args: NodeArgs) -> ExitCode {
+    let config = match args.effective_config(std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    let settings = match config.validate() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    pyagent_node::logging::init(settings.log_format);
+    let node = match pyagent_node::Node::start(settings).await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: cannot start the node: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = wait_for_signal().await {
+        tracing::error!("cannot wait for signals: {e:#}");
+    }
+    node.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    Ok(())
+}
+
+async fn status(args: QueryArgs) -> anyhow::Result<()> {
+    let s: StatusResult = api_client::call(&args.api, "status", cli::query_timeout(&args)).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", cli::render_status(&s));
+    }
+    Ok(())
+}
+
+async fn peers(args: QueryArgs) -> anyhow::Result<()> {
+    let p: PeersResult = api_client::call(&args.api, "peers", cli::query_timeout(&args)).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+    } else {
+        print!("{}", cli::render_peers(&p));
+    }
+    Ok(())
+}

@@ -33,7 +33,9 @@ pub struct Advert {
     pub capacity: Capacity,
     /// Seconds since the node started.
     pub uptime_secs: u64,
-    /// Increases with every advert of one run; older adverts are ignored.
+    /// Random per process run: a new value means the node restarted.
+    pub boot_id: u64,
+    /// Increases with every advert of one run; older adverts of a run are ignored.
     pub seq: u64,
 }
 
@@ -144,6 +146,7 @@ mod tests {
                 gpus: vec![GpuInfo { name: "H100".into(), vram_total_bytes: 80 << 30, vram_free_bytes: 79 << 30 }],
             },
             uptime_secs: 12,
+            boot_id: 42,
             seq: 3,
         }
     }

@@ -1,0 +1,258 @@
+//! Command-line interface: `pyagent node | keygen | status | peers`.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use pyagent_protocol::api::{PeersResult, StatusResult};
+
+use crate::config::{Config, LogFormat, Overrides};
+
+#[derive(Debug, Parser)]
+#[command(name = "pyagent", version, about = "PyAgent Swarm: a peer-to-peer swarm of agents for LAN machines and server fleets")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Run a swarm node.
+    Node(NodeArgs),
+    /// Write a new pre-shared swarm key (for private swarms).
+    Keygen(KeygenArgs),
+    /// Show the local node's status.
+    Status(QueryArgs),
+    /// List the peers in the local node's membership view.
+    Peers(QueryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// TOML configuration file (then PYAGENT_* variables, then flags, override it).
+    #[arg(long, env = "PYAGENT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: $XDG_DATA_HOME/pyagent].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Swarm namespace: only nodes of the same namespace join [default: default].
+    #[arg(long, value_name = "NAME")]
+    pub swarm: Option<String>,
+    /// Pre-shared key file: makes the swarm private (TCP only).
+    #[arg(long, value_name = "FILE")]
+    pub swarm_key: Option<PathBuf>,
+    /// Peer to dial at start and whenever disconnected (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// Address of the p2p listener [default: 0.0.0.0].
+    #[arg(long, value_name = "IP")]
+    pub listen_ip: Option<IpAddr>,
+    /// TCP (and QUIC) port of the p2p listener [default: 7760].
+    #[arg(long, value_name = "PORT")]
+    pub p2p_port: Option<u16>,
+    /// Do not use QUIC.
+    #[arg(long)]
+    pub no_quic: bool,
+    /// Do not use mDNS (use --bootstrap).
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Restrict mDNS to this interface (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub mdns_interface: Vec<String>,
+    /// API request socket [default: 127.0.0.1:7761].
+    #[arg(long, value_name = "IP:PORT")]
+    pub api: Option<SocketAddr>,
+    /// API event socket [default: 127.0.0.1:7762].
+    #[arg(long, value_name = "IP:PORT")]
+    pub events: Option<SocketAddr>,
+    /// Allow binding the API off loopback (it has no authentication).
+    #[arg(long)]
+    pub api_allow_non_loopback: bool,
+    /// Log format [default: pretty].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl NodeArgs {
+    /// The flags as overrides (unset flags override nothing).
+    pub fn overrides(&self) -> Overrides {
+        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        Overrides {
+            data_dir: self.data_dir.clone(),
+            swarm: self.swarm.clone(),
+            swarm_key: self.swarm_key.clone(),
+            bootstrap: list(&self.bootstrap),
+            listen_ip: self.listen_ip,
+            p2p_port: self.p2p_port,
+            quic: self.no_quic.then_some(false),
+            mdns: self.no_mdns.then_some(false),
+            mdns_interfaces: list(&self.mdns_interface),
+            api_bind: self.api,
+            events_bind: self.events,
+            allow_non_loopback_api: self.api_allow_non_loopback.then_some(true),
+            log_format: self.log_format,
+        }
+    }
+
+    /// Defaults, file, environment, flags: the effective configuration.
+    pub fn effective_config(&self, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, crate::config::ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply(Overrides::from_env(env)?);
+        config.apply(self.overrides());
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the key (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub swarm_key: PathBuf,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The node's API endpoint.
+    #[arg(long, env = "PYAGENT_API_ENDPOINT", default_value = "tcp://127.0.0.1:7761", value_name = "ENDPOINT")]
+    pub api: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// How long to wait for the node, in milliseconds.
+    #[arg(long, default_value_t = 3000, value_name = "MS")]
+    pub timeout_ms: u64,
+}
+
+/// Why keygen failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeygenError {
+    #[error("{0} already exists; pass --force to overwrite it (every node of the swarm needs the same key)")]
+    Exists(PathBuf),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("the operating system gave no randomness: {0}")]
+    Random(String),
+}
+
+/// Writes a new random swarm key in the libp2p key-file format, mode 0600.
+pub fn keygen(args: &KeygenArgs) -> Result<libp2p::pnet::PreSharedKey, KeygenError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| KeygenError::Random(e.to_string()))?;
+    let key = libp2p::pnet::PreSharedKey::new(bytes);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if args.force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let write_err = |source| KeygenError::Write { path: args.swarm_key.clone(), source };
+    let mut file = options.open(&args.swarm_key).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists { KeygenError::Exists(args.swarm_key.clone()) } else { write_err(e) }
+    })?;
+    writeln!(file, "{key}").and_then(|()| file.sync_all()).map_err(write_err)?;
+    Ok(key)
+}
+
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// `pyagent status` as a table.
+pub fn render_status(s: &StatusResult) -> String {
+    let rows = [
+        ("peer id", s.peer_id.clone()),
+        ("swarm", format!("{}{}", s.swarm, if s.private { " (private: swarm key)" } else { "" })),
+        ("version", format!("{} (protocol {})", s.node_version, s.protocol_version)),
+        ("uptime", duration(s.uptime_secs)),
+        ("transports", if s.quic { "tcp, quic".into() } else { "tcp".into() }),
+        ("mdns", if s.mdns { "on".into() } else { "off".into() }),
+        ("peers", format!("{} members, {} connected", s.members, s.connected_peers)),
+        ("capacity", s.capacity.summary()),
+        ("agents", if s.agents.is_empty() { "-".into() } else { s.agents.join(", ") }),
+        ("data dir", s.data_dir.clone()),
+        ("listening", s.listen_addrs.join("\n            ")),
+    ];
+    rows.iter().map(|(k, v)| format!("{k:<11} {v}\n")).collect()
+}
+
+/// `pyagent peers` as a table.
+pub fn render_peers(p: &PeersResult) -> String {
+    if p.peers.is_empty() {
+        return "no peers in view\n".into();
+    }
+    let mut out = format!("{:<52}  {:<4}  {:>8}  {:>9}  {:<26}  {}\n", "PEER ID", "CONN", "UPTIME", "LAST SEEN", "CAPACITY", "ADDRESS");
+    for peer in &p.peers {
+        out.push_str(&format!(
+            "{:<52}  {:<4}  {:>8}  {:>8}s  {:<26}  {}\n",
+            peer.peer_id,
+            if peer.connected { "yes" } else { "no" },
+            duration(peer.uptime_secs),
+            peer.last_seen_ms / 1000,
+            peer.capacity.summary(),
+            peer.listen_addrs.first().map(String::as_str).unwrap_or("-"),
+        ));
+    }
+    out
+}
+
+/// Timeout of a query command.
+pub fn query_timeout(args: &QueryArgs) -> Duration {
+    Duration::from_millis(args.timeout_ms.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keygen_writes_a_readable_private_key_and_refuses_to_overwrite() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("swarm.key");
+        let args = KeygenArgs { swarm_key: path.clone(), force: false };
+        let key = keygen(&args).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let read = crate::config::read_swarm_key(&path).unwrap();
+        assert_eq!(read.fingerprint().to_string(), key.fingerprint().to_string());
+        assert!(matches!(keygen(&args), Err(KeygenError::Exists(_))));
+        let again = keygen(&KeygenArgs { swarm_key: path.clone(), force: true }).unwrap();
+        assert_ne!(again.fingerprint().to_string(), key.fingerprint().to_string());
+    }
+
+    #[test]
+    fn flags_override_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "swarm = \"file\"\n[p2p]\nport = 1000\n[mdns]\nenabled = true\n").unwrap();
+        let cli = Cli::try_parse_from(["pyagent", "node", "--config", file.to_str().unwrap(), "--p2p-port", "3000", "--no-mdns"]).unwrap();
+        let CliCommand::Node(args) = cli.command else { panic!("not node") };
+        let env = [("PYAGENT_P2P_PORT".to_string(), "2000".to_string()), ("PYAGENT_SWARM".to_string(), "env".to_string())];
+        let c = args.effective_config(env).unwrap();
+        assert_eq!((c.swarm.as_str(), c.p2p.port, c.mdns.enabled), ("env", 3000, false));
+    }
+
+    #[test]
+    fn duration_is_compact() {
+        assert_eq!(duration(5), "5s");
+        assert_eq!(duration(65), "1m05s");
+        assert_eq!(duration(7300), "2h01m");
+    }
+}

@@ -1,0 +1,203 @@
+//! The membership view: which peers are in the swarm right now, and what they advertise.
+//!
+//! A peer enters the view with its first valid advert (gossiped, or answered directly
+//! right after a connection opens) and leaves it when its last connection closes or when
+//! no advert arrived for `ttl`. Pure state with an injected clock, so it is unit-tested
+//! without a network; the swarm task feeds it and turns its changes into events.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use pyagent_protocol::Advert;
+use pyagent_protocol::api::PeerInfo;
+
+/// A member of the view.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub advert: Advert,
+    pub last_seen: Instant,
+    pub connected: bool,
+}
+
+/// What an advert did to the view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Joined,
+    Updated,
+    /// An advert older than the one already held (gossip can reorder).
+    Stale,
+}
+
+/// Why a peer left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    Disconnected,
+    Expired,
+}
+
+impl LeaveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disconnected => "disconnected",
+            Self::Expired => "advert expired",
+        }
+    }
+}
+
+/// The view itself.
+#[derive(Debug)]
+pub struct MembershipView {
+    ttl: Duration,
+    members: HashMap<PeerId, Member>,
+}
+
+impl MembershipView {
+    pub fn new(ttl: Duration) -> Self {
+        Self { ttl, members: HashMap::new() }
+    }
+
+    /// Records a validated advert from `peer`.
+    pub fn observe(&mut self, peer: PeerId, advert: Advert, connected: bool, now: Instant) -> Change {
+        match self.members.get_mut(&peer) {
+            Some(m) => {
+                // A restart (new boot id) resets seq; within a run, seq orders adverts.
+                let newer = advert.boot_id != m.advert.boot_id || advert.seq >= m.advert.seq;
+                m.last_seen = now;
+                m.connected |= connected;
+                if newer {
+                    m.advert = advert;
+                    Change::Updated
+                } else {
+                    Change::Stale
+                }
+            }
+            None => {
+                self.members.insert(peer, Member { advert, last_seen: now, connected });
+                Change::Joined
+            }
+        }
+    }
+
+    /// Records a connection to `peer` (it may not have advertised yet).
+    pub fn mark_connected(&mut self, peer: &PeerId) {
+        if let Some(m) = self.members.get_mut(peer) {
+            m.connected = true;
+        }
+    }
+
+    /// The last connection to `peer` closed: it leaves the view. Returns whether it was in.
+    pub fn disconnected(&mut self, peer: &PeerId) -> bool {
+        self.members.remove(peer).is_some()
+    }
+
+    /// Removes members whose last advert is older than the TTL; returns them.
+    pub fn expire(&mut self, now: Instant) -> Vec<PeerId> {
+        let ttl = self.ttl;
+        let gone: Vec<PeerId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| now.saturating_duration_since(m.last_seen) > ttl)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in &gone {
+            self.members.remove(p);
+        }
+        gone
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn contains(&self, peer: &PeerId) -> bool {
+        self.members.contains_key(peer)
+    }
+
+    pub fn get(&self, peer: &PeerId) -> Option<&Member> {
+        self.members.get(peer)
+    }
+
+    /// The view as the API shows it, sorted by PeerId.
+    pub fn peer_infos(&self, now: Instant) -> Vec<PeerInfo> {
+        let mut out: Vec<PeerInfo> = self.members.values().map(|m| peer_info(m, now)).collect();
+        out.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        out
+    }
+}
+
+/// One member in API form.
+pub fn peer_info(m: &Member, now: Instant) -> PeerInfo {
+    PeerInfo {
+        peer_id: m.advert.peer_id.clone(),
+        node_version: m.advert.node_version.clone(),
+        connected: m.connected,
+        listen_addrs: m.advert.listen_addrs.clone(),
+        agents: m.advert.agents.clone(),
+        capacity: m.advert.capacity.clone(),
+        uptime_secs: m.advert.uptime_secs,
+        last_seen_ms: now.saturating_duration_since(m.last_seen).as_millis() as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pyagent_protocol::{Capacity, PROTOCOL_VERSION};
+
+    fn advert(peer: &PeerId, seq: u64, boot_id: u64) -> Advert {
+        Advert {
+            protocol_version: PROTOCOL_VERSION,
+            peer_id: peer.to_string(),
+            node_version: "pyagent/test".into(),
+            listen_addrs: vec![],
+            agents: vec![],
+            capacity: Capacity::default(),
+            uptime_secs: seq,
+            boot_id,
+            seq,
+        }
+    }
+
+    #[test]
+    fn join_update_and_stale() {
+        let mut view = MembershipView::new(Duration::from_secs(7));
+        let p = PeerId::random();
+        let t0 = Instant::now();
+        assert_eq!(view.observe(p, advert(&p, 1, 10), true, t0), Change::Joined);
+        assert_eq!(view.observe(p, advert(&p, 2, 10), false, t0), Change::Updated);
+        assert_eq!(view.observe(p, advert(&p, 1, 10), false, t0), Change::Stale);
+        assert_eq!(view.get(&p).unwrap().advert.seq, 2);
+        assert!(view.get(&p).unwrap().connected);
+        // A restarted peer (new boot id, seq reset) is accepted.
+        assert_eq!(view.observe(p, advert(&p, 1, 11), false, t0), Change::Updated);
+        assert_eq!(view.get(&p).unwrap().advert.boot_id, 11);
+        assert_eq!(view.len(), 1);
+    }
+
+    #[test]
+    fn expires_after_ttl_only() {
+        let mut view = MembershipView::new(Duration::from_secs(7));
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let t0 = Instant::now();
+        view.observe(a, advert(&a, 1, 1), true, t0);
+        view.observe(b, advert(&b, 1, 1), true, t0 + Duration::from_secs(5));
+        assert!(view.expire(t0 + Duration::from_secs(7)).is_empty());
+        assert_eq!(view.expire(t0 + Duration::from_secs(8)), vec![a]);
+        assert!(view.contains(&b) && !view.contains(&a));
+    }
+
+    #[test]
+    fn disconnect_removes_at_once() {
+        let mut view = MembershipView::new(Duration::from_secs(7));
+        let p = PeerId::random();
+        view.observe(p, advert(&p, 1, 1), true, Instant::now());
+        assert!(view.disconnected(&p));
+        assert!(!view.disconnected(&p));
+        assert!(view.is_empty());
+    }
+}

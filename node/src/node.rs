@@ -1,0 +1,236 @@
+//! Assembling and running a node: data directory, identity, database, swarm task,
+//! mDNS and the local API; and taking them down again in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm};
+use pyagent_engine::CapacityProbe;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::api::{ApiServer, ApiStartError};
+use crate::config::Settings;
+use crate::data_dir::{DataDir, DataDirError};
+use crate::discovery::{Announcement, DiscoveryError, MdnsDiscovery};
+use crate::identity::{self, IdentityError};
+use crate::p2p::behaviour::{Behaviour, BehaviourError};
+use crate::p2p::client::{COMMAND_QUEUE, EVENT_QUEUE};
+use crate::p2p::swarm_task::{NodeFacts, SwarmTask};
+use crate::p2p::{NodeClient, transport};
+use crate::store::{Store, StoreError};
+
+/// Connections idle this long are closed; gossipsub keeps member connections busy.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long start-up waits for the listeners to come up.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot set up encryption: {0}")]
+    Noise(#[from] libp2p::noise::Error),
+    #[error(transparent)]
+    Behaviour(#[from] BehaviourError),
+    #[error("cannot subscribe to the advert topic: {0}")]
+    Subscribe(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    #[error(transparent)]
+    Api(#[from] ApiStartError),
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    peer_id: PeerId,
+    client: NodeClient,
+    p2p_addrs: Vec<Multiaddr>,
+    api: ApiServer,
+    mdns: Option<MdnsDiscovery>,
+    swarm_task: JoinHandle<()>,
+    store: Arc<Store>,
+    _data_dir: DataDir,
+}
+
+fn listen_addr(ip: std::net::IpAddr, port: u16, quic: bool) -> Multiaddr {
+    let base = Multiaddr::from(ip);
+    if quic { base.with(Protocol::Udp(port)).with(Protocol::QuicV1) } else { base.with(Protocol::Tcp(port)) }
+}
+
+fn tcp_port(addr: &Multiaddr) -> Option<u16> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Tcp(port) => Some(port),
+        _ => None,
+    })
+}
+
+/// Starts listening and waits until the TCP (and QUIC) listeners report an address.
+async fn listen(swarm: &mut Swarm<Behaviour>, settings: &Settings) -> Result<u16, StartError> {
+    let tcp = listen_addr(settings.listen_ip, settings.p2p_port, false);
+    swarm.listen_on(tcp.clone()).map_err(|e| StartError::Listen { addr: tcp.clone(), reason: e.to_string() })?;
+    let wait = async {
+        loop {
+            match libp2p::futures::StreamExt::select_next_some(&mut *swarm).await {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    if let Some(p) = tcp_port(&address) {
+                        return Ok(p);
+                    }
+                }
+                SwarmEvent::ListenerError { error, .. } => {
+                    return Err(StartError::Listen { addr: tcp.clone(), reason: error.to_string() });
+                }
+                SwarmEvent::ListenerClosed { reason: Err(error), .. } => {
+                    return Err(StartError::Listen { addr: tcp.clone(), reason: error.to_string() });
+                }
+                _ => {}
+            }
+        }
+    };
+    let port = tokio::time::timeout(LISTEN_TIMEOUT, wait)
+        .await
+        .map_err(|_| StartError::Listen { addr: tcp.clone(), reason: "timed out".into() })??;
+    if settings.quic {
+        // Same port number over UDP; with port 0, QUIC picks its own.
+        let quic_port = if settings.p2p_port == 0 { 0 } else { port };
+        let quic = listen_addr(settings.listen_ip, quic_port, true);
+        swarm.listen_on(quic.clone()).map_err(|e| StartError::Listen { addr: quic, reason: e.to_string() })?;
+    }
+    Ok(port)
+}
+
+impl Node {
+    /// Starts a node with validated settings.
+    pub async fn start(settings: Settings) -> Result<Self, StartError> {
+        let data_dir = DataDir::open(&settings.data_dir)?;
+        let keypair = identity::load_or_create(&data_dir.identity_file())?;
+        let peer_id = keypair.public().to_peer_id();
+        let store = Arc::new(Store::open(&data_dir.db_dir())?);
+        if settings.quic_disabled_by_key {
+            tracing::warn!("swarm key set: QUIC is off (libp2p pre-shared keys protect TCP only)");
+        }
+        let transport = transport::build(&keypair, settings.swarm_key.clone(), settings.quic)?;
+        let behaviour = Behaviour::new(&keypair, &settings.namespace, settings.max_connections)?;
+        let mut swarm = Swarm::new(
+            transport,
+            behaviour,
+            peer_id,
+            libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT),
+        );
+        let p2p_port = listen(&mut swarm, &settings).await?;
+
+        let probe = CapacityProbe::new();
+        let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (event_tx, _) = broadcast::channel(EVENT_QUEUE);
+        let client = NodeClient::new(command_tx, event_tx.clone());
+        let agents = pyagent_agents::builtin().iter().map(ToString::to_string).collect();
+        let facts = NodeFacts {
+            namespace: settings.namespace.clone(),
+            private: settings.swarm_key.is_some(),
+            quic: settings.quic,
+            mdns: settings.mdns,
+            agents,
+            data_dir: data_dir.path().to_owned(),
+            bootstrap: settings.bootstrap.clone(),
+            advert_interval: settings.advert_interval,
+            peer_ttl: settings.peer_ttl,
+        };
+        let task = SwarmTask::new(swarm, command_rx, event_tx, facts, store.clone(), probe)
+            .map_err(|e| StartError::Subscribe(e.to_string()))?;
+        let capacity_summary = task.capacity_summary();
+        let p2p_addrs = task.listen_addrs();
+        let swarm_task = tokio::spawn(task.run());
+        // From here on, a failure must stop the swarm task again.
+        let rest = async {
+            let api = ApiServer::start(settings.api_bind, settings.events_bind, client.clone()).await?;
+            let mdns = if settings.mdns {
+                let me = Announcement {
+                    peer_id,
+                    namespace: settings.namespace.clone(),
+                    p2p_port,
+                    quic: settings.quic,
+                    capacity_summary,
+                    interfaces: settings.mdns_interfaces.clone(),
+                };
+                match MdnsDiscovery::start(me, client.clone()) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        api.shutdown().await;
+                        return Err(e.into());
+                    }
+                }
+            } else {
+                tracing::info!("mDNS discovery off");
+                None
+            };
+            Ok::<_, StartError>((api, mdns))
+        };
+        let (api, mdns) = match rest.await {
+            Ok(parts) => parts,
+            Err(e) => {
+                let _ = client.shutdown().await;
+                return Err(e);
+            }
+        };
+        tracing::info!(%peer_id, swarm = settings.namespace.name(), private = settings.swarm_key.is_some(), "node started");
+        Ok(Self { peer_id, client, p2p_addrs, api, mdns, swarm_task, store, _data_dir: data_dir })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    pub fn client(&self) -> &NodeClient {
+        &self.client
+    }
+
+    /// Listen addresses known at start (TCP), with the node's `/p2p/` suffix: what other
+    /// nodes can use as `--bootstrap`.
+    pub fn p2p_addrs(&self) -> Vec<Multiaddr> {
+        self.p2p_addrs.iter().map(|a| a.clone().with(Protocol::P2p(self.peer_id))).collect()
+    }
+
+    /// The API's ZeroMQ endpoint (with the real port when bound to port 0).
+    pub fn api_endpoint(&self) -> &str {
+        &self.api.endpoint
+    }
+
+    pub fn events_endpoint(&self) -> &str {
+        &self.api.events_endpoint
+    }
+
+    /// Graceful shutdown: stop the API, say mDNS goodbye, close every connection, flush
+    /// the database, release the data directory. Bounded to about 2.5 s in all.
+    pub async fn shutdown(self) {
+        let Self { client, api, mdns, swarm_task, store, _data_dir, .. } = self;
+        api.shutdown().await;
+        if let Some(mdns) = mdns {
+            mdns.shutdown(Duration::from_millis(800)).await;
+        }
+        match tokio::time::timeout(Duration::from_millis(500), client.shutdown()).await {
+            Ok(_) => {}
+            Err(_) => tracing::warn!("network task did not stop in time"),
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), swarm_task).await;
+        if let Err(e) = store.flush() {
+            tracing::error!("database flush failed: {e}");
+        }
+        tracing::info!("node stopped");
+    }
+}
+
+/// Handy for tests and tools: the socket address of a `tcp://IP:PORT` endpoint.
+pub fn endpoint_addr(endpoint: &str) -> Option<SocketAddr> {
+    endpoint.strip_prefix("tcp://")?.parse().ok()
+}

@@ -1,0 +1,80 @@
+//! The composed network behaviour of a node.
+
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, kad, ping, request_response};
+use pyagent_protocol::SwarmNamespace;
+use pyagent_protocol::advert::MAX_ADVERT_BYTES;
+use pyagent_protocol::rpc::RPC_PROTOCOL;
+
+use super::rpc::RpcCodec;
+
+/// Software version that identify and adverts carry.
+pub const NODE_VERSION: &str = concat!("pyagent/", env!("CARGO_PKG_VERSION"));
+
+/// Most connections to one peer (simultaneous dials from both sides make two).
+const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+/// Most connections still in their handshakes.
+const MAX_PENDING: u32 = 64;
+
+#[allow(missing_debug_implementations)] // the libp2p behaviours inside are not Debug
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub limits: connection_limits::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub gossipsub: gossipsub::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub rpc: request_response::Behaviour<RpcCodec>,
+}
+
+/// Why the behaviour could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BehaviourError {
+    #[error("gossipsub configuration: {0}")]
+    Gossipsub(String),
+    #[error("invalid protocol name {0}")]
+    Protocol(String),
+}
+
+impl Behaviour {
+    pub fn new(keypair: &Keypair, namespace: &SwarmNamespace, max_connections: u32) -> Result<Self, BehaviourError> {
+        let peer_id = keypair.public().to_peer_id();
+        let limits = connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(max_connections))
+                .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                .with_max_pending_incoming(Some(MAX_PENDING))
+                .with_max_pending_outgoing(Some(MAX_PENDING)),
+        );
+        let identify = identify::Behaviour::new(
+            identify::Config::new(namespace.identify_protocol(), keypair.public())
+                .with_agent_version(NODE_VERSION.to_owned())
+                .with_push_listen_addr_updates(true),
+        );
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .heartbeat_interval(Duration::from_secs(1))
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validate_messages()
+            .max_transmit_size(MAX_ADVERT_BYTES.max(64 * 1024))
+            .build()
+            .map_err(|e| BehaviourError::Gossipsub(e.to_string()))?;
+        let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(keypair.clone()), gossip_config)
+            .map_err(|e| BehaviourError::Gossipsub(e.to_owned()))?;
+        let kad_protocol = format!("/pyagent/1/{}/kad", namespace.tag());
+        let kad_protocol = StreamProtocol::try_from_owned(kad_protocol.clone()).map_err(|_| BehaviourError::Protocol(kad_protocol))?;
+        let mut kad_config = kad::Config::new(kad_protocol);
+        // The swarm task bootstraps once it has peers; kad's own timer only warns when alone.
+        kad_config.set_periodic_bootstrap_interval(None);
+        let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        // On a LAN every node is reachable: serve the DHT rather than wait to be confirmed.
+        kad.set_mode(Some(kad::Mode::Server));
+        let rpc = request_response::Behaviour::new(
+            [(StreamProtocol::new(RPC_PROTOCOL), request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+        );
+        Ok(Self { limits, identify, ping: ping::Behaviour::new(ping::Config::new()), gossipsub, kad, rpc })
+    }
+}

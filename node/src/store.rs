@@ -1,0 +1,149 @@
+//! The node's RocksDB database. Column families:
+//! - `peers`: PeerId (bytes) → [`KnownPeer`], so known peers are redialed after a restart.
+//!
+//! Later issues add history and blobs as further column families.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use libp2p::{Multiaddr, PeerId};
+use rocksdb::{ColumnFamilyDescriptor, DB, Options};
+use serde::{Deserialize, Serialize};
+
+const CF_PEERS: &str = "peers";
+/// Most addresses remembered per peer.
+const MAX_ADDRS_PER_PEER: usize = 16;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open database {path}: {source}")]
+    Open { path: PathBuf, source: rocksdb::Error },
+    #[error("database {op}: {source}")]
+    Db { op: &'static str, source: rocksdb::Error },
+    #[error("column family {0} is missing")]
+    MissingColumnFamily(&'static str),
+    #[error("record encoding: {0}")]
+    Codec(#[from] pyagent_protocol::CodecError),
+}
+
+/// A peer this node has been connected to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownPeer {
+    pub addrs: Vec<String>,
+    pub last_seen_unix_ms: u64,
+}
+
+/// The node's database.
+#[derive(Debug)]
+pub struct Store {
+    db: DB,
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (or creates) the database in `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // A swarm node's database is small; keep RocksDB's memory use small too.
+        opts.set_write_buffer_size(4 << 20);
+        opts.set_max_background_jobs(2);
+        let cfs = vec![ColumnFamilyDescriptor::new(CF_PEERS, Options::default())];
+        let db = DB::open_cf_descriptors(&opts, path, cfs)
+            .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+        Ok(Self { db })
+    }
+
+    fn peers_cf(&self) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db.cf_handle(CF_PEERS).ok_or(StoreError::MissingColumnFamily(CF_PEERS))
+    }
+
+    /// Records that `peer` was seen at `addrs` (merged with what was known).
+    pub fn remember_peer(&self, peer: &PeerId, addrs: &[Multiaddr]) -> Result<(), StoreError> {
+        let cf = self.peers_cf()?;
+        let key = peer.to_bytes();
+        let mut known = match self.db.get_cf(cf, &key).map_err(|source| StoreError::Db { op: "read peer", source })? {
+            Some(bytes) => pyagent_protocol::decode::<KnownPeer>(&bytes, 64 * 1024).unwrap_or(KnownPeer {
+                addrs: Vec::new(),
+                last_seen_unix_ms: 0,
+            }),
+            None => KnownPeer { addrs: Vec::new(), last_seen_unix_ms: 0 },
+        };
+        // Newest first, no duplicates, bounded.
+        let mut merged: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        merged.extend(known.addrs.into_iter());
+        let mut seen = std::collections::HashSet::new();
+        merged.retain(|a| seen.insert(a.clone()));
+        merged.truncate(MAX_ADDRS_PER_PEER);
+        known.addrs = merged;
+        known.last_seen_unix_ms = now_unix_ms();
+        let bytes = pyagent_protocol::encode(&known)?;
+        self.db.put_cf(cf, key, bytes).map_err(|source| StoreError::Db { op: "write peer", source })
+    }
+
+    /// Every known peer with its addresses; undecodable records are skipped with a warning.
+    pub fn known_peers(&self) -> Result<Vec<(PeerId, KnownPeer)>, StoreError> {
+        let cf = self.peers_cf()?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (key, value) = item.map_err(|source| StoreError::Db { op: "scan peers", source })?;
+            let peer = match PeerId::from_bytes(&key) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!("skipping a corrupt peer record key: {e}");
+                    continue;
+                }
+            };
+            match pyagent_protocol::decode::<KnownPeer>(&value, 64 * 1024) {
+                Ok(known) => out.push((peer, known)),
+                Err(e) => tracing::warn!(%peer, "skipping a corrupt peer record: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Flushes memtables and the WAL to disk (at shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true).map_err(|source| StoreError::Db { op: "flush WAL", source })?;
+        self.db.flush_cf(self.peers_cf()?).map_err(|source| StoreError::Db { op: "flush", source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_peers_survive_reopen_and_merge_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = PeerId::random();
+        let a1: Multiaddr = "/ip4/10.77.0.11/tcp/7760".parse().unwrap();
+        let a2: Multiaddr = "/ip4/10.77.0.11/udp/7760/quic-v1".parse().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.remember_peer(&peer, std::slice::from_ref(&a1)).unwrap();
+            store.remember_peer(&peer, &[a2.clone(), a1.clone()]).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let peers = store.known_peers().unwrap();
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].0, peer);
+        assert_eq!(peers[0].1.addrs, vec![a2.to_string(), a1.to_string()]);
+        assert!(peers[0].1.last_seen_unix_ms > 0);
+    }
+
+    #[test]
+    fn second_open_of_the_same_database_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    }
+}
