@@ -28,6 +28,20 @@ pub enum CliCommand {
     Status(QueryArgs),
     /// List the peers in the local node's membership view.
     Peers(QueryArgs),
+    /// Send one raw request to the local API and print the reply (for scripts and debugging).
+    Call(CallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// The node's API endpoint.
+    #[arg(long, env = "PYAGENT_API_ENDPOINT", default_value = "tcp://127.0.0.1:7761", value_name = "ENDPOINT")]
+    pub api: String,
+    /// How long to wait for the node, in milliseconds.
+    #[arg(long, default_value_t = 3000, value_name = "MS")]
+    pub timeout_ms: u64,
+    /// The request, sent as is, e.g. '{"id":1,"method":"status"}'.
+    pub request: String,
 }
 
 #[derive(Debug, Args)]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use pyagent_node::api_client;
-use pyagent_node::cli::{self, Cli, CliCommand, NodeArgs, QueryArgs};
+use pyagent_node::cli::{self, CallArgs, Cli, CliCommand, NodeArgs, QueryArgs};
 use pyagent_protocol::api::{PeersResult, StatusResult};
 
 /// Exit code of a configuration error (as for a usage error).
@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         }).map_err(anyhow::Error::from),
         CliCommand::Status(args) => runtime.block_on(status(args)),
         CliCommand::Peers(args) => runtime.block_on(peers(args)),
+        CliCommand::Call(args) => return runtime.block_on(call(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,6 +93,22 @@ async fn status(args: QueryArgs) -> anyhow::Result<()> {
         print!("{}", cli::render_status(&s));
     }
     Ok(())
+}
+
+/// Prints the reply; exit 0 for a result, 1 for an error reply or no reply.
+async fn call(args: CallArgs) -> ExitCode {
+    let timeout = std::time::Duration::from_millis(args.timeout_ms.max(1));
+    match api_client::call_raw(&args.api, args.request.into_bytes(), timeout).await {
+        Ok(reply) => {
+            println!("{}", String::from_utf8_lossy(&reply));
+            let is_result = serde_json::from_slice::<serde_json::Value>(&reply).is_ok_and(|v| v.get("result").is_some());
+            if is_result { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn peers(args: QueryArgs) -> anyhow::Result<()> {

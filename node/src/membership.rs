@@ -24,6 +24,8 @@ pub struct Member {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
     Joined,
+    /// Same peer, new process run (it restarted without us noticing it leave).
+    Restarted,
     Updated,
     /// An advert older than the one already held (gossip can reorder).
     Stale,
@@ -61,11 +63,13 @@ impl MembershipView {
     pub fn observe(&mut self, peer: PeerId, advert: Advert, connected: bool, now: Instant) -> Change {
         match self.members.get_mut(&peer) {
             Some(m) => {
-                // A restart (new boot id) resets seq; within a run, seq orders adverts.
-                let newer = advert.boot_id != m.advert.boot_id || advert.seq >= m.advert.seq;
                 m.last_seen = now;
                 m.connected |= connected;
-                if newer {
+                // A restart (new boot id) resets seq; within a run, seq orders adverts.
+                if advert.boot_id != m.advert.boot_id {
+                    m.advert = advert;
+                    Change::Restarted
+                } else if advert.seq >= m.advert.seq {
                     m.advert = advert;
                     Change::Updated
                 } else {
@@ -174,7 +178,7 @@ mod tests {
         assert_eq!(view.get(&p).unwrap().advert.seq, 2);
         assert!(view.get(&p).unwrap().connected);
         // A restarted peer (new boot id, seq reset) is accepted.
-        assert_eq!(view.observe(p, advert(&p, 1, 11), false, t0), Change::Updated);
+        assert_eq!(view.observe(p, advert(&p, 1, 11), false, t0), Change::Restarted);
         assert_eq!(view.get(&p).unwrap().advert.boot_id, 11);
         assert_eq!(view.len(), 1);
     }

@@ -233,11 +233,13 @@ impl SwarmTask {
     fn observe(&mut self, peer: PeerId, advert: Advert) {
         let connected = self.swarm.is_connected(&peer);
         let dial_addrs: Vec<Multiaddr> = advert.listen_addrs.iter().filter_map(|a| a.parse().ok()).collect();
-        if self.view.observe(peer, advert, connected, Instant::now()) == Change::Joined
+        let change = self.view.observe(peer, advert, connected, Instant::now());
+        if matches!(change, Change::Joined | Change::Restarted)
             && let Some(member) = self.view.get(&peer)
         {
             let info = peer_info(member, Instant::now());
-            tracing::info!(%peer, agents = ?info.agents, capacity = %info.capacity.summary(), "peer joined");
+            let restarted = change == Change::Restarted;
+            tracing::info!(%peer, restarted, agents = ?info.agents, capacity = %info.capacity.summary(), "peer joined");
             self.emit(Event::PeerJoined { peer: info });
         }
         if !connected {
