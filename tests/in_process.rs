@@ -193,3 +193,31 @@ async fn membership_events_are_published_on_the_pub_socket() {
     assert_eq!((event["event"].as_str(), event["peer_id"].as_str()), (Some("peer_left"), Some(b_id.as_str())));
     a.shutdown().await;
 }
+
+/// The Python example of README (pyzmq) reads status and peers from a real node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_pyzmq_client_reads_status_and_peers() {
+    let has_pyzmq = std::process::Command::new("python3").args(["-c", "import zmq"]).status().is_ok_and(|s| s.success());
+    if !has_pyzmq {
+        assert!(std::env::var_os("CI").is_none(), "CI must have pyzmq (scripts/install-deps.sh installs it)");
+        eprintln!("\n!!!!! SKIPPED python_pyzmq_client test: python3 with pyzmq is missing (pip install pyzmq) !!!!!\n");
+        return;
+    }
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start_in(da.path(), &Opts::default()).await;
+    let b = start_in(db.path(), &Opts { bootstrap: a.p2p_addrs(), ..Default::default() }).await;
+    wait_until("B joins", JOIN, || async { view(&a).await == ids([&b]) }).await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/api_example.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(["--api", a.api_endpoint(), "--events", a.events_endpoint()])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"]["peer_id"], a.peer_id().to_string());
+    assert_eq!(v["peers"]["peers"][0]["peer_id"], b.peer_id().to_string());
+    a.shutdown().await;
+    b.shutdown().await;
+}

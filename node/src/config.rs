@@ -545,3 +545,17 @@ mod tests {
         assert_eq!(back.p2p, c.p2p);
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let text = include_str!("../../scripts/config.example.toml");
+        let c = Config::from_toml(text).unwrap();
+        assert_eq!(c.data_dir.as_deref(), Some(Path::new("/var/lib/pyagent")));
+        let s = c.validate().unwrap();
+        assert_eq!((s.p2p_port, s.api_bind.port(), s.events_bind.port()), (7760, 7761, 7762));
+    }
+}

@@ -158,9 +158,12 @@ impl MdnsDiscovery {
         .collect();
         // The host name only has to be unique on the link: derive it from the PeerId.
         let host = format!("pyagent-{}.local.", &instance[instance.len().saturating_sub(12)..]);
-        let info = ServiceInfo::new(MDNS_SERVICE_TYPE, &instance, &host, "", me.p2p_port, props)
+        let mut info = ServiceInfo::new(MDNS_SERVICE_TYPE, &instance, &host, "", me.p2p_port, props)
             .map_err(DiscoveryError::Register)?
             .enable_addr_auto();
+        // The instance name is a PeerId, unique by construction: skip the ~750 ms of
+        // conflict probing (RFC 6762 §8.1) and announce at once.
+        info.set_requires_probe(false);
         let fullname = info.get_fullname().to_owned();
         daemon.register(info).map_err(DiscoveryError::Register)?;
         let receiver = daemon.browse(MDNS_SERVICE_TYPE).map_err(DiscoveryError::Browse)?;

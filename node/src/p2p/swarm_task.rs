@@ -392,7 +392,8 @@ impl SwarmTask {
                     self.bootstrap_peers.insert(bootstrap.clone(), peer_id);
                 }
                 self.view.mark_connected(&peer_id);
-                if num_established.get() == 1 {
+                // Also when a stale connection of a dead run of this peer still lingers.
+                if num_established.get() == 1 || !self.view.contains(&peer_id) {
                     self.swarm.behaviour_mut().rpc.send_request(&peer_id, RpcRequest::GetAdvert);
                 }
             }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what building and testing PyAgent Swarm needs on Debian/Ubuntu; idempotent.
+#   - libclang-dev: RocksDB's bindings are generated with bindgen at build time
+#   - iproute2: the network-namespace lab (scripts/lab.sh) used by the lab tests
+#   - pyzmq (pip): the Python API example and its test
+# Without root it only reports what is missing.
+set -euo pipefail
+
+missing=()
+dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
+
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "install-deps: apt-get install ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "install-deps: missing ${missing[*]}; run: sudo apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+
+if ! python3 -c 'import zmq' >/dev/null 2>&1; then
+    echo "install-deps: pip install pyzmq"
+    python3 -m pip install --quiet --disable-pip-version-check pyzmq==27.3.0 \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages pyzmq==27.3.0
+fi
