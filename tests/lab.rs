@@ -100,3 +100,20 @@ fn lab_malformed_api_requests_leave_the_node_serving() {
     }
     assert_eq!(lab.status(1).unwrap()["peer_id"], id.as_str(), "still serving after bad requests");
 }
+
+#[test]
+fn lab_mdns_interface_selection_is_honoured() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(lab) = Lab::up("ifsel", 3) else { return };
+    let _n1 = lab.spawn_node(1, &[]);
+    // Named explicitly: announces and browses on eth0.
+    let _n2 = lab.spawn_node(2, &["--mdns-interface", "eth0"]);
+    // Loopback only: nobody on the LAN hears it, and it hears nobody.
+    let _n3 = lab.spawn_node(3, &["--mdns-interface", "lo"]);
+    let ids: Vec<String> = (1..=3).map(|i| lab.wait_ready(i, READY)).collect();
+    wait_for("nodes 1 and 2 find each other", MESH, || lab.view(1) == set(&[&ids[1]]) && lab.view(2) == set(&[&ids[0]]));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(lab.view(1), set(&[&ids[1]]), "node 3 announced on loopback only");
+    assert!(lab.view(3).is_empty());
+    assert_eq!(lab.status(3).unwrap()["connected_peers"], 0);
+}
