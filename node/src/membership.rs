@@ -126,6 +126,19 @@ impl MembershipView {
         self.members.get(peer)
     }
 
+    /// Up to `limit` members other than `peer`, with their addresses (peer exchange).
+    pub fn members_except(&self, peer: &PeerId, limit: usize) -> Vec<pyagent_protocol::rpc::MemberAddrs> {
+        self.members
+            .iter()
+            .filter(|(p, _)| *p != peer)
+            .take(limit)
+            .map(|(_, m)| pyagent_protocol::rpc::MemberAddrs {
+                peer_id: m.advert.peer_id.clone(),
+                listen_addrs: m.advert.listen_addrs.clone(),
+            })
+            .collect()
+    }
+
     /// The view as the API shows it, sorted by PeerId.
     pub fn peer_infos(&self, now: Instant) -> Vec<PeerInfo> {
         let mut out: Vec<PeerInfo> = self.members.values().map(|m| peer_info(m, now)).collect();
@@ -193,6 +206,19 @@ mod tests {
         assert!(view.expire(t0 + Duration::from_secs(7)).is_empty());
         assert_eq!(view.expire(t0 + Duration::from_secs(8)), vec![a]);
         assert!(view.contains(&b) && !view.contains(&a));
+    }
+
+    #[test]
+    fn members_except_leaves_out_the_asker_and_is_bounded() {
+        let mut view = MembershipView::new(Duration::from_secs(7));
+        let peers: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
+        for p in &peers {
+            view.observe(*p, advert(p, 1, 1), true, Instant::now());
+        }
+        let listed = view.members_except(&peers[0], 10);
+        assert_eq!(listed.len(), 4);
+        assert!(listed.iter().all(|m| m.peer_id != peers[0].to_string()));
+        assert_eq!(view.members_except(&peers[0], 2).len(), 2);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::Advert;
+use crate::advert::{AdvertError, MAX_ADDR_LEN, MAX_LISTEN_ADDRS};
 
 /// Stream protocol name of the request-response behaviour.
 pub const RPC_PROTOCOL: &str = "/pyagent/rpc/1";
@@ -11,18 +12,57 @@ pub const RPC_PROTOCOL: &str = "/pyagent/rpc/1";
 /// Largest request or response frame.
 pub const MAX_RPC_BYTES: usize = crate::codec::MAX_FRAME_BYTES;
 
+/// Most members listed in a [`RpcResponse::Hello`].
+pub const MAX_HELLO_MEMBERS: usize = 64;
+
 /// A request to a peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RpcRequest {
-    /// "Who are you?": asked right after a connection opens, so the membership view
-    /// fills without waiting for the next gossip round.
-    GetAdvert,
+    /// "Who are you, and who else is here?": asked right after a connection opens, so the
+    /// view fills without waiting for a gossip round, and the new node can dial the rest
+    /// of the swarm at once (peer exchange).
+    Hello,
+}
+
+/// A member of the answering node's view, for peer exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAddrs {
+    pub peer_id: String,
+    pub listen_addrs: Vec<String>,
 }
 
 /// The answer to an [`RpcRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RpcResponse {
-    Advert(Box<Advert>),
+    Hello { advert: Box<Advert>, members: Vec<MemberAddrs> },
     /// The request was understood but refused; the text says why.
     Error(String),
+}
+
+/// Checks the bounds of a peer-exchange list.
+pub fn validate_members(members: &[MemberAddrs]) -> Result<(), AdvertError> {
+    let field = |reason: String| AdvertError::Field { field: "members", reason };
+    if members.len() > MAX_HELLO_MEMBERS {
+        return Err(field(format!("{} entries, limit {MAX_HELLO_MEMBERS}", members.len())));
+    }
+    for m in members {
+        if m.peer_id.len() > 128 || m.listen_addrs.len() > MAX_LISTEN_ADDRS || m.listen_addrs.iter().any(|a| a.len() > MAX_ADDR_LEN) {
+            return Err(field("member entry out of bounds".into()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_lists_are_bounded() {
+        let m = MemberAddrs { peer_id: "p".into(), listen_addrs: vec!["/ip4/1.2.3.4/tcp/1".into()] };
+        assert!(validate_members(&vec![m.clone(); MAX_HELLO_MEMBERS]).is_ok());
+        assert!(validate_members(&vec![m.clone(); MAX_HELLO_MEMBERS + 1]).is_err());
+        let long = MemberAddrs { peer_id: "p".into(), listen_addrs: vec!["x".repeat(MAX_ADDR_LEN + 1)] };
+        assert!(validate_members(&[long]).is_err());
+    }
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  API server ─┐                          ┌─ gossipsub: adverts in/out
-//!  mDNS ───────┼─ Command ─► swarm task ──┼─ request-response: GetAdvert on connect
+//!  mDNS ───────┼─ Command ─► swarm task ──┼─ request-response: Hello on connect
 //!  Node ───────┘   (mpsc)      │          └─ identify / kad / ping / limits
 //!                              └─ Event (broadcast) ─► API PUB socket, tests
 //! ```

@@ -69,9 +69,9 @@ mod tests {
     async fn request_round_trips_and_garbage_is_invalid_data() {
         let proto = StreamProtocol::new(pyagent_protocol::rpc::RPC_PROTOCOL);
         let mut buf = futures::io::Cursor::new(Vec::new());
-        RpcCodec.write_request(&proto, &mut buf, RpcRequest::GetAdvert).await.unwrap();
+        RpcCodec.write_request(&proto, &mut buf, RpcRequest::Hello).await.unwrap();
         let mut rd = futures::io::Cursor::new(buf.into_inner());
-        assert_eq!(RpcCodec.read_request(&proto, &mut rd).await.unwrap(), RpcRequest::GetAdvert);
+        assert_eq!(RpcCodec.read_request(&proto, &mut rd).await.unwrap(), RpcRequest::Hello);
 
         let mut garbage = futures::io::Cursor::new(vec![1u8, 200, 200, 200]);
         let err = RpcCodec.read_request(&proto, &mut garbage).await.unwrap_err();

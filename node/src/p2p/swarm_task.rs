@@ -4,8 +4,9 @@
 //! timers (advert publication, view expiry, bootstrap redials). All membership state lives
 //! here, so nothing needs a lock.
 //!
-//! Joining is fast because a fresh connection triggers a direct `GetAdvert` request: the
-//! view fills as soon as the Noise handshake ends, without waiting for a gossip round.
+//! Joining is fast because a fresh connection triggers a direct `Hello` request: the
+//! view fills as soon as the Noise handshake ends, without waiting for a gossip round,
+//! and the answer lists the other members, which the newcomer dials at once.
 //! Gossiped adverts then keep every member fresh, including peers we are not directly
 //! connected to; an advert from an unconnected peer makes us dial it (full mesh on small
 //! fleets that only share a bootstrap node).
@@ -24,7 +25,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, request_response};
 use pyagent_engine::CapacityProbe;
 use pyagent_protocol::advert::MAX_ADVERT_BYTES;
 use pyagent_protocol::api::{Event, StatusResult};
-use pyagent_protocol::rpc::{RpcRequest, RpcResponse};
+use pyagent_protocol::rpc::{MAX_HELLO_MEMBERS, MemberAddrs, RpcRequest, RpcResponse, validate_members};
 use pyagent_protocol::{Advert, Capacity, PROTOCOL_VERSION, SwarmNamespace};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -394,7 +395,7 @@ impl SwarmTask {
                 self.view.mark_connected(&peer_id);
                 // Also when a stale connection of a dead run of this peer still lingers.
                 if num_established.get() == 1 || !self.view.contains(&peer_id) {
-                    self.swarm.behaviour_mut().rpc.send_request(&peer_id, RpcRequest::GetAdvert);
+                    self.swarm.behaviour_mut().rpc.send_request(&peer_id, RpcRequest::Hello);
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
@@ -431,18 +432,16 @@ impl SwarmTask {
                 self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&message_id, &propagation_source, acceptance);
             }
             BehaviourEvent::Rpc(request_response::Event::Message { peer, message, .. }) => match message {
-                request_response::Message::Request { request: RpcRequest::GetAdvert, channel, .. } => {
-                    let advert = self.advert();
-                    if self.swarm.behaviour_mut().rpc.send_response(channel, RpcResponse::Advert(Box::new(advert))).is_err() {
-                        tracing::debug!(%peer, "advert response not sent: stream closed");
+                request_response::Message::Request { request: RpcRequest::Hello, channel, .. } => {
+                    let advert = Box::new(self.advert());
+                    let members = self.view.members_except(&peer, MAX_HELLO_MEMBERS);
+                    if self.swarm.behaviour_mut().rpc.send_response(channel, RpcResponse::Hello { advert, members }).is_err() {
+                        tracing::debug!(%peer, "hello response not sent: stream closed");
                     }
                 }
                 request_response::Message::Response { response, .. } => match response {
-                    RpcResponse::Advert(advert) => match advert.validate(&peer.to_string()) {
-                        Ok(()) => self.observe(peer, *advert),
-                        Err(e) => tracing::warn!(%peer, "rejected advert: {e}"),
-                    },
-                    RpcResponse::Error(e) => tracing::debug!(%peer, "peer refused GetAdvert: {e}"),
+                    RpcResponse::Hello { advert, members } => self.on_hello(peer, *advert, members),
+                    RpcResponse::Error(e) => tracing::debug!(%peer, "peer refused hello: {e}"),
                 },
             },
             BehaviourEvent::Rpc(request_response::Event::OutboundFailure { peer, error, .. }) => {
@@ -452,6 +451,23 @@ impl SwarmTask {
                 tracing::debug!(%peer, "inbound request failed: {error}");
             }
             _ => {}
+        }
+    }
+
+    /// A hello answer: the peer's advert, and the members it knows (peer exchange).
+    fn on_hello(&mut self, peer: PeerId, advert: Advert, members: Vec<MemberAddrs>) {
+        if let Err(e) = advert.validate(&peer.to_string()).and_then(|()| validate_members(&members)) {
+            tracing::warn!(%peer, "rejected hello: {e}");
+            return;
+        }
+        self.observe(peer, advert);
+        for member in members {
+            let Ok(id) = member.peer_id.parse::<PeerId>() else { continue };
+            if self.view.contains(&id) {
+                continue;
+            }
+            let addrs = member.listen_addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            self.dial(id, addrs);
         }
     }
 
