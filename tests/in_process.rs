@@ -1,6 +1,8 @@
 //! Multi-node scenarios inside one process, over loopback, with mDNS off: nodes find each
 //! other through `--bootstrap` addresses only.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 mod support;
 
 use std::time::Duration;

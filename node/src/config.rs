@@ -431,8 +431,7 @@ mod tests {
 
     #[test]
     fn defaults_validate() {
-        let mut c = Config::default();
-        c.data_dir = Some("/tmp/x".into());
+        let c = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
         let s = c.validate().unwrap();
         assert_eq!(s.p2p_port, 7760);
         assert_eq!(s.api_bind.port(), 7761);
@@ -537,8 +536,7 @@ mod tests {
 
     #[test]
     fn printed_config_parses_back() {
-        let mut c = Config::default();
-        c.bootstrap = vec!["/ip4/10.0.0.1/tcp/7760".into()];
+        let c = Config { bootstrap: vec!["/ip4/10.0.0.1/tcp/7760".into()], ..Default::default() };
         let text = c.to_toml();
         let back = Config::from_toml(&text).unwrap();
         assert_eq!(back.bootstrap, c.bootstrap);

@@ -120,7 +120,7 @@ impl Node {
         if settings.quic_disabled_by_key {
             tracing::warn!("swarm key set: QUIC is off (libp2p pre-shared keys protect TCP only)");
         }
-        let transport = transport::build(&keypair, settings.swarm_key.clone(), settings.quic)?;
+        let transport = transport::build(&keypair, settings.swarm_key, settings.quic)?;
         let behaviour = Behaviour::new(&keypair, &settings.namespace, settings.max_connections)?;
         let mut swarm = Swarm::new(
             transport,

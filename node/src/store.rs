@@ -77,7 +77,7 @@ impl Store {
         };
         // Newest first, no duplicates, bounded.
         let mut merged: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-        merged.extend(known.addrs.into_iter());
+        merged.extend(known.addrs);
         let mut seen = std::collections::HashSet::new();
         merged.retain(|a| seen.insert(a.clone()));
         merged.truncate(MAX_ADDRS_PER_PEER);

@@ -44,8 +44,7 @@ pub struct Opts {
 /// Configuration of an in-process node: loopback only, mDNS off, ephemeral ports,
 /// quick adverts so tests stay short.
 pub fn test_config(data_dir: &Path, opts: &Opts) -> Config {
-    let mut c = Config::default();
-    c.data_dir = Some(data_dir.to_owned());
+    let mut c = Config { data_dir: Some(data_dir.to_owned()), ..Default::default() };
     if let Some(s) = &opts.swarm {
         c.swarm = s.clone();
     }

@@ -41,8 +41,10 @@ const BOOTSTRAP_REDIAL: Duration = Duration::from_secs(5);
 const REDIAL_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a peer of another swarm namespace is not dialed again.
 const FOREIGN_BAN: Duration = Duration::from_secs(300);
-/// How often the expiry sweep runs.
-const SWEEP: Duration = Duration::from_millis(500);
+/// How often the expiry sweep (and a deferred advert) runs.
+const SWEEP: Duration = Duration::from_millis(250);
+/// Least time between two adverts triggered by new gossip neighbours.
+const EAGER_ADVERT_GAP: Duration = Duration::from_millis(300);
 /// Known peers older than this are not redialed at start.
 const KNOWN_PEER_MAX_AGE_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Most known peers redialed at start.
@@ -76,6 +78,9 @@ pub struct SwarmTask {
     started: Instant,
     boot_id: u64,
     seq: u64,
+    last_publish: Option<Instant>,
+    /// A new gossip neighbour arrived within [`EAGER_ADVERT_GAP`] of the last advert.
+    advert_pending: bool,
     last_dial: HashMap<PeerId, Instant>,
     foreign: HashMap<PeerId, Instant>,
     /// Which peer answered at each bootstrap address without a `/p2p/` part.
@@ -147,6 +152,8 @@ impl SwarmTask {
             started: Instant::now(),
             boot_id: random_u64(),
             seq: 0,
+            last_publish: None,
+            advert_pending: false,
             last_dial: HashMap::new(),
             foreign: HashMap::new(),
             bootstrap_peers: HashMap::new(),
@@ -185,7 +192,20 @@ impl SwarmTask {
         }
     }
 
+    /// Publishes now, or soon if an advert just went out: called when a peer subscribes to
+    /// the advert topic, so everyone reachable learns about a newcomer in one gossip hop
+    /// instead of waiting for the next periodic advert.
+    fn publish_advert_soon(&mut self) {
+        if self.last_publish.is_some_and(|t| t.elapsed() < EAGER_ADVERT_GAP) {
+            self.advert_pending = true;
+        } else {
+            self.publish_advert();
+        }
+    }
+
     fn publish_advert(&mut self) {
+        self.last_publish = Some(Instant::now());
+        self.advert_pending = false;
         self.capacity = self.probe.probe();
         let advert = self.advert();
         let bytes = match pyagent_protocol::encode(&advert) {
@@ -335,6 +355,9 @@ impl SwarmTask {
                     for peer in self.view.expire(Instant::now()) {
                         self.leave(peer, LeaveReason::Expired);
                     }
+                    if self.advert_pending {
+                        self.publish_advert_soon();
+                    }
                     let now = Instant::now();
                     self.foreign.retain(|_, until| *until > now);
                     self.last_dial.retain(|_, t| now.duration_since(*t) < REDIAL_BACKOFF);
@@ -444,6 +467,9 @@ impl SwarmTask {
                     RpcResponse::Error(e) => tracing::debug!(%peer, "peer refused hello: {e}"),
                 },
             },
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. }) if topic == self.topic.hash() => {
+                self.publish_advert_soon();
+            }
             BehaviourEvent::Rpc(request_response::Event::OutboundFailure { peer, error, .. }) => {
                 tracing::debug!(%peer, "request failed: {error}");
             }
