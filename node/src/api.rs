@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
-use crate::p2p::NodeClient;
+use crate::p2p::{ClientError, NodeClient};
 
 /// How long a request may wait for the swarm task.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -134,19 +134,20 @@ pub async fn handle_request(payload: &[u8], client: &NodeClient) -> Vec<u8> {
             return e.to_reply();
         }
     };
-    let unavailable = |id: &Value, why: String| ApiError::new(id.clone(), code::UNAVAILABLE, why).to_reply();
     let id = &request.id;
     match request.method {
-        Method::Status => match tokio::time::timeout(REQUEST_TIMEOUT, client.status()).await {
-            Ok(Ok(status)) => api::result_reply(id, &status),
-            Ok(Err(e)) => unavailable(id, e.to_string()),
-            Err(_) => unavailable(id, "the node did not answer in time".into()),
-        },
-        Method::Peers => match tokio::time::timeout(REQUEST_TIMEOUT, client.peers()).await {
-            Ok(Ok(peers)) => api::result_reply(id, &PeersResult { peers }),
-            Ok(Err(e)) => unavailable(id, e.to_string()),
-            Err(_) => unavailable(id, "the node did not answer in time".into()),
-        },
+        Method::Status => answer(id, client.status()).await,
+        Method::Peers => answer(id, async { client.peers().await.map(|peers| PeersResult { peers }) }).await,
+    }
+}
+
+/// Awaits the swarm task's answer with a timeout and turns it into a reply frame.
+async fn answer<T: serde::Serialize>(id: &Value, work: impl std::future::Future<Output = Result<T, ClientError>>) -> Vec<u8> {
+    let unavailable = |why: String| ApiError::new(id.clone(), code::UNAVAILABLE, why).to_reply();
+    match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
+        Ok(Ok(result)) => api::result_reply(id, &result),
+        Ok(Err(e)) => unavailable(e.to_string()),
+        Err(_) => unavailable("the node did not answer in time".into()),
     }
 }
 

@@ -220,13 +220,22 @@ fn parse_env_list(vars: &HashMap<String, String>, var: &'static str) -> Option<V
     vars.get(var).map(|raw| raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
 }
 
+/// `PYAGENT_*` variables that configure nothing (typos, most likely).
+pub fn unknown_env_vars(vars: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    const OTHERS: &[&str] = &["PYAGENT_CONFIG", "PYAGENT_API_ENDPOINT"];
+    let mut unknown: Vec<String> = vars
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("PYAGENT_") && !OTHERS.contains(&k.as_str()) && !ENV_VARS.iter().any(|(v, _)| v == k))
+        .collect();
+    unknown.sort();
+    unknown
+}
+
 impl Overrides {
     /// Reads the `PYAGENT_*` variables of `vars` (pass `std::env::vars()`).
     pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let vars: HashMap<String, String> = vars.into_iter().filter(|(k, _)| k.starts_with("PYAGENT_")).collect();
-        if let Some(unknown) = vars.keys().find(|k| *k != "PYAGENT_CONFIG" && !ENV_VARS.iter().any(|(v, _)| v == k)) {
-            tracing::warn!("ignoring unknown environment variable {unknown}");
-        }
         Ok(Self {
             data_dir: vars.get("PYAGENT_DATA_DIR").map(PathBuf::from),
             swarm: vars.get("PYAGENT_SWARM").cloned(),
@@ -472,6 +481,13 @@ mod tests {
         assert!(err.to_string().contains("PYAGENT_P2P_PORT"), "{err}");
         let err = Overrides::from_env([("PYAGENT_MDNS".to_string(), "maybe".to_string())]).unwrap_err();
         assert!(err.to_string().contains("PYAGENT_MDNS"), "{err}");
+    }
+
+    #[test]
+    fn unknown_env_vars_are_reported() {
+        let vars = [("PYAGENT_P2P_PROT", "1"), ("PYAGENT_SWARM", "x"), ("PYAGENT_CONFIG", "f"), ("HOME", "/root")];
+        let unknown = unknown_env_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        assert_eq!(unknown, vec!["PYAGENT_P2P_PROT".to_string()]);
     }
 
     #[test]

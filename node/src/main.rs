@@ -27,8 +27,8 @@ fn main() -> ExitCode {
             println!("wrote swarm key {} (fingerprint {})", args.swarm_key.display(), key.fingerprint());
             println!("copy it to every node of the swarm and start them with --swarm-key {}", args.swarm_key.display());
         }).map_err(anyhow::Error::from),
-        CliCommand::Status(args) => runtime.block_on(status(args)),
-        CliCommand::Peers(args) => runtime.block_on(peers(args)),
+        CliCommand::Status(args) => runtime.block_on(query::<StatusResult>(args, "status", cli::render_status)),
+        CliCommand::Peers(args) => runtime.block_on(query::<PeersResult>(args, "peers", cli::render_peers)),
         CliCommand::Call(args) => return runtime.block_on(call(args)),
     };
     match result {
@@ -60,6 +60,9 @@ async fn run_node(args: NodeArgs) -> ExitCode {
         }
     };
     pyagent_node::logging::init(settings.log_format);
+    for var in pyagent_node::config::unknown_env_vars(std::env::vars()) {
+        tracing::warn!("ignoring unknown environment variable {var} (known: pyagent node --help, README)");
+    }
     let node = match pyagent_node::Node::start(settings).await {
         Ok(n) => n,
         Err(e) => {
@@ -85,12 +88,17 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn status(args: QueryArgs) -> anyhow::Result<()> {
-    let s: StatusResult = api_client::call(&args.api, "status", cli::query_timeout(&args)).await?;
+/// `status` and `peers`: one API call, printed as JSON or as a table.
+async fn query<T: serde::de::DeserializeOwned + serde::Serialize>(
+    args: QueryArgs,
+    method: &str,
+    render: fn(&T) -> String,
+) -> anyhow::Result<()> {
+    let result: T = api_client::call(&args.api, method, cli::query_timeout(&args)).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
-        print!("{}", cli::render_status(&s));
+        print!("{}", render(&result));
     }
     Ok(())
 }
@@ -111,12 +119,3 @@ async fn call(args: CallArgs) -> ExitCode {
     }
 }
 
-async fn peers(args: QueryArgs) -> anyhow::Result<()> {
-    let p: PeersResult = api_client::call(&args.api, "peers", cli::query_timeout(&args)).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&p)?);
-    } else {
-        print!("{}", cli::render_peers(&p));
-    }
-    Ok(())
-}

@@ -1,7 +1,6 @@
 //! Assembling and running a node: data directory, identity, database, swarm task,
 //! mDNS and the local API; and taking them down again in order.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -228,9 +227,4 @@ impl Node {
         }
         tracing::info!("node stopped");
     }
-}
-
-/// Handy for tests and tools: the socket address of a `tcp://IP:PORT` endpoint.
-pub fn endpoint_addr(endpoint: &str) -> Option<SocketAddr> {
-    endpoint.strip_prefix("tcp://")?.parse().ok()
 }
