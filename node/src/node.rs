@@ -83,6 +83,7 @@ async fn listen(swarm: &mut Swarm<Behaviour>, settings: &Settings) -> Result<u16
         loop {
             match libp2p::futures::StreamExt::select_next_some(&mut *swarm).await {
                 SwarmEvent::NewListenAddr { address, .. } => {
+                    tracing::info!(%address, "listening");
                     if let Some(p) = tcp_port(&address) {
                         return Ok(p);
                     }
