@@ -2,11 +2,14 @@
 //!
 //! Layout:
 //! - [`name`]: validated agent names, as nodes advertise them.
+//! - [`voting`]: proposals, ballots and deterministic tallies (plurality, approval, Borda,
+//!   instant-runoff, Schulze, quadratic, trust-weighted) that every node computes alike.
 //!
 //! The built-in Python analysis agents (complexity, imports, tokens) and the `Agent`
 //! trait arrive with the "agents, tasks and votes" issue; until then a node hosts none.
 
 pub mod name;
+pub mod voting;
 
 pub use name::{AgentName, AgentNameError};
 
