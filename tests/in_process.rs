@@ -29,6 +29,13 @@ async fn three_nodes_join_through_one_bootstrap_and_leave_on_shutdown() {
     }
     let status = b.client().status().await.unwrap();
     assert_eq!(status.members, 2);
+    // Adverts carry the hosted agents.
+    let builtin: Vec<String> = pyagent_agents::builtin().iter().map(ToString::to_string).collect();
+    assert!(builtin.contains(&"tokens".to_string()));
+    assert_eq!(status.agents, builtin);
+    for peer in b.client().peers().await.unwrap() {
+        assert_eq!(peer.agents, builtin, "{}", peer.peer_id);
+    }
     assert_eq!(status.connected_peers, 2, "B dialed C (peer exchange or advert): full mesh");
 
     let mut joined = std::collections::BTreeSet::new();

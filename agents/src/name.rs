@@ -40,6 +40,12 @@ impl FromStr for AgentName {
 }
 
 impl AgentName {
+    /// A built-in name known to be valid (checked by the tests of each agent).
+    pub(crate) fn from_static(name: &'static str) -> Self {
+        debug_assert!(name.parse::<AgentName>().is_ok(), "invalid built-in agent name {name}");
+        Self(name.to_owned())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
