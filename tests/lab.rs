@@ -50,6 +50,18 @@ fn lab_mdns_mesh_survives_kill_and_restart() {
         wait_for(&format!("node {i} sees the full mesh again"), MESH, || lab.view(i) == expect(i));
     }
 
+    // kill -9 and restart at once, before anyone noticed: the old run's connections may
+    // linger (QUIC), yet the new run must be back in every view, with a full view itself.
+    nodes[2].kill9();
+    nodes[2] = lab.spawn_node(3, &[]);
+    assert_eq!(lab.wait_ready(3, READY), ids[2]);
+    for i in 1..=3 {
+        wait_for(&format!("node {i} sees the full mesh after a quick restart"), MESH, || lab.view(i) == expect(i));
+    }
+    wait_for("the restarted node is directly connected to both others", MESH, || {
+        lab.status(3).is_some_and(|s| s["connected_peers"] == 2 && s["members"] == 2)
+    });
+
     // Graceful stop: exit 0 quickly, and the others drop it at once.
     let (exit, took) = nodes[0].terminate();
     assert!(exit.success(), "SIGTERM exit status {exit:?}");

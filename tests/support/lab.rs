@@ -144,6 +144,15 @@ impl LabNode {
 impl Drop for LabNode {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test shows what its nodes logged.
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("----- last lines of {} -----", self.log.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 

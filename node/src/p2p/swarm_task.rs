@@ -35,8 +35,10 @@ use super::client::Command;
 use crate::membership::{Change, LeaveReason, MembershipView, peer_info};
 use crate::store::Store;
 
-/// How often bootstrap addresses are redialed while disconnected.
+/// How often bootstrap addresses and lost members are redialed while disconnected.
 const BOOTSTRAP_REDIAL: Duration = Duration::from_secs(5);
+/// Members lost this recently are redialed (a network blip must not split the swarm).
+const LOST_MEMBER_REDIAL_FOR: Duration = Duration::from_secs(600);
 /// How long to wait before dialing the same peer again on an advert or discovery.
 const REDIAL_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a peer of another swarm namespace is not dialed again.
@@ -85,6 +87,9 @@ pub struct SwarmTask {
     foreign: HashMap<PeerId, Instant>,
     /// Which peer answered at each bootstrap address without a `/p2p/` part.
     bootstrap_peers: HashMap<Multiaddr, PeerId>,
+    /// Advertised addresses of members, and when each was last seen: lost members are
+    /// redialed for [`LOST_MEMBER_REDIAL_FOR`].
+    recent: HashMap<PeerId, (Vec<Multiaddr>, Instant)>,
 }
 
 impl std::fmt::Debug for SwarmTask {
@@ -157,6 +162,7 @@ impl SwarmTask {
             last_dial: HashMap::new(),
             foreign: HashMap::new(),
             bootstrap_peers: HashMap::new(),
+            recent: HashMap::new(),
         })
     }
 
@@ -254,7 +260,16 @@ impl SwarmTask {
     fn observe(&mut self, peer: PeerId, advert: Advert) {
         let connected = self.swarm.is_connected(&peer);
         let dial_addrs: Vec<Multiaddr> = advert.listen_addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        self.recent.insert(peer, (dial_addrs.clone(), Instant::now()));
         let change = self.view.observe(peer, advert, connected, Instant::now());
+        if change == Change::Restarted && connected {
+            // We missed its death, so connections to the old run may linger, and libp2p
+            // keeps per-peer state (gossip subscriptions, request routing) on them. Start
+            // afresh: drop every connection; the lost-member redial reconnects.
+            tracing::info!(%peer, "peer restarted behind our back; reconnecting");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
         if matches!(change, Change::Joined | Change::Restarted)
             && let Some(member) = self.view.get(&peer)
         {
@@ -306,6 +321,21 @@ impl SwarmTask {
         }
     }
 
+    /// Redials members lost within [`LOST_MEMBER_REDIAL_FOR`] that are not connected.
+    fn redial_lost_members(&mut self) {
+        let now = Instant::now();
+        self.recent.retain(|_, (_, seen)| now.duration_since(*seen) < LOST_MEMBER_REDIAL_FOR);
+        let lost: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .recent
+            .iter()
+            .filter(|(peer, _)| !self.swarm.is_connected(peer))
+            .map(|(peer, (addrs, _))| (*peer, addrs.clone()))
+            .collect();
+        for (peer, addrs) in lost {
+            self.dial(peer, addrs);
+        }
+    }
+
     fn redial_known_peers(&mut self) {
         let known = match self.store.known_peers() {
             Ok(k) => k,
@@ -353,6 +383,8 @@ impl SwarmTask {
                 _ = advert_tick.tick() => self.publish_advert(),
                 _ = sweep_tick.tick() => {
                     for peer in self.view.expire(Instant::now()) {
+                        // Silent for the TTL: whatever connection remains is dead or useless.
+                        let _ = self.swarm.disconnect_peer_id(peer);
                         self.leave(peer, LeaveReason::Expired);
                     }
                     if self.advert_pending {
@@ -362,7 +394,10 @@ impl SwarmTask {
                     self.foreign.retain(|_, until| *until > now);
                     self.last_dial.retain(|_, t| now.duration_since(*t) < REDIAL_BACKOFF);
                 }
-                _ = bootstrap_tick.tick() => self.redial_bootstrap(),
+                _ = bootstrap_tick.tick() => {
+                    self.redial_bootstrap();
+                    self.redial_lost_members();
+                }
                 _ = kad_tick.tick() => {
                     if self.swarm.connected_peers().next().is_some() {
                         let _ = self.swarm.behaviour_mut().kad.bootstrap();
@@ -423,6 +458,9 @@ impl SwarmTask {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
                 tracing::debug!(%peer_id, ?cause, "disconnected");
+                // The backoff throttles failing dials; reconnecting to a peer that was just
+                // connected may start at once.
+                self.last_dial.remove(&peer_id);
                 if self.view.disconnected(&peer_id) {
                     self.leave(peer_id, LeaveReason::Disconnected);
                 }

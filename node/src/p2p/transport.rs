@@ -14,6 +14,8 @@ use libp2p::{PeerId, Transport, noise, quic, tcp, yamux};
 
 /// How long the security and multiplexing handshakes may take.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(1);
+const QUIC_IDLE_TIMEOUT_MS: u32 = 5_000;
 
 /// Builds the node's transport.
 pub fn build(keypair: &Keypair, psk: Option<PreSharedKey>, with_quic: bool) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
@@ -32,6 +34,11 @@ pub fn build(keypair: &Keypair, psk: Option<PreSharedKey>, with_quic: bool) -> R
     if !with_quic {
         return Ok(tcp.boxed());
     }
-    let quic = quic::tokio::Transport::new(quic::Config::new(keypair)).map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
+    let mut quic_config = quic::Config::new(keypair);
+    // QUIC gets no FIN from a killed process: keep-alives every second and a 5 s idle
+    // timeout close a dead peer's connection quickly (TCP closes at once).
+    quic_config.keep_alive_interval = QUIC_KEEP_ALIVE;
+    quic_config.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
+    let quic = quic::tokio::Transport::new(quic_config).map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
     Ok(tcp.or_transport(quic).map(|either, _| either.into_inner()).boxed())
 }
