@@ -44,6 +44,10 @@ fn invalid_config_exits_2_and_names_the_field() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("PYAGENT_P2P_PORT"), "{}", stderr(&out));
 
+    let out = pyagent(&["node", "--data-dir", "/tmp/x", "--agents", "tokens,astrology"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("agents:") && stderr(&out).contains("astrology"), "{}", stderr(&out));
+
     let out = pyagent(&["node", "--config", "/nonexistent/pyagent.toml"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("/nonexistent/pyagent.toml"), "{}", stderr(&out));

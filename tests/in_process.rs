@@ -230,3 +230,19 @@ async fn python_pyzmq_client_reads_status_and_peers() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// `--agents` decides what a node hosts, and peers see it in the advert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosted_agents_follow_the_agents_option() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let relay = start_in(da.path(), &Opts { agents: vec!["none".into()], ..Default::default() }).await;
+    let worker = start_in(db.path(), &Opts { agents: vec!["tokens".into()], bootstrap: relay.p2p_addrs(), ..Default::default() }).await;
+    wait_until("both join", JOIN, || async { view(&relay).await == ids([&worker]) && view(&worker).await == ids([&relay]) }).await;
+    assert!(relay.client().status().await.unwrap().agents.is_empty());
+    let seen_by_relay = relay.client().peers().await.unwrap();
+    assert_eq!(seen_by_relay[0].agents, vec!["tokens".to_string()]);
+    let seen_by_worker = worker.client().peers().await.unwrap();
+    assert!(seen_by_worker[0].agents.is_empty());
+    relay.shutdown().await;
+    worker.shutdown().await;
+}

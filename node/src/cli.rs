@@ -19,6 +19,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up; boxing buys nothing
 pub enum CliCommand {
     /// Run a swarm node.
     Node(NodeArgs),
@@ -61,6 +62,9 @@ pub struct NodeArgs {
     /// Peer to dial at start and whenever disconnected (repeatable).
     #[arg(long, value_name = "MULTIADDR")]
     pub bootstrap: Vec<String>,
+    /// Agents to host, comma-separated, or `none` [default: all built-in].
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub agents: Vec<String>,
     /// Address of the p2p listener [default: 0.0.0.0].
     #[arg(long, value_name = "IP")]
     pub listen_ip: Option<IpAddr>,
@@ -102,6 +106,7 @@ impl NodeArgs {
             swarm: self.swarm.clone(),
             swarm_key: self.swarm_key.clone(),
             bootstrap: list(&self.bootstrap),
+            agents: list(&self.agents),
             listen_ip: self.listen_ip,
             p2p_port: self.p2p_port,
             quic: self.no_quic.then_some(false),
@@ -212,15 +217,21 @@ pub fn render_peers(p: &PeersResult) -> String {
     if p.peers.is_empty() {
         return "no peers in view\n".into();
     }
-    let mut out = format!("{:<52}  {:<4}  {:>8}  {:>9}  {:<26}  {}\n", "PEER ID", "CONN", "UPTIME", "LAST SEEN", "CAPACITY", "ADDRESS");
+    let agents = |a: &[String]| if a.is_empty() { "-".to_owned() } else { a.join(",") };
+    let width = p.peers.iter().map(|peer| agents(&peer.agents).len()).max().unwrap_or(0).max("AGENTS".len());
+    let mut out = format!(
+        "{:<52}  {:<4}  {:>8}  {:>9}  {:<26}  {:<width$}  {}\n",
+        "PEER ID", "CONN", "UPTIME", "LAST SEEN", "CAPACITY", "AGENTS", "ADDRESS"
+    );
     for peer in &p.peers {
         out.push_str(&format!(
-            "{:<52}  {:<4}  {:>8}  {:>8}s  {:<26}  {}\n",
+            "{:<52}  {:<4}  {:>8}  {:>8}s  {:<26}  {:<width$}  {}\n",
             peer.peer_id,
             if peer.connected { "yes" } else { "no" },
             duration(peer.uptime_secs),
             peer.last_seen_ms / 1000,
             peer.capacity.summary(),
+            agents(&peer.agents),
             peer.listen_addrs.first().map(String::as_str).unwrap_or("-"),
         ));
     }
@@ -261,6 +272,31 @@ mod tests {
         let env = [("PYAGENT_P2P_PORT".to_string(), "2000".to_string()), ("PYAGENT_SWARM".to_string(), "env".to_string())];
         let c = args.effective_config(env).unwrap();
         assert_eq!((c.swarm.as_str(), c.p2p.port, c.mdns.enabled), ("env", 3000, false));
+    }
+
+    #[test]
+    fn agents_flag_splits_on_commas() {
+        let cli = Cli::try_parse_from(["pyagent", "node", "--agents", "tokens,complexity"]).unwrap();
+        let CliCommand::Node(args) = cli.command else { panic!("not node") };
+        assert_eq!(args.overrides().agents, Some(vec!["tokens".to_string(), "complexity".to_string()]));
+    }
+
+    #[test]
+    fn peers_table_shows_agents() {
+        let peer = pyagent_protocol::api::PeerInfo {
+            peer_id: "12D3KooWTest".into(),
+            node_version: "pyagent/0".into(),
+            connected: true,
+            listen_addrs: vec!["/ip4/10.77.0.11/tcp/7760".into()],
+            agents: vec!["tokens".into()],
+            capacity: Default::default(),
+            uptime_secs: 5,
+            last_seen_ms: 1200,
+        };
+        let table = render_peers(&PeersResult { peers: vec![peer] });
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].contains("AGENTS"), "{table}");
+        assert!(lines[1].contains("tokens") && lines[1].contains("/ip4/10.77.0.11/tcp/7760"), "{table}");
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct Config {
     pub swarm_key: Option<PathBuf>,
     /// Peers to dial at start and whenever the connection drops (routed fleets).
     pub bootstrap: Vec<String>,
+    /// Agents this node hosts: built-in agent names; empty means all of them, `["none"]`
+    /// none (a node that only relays and stores).
+    pub agents: Vec<String>,
     pub p2p: P2pConfig,
     pub mdns: MdnsConfig,
     pub api: ApiConfig,
@@ -101,6 +104,7 @@ impl Default for Config {
             swarm: "default".into(),
             swarm_key: None,
             bootstrap: Vec::new(),
+            agents: Vec::new(),
             p2p: P2pConfig::default(),
             mdns: MdnsConfig::default(),
             api: ApiConfig::default(),
@@ -169,6 +173,7 @@ pub struct Overrides {
     pub swarm: Option<String>,
     pub swarm_key: Option<PathBuf>,
     pub bootstrap: Option<Vec<String>>,
+    pub agents: Option<Vec<String>>,
     pub listen_ip: Option<IpAddr>,
     pub p2p_port: Option<u16>,
     pub quic: Option<bool>,
@@ -186,6 +191,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PYAGENT_SWARM", "swarm"),
     ("PYAGENT_SWARM_KEY", "swarm_key"),
     ("PYAGENT_BOOTSTRAP", "bootstrap (comma-separated multiaddrs)"),
+    ("PYAGENT_AGENTS", "agents (comma-separated names, or none)"),
     ("PYAGENT_LISTEN_IP", "p2p.listen_ip"),
     ("PYAGENT_P2P_PORT", "p2p.port"),
     ("PYAGENT_QUIC", "p2p.quic (true/false)"),
@@ -241,6 +247,7 @@ impl Overrides {
             swarm: vars.get("PYAGENT_SWARM").cloned(),
             swarm_key: vars.get("PYAGENT_SWARM_KEY").map(PathBuf::from),
             bootstrap: parse_env_list(&vars, "PYAGENT_BOOTSTRAP"),
+            agents: parse_env_list(&vars, "PYAGENT_AGENTS"),
             listen_ip: parse_env(&vars, "PYAGENT_LISTEN_IP")?,
             p2p_port: parse_env(&vars, "PYAGENT_P2P_PORT")?,
             quic: parse_env_bool(&vars, "PYAGENT_QUIC")?,
@@ -288,6 +295,7 @@ impl Config {
         }
         set(&mut self.swarm, o.swarm);
         set(&mut self.bootstrap, o.bootstrap);
+        set(&mut self.agents, o.agents);
         set(&mut self.p2p.listen_ip, o.listen_ip);
         set(&mut self.p2p.port, o.p2p_port);
         set(&mut self.p2p.quic, o.quic);
@@ -324,6 +332,7 @@ impl Config {
             .iter()
             .map(|s| s.parse::<Multiaddr>().map_err(|e| invalid("bootstrap", format!("{s:?} is not a multiaddr: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
+        let agents = select_agents(&self.agents)?;
         if self.p2p.max_connections == 0 {
             return Err(invalid("p2p.max_connections", "must be at least 1"));
         }
@@ -359,6 +368,7 @@ impl Config {
             namespace,
             swarm_key,
             bootstrap,
+            agents,
             listen_ip: self.p2p.listen_ip,
             p2p_port: self.p2p.port,
             quic,
@@ -373,6 +383,19 @@ impl Config {
             log_format: self.log.format,
         })
     }
+}
+
+/// The hosted agents' names: all built-in ones for an empty list, none for `["none"]`.
+fn select_agents(names: &[String]) -> Result<Vec<String>, ConfigError> {
+    if names == ["none"] {
+        return Ok(Vec::new());
+    }
+    let parsed = names
+        .iter()
+        .map(|n| n.parse::<pyagent_agents::AgentName>().map_err(|e| invalid("agents", e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let registry = pyagent_agents::Registry::select(&parsed).map_err(|e| invalid("agents", e.to_string()))?;
+    Ok(registry.names().iter().map(ToString::to_string).collect())
 }
 
 /// `$XDG_DATA_HOME/pyagent`, i.e. `~/.local/share/pyagent`.
@@ -396,6 +419,8 @@ pub struct Settings {
     pub namespace: SwarmNamespace,
     pub swarm_key: Option<PreSharedKey>,
     pub bootstrap: Vec<Multiaddr>,
+    /// Names of the hosted agents (validated against the built-in ones).
+    pub agents: Vec<String>,
     pub listen_ip: IpAddr,
     pub p2p_port: u16,
     pub quic: bool,
@@ -419,6 +444,7 @@ impl std::fmt::Debug for Settings {
             // Never print the key itself; its fingerprint identifies it.
             .field("swarm_key", &self.swarm_key.as_ref().map(|k| k.fingerprint().to_string()))
             .field("bootstrap", &self.bootstrap)
+            .field("agents", &self.agents)
             .field("listen_ip", &self.listen_ip)
             .field("p2p_port", &self.p2p_port)
             .field("quic", &self.quic)
@@ -518,6 +544,22 @@ mod tests {
         let mut c = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
         c.swarm_key = Some("/nonexistent/swarm.key".into());
         assert!(validate_err(&c).starts_with("swarm_key:"));
+    }
+
+    #[test]
+    fn agents_default_to_all_builtin_and_can_be_narrowed_or_none() {
+        let base = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
+        let all: Vec<String> = pyagent_agents::builtin().iter().map(ToString::to_string).collect();
+        assert_eq!(base.validate().unwrap().agents, all);
+        let none = Config { agents: vec!["none".into()], ..base.clone() };
+        assert!(none.validate().unwrap().agents.is_empty());
+        let tokens = Config { agents: vec!["tokens".into()], ..base.clone() };
+        assert_eq!(tokens.validate().unwrap().agents, vec!["tokens".to_string()]);
+        let unknown = Config { agents: vec!["tokens".into(), "astrology".into()], ..base.clone() };
+        let err = validate_err(&unknown);
+        assert!(err.starts_with("agents:") && err.contains("astrology") && err.contains("tokens"), "{err}");
+        let bad = Config { agents: vec!["Not A Name".into()], ..base };
+        assert!(validate_err(&bad).starts_with("agents:"));
     }
 
     #[test]

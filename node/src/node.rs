@@ -134,13 +134,12 @@ impl Node {
         let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (event_tx, _) = broadcast::channel(EVENT_QUEUE);
         let client = NodeClient::new(command_tx, event_tx.clone());
-        let agents = pyagent_agents::builtin().iter().map(ToString::to_string).collect();
         let facts = NodeFacts {
             namespace: settings.namespace.clone(),
             private: settings.swarm_key.is_some(),
             quic: settings.quic,
             mdns: settings.mdns,
-            agents,
+            agents: settings.agents.clone(),
             data_dir: data_dir.path().to_owned(),
             bootstrap: settings.bootstrap.clone(),
             advert_interval: settings.advert_interval,

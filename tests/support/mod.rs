@@ -39,6 +39,7 @@ pub struct Opts {
     pub swarm_key: Option<PathBuf>,
     pub bootstrap: Vec<Multiaddr>,
     pub quic: Option<bool>,
+    pub agents: Vec<String>,
 }
 
 /// Configuration of an in-process node: loopback only, mDNS off, ephemeral ports,
@@ -50,6 +51,7 @@ pub fn test_config(data_dir: &Path, opts: &Opts) -> Config {
     }
     c.swarm_key = opts.swarm_key.clone();
     c.bootstrap = opts.bootstrap.iter().map(ToString::to_string).collect();
+    c.agents = opts.agents.clone();
     c.p2p.listen_ip = "127.0.0.1".parse().unwrap();
     c.p2p.port = 0;
     c.p2p.quic = opts.quic.unwrap_or(true);
