@@ -33,14 +33,27 @@ pub enum CliCommand {
     Call(CallArgs),
 }
 
+/// How the query commands reach the local node.
 #[derive(Debug, Args)]
-pub struct CallArgs {
+pub struct ApiArgs {
     /// The node's API endpoint.
     #[arg(long, env = "PYAGENT_API_ENDPOINT", default_value = "tcp://127.0.0.1:7761", value_name = "ENDPOINT")]
     pub api: String,
     /// How long to wait for the node, in milliseconds.
     #[arg(long, default_value_t = 3000, value_name = "MS")]
     pub timeout_ms: u64,
+}
+
+impl ApiArgs {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.max(1))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
     /// The request, sent as is, e.g. '{"id":1,"method":"status"}'.
     pub request: String,
 }
@@ -143,15 +156,11 @@ pub struct KeygenArgs {
 
 #[derive(Debug, Args)]
 pub struct QueryArgs {
-    /// The node's API endpoint.
-    #[arg(long, env = "PYAGENT_API_ENDPOINT", default_value = "tcp://127.0.0.1:7761", value_name = "ENDPOINT")]
-    pub api: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// How long to wait for the node, in milliseconds.
-    #[arg(long, default_value_t = 3000, value_name = "MS")]
-    pub timeout_ms: u64,
 }
 
 /// Why keygen failed.
@@ -236,11 +245,6 @@ pub fn render_peers(p: &PeersResult) -> String {
         ));
     }
     out
-}
-
-/// Timeout of a query command.
-pub fn query_timeout(args: &QueryArgs) -> Duration {
-    Duration::from_millis(args.timeout_ms.max(1))
 }
 
 #[cfg(test)]

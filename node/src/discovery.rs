@@ -45,6 +45,8 @@ pub struct Announcement {
     pub quic: bool,
     pub capacity_summary: String,
     pub interfaces: Vec<String>,
+    /// This run's id (the one adverts carry), to tell a restart from a copied identity.
+    pub boot_id: u64,
 }
 
 /// Running discovery. [`MdnsDiscovery::shutdown`] sends the mDNS goodbye.
@@ -119,13 +121,6 @@ pub fn sighting(
     Ok(Sighting { peer, addrs, boot_id: txt_of(txt::BOOT_ID) })
 }
 
-fn random_boot_id() -> String {
-    let mut bytes = [0u8; 8];
-    // Only used to tell two processes with one identity apart; zeros if the OS refuses.
-    let _ = getrandom::fill(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl MdnsDiscovery {
     /// Starts the daemon, registers this node and browses for others.
     pub fn start(me: Announcement, client: NodeClient) -> Result<Self, DiscoveryError> {
@@ -143,7 +138,7 @@ impl MdnsDiscovery {
             // IPv6 link-local addresses need scope ids that multiaddrs cannot carry.
             daemon.disable_interface(IfKind::IPv6).map_err(DiscoveryError::Daemon)?;
         }
-        let boot_id = random_boot_id();
+        let boot_id = format!("{:016x}", me.boot_id);
         let instance = me.peer_id.to_string();
         let props: HashMap<String, String> = [
             (txt::VERSION, PROTOCOL_VERSION.to_string()),

@@ -94,7 +94,7 @@ async fn query<T: serde::de::DeserializeOwned + serde::Serialize>(
     method: &str,
     render: fn(&T) -> String,
 ) -> anyhow::Result<()> {
-    let result: T = api_client::call(&args.api, method, cli::query_timeout(&args)).await?;
+    let result: T = api_client::call(&args.api.api, method, args.api.timeout()).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
@@ -105,8 +105,7 @@ async fn query<T: serde::de::DeserializeOwned + serde::Serialize>(
 
 /// Prints the reply; exit 0 for a result, 1 for an error reply or no reply.
 async fn call(args: CallArgs) -> ExitCode {
-    let timeout = std::time::Duration::from_millis(args.timeout_ms.max(1));
-    match api_client::call_raw(&args.api, args.request.into_bytes(), timeout).await {
+    match api_client::call_raw(&args.api.api, args.request.into_bytes(), args.api.timeout()).await {
         Ok(reply) => {
             println!("{}", String::from_utf8_lossy(&reply));
             let is_result = serde_json::from_slice::<serde_json::Value>(&reply).is_ok_and(|v| v.get("result").is_some());

@@ -68,6 +68,16 @@ fn listen_addr(ip: std::net::IpAddr, port: u16, quic: bool) -> Multiaddr {
     if quic { base.with(Protocol::Udp(port)).with(Protocol::QuicV1) } else { base.with(Protocol::Tcp(port)) }
 }
 
+/// A random id for this process run (adverts and mDNS carry it).
+fn random_boot_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Only tells runs of one node apart; the clock is a fine fallback.
+    if getrandom::fill(&mut bytes).is_err() {
+        return std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+    }
+    u64::from_le_bytes(bytes)
+}
+
 fn tcp_port(addr: &Multiaddr) -> Option<u16> {
     addr.iter().find_map(|p| match p {
         Protocol::Tcp(port) => Some(port),
@@ -134,6 +144,7 @@ impl Node {
         let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (event_tx, _) = broadcast::channel(EVENT_QUEUE);
         let client = NodeClient::new(command_tx, event_tx.clone());
+        let boot_id = random_boot_id();
         let facts = NodeFacts {
             namespace: settings.namespace.clone(),
             private: settings.swarm_key.is_some(),
@@ -144,6 +155,7 @@ impl Node {
             bootstrap: settings.bootstrap.clone(),
             advert_interval: settings.advert_interval,
             peer_ttl: settings.peer_ttl,
+            boot_id,
         };
         let task = SwarmTask::new(swarm, command_rx, event_tx, facts, store.clone(), probe)
             .map_err(|e| StartError::Subscribe(e.to_string()))?;
@@ -161,6 +173,7 @@ impl Node {
                     quic: settings.quic,
                     capacity_summary,
                     interfaces: settings.mdns_interfaces.clone(),
+                    boot_id,
                 };
                 match MdnsDiscovery::start(me, client.clone()) {
                     Ok(m) => Some(m),

@@ -28,7 +28,7 @@ pub enum StoreError {
 }
 
 /// A peer this node has been connected to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KnownPeer {
     pub addrs: Vec<String>,
     pub last_seen_unix_ms: u64,
@@ -68,13 +68,13 @@ impl Store {
     pub fn remember_peer(&self, peer: &PeerId, addrs: &[Multiaddr]) -> Result<(), StoreError> {
         let cf = self.peers_cf()?;
         let key = peer.to_bytes();
-        let mut known = match self.db.get_cf(cf, &key).map_err(|source| StoreError::Db { op: "read peer", source })? {
-            Some(bytes) => pyagent_protocol::decode::<KnownPeer>(&bytes, 64 * 1024).unwrap_or(KnownPeer {
-                addrs: Vec::new(),
-                last_seen_unix_ms: 0,
-            }),
-            None => KnownPeer { addrs: Vec::new(), last_seen_unix_ms: 0 },
-        };
+        // A missing or undecodable record starts afresh.
+        let mut known: KnownPeer = self
+            .db
+            .get_cf(cf, &key)
+            .map_err(|source| StoreError::Db { op: "read peer", source })?
+            .and_then(|bytes| pyagent_protocol::decode(&bytes, 64 * 1024).ok())
+            .unwrap_or_default();
         // Newest first, no duplicates, bounded.
         let mut merged: Vec<String> = addrs.iter().map(ToString::to_string).collect();
         merged.extend(known.addrs);

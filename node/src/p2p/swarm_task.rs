@@ -64,6 +64,8 @@ pub struct NodeFacts {
     pub bootstrap: Vec<Multiaddr>,
     pub advert_interval: Duration,
     pub peer_ttl: Duration,
+    /// Random per process run; a new value tells peers this node restarted.
+    pub boot_id: u64,
 }
 
 /// The swarm task's state.
@@ -78,7 +80,6 @@ pub struct SwarmTask {
     view: MembershipView,
     topic: gossipsub::IdentTopic,
     started: Instant,
-    boot_id: u64,
     seq: u64,
     last_publish: Option<Instant>,
     /// A new gossip neighbour arrived within [`EAGER_ADVERT_GAP`] of the last advert.
@@ -114,15 +115,6 @@ fn is_unspecified(addr: &Multiaddr) -> bool {
     })
 }
 
-fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    // Only tells runs of one node apart; the time is a fine fallback.
-    if getrandom::fill(&mut bytes).is_err() {
-        return std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
-    }
-    u64::from_le_bytes(bytes)
-}
-
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     addr.iter().find_map(|p| match p {
         Protocol::P2p(peer) => Some(peer),
@@ -155,7 +147,6 @@ impl SwarmTask {
             capacity,
             topic,
             started: Instant::now(),
-            boot_id: random_u64(),
             seq: 0,
             last_publish: None,
             advert_pending: false,
@@ -193,7 +184,7 @@ impl SwarmTask {
             agents: self.facts.agents.clone(),
             capacity: self.capacity.clone(),
             uptime_secs: self.started.elapsed().as_secs(),
-            boot_id: self.boot_id,
+            boot_id: self.facts.boot_id,
             seq: self.seq,
         }
     }
@@ -375,8 +366,9 @@ impl SwarmTask {
         let shutdown_reply: Option<oneshot::Sender<()>> = loop {
             tokio::select! {
                 command = self.commands.recv() => match command {
-                    Some(Command::Shutdown(reply)) => break Some(reply),
-                    Some(command) => self.on_command(command),
+                    Some(command) => if let Some(reply) = self.on_command(command) {
+                        break Some(reply);
+                    },
                     None => break None,
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
@@ -416,7 +408,8 @@ impl SwarmTask {
         tracing::debug!("swarm task stopped");
     }
 
-    fn on_command(&mut self, command: Command) {
+    /// Handles a command; a shutdown hands its reply back to the loop, which stops.
+    fn on_command(&mut self, command: Command) -> Option<oneshot::Sender<()>> {
         match command {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -425,11 +418,9 @@ impl SwarmTask {
                 let _ = reply.send(self.view.peer_infos(Instant::now()));
             }
             Command::Dial { peer, addrs } => self.dial(peer, addrs),
-            // Handled by the loop.
-            Command::Shutdown(reply) => {
-                let _ = reply.send(());
-            }
+            Command::Shutdown(reply) => return Some(reply),
         }
+        None
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
