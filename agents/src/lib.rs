@@ -3,16 +3,18 @@
 //! Layout:
 //! - [`agent`]: the [`Agent`] trait, [`Task`]s and their [`SourceFile`]s, [`AgentError`].
 //! - [`registry`]: the agents a node hosts (built-in, narrowed by `--agents`).
+//! - [`complexity`]: cyclomatic complexity with radon's rules and ranks.
 //! - [`tokens`]: exact token counts (cl100k_base, o200k_base).
+//! - [`python`]: the Python parser (current syntax) and CPython-style positions.
 //! - [`name`]: validated agent names, as nodes advertise them.
 //! - [`voting`]: proposals, ballots and deterministic tallies (plurality, approval, Borda,
 //!   instant-runoff, Schulze, quadratic, trust-weighted) that every node computes alike.
 //!
-//! Still to come with the "agents, tasks and votes" issue: the `complexity` and
-//! `imports` agents, and routing tasks to agents across the swarm.
 
 pub mod agent;
+pub mod complexity;
 pub mod name;
+pub mod python;
 pub mod registry;
 pub mod tokens;
 pub mod voting;

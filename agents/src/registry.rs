@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::agent::Agent;
+use crate::complexity::ComplexityAgent;
 use crate::tokens::TokensAgent;
 use crate::AgentName;
 
@@ -24,6 +25,7 @@ impl Registry {
     /// Every built-in agent.
     pub fn builtin() -> Self {
         let mut registry = Self::default();
+        registry.add(Arc::new(ComplexityAgent::new()));
         registry.add(Arc::new(TokensAgent::new()));
         registry
     }
