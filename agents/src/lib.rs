@@ -4,6 +4,7 @@
 //! - [`agent`]: the [`Agent`] trait, [`Task`]s and their [`SourceFile`]s, [`AgentError`].
 //! - [`registry`]: the agents a node hosts (built-in, narrowed by `--agents`).
 //! - [`complexity`]: cyclomatic complexity with radon's rules and ranks.
+//! - [`imports`]: the import graph of a package tree, its cycles.
 //! - [`tokens`]: exact token counts (cl100k_base, o200k_base).
 //! - [`python`]: the Python parser (current syntax) and CPython-style positions.
 //! - [`name`]: validated agent names, as nodes advertise them.
@@ -13,6 +14,7 @@
 
 pub mod agent;
 pub mod complexity;
+pub mod imports;
 pub mod name;
 pub mod python;
 pub mod registry;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::agent::Agent;
 use crate::complexity::ComplexityAgent;
+use crate::imports::ImportsAgent;
 use crate::tokens::TokensAgent;
 use crate::AgentName;
 
@@ -26,6 +27,7 @@ impl Registry {
     pub fn builtin() -> Self {
         let mut registry = Self::default();
         registry.add(Arc::new(ComplexityAgent::new()));
+        registry.add(Arc::new(ImportsAgent::new()));
         registry.add(Arc::new(TokensAgent::new()));
         registry
     }
