@@ -157,7 +157,14 @@ async fn malformed_api_requests_get_errors_and_the_node_keeps_serving() {
         (br#"{"id": 2, "method": "reboot"}"#.to_vec(), code::METHOD_NOT_FOUND),
         (br#"{"id": 3, "method": "status", "params": {"verbose": true}}"#.to_vec(), code::INVALID_PARAMS),
         (br#"{"id": 4, "method": "peers", "params": 7}"#.to_vec(), code::INVALID_PARAMS),
-        (vec![b' '; 100 * 1024], code::INVALID_REQUEST),
+        (vec![b' '; pyagent_protocol::api::MAX_REQUEST_BYTES + 1], code::INVALID_REQUEST),
+        (br#"{"id": 5, "method": "task.submit", "params": {"capability": "python.tokens", "files": []}}"#.to_vec(), code::INVALID_PARAMS),
+        (br#"{"id": 6, "method": "task.submit", "params": {"capability": "python.tokens", "files": [{"path": "a.py"}]}}"#.to_vec(), code::INVALID_PARAMS),
+        (br#"{"id": 7, "method": "task.submit", "params": {"capability": "python.tokens", "files": [{"path": "a.py", "blob": "00"}]}}"#.to_vec(), code::INVALID_PARAMS),
+        (format!(r#"{{"id": 8, "method": "task.submit", "params": {{"capability": "python.tokens", "files": [{{"path": "a.py", "blob": "{}"}}]}}}}"#, "ab".repeat(32)).into_bytes(), code::INVALID_PARAMS),
+        (br#"{"id": 9, "method": "task.submit", "params": {"capability": "no such thing!", "files": [{"path": "a.py", "text": "x = 1"}]}}"#.to_vec(), code::INVALID_PARAMS),
+        (br#"{"id": 10, "method": "task.submit", "params": {"capability": "python.tokens", "files": [{"path": "a.py", "text": "x"}], "lease_ms": 0}}"#.to_vec(), code::INVALID_PARAMS),
+        (br#"{"id": 11, "method": "task.wait", "params": {"task_ids": ["nope"]}}"#.to_vec(), code::INVALID_PARAMS),
     ];
     for (request, expected) in cases {
         let reply = raw(&ep, &request).await;

@@ -58,6 +58,13 @@ impl Registry {
         self.agents.keys().cloned().collect()
     }
 
+    /// Every capability served, sorted, once each.
+    pub fn capabilities(&self) -> Vec<String> {
+        let all: std::collections::BTreeSet<&str> =
+            self.agents.values().flat_map(|a| a.capabilities().iter().copied()).collect();
+        all.into_iter().map(str::to_owned).collect()
+    }
+
     /// The first agent (by name) serving `capability`.
     pub fn for_capability(&self, capability: &str) -> Option<Arc<dyn Agent>> {
         self.agents.values().find(|a| a.capabilities().contains(&capability)).cloned()

@@ -1,26 +1,29 @@
 //! The local API over ZeroMQ: a ROUTER socket for JSON requests and a PUB socket for
 //! membership events (schema in `pyagent_protocol::api` and README.md).
 //!
-//! Requests are served one at a time in arrival order; each is answered from the swarm
-//! task through [`NodeClient`] with a timeout. A bad request gets an error reply and
-//! nothing else happens: the server keeps serving.
+//! Each request is served on its own tokio task (at most [`MAX_IN_FLIGHT`] at once; more
+//! get a "busy" error), so a long `task.wait` does not hold up anyone else; replies go
+//! back through the router loop. A bad request gets an error reply and nothing else
+//! happens: the server keeps serving. Task methods live in [`api_tasks`](crate::api_tasks).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use pyagent_protocol::api::{self, ApiError, Event, Method, PeersResult, code};
 use serde_json::Value;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::p2p::{ClientError, NodeClient};
+use crate::store::Store;
 
-/// How long a request may wait for the swarm task.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests served at once.
+pub const MAX_IN_FLIGHT: usize = 64;
 
-/// Why the API could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiStartError {
     #[error("cannot bind the API socket on {addr}: {source} (is another node running? pick another port with --api)")]
@@ -29,12 +32,9 @@ pub enum ApiStartError {
     BindEvents { addr: SocketAddr, source: zeromq::ZmqError },
 }
 
-/// The running API server.
 #[derive(Debug)]
 pub struct ApiServer {
-    /// Where requests are served, e.g. `tcp://127.0.0.1:7761`.
     pub endpoint: String,
-    /// Where events are published.
     pub events_endpoint: String,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -44,9 +44,15 @@ fn endpoint_of(addr: SocketAddr) -> String {
     format!("tcp://{addr}")
 }
 
+/// What request handlers need.
+#[derive(Debug, Clone)]
+pub struct ApiContext {
+    pub client: NodeClient,
+    pub store: Arc<Store>,
+}
+
 impl ApiServer {
-    /// Binds both sockets and starts serving.
-    pub async fn start(bind: SocketAddr, events_bind: SocketAddr, client: NodeClient) -> Result<Self, ApiStartError> {
+    pub async fn start(bind: SocketAddr, events_bind: SocketAddr, client: NodeClient, store: Arc<Store>) -> Result<Self, ApiStartError> {
         let mut router = zeromq::RouterSocket::new();
         let endpoint = router
             .bind(&endpoint_of(bind))
@@ -61,15 +67,15 @@ impl ApiServer {
             .to_string();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let events = client.subscribe();
+        let ctx = ApiContext { client, store };
         let tasks = vec![
-            tokio::spawn(serve_requests(router, client, shutdown_rx.clone())),
+            tokio::spawn(serve_requests(router, ctx, shutdown_rx.clone())),
             tokio::spawn(publish_events(publisher, events, shutdown_rx)),
         ];
         tracing::info!(api = %endpoint, events = %events_endpoint, "local API listening");
         Ok(Self { endpoint, events_endpoint, shutdown, tasks })
     }
 
-    /// Stops serving and closes both sockets.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
@@ -78,55 +84,90 @@ impl ApiServer {
     }
 }
 
-async fn serve_requests(mut router: zeromq::RouterSocket, client: NodeClient, mut shutdown: watch::Receiver<bool>) {
+async fn serve_requests(mut router: zeromq::RouterSocket, ctx: ApiContext, mut shutdown: watch::Receiver<bool>) {
+    let (replies, mut pending) = mpsc::channel::<ZmqMessage>(MAX_IN_FLIGHT);
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
-        let message = tokio::select! {
+        tokio::select! {
             _ = shutdown.changed() => break,
-            m = router.recv() => m,
-        };
-        let message = match message {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!("API receive error: {e}");
-                continue;
+            Some(reply) = pending.recv() => {
+                if let Err(e) = router.send(reply).await {
+                    tracing::debug!("API reply not delivered: {e}");
+                }
             }
-        };
-        let Some(reply) = handle_message(message, &client).await else { continue };
-        if let Err(e) = router.send(reply).await {
-            // The client went away before its reply: nothing to do.
-            tracing::debug!("API reply not delivered: {e}");
+            message = router.recv() => {
+                let message = match message {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::debug!("API receive error: {e}");
+                        continue;
+                    }
+                };
+                let Some(envelope) = Envelope::split(message) else { continue };
+                match in_flight.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let (ctx, replies) = (ctx.clone(), replies.clone());
+                        tokio::spawn(async move {
+                            let reply = envelope.answer(&ctx).await;
+                            drop(permit);
+                            let _ = replies.send(reply).await;
+                        });
+                    }
+                    Err(_) => {
+                        let busy = ApiError::new(Value::Null, code::UNAVAILABLE, format!("busy: {MAX_IN_FLIGHT} requests in flight; retry"));
+                        if let Some(reply) = envelope.wrap(busy.to_reply()) {
+                            let _ = router.send(reply).await;
+                        }
+                    }
+                }
+            }
         }
     }
     let _ = router.close().await;
 }
 
-/// Splits a ROUTER message into (envelope, payload frames) and builds the reply message.
-async fn handle_message(message: ZmqMessage, client: &NodeClient) -> Option<ZmqMessage> {
-    let mut frames = message.into_vec();
-    if frames.is_empty() {
-        return None;
-    }
-    let identity = frames.remove(0);
-    // REQ sockets put an empty delimiter before the payload; DEALER sockets may not.
-    let delimited = frames.first().is_some_and(|f| f.is_empty());
-    if delimited {
-        frames.remove(0);
-    }
-    let reply = match frames.as_slice() {
-        [payload] => handle_request(payload, client).await,
-        [] => ApiError::new(Value::Null, code::INVALID_REQUEST, "empty request").to_reply(),
-        _ => ApiError::new(Value::Null, code::INVALID_REQUEST, "a request is one frame of JSON").to_reply(),
-    };
-    let mut out = vec![identity];
-    if delimited {
-        out.push(Bytes::new());
-    }
-    out.push(Bytes::from(reply));
-    ZmqMessage::try_from(out).ok()
+/// A request's routing frames and its payload frames.
+struct Envelope {
+    identity: Bytes,
+    delimited: bool,
+    frames: Vec<Bytes>,
 }
 
-/// Answers one request frame.
-pub async fn handle_request(payload: &[u8], client: &NodeClient) -> Vec<u8> {
+impl Envelope {
+    fn split(message: ZmqMessage) -> Option<Self> {
+        let mut frames = message.into_vec();
+        if frames.is_empty() {
+            return None;
+        }
+        let identity = frames.remove(0);
+        let delimited = frames.first().is_some_and(|f| f.is_empty());
+        if delimited {
+            frames.remove(0);
+        }
+        Some(Self { identity, delimited, frames })
+    }
+
+    fn wrap(&self, payload: Vec<u8>) -> Option<ZmqMessage> {
+        let mut out = vec![self.identity.clone()];
+        if self.delimited {
+            out.push(Bytes::new());
+        }
+        out.push(Bytes::from(payload));
+        ZmqMessage::try_from(out).ok()
+    }
+
+    async fn answer(self, ctx: &ApiContext) -> ZmqMessage {
+        let reply = match self.frames.as_slice() {
+            [payload] => handle_request(payload, ctx).await,
+            [] => ApiError::new(Value::Null, code::INVALID_REQUEST, "empty request").to_reply(),
+            _ => ApiError::new(Value::Null, code::INVALID_REQUEST, "a request is one frame of JSON").to_reply(),
+        };
+        // A reply always has at least the identity frame, so this cannot fail.
+        self.wrap(reply).unwrap_or_else(|| ZmqMessage::from(Vec::<u8>::new()))
+    }
+}
+
+pub async fn handle_request(payload: &[u8], ctx: &ApiContext) -> Vec<u8> {
     let request = match api::parse_request(payload) {
         Ok(r) => r,
         Err(e) => {
@@ -135,14 +176,16 @@ pub async fn handle_request(payload: &[u8], client: &NodeClient) -> Vec<u8> {
         }
     };
     let id = &request.id;
+    let client = &ctx.client;
     match request.method {
         Method::Status => answer(id, client.status()).await,
         Method::Peers => answer(id, async { client.peers().await.map(|peers| PeersResult { peers }) }).await,
+        Method::TaskSubmit(params) => crate::api_tasks::submit(id, ctx, params).await,
+        Method::TaskWait(params) => crate::api_tasks::wait(id, ctx, params).await,
     }
 }
 
-/// Awaits the swarm task's answer with a timeout and turns it into a reply frame.
-async fn answer<T: serde::Serialize>(id: &Value, work: impl std::future::Future<Output = Result<T, ClientError>>) -> Vec<u8> {
+pub(crate) async fn answer<T: serde::Serialize>(id: &Value, work: impl std::future::Future<Output = Result<T, ClientError>>) -> Vec<u8> {
     let unavailable = |why: String| ApiError::new(id.clone(), code::UNAVAILABLE, why).to_reply();
     match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
         Ok(Ok(result)) => api::result_reply(id, &result),

@@ -3,9 +3,11 @@
 //! Layout:
 //! - [`config`]: defaults, TOML file, `PYAGENT_*` environment, flags → validated [`config::Settings`].
 //! - [`data_dir`]: the locked data directory; [`identity`]: the persistent ed25519 key;
-//!   [`store`]: RocksDB (known peers).
+//!   [`store`]: RocksDB (known peers, blobs).
 //! - [`p2p`]: libp2p transport and behaviours, the swarm task and its [`p2p::NodeClient`].
 //! - [`membership`]: the membership view (pure state, fed by the swarm task).
+//! - [`tasks`]: tasks across the swarm (rendezvous executor choice, leases, failover,
+//!   blobs, results), run inside the swarm task.
 //! - [`discovery`]: mDNS announcement and browsing.
 //! - [`api`]: the local ZeroMQ API server; [`api_client`]: its client.
 //! - [`node`]: assembling, running and shutting down a [`Node`].
@@ -13,6 +15,7 @@
 
 pub mod api;
 pub mod api_client;
+pub mod api_tasks;
 pub mod cli;
 pub mod config;
 pub mod data_dir;
@@ -23,5 +26,6 @@ pub mod membership;
 pub mod node;
 pub mod p2p;
 pub mod store;
+pub mod tasks;
 
 pub use node::{Node, StartError};

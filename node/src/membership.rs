@@ -122,6 +122,11 @@ impl MembershipView {
         self.members.contains_key(peer)
     }
 
+    /// Members whose advert offers `capability`.
+    pub fn capable(&self, capability: &str) -> Vec<PeerId> {
+        self.members.iter().filter(|(_, m)| m.advert.capabilities.iter().any(|c| c == capability)).map(|(p, _)| *p).collect()
+    }
+
     pub fn get(&self, peer: &PeerId) -> Option<&Member> {
         self.members.get(peer)
     }
@@ -173,6 +178,7 @@ mod tests {
             node_version: "pyagent/test".into(),
             listen_addrs: vec![],
             agents: vec![],
+            capabilities: vec![],
             capacity: Capacity::default(),
             uptime_secs: seq,
             boot_id,

@@ -8,7 +8,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use pyagent_engine::CapacityProbe;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::{ApiServer, ApiStartError};
@@ -21,6 +21,7 @@ use crate::p2p::client::{COMMAND_QUEUE, EVENT_QUEUE};
 use crate::p2p::swarm_task::{NodeFacts, SwarmTask};
 use crate::p2p::{NodeClient, transport};
 use crate::store::{Store, StoreError};
+use crate::tasks::TaskEngine;
 
 /// Connections idle this long are closed; gossipsub keeps member connections busy.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
@@ -68,8 +69,17 @@ fn listen_addr(ip: std::net::IpAddr, port: u16, quic: bool) -> Multiaddr {
     if quic { base.with(Protocol::Udp(port)).with(Protocol::QuicV1) } else { base.with(Protocol::Tcp(port)) }
 }
 
+/// The registry of the agents named in the settings (already validated; none when empty).
+fn hosted_agents(names: &[String]) -> pyagent_agents::Registry {
+    let parsed: Vec<pyagent_agents::AgentName> = names.iter().filter_map(|n| n.parse().ok()).collect();
+    if parsed.is_empty() {
+        return pyagent_agents::Registry::default();
+    }
+    pyagent_agents::Registry::select(&parsed).unwrap_or_default()
+}
+
 /// A random id for this process run (adverts and mDNS carry it).
-fn random_boot_id() -> u64 {
+pub(crate) fn random_boot_id() -> u64 {
     let mut bytes = [0u8; 8];
     // Only tells runs of one node apart; the clock is a fine fallback.
     if getrandom::fill(&mut bytes).is_err() {
@@ -143,7 +153,18 @@ impl Node {
         let probe = CapacityProbe::new();
         let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (event_tx, _) = broadcast::channel(EVENT_QUEUE);
-        let client = NodeClient::new(command_tx, event_tx.clone());
+        let (results_tx, results_rx) = watch::channel(0u64);
+        let client = NodeClient::new(command_tx, event_tx.clone(), results_rx);
+        let registry = hosted_agents(&settings.agents);
+        let (executed_tx, executed_rx) = mpsc::channel(COMMAND_QUEUE);
+        let tasks = TaskEngine::new(
+            peer_id,
+            libp2p::gossipsub::IdentTopic::new(settings.namespace.task_topic()),
+            store.clone(),
+            registry,
+            executed_tx,
+            results_tx,
+        );
         let boot_id = random_boot_id();
         let facts = NodeFacts {
             namespace: settings.namespace.clone(),
@@ -157,14 +178,14 @@ impl Node {
             peer_ttl: settings.peer_ttl,
             boot_id,
         };
-        let task = SwarmTask::new(swarm, command_rx, event_tx, facts, store.clone(), probe)
+        let task = SwarmTask::new(swarm, command_rx, event_tx, facts, store.clone(), probe, tasks, executed_rx)
             .map_err(|e| StartError::Subscribe(e.to_string()))?;
         let capacity_summary = task.capacity_summary();
         let p2p_addrs = task.listen_addrs();
         let swarm_task = tokio::spawn(task.run());
         // From here on, a failure must stop the swarm task again.
         let rest = async {
-            let api = ApiServer::start(settings.api_bind, settings.events_bind, client.clone()).await?;
+            let api = ApiServer::start(settings.api_bind, settings.events_bind, client.clone(), store.clone()).await?;
             let mdns = if settings.mdns {
                 let me = Announcement {
                     peer_id,

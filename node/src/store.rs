@@ -1,16 +1,20 @@
 //! The node's RocksDB database. Column families:
 //! - `peers`: PeerId (bytes) → [`KnownPeer`], so known peers are redialed after a restart.
+//! - `blobs`: BLAKE3 id → bytes: the files of tasks this node submitted (served to
+//!   executors) or fetched to execute. Content-addressed, so a blob is written once.
 //!
-//! Later issues add history and blobs as further column families.
+//! The history DHT issue adds history as a further column family.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use libp2p::{Multiaddr, PeerId};
 use rocksdb::{ColumnFamilyDescriptor, DB, Options};
+use pyagent_protocol::task::BlobId;
 use serde::{Deserialize, Serialize};
 
 const CF_PEERS: &str = "peers";
+const CF_BLOBS: &str = "blobs";
 /// Most addresses remembered per peer.
 const MAX_ADDRS_PER_PEER: usize = 16;
 
@@ -54,10 +58,35 @@ impl Store {
         // A swarm node's database is small; keep RocksDB's memory use small too.
         opts.set_write_buffer_size(4 << 20);
         opts.set_max_background_jobs(2);
-        let cfs = vec![ColumnFamilyDescriptor::new(CF_PEERS, Options::default())];
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_PEERS, Options::default()),
+            ColumnFamilyDescriptor::new(CF_BLOBS, Options::default()),
+        ];
         let db = DB::open_cf_descriptors(&opts, path, cfs)
             .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
         Ok(Self { db })
+    }
+
+    fn blobs_cf(&self) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db.cf_handle(CF_BLOBS).ok_or(StoreError::MissingColumnFamily(CF_BLOBS))
+    }
+
+    /// Stores a blob under its id (the caller has computed or verified the id).
+    pub fn put_blob(&self, id: &BlobId, bytes: &[u8]) -> Result<(), StoreError> {
+        let cf = self.blobs_cf()?;
+        self.db.put_cf(cf, id.0, bytes).map_err(|source| StoreError::Db { op: "write blob", source })
+    }
+
+    /// A blob's bytes, if this node has it.
+    pub fn get_blob(&self, id: &BlobId) -> Result<Option<Vec<u8>>, StoreError> {
+        let cf = self.blobs_cf()?;
+        self.db.get_cf(cf, id.0).map_err(|source| StoreError::Db { op: "read blob", source })
+    }
+
+    /// Whether this node has a blob.
+    pub fn has_blob(&self, id: &BlobId) -> Result<bool, StoreError> {
+        let cf = self.blobs_cf()?;
+        Ok(self.db.get_pinned_cf(cf, id.0).map_err(|source| StoreError::Db { op: "read blob", source })?.is_some())
     }
 
     fn peers_cf(&self) -> Result<&rocksdb::ColumnFamily, StoreError> {
@@ -111,7 +140,8 @@ impl Store {
     /// Flushes memtables and the WAL to disk (at shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_wal(true).map_err(|source| StoreError::Db { op: "flush WAL", source })?;
-        self.db.flush_cf(self.peers_cf()?).map_err(|source| StoreError::Db { op: "flush", source })
+        self.db.flush_cf(self.peers_cf()?).map_err(|source| StoreError::Db { op: "flush", source })?;
+        self.db.flush_cf(self.blobs_cf()?).map_err(|source| StoreError::Db { op: "flush", source })
     }
 }
 
@@ -137,6 +167,22 @@ mod tests {
         assert_eq!(peers[0].0, peer);
         assert_eq!(peers[0].1.addrs, vec![a2.to_string(), a1.to_string()]);
         assert!(peers[0].1.last_seen_unix_ms > 0);
+    }
+
+    #[test]
+    fn blobs_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = BlobId::of(b"def f(): pass\n");
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert!(!store.has_blob(&id).unwrap());
+            store.put_blob(&id, b"def f(): pass\n").unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.has_blob(&id).unwrap());
+        assert_eq!(store.get_blob(&id).unwrap().as_deref(), Some(&b"def f(): pass\n"[..]));
+        assert_eq!(store.get_blob(&BlobId::of(b"other")).unwrap(), None);
     }
 
     #[test]

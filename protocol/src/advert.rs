@@ -29,6 +29,9 @@ pub struct Advert {
     pub listen_addrs: Vec<String>,
     /// Names of the agents this node hosts.
     pub agents: Vec<String>,
+    /// The task capabilities those agents serve (e.g. `python.complexity`): tasks are
+    /// placed on the peers that advertise their capability.
+    pub capabilities: Vec<String>,
     /// What the node can run.
     pub capacity: Capacity,
     /// Seconds since the node started.
@@ -117,6 +120,7 @@ impl Advert {
         check_text("node_version", &self.node_version, MAX_TEXT_LEN)?;
         check_list("listen_addrs", &self.listen_addrs, MAX_LISTEN_ADDRS, MAX_ADDR_LEN)?;
         check_list("agents", &self.agents, MAX_AGENTS, MAX_AGENT_NAME_LEN)?;
+        check_list("capabilities", &self.capabilities, MAX_AGENTS, MAX_AGENT_NAME_LEN)?;
         if self.capacity.gpus.len() > MAX_GPUS {
             return Err(AdvertError::Field {
                 field: "capacity.gpus",
@@ -139,6 +143,7 @@ mod tests {
             node_version: "pyagent/0.1.0".into(),
             listen_addrs: vec!["/ip4/10.77.0.11/tcp/7760".into()],
             agents: vec![],
+            capabilities: vec![],
             capacity: Capacity {
                 cpus: 8,
                 ram_total_bytes: 32 << 30,

@@ -15,7 +15,15 @@ use serde_json::Value;
 use crate::Capacity;
 
 /// Largest request accepted, in bytes.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Large enough for a `task.submit` batch of source files (see [`MAX_SUBMIT_TEXT_BYTES`]).
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most source text in one `task.submit` (the file limit of a task still applies).
+pub const MAX_SUBMIT_TEXT_BYTES: usize = 8 * 1024 * 1024;
+/// Longest `task.wait`.
+pub const MAX_WAIT_MS: u64 = 30_000;
+/// Most ids in one `task.wait`.
+pub const MAX_WAIT_IDS: usize = 10_000;
 
 /// JSON-RPC 2.0 error codes used by the API.
 pub mod code {
@@ -41,10 +49,82 @@ pub struct Request {
 pub enum Method {
     Status,
     Peers,
+    /// Submit a task to the swarm.
+    TaskSubmit(TaskSubmitParams),
+    /// Wait until one of the tasks finishes (or the timeout passes), and report them all.
+    TaskWait(TaskWaitParams),
 }
 
 /// Method names, as written on the wire.
-pub const METHODS: &[&str] = &["status", "peers"];
+pub const METHODS: &[&str] = &["status", "peers", "task.submit", "task.wait"];
+
+/// A file of `task.submit`: its text (stored by the node as a blob), or a blob the node
+/// already has (from an earlier submission).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitFile {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
+}
+
+/// Parameters of `task.submit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSubmitParams {
+    /// e.g. `python.complexity`.
+    pub capability: String,
+    pub files: Vec<SubmitFile>,
+    /// Executor lease; default 3000 ms.
+    #[serde(default)]
+    pub lease_ms: Option<u32>,
+}
+
+/// The result of `task.submit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSubmitResult {
+    pub task_id: String,
+    /// The blob id of each file, in order (reuse them in later submissions).
+    pub blobs: Vec<String>,
+    /// How many peers (this node included) offer the capability.
+    pub candidates: usize,
+}
+
+/// Parameters of `task.wait`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskWaitParams {
+    pub task_ids: Vec<String>,
+    /// Return at the latest after this long, finished or not (default 1000, limit 30000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// One task as its requester sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskReport {
+    pub task_id: String,
+    pub capability: String,
+    /// `pending` (no claim yet), `running`, `completed` or `failed`.
+    pub state: String,
+    /// The peer that claimed or completed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<String>,
+    /// The agent's result (`completed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Why it failed (`failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The result of `task.wait`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskWaitResult {
+    pub tasks: Vec<TaskReport>,
+}
 
 /// Parameters of `status` and `peers`: none, so `{}` or absent.
 #[derive(Debug, Deserialize)]
@@ -107,6 +187,8 @@ pub fn parse_request(frame: &[u8]) -> Result<Request, ApiError> {
     let method = match method.as_str() {
         "status" => no_params(&id, &method, params).map(|()| Method::Status)?,
         "peers" => no_params(&id, &method, params).map(|()| Method::Peers)?,
+        "task.submit" => Method::TaskSubmit(typed_params(&id, &method, params)?),
+        "task.wait" => Method::TaskWait(typed_params(&id, &method, params)?),
         other => {
             return Err(ApiError::new(
                 id,
@@ -116,6 +198,11 @@ pub fn parse_request(frame: &[u8]) -> Result<Request, ApiError> {
         }
     };
     Ok(Request { id, method })
+}
+
+fn typed_params<T: serde::de::DeserializeOwned>(id: &Value, method: &str, params: Value) -> Result<T, ApiError> {
+    serde_json::from_value::<T>(params)
+        .map_err(|e| ApiError::new(id.clone(), code::INVALID_PARAMS, format!("{method}: invalid params: {e}")))
 }
 
 fn no_params(id: &Value, method: &str, params: Value) -> Result<(), ApiError> {
@@ -169,8 +256,20 @@ pub struct StatusResult {
     /// Peers in the membership view (fresh advert).
     pub members: usize,
     pub agents: Vec<String>,
+    /// Task capabilities of the hosted agents.
+    pub capabilities: Vec<String>,
     pub capacity: Capacity,
     pub data_dir: String,
+    /// Task counters of this run.
+    pub tasks: TaskCounters,
+}
+
+/// How many tasks this node submitted, is executing, and has executed (this run).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCounters {
+    pub submitted: u64,
+    pub running: u64,
+    pub executed: u64,
 }
 
 /// One member of the view, as `peers` returns it.

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 pub const CODEC_VERSION: u8 = 1;
 
 /// Largest frame any peer-to-peer message may use, unless a caller asks for less.
-pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
 /// Why a frame could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]

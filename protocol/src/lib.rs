@@ -7,6 +7,7 @@
 //!   (gossip topics, identify protocol string, mDNS service type and TXT keys).
 //! - [`advert`]: the membership advert every node gossips, and the capacity it carries.
 //! - [`rpc`]: request-response messages exchanged directly between two peers.
+//! - [`task`]: tasks, blobs and the task topic's messages (content-addressed, BLAKE3).
 //! - [`api`]: the JSON schema of the local ZeroMQ API (requests, replies, events).
 
 pub mod advert;
@@ -14,6 +15,7 @@ pub mod api;
 pub mod codec;
 pub mod rpc;
 pub mod swarm;
+pub mod task;
 
 pub use advert::{Advert, AdvertError, Capacity, GpuInfo};
 pub use codec::{CodecError, decode, encode};

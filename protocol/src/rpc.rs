@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::Advert;
+use crate::task::{BlobId, TaskId, TaskOutcome};
 use crate::advert::{AdvertError, MAX_ADDR_LEN, MAX_LISTEN_ADDRS};
 
 /// Stream protocol name of the request-response behaviour.
@@ -22,6 +23,27 @@ pub enum RpcRequest {
     /// view fills without waiting for a gossip round, and the new node can dial the rest
     /// of the swarm at once (peer exchange).
     Hello,
+    /// "Send me these blobs" (an executor asks a task's requester). The answer holds
+    /// those the responder has, as many as fit in one frame; ask again for the rest.
+    GetBlobs { ids: Vec<BlobId> },
+    /// An executor's outcome for a task, sent to the task's requester.
+    TaskResult { task: TaskId, outcome: TaskOutcome },
+}
+
+/// Most ids in one [`RpcRequest::GetBlobs`].
+pub const MAX_BLOBS_PER_REQUEST: usize = 4096;
+
+/// One blob in a [`RpcResponse::Blobs`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobData {
+    pub id: BlobId,
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for BlobData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlobData({}, {} bytes)", self.id, self.bytes.len())
+    }
 }
 
 /// A member of the answering node's view, for peer exchange.
@@ -35,6 +57,10 @@ pub struct MemberAddrs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RpcResponse {
     Hello { advert: Box<Advert>, members: Vec<MemberAddrs> },
+    /// Blobs asked for by [`RpcRequest::GetBlobs`] (missing ones are left out).
+    Blobs(Vec<BlobData>),
+    /// A [`RpcRequest::TaskResult`] was taken (or was a duplicate, which is harmless).
+    Ack,
     /// The request was understood but refused; the text says why.
     Error(String),
 }

@@ -85,6 +85,11 @@ impl SwarmNamespace {
     pub fn advert_topic(&self) -> String {
         format!("/pyagent/{PROTOCOL_VERSION}/{}/adverts", self.tag)
     }
+
+    /// Gossip topic of tasks (submit, claim, done).
+    pub fn task_topic(&self) -> String {
+        format!("/pyagent/{PROTOCOL_VERSION}/{}/tasks", self.tag)
+    }
 }
 
 impl Default for SwarmNamespace {

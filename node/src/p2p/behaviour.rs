@@ -6,7 +6,6 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, kad, ping, request_response};
 use pyagent_protocol::SwarmNamespace;
-use pyagent_protocol::advert::MAX_ADVERT_BYTES;
 use pyagent_protocol::rpc::RPC_PROTOCOL;
 
 use super::rpc::RpcCodec;
@@ -58,7 +57,7 @@ impl Behaviour {
             .heartbeat_interval(Duration::from_secs(1))
             .validation_mode(gossipsub::ValidationMode::Strict)
             .validate_messages()
-            .max_transmit_size(MAX_ADVERT_BYTES.max(64 * 1024))
+            .max_transmit_size(pyagent_protocol::task::MAX_TASK_MESSAGE_BYTES)
             .build()
             .map_err(|e| BehaviourError::Gossipsub(e.to_string()))?;
         let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(keypair.clone()), gossip_config)

@@ -1,8 +1,9 @@
 //! The handle through which the rest of the node talks to the swarm task.
 
 use libp2p::{Multiaddr, PeerId};
-use pyagent_protocol::api::{Event, PeerInfo, StatusResult};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use pyagent_protocol::api::{Event, PeerInfo, StatusResult, TaskReport};
+use pyagent_protocol::task::{FileRef, TaskId};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// Capacity of the command channel.
 pub const COMMAND_QUEUE: usize = 256;
@@ -16,6 +17,16 @@ pub enum Command {
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     /// Dial a peer found by discovery (no reply: failures are logged).
     Dial { peer: PeerId, addrs: Vec<Multiaddr> },
+    /// Submit a task whose blobs are stored locally; the reply is its id and the number of
+    /// candidate executors, or why it was refused.
+    SubmitTask {
+        capability: String,
+        files: Vec<FileRef>,
+        lease_ms: u32,
+        reply: oneshot::Sender<Result<(TaskId, usize), String>>,
+    },
+    /// How tasks this node submitted stand.
+    TaskReports { ids: Vec<TaskId>, reply: oneshot::Sender<Vec<TaskReport>> },
     /// Close every connection and stop; the reply comes once the swarm is dropped.
     Shutdown(oneshot::Sender<()>),
 }
@@ -32,11 +43,13 @@ pub enum ClientError {
 pub struct NodeClient {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<Event>,
+    /// Bumped whenever a submitted task gets its outcome.
+    results: watch::Receiver<u64>,
 }
 
 impl NodeClient {
-    pub(crate) fn new(commands: mpsc::Sender<Command>, events: broadcast::Sender<Event>) -> Self {
-        Self { commands, events }
+    pub(crate) fn new(commands: mpsc::Sender<Command>, events: broadcast::Sender<Event>, results: watch::Receiver<u64>) -> Self {
+        Self { commands, events, results }
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ClientError> {
@@ -55,6 +68,19 @@ impl NodeClient {
 
     pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), ClientError> {
         self.commands.send(Command::Dial { peer, addrs }).await.map_err(|_| ClientError::Stopped)
+    }
+
+    pub async fn submit_task(&self, capability: String, files: Vec<FileRef>, lease_ms: u32) -> Result<Result<(TaskId, usize), String>, ClientError> {
+        self.ask(|reply| Command::SubmitTask { capability, files, lease_ms, reply }).await
+    }
+
+    pub async fn task_reports(&self, ids: Vec<TaskId>) -> Result<Vec<TaskReport>, ClientError> {
+        self.ask(|reply| Command::TaskReports { ids, reply }).await
+    }
+
+    /// A receiver that changes whenever a submitted task finishes.
+    pub fn results_changed(&self) -> watch::Receiver<u64> {
+        self.results.clone()
     }
 
     pub async fn shutdown(&self) -> Result<(), ClientError> {

@@ -26,6 +26,7 @@ use pyagent_engine::CapacityProbe;
 use pyagent_protocol::advert::MAX_ADVERT_BYTES;
 use pyagent_protocol::api::{Event, StatusResult};
 use pyagent_protocol::rpc::{MAX_HELLO_MEMBERS, MemberAddrs, RpcRequest, RpcResponse, validate_members};
+use pyagent_protocol::task::{MAX_TASK_MESSAGE_BYTES, TaskMessage, TaskSpec};
 use pyagent_protocol::{Advert, Capacity, PROTOCOL_VERSION, SwarmNamespace};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -34,6 +35,7 @@ use super::behaviour::{Behaviour, BehaviourEvent, NODE_VERSION};
 use super::client::Command;
 use crate::membership::{Change, LeaveReason, MembershipView, peer_info};
 use crate::store::Store;
+use crate::tasks::{Executed, TaskEngine};
 
 /// How often bootstrap addresses and lost members are redialed while disconnected.
 const BOOTSTRAP_REDIAL: Duration = Duration::from_secs(5);
@@ -91,6 +93,9 @@ pub struct SwarmTask {
     /// Advertised addresses of members, and when each was last seen: lost members are
     /// redialed for [`LOST_MEMBER_REDIAL_FOR`].
     recent: HashMap<PeerId, (Vec<Multiaddr>, Instant)>,
+    /// Tasks: submitted here, or executed here.
+    tasks: TaskEngine,
+    executed: mpsc::Receiver<Executed>,
 }
 
 impl std::fmt::Debug for SwarmTask {
@@ -115,6 +120,10 @@ fn is_unspecified(addr: &Multiaddr) -> bool {
     })
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     addr.iter().find_map(|p| match p {
         Protocol::P2p(peer) => Some(peer),
@@ -131,10 +140,13 @@ impl SwarmTask {
         facts: NodeFacts,
         store: Arc<Store>,
         mut probe: CapacityProbe,
+        tasks: TaskEngine,
+        executed: mpsc::Receiver<Executed>,
     ) -> Result<Self, gossipsub::SubscriptionError> {
         let mut swarm = swarm;
         let topic = gossipsub::IdentTopic::new(facts.namespace.advert_topic());
         swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
+        swarm.behaviour_mut().gossipsub.subscribe(tasks.topic())?;
         let capacity = probe.probe();
         Ok(Self {
             swarm,
@@ -154,6 +166,8 @@ impl SwarmTask {
             foreign: HashMap::new(),
             bootstrap_peers: HashMap::new(),
             recent: HashMap::new(),
+            tasks,
+            executed,
         })
     }
 
@@ -182,6 +196,7 @@ impl SwarmTask {
             node_version: NODE_VERSION.to_owned(),
             listen_addrs: self.advertised_addrs().iter().map(ToString::to_string).collect(),
             agents: self.facts.agents.clone(),
+            capabilities: self.tasks.capabilities().to_vec(),
             capacity: self.capacity.clone(),
             uptime_secs: self.started.elapsed().as_secs(),
             boot_id: self.facts.boot_id,
@@ -233,8 +248,10 @@ impl SwarmTask {
             connected_peers: self.swarm.connected_peers().count(),
             members: self.view.len(),
             agents: self.facts.agents.clone(),
+            capabilities: self.tasks.capabilities().to_vec(),
             capacity: self.capacity.clone(),
             data_dir: self.facts.data_dir.display().to_string(),
+            tasks: self.tasks.counters(),
         }
     }
 
@@ -372,6 +389,7 @@ impl SwarmTask {
                     None => break None,
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(executed) = self.executed.recv() => self.tasks.on_executed(&mut self.swarm, executed),
                 _ = advert_tick.tick() => self.publish_advert(),
                 _ = sweep_tick.tick() => {
                     for peer in self.view.expire(Instant::now()) {
@@ -382,6 +400,7 @@ impl SwarmTask {
                     if self.advert_pending {
                         self.publish_advert_soon();
                     }
+                    self.tasks.tick(&mut self.swarm, &self.view);
                     let now = Instant::now();
                     self.foreign.retain(|_, until| *until > now);
                     self.last_dial.retain(|_, t| now.duration_since(*t) < REDIAL_BACKOFF);
@@ -418,6 +437,21 @@ impl SwarmTask {
                 let _ = reply.send(self.view.peer_infos(Instant::now()));
             }
             Command::Dial { peer, addrs } => self.dial(peer, addrs),
+            Command::SubmitTask { capability, files, lease_ms, reply } => {
+                let spec = TaskSpec {
+                    capability,
+                    files,
+                    requester: self.swarm.local_peer_id().to_string(),
+                    created_unix_ms: unix_ms(),
+                    nonce: crate::node::random_boot_id(),
+                    lease_ms,
+                };
+                let outcome = self.tasks.submit(&mut self.swarm, &self.view, spec).map_err(|e| e.to_string());
+                let _ = reply.send(outcome);
+            }
+            Command::TaskReports { ids, reply } => {
+                let _ = reply.send(self.tasks.reports(&ids));
+            }
             Command::Shutdown(reply) => return Some(reply),
         }
         None
@@ -474,7 +508,7 @@ impl SwarmTask {
             BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, message }) => {
                 let verdict = self.on_gossip(&message);
                 if let Err(reason) = &verdict {
-                    tracing::warn!(source = ?message.source, via = %propagation_source, "rejected advert: {reason}");
+                    tracing::warn!(source = ?message.source, via = %propagation_source, "rejected gossip: {reason}");
                 }
                 let acceptance = if verdict.is_ok() {
                     gossipsub::MessageAcceptance::Accept
@@ -484,6 +518,16 @@ impl SwarmTask {
                 self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&message_id, &propagation_source, acceptance);
             }
             BehaviourEvent::Rpc(request_response::Event::Message { peer, message, .. }) => match message {
+                request_response::Message::Request { request: RpcRequest::GetBlobs { ids }, channel, .. } => {
+                    let response = self.tasks.blobs_for(&ids);
+                    if self.swarm.behaviour_mut().rpc.send_response(channel, response).is_err() {
+                        tracing::debug!(%peer, "blobs not sent: stream closed");
+                    }
+                }
+                request_response::Message::Request { request: RpcRequest::TaskResult { task, outcome }, channel, .. } => {
+                    self.tasks.accept_result(&mut self.swarm, task, peer, outcome);
+                    let _ = self.swarm.behaviour_mut().rpc.send_response(channel, RpcResponse::Ack);
+                }
                 request_response::Message::Request { request: RpcRequest::Hello, channel, .. } => {
                     let advert = Box::new(self.advert());
                     let members = self.view.members_except(&peer, MAX_HELLO_MEMBERS);
@@ -491,16 +535,17 @@ impl SwarmTask {
                         tracing::debug!(%peer, "hello response not sent: stream closed");
                     }
                 }
-                request_response::Message::Response { response, .. } => match response {
+                request_response::Message::Response { response, request_id } => match response {
                     RpcResponse::Hello { advert, members } => self.on_hello(peer, *advert, members),
-                    RpcResponse::Error(e) => tracing::debug!(%peer, "peer refused hello: {e}"),
+                    other => self.tasks.on_response(&mut self.swarm, request_id, peer, other),
                 },
             },
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. }) if topic == self.topic.hash() => {
                 self.publish_advert_soon();
             }
-            BehaviourEvent::Rpc(request_response::Event::OutboundFailure { peer, error, .. }) => {
+            BehaviourEvent::Rpc(request_response::Event::OutboundFailure { peer, error, request_id, .. }) => {
                 tracing::debug!(%peer, "request failed: {error}");
+                self.tasks.on_request_failed(request_id, &error.to_string());
             }
             BehaviourEvent::Rpc(request_response::Event::InboundFailure { peer, error, .. }) => {
                 tracing::debug!(%peer, "inbound request failed: {error}");
@@ -545,10 +590,19 @@ impl SwarmTask {
     }
 
     fn on_gossip(&mut self, message: &gossipsub::Message) -> Result<(), String> {
+        let source = message.source.ok_or("unsigned message")?;
+        if message.topic == self.tasks.topic().hash() {
+            let task: TaskMessage =
+                pyagent_protocol::decode(&message.data, MAX_TASK_MESSAGE_BYTES).map_err(|e| format!("task message: {e}"))?;
+            task.validate(&source.to_string()).map_err(|e| format!("task message: {e}"))?;
+            if source != *self.swarm.local_peer_id() {
+                self.tasks.on_message(&mut self.swarm, &self.view, source, task);
+            }
+            return Ok(());
+        }
         if message.topic != self.topic.hash() {
             return Err(format!("unexpected topic {}", message.topic));
         }
-        let source = message.source.ok_or("unsigned message")?;
         let advert: Advert = pyagent_protocol::decode(&message.data, MAX_ADVERT_BYTES).map_err(|e| e.to_string())?;
         advert.validate(&source.to_string()).map_err(|e| e.to_string())?;
         if source != *self.swarm.local_peer_id() {

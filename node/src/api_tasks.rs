@@ -1,0 +1,128 @@
+//! The task methods of the local API: `task.submit` stores the files as blobs and hands
+//! the task to the swarm task; `task.wait` long-polls until one of the given tasks
+//! finishes (or the timeout passes) and reports them all.
+
+use std::time::Duration;
+
+use pyagent_protocol::api::{
+    self, ApiError, MAX_SUBMIT_TEXT_BYTES, MAX_WAIT_IDS, MAX_WAIT_MS, TaskSubmitParams, TaskSubmitResult, TaskWaitParams,
+    TaskWaitResult, code,
+};
+use pyagent_protocol::task::{BlobId, FileRef, MAX_BLOB_BYTES, MAX_LEASE_MS, TaskId};
+use serde_json::Value;
+
+use crate::api::ApiContext;
+
+/// Lease of a submitted task unless the request says otherwise.
+pub const DEFAULT_LEASE_MS: u32 = 3_000;
+const DEFAULT_WAIT_MS: u64 = 1_000;
+
+fn invalid(id: &Value, message: impl Into<String>) -> Vec<u8> {
+    ApiError::new(id.clone(), code::INVALID_PARAMS, message).to_reply()
+}
+
+fn unavailable(id: &Value, message: impl Into<String>) -> Vec<u8> {
+    ApiError::new(id.clone(), code::UNAVAILABLE, message).to_reply()
+}
+
+/// Files as they will be stored: text to write, or an existing blob.
+enum Prepared {
+    Text { path: String, bytes: Vec<u8> },
+    Blob { path: String, blob: BlobId },
+}
+
+pub async fn submit(id: &Value, ctx: &ApiContext, params: TaskSubmitParams) -> Vec<u8> {
+    if params.files.is_empty() {
+        return invalid(id, "task.submit: files is empty");
+    }
+    let lease_ms = params.lease_ms.unwrap_or(DEFAULT_LEASE_MS);
+    if lease_ms == 0 || lease_ms > MAX_LEASE_MS {
+        return invalid(id, format!("task.submit: lease_ms must be 1..={MAX_LEASE_MS}"));
+    }
+    let mut total = 0usize;
+    let mut prepared = Vec::with_capacity(params.files.len());
+    for file in params.files {
+        match (file.text, file.blob) {
+            (Some(text), None) => {
+                if text.len() > MAX_BLOB_BYTES {
+                    return invalid(id, format!("task.submit: {}: {} bytes, limit {MAX_BLOB_BYTES}", file.path, text.len()));
+                }
+                total += text.len();
+                prepared.push(Prepared::Text { path: file.path, bytes: text.into_bytes() });
+            }
+            (None, Some(blob)) => match blob.parse::<BlobId>() {
+                Ok(blob) => prepared.push(Prepared::Blob { path: file.path, blob }),
+                Err(e) => return invalid(id, format!("task.submit: {}: {e}", file.path)),
+            },
+            _ => return invalid(id, format!("task.submit: {}: give exactly one of \"text\" and \"blob\"", file.path)),
+        }
+    }
+    if total > MAX_SUBMIT_TEXT_BYTES {
+        return invalid(id, format!("task.submit: {total} bytes of text, limit {MAX_SUBMIT_TEXT_BYTES}; split the files into batches"));
+    }
+    // Storing blobs is disk work: off the async threads.
+    let store = ctx.store.clone();
+    let stored = tokio::task::spawn_blocking(move || -> Result<Vec<FileRef>, String> {
+        prepared
+            .into_iter()
+            .map(|file| match file {
+                Prepared::Text { path, bytes } => {
+                    let blob = BlobId::of(&bytes);
+                    store.put_blob(&blob, &bytes).map_err(|e| e.to_string())?;
+                    Ok(FileRef { path, blob, size: bytes.len() as u64 })
+                }
+                Prepared::Blob { path, blob } => match store.get_blob(&blob) {
+                    Ok(Some(bytes)) => Ok(FileRef { path, blob, size: bytes.len() as u64 }),
+                    Ok(None) => Err(format!("{path}: blob {blob} is not stored on this node; send its text")),
+                    Err(e) => Err(e.to_string()),
+                },
+            })
+            .collect()
+    })
+    .await;
+    let files = match stored {
+        Ok(Ok(files)) => files,
+        Ok(Err(reason)) => return invalid(id, format!("task.submit: {reason}")),
+        Err(e) => return unavailable(id, format!("task.submit: {e}")),
+    };
+    let blobs: Vec<String> = files.iter().map(|f| f.blob.to_string()).collect();
+    match ctx.client.submit_task(params.capability, files, lease_ms).await {
+        Ok(Ok((task, candidates))) => api::result_reply(id, &TaskSubmitResult { task_id: task.to_string(), blobs, candidates }),
+        Ok(Err(reason)) => invalid(id, format!("task.submit: {reason}")),
+        Err(e) => unavailable(id, e.to_string()),
+    }
+}
+
+fn is_final(state: &str) -> bool {
+    matches!(state, "completed" | "failed" | "unknown")
+}
+
+pub async fn wait(id: &Value, ctx: &ApiContext, params: TaskWaitParams) -> Vec<u8> {
+    if params.task_ids.len() > MAX_WAIT_IDS {
+        return invalid(id, format!("task.wait: {} ids, limit {MAX_WAIT_IDS}", params.task_ids.len()));
+    }
+    let ids: Result<Vec<TaskId>, _> = params.task_ids.iter().map(|t| t.parse::<TaskId>()).collect();
+    let ids = match ids {
+        Ok(ids) => ids,
+        Err(e) => return invalid(id, format!("task.wait: {e}")),
+    };
+    let timeout = Duration::from_millis(params.timeout_ms.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut changed = ctx.client.results_changed();
+    loop {
+        changed.borrow_and_update();
+        let tasks = match ctx.client.task_reports(ids.clone()).await {
+            Ok(t) => t,
+            Err(e) => return unavailable(id, e.to_string()),
+        };
+        if ids.is_empty() || tasks.iter().any(|t| is_final(&t.state)) || tokio::time::Instant::now() >= deadline {
+            return api::result_reply(id, &TaskWaitResult { tasks });
+        }
+        tokio::select! {
+            c = changed.changed() => if c.is_err() {
+                return unavailable(id, "the node is stopping");
+            },
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! Running one task with a hosted agent: blobs from the local store, then the agent.
+//! Blocking (agents are CPU-bound): called on tokio's blocking pool.
+
+use pyagent_agents::{Registry, SourceFile, Task};
+use pyagent_protocol::task::{MAX_RESULT_BYTES, TaskOutcome, TaskSpec};
+
+use crate::store::Store;
+
+/// Executes `spec` with the agent of this node that serves its capability.
+pub fn run(registry: &Registry, store: &Store, spec: &TaskSpec) -> TaskOutcome {
+    let failed = |reason: String| TaskOutcome::Failed { reason };
+    let Some(agent) = registry.for_capability(&spec.capability) else {
+        return failed(format!("this node hosts no agent for {}", spec.capability));
+    };
+    let mut files = Vec::with_capacity(spec.files.len());
+    for file in &spec.files {
+        let bytes = match store.get_blob(&file.blob) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return failed(format!("{}: blob {} is missing", file.path, file.blob)),
+            Err(e) => return failed(format!("{}: {e}", file.path)),
+        };
+        let Ok(text) = String::from_utf8(bytes) else {
+            return failed(format!("{}: blob {} is not UTF-8 text", file.path, file.blob));
+        };
+        files.push(SourceFile { path: file.path.clone(), text });
+    }
+    let task = Task { capability: spec.capability.clone(), files };
+    match agent.handle(&task) {
+        Ok(result) => {
+            let result_json = result.to_string();
+            if result_json.len() > MAX_RESULT_BYTES {
+                failed(format!("result of {} bytes exceeds the limit of {MAX_RESULT_BYTES}; submit smaller batches", result_json.len()))
+            } else {
+                TaskOutcome::Completed { result_json }
+            }
+        }
+        Err(e) => failed(format!("agent {}: {e}", agent.name())),
+    }
+}

@@ -1,0 +1,176 @@
+//! Tasks across in-process nodes (loopback, mDNS off): placement on the peers that host
+//! the capability, exactly-once execution in the normal case, results back to the
+//! requester, clear failures, and failover when the executor goes away.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+mod support;
+
+use std::time::Duration;
+
+use pyagent_node::{Node, api_client};
+use pyagent_protocol::api::StatusResult;
+use serde_json::{Value, json};
+use support::{Opts, start_in, view, wait_until};
+
+const JOIN: Duration = Duration::from_secs(15);
+
+async fn call(node: &Node, method: &str, params: Value) -> Value {
+    let request = json!({ "id": 1, "method": method, "params": params }).to_string().into_bytes();
+    let reply = api_client::call_raw(node.api_endpoint(), request, Duration::from_secs(40)).await.unwrap();
+    serde_json::from_slice(&reply).unwrap()
+}
+
+async fn status(node: &Node) -> StatusResult {
+    node.client().status().await.unwrap()
+}
+
+/// Submits `capability` over `files` (path, text) from `node`; returns the task id.
+async fn submit(node: &Node, capability: &str, files: &[(&str, &str)]) -> String {
+    let files: Vec<Value> = files.iter().map(|(p, t)| json!({ "path": p, "text": t })).collect();
+    let reply = call(node, "task.submit", json!({ "capability": capability, "files": files, "lease_ms": 1500 })).await;
+    reply["result"]["task_id"].as_str().unwrap_or_else(|| panic!("submit refused: {reply}")).to_owned()
+}
+
+/// Waits until every task is final; returns their reports by id.
+async fn wait_all(node: &Node, ids: &[String], limit: Duration) -> std::collections::HashMap<String, Value> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut done = std::collections::HashMap::new();
+    while done.len() < ids.len() {
+        assert!(tokio::time::Instant::now() < deadline, "tasks not finished in {limit:?}: {} of {}", done.len(), ids.len());
+        let open: Vec<&String> = ids.iter().filter(|id| !done.contains_key(*id)).collect();
+        let reply = call(node, "task.wait", json!({ "task_ids": open, "timeout_ms": 2000 })).await;
+        for task in reply["result"]["tasks"].as_array().unwrap_or_else(|| panic!("bad wait reply: {reply}")) {
+            if matches!(task["state"].as_str(), Some("completed" | "failed" | "unknown")) {
+                done.insert(task["task_id"].as_str().unwrap().to_owned(), task.clone());
+            }
+        }
+    }
+    done
+}
+
+/// A requester hosting no agent and two workers, joined through the requester.
+async fn three(dir: &std::path::Path) -> (Node, Node, Node) {
+    let requester = start_in(&dir.join("r"), &Opts { agents: vec!["none".into()], ..Default::default() }).await;
+    let boot = Opts { bootstrap: requester.p2p_addrs(), ..Default::default() };
+    let w1 = start_in(&dir.join("w1"), &boot).await;
+    let w2 = start_in(&dir.join("w2"), &boot).await;
+    wait_until("the requester sees both workers", JOIN, || async { view(&requester).await.len() == 2 }).await;
+    wait_until("the workers see each other", JOIN, || async { view(&w1).await.len() == 2 && view(&w2).await.len() == 2 }).await;
+    (requester, w1, w2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_run_once_on_capable_peers_and_results_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (requester, w1, w2) = three(dir.path()).await;
+    let mut ids = Vec::new();
+    for i in 0..16 {
+        let text = format!("def f{i}(x):\n    return x if x else {i}\n");
+        ids.push(submit(&requester, "python.complexity", &[(&format!("m{i}.py"), &text)]).await);
+    }
+    let done = wait_all(&requester, &ids, Duration::from_secs(30)).await;
+    let (id1, id2) = (w1.peer_id().to_string(), w2.peer_id().to_string());
+    for (i, id) in ids.iter().enumerate() {
+        let report = &done[id];
+        assert_eq!(report["state"], "completed", "{report}");
+        let executor = report["executor"].as_str().unwrap();
+        assert!(executor == id1 || executor == id2, "executed by {executor}, not a worker");
+        let block = &report["result"]["files"][format!("m{i}.py")][0];
+        assert_eq!((block["name"].as_str(), block["complexity"].as_u64()), (Some(format!("f{i}").as_str()), Some(2)));
+    }
+    // Exactly once: the workers' execution counters add up to the number of tasks, and
+    // stay there (no late duplicate).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (s1, s2) = (status(&w1).await, status(&w2).await);
+    assert_eq!(s1.tasks.executed + s2.tasks.executed, 16, "w1 {:?}, w2 {:?}", s1.tasks, s2.tasks);
+    // Rendezvous hashing spreads 16 tasks over both workers.
+    assert!(s1.tasks.executed > 0 && s2.tasks.executed > 0, "w1 {:?}, w2 {:?}", s1.tasks, s2.tasks);
+    assert_eq!(status(&requester).await.tasks.submitted, 16);
+    assert_eq!(status(&requester).await.tasks.executed, 0);
+    for n in [requester, w1, w2] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_are_reused_and_every_capability_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (requester, w1, w2) = three(dir.path()).await;
+    let files = json!([
+        { "path": "pkg/__init__.py", "text": "from . import a\n" },
+        { "path": "pkg/a.py", "text": "from . import b\n" },
+        { "path": "pkg/b.py", "text": "from .a import thing\n" },
+    ]);
+    let first = call(&requester, "task.submit", json!({ "capability": "python.tokens", "files": files })).await;
+    let blobs = first["result"]["blobs"].as_array().unwrap().clone();
+    assert_eq!(first["result"]["candidates"], 2);
+    // The same files again, by blob id only: nothing is re-sent.
+    let refs: Vec<Value> = ["pkg/__init__.py", "pkg/a.py", "pkg/b.py"]
+        .iter()
+        .zip(&blobs)
+        .map(|(p, b)| json!({ "path": p, "blob": b }))
+        .collect();
+    let second = call(&requester, "task.submit", json!({ "capability": "python.imports", "files": refs })).await;
+    let ids = vec![
+        first["result"]["task_id"].as_str().unwrap().to_owned(),
+        second["result"]["task_id"].as_str().unwrap().to_owned(),
+    ];
+    let done = wait_all(&requester, &ids, Duration::from_secs(30)).await;
+    let tokens = &done[&ids[0]]["result"];
+    assert!(tokens["total"]["cl100k_base"].as_u64().unwrap() > 10, "{tokens}");
+    let imports = &done[&ids[1]]["result"];
+    assert_eq!(imports["cycles"][0]["shortest"], json!(["pkg.a", "pkg.b", "pkg.a"]), "{imports}");
+    for n in [requester, w1, w2] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_nobody_can_run_fails_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let alone = start_in(dir.path(), &Opts { agents: vec!["none".into()], ..Default::default() }).await;
+    let id = submit(&alone, "python.complexity", &[("a.py", "x = 1\n")]).await;
+    let done = wait_all(&alone, std::slice::from_ref(&id), Duration::from_secs(5)).await;
+    assert_eq!(done[&id]["state"], "failed");
+    assert!(done[&id]["reason"].as_str().unwrap().contains("no peer in the swarm offers python.complexity"), "{}", done[&id]);
+    // A node that hosts the agent runs its own tasks.
+    let dir2 = tempfile::tempdir().unwrap();
+    let solo = start_in(dir2.path(), &Opts::default()).await;
+    let id = submit(&solo, "python.tokens", &[("a.py", "hello world")]).await;
+    let done = wait_all(&solo, std::slice::from_ref(&id), Duration::from_secs(10)).await;
+    assert_eq!(done[&id]["result"]["total"]["cl100k_base"], 2);
+    assert_eq!(done[&id]["executor"], solo.peer_id().to_string());
+    alone.shutdown().await;
+    solo.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_that_leaves_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (requester, w1, w2) = three(dir.path()).await;
+    // A task big enough (1.4 MB of source) to still be running when its executor goes away.
+    let body: String = (0..14000).map(|i| format!("def f{i}(x):\n    if x and x > {i} or not x:\n        return [y for y in x if y]\n    return None\n")).collect();
+    let id = submit(&requester, "python.complexity", &[("big.py", &body)]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let executor = loop {
+        let reply = call(&requester, "task.wait", json!({ "task_ids": [id], "timeout_ms": 10 })).await;
+        if let Some(executor) = reply["result"]["tasks"][0]["executor"].as_str() {
+            break executor.to_owned();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no worker claimed the task: {reply}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (gone, stays) = if executor == w1.peer_id().to_string() { (w1, w2) } else { (w2, w1) };
+    let stays_id = stays.peer_id().to_string();
+    gone.shutdown().await;
+    let done = wait_all(&requester, std::slice::from_ref(&id), Duration::from_secs(60)).await;
+    let report = &done[&id];
+    // The other worker took over and completed it.
+    assert_eq!(report["state"], "completed", "{}", report["reason"]);
+    assert_eq!(report["result"]["files"]["big.py"].as_array().unwrap().len(), 14000);
+    assert_eq!(report["executor"], stays_id, "first executor {executor}");
+    assert_eq!(status(&stays).await.tasks.executed, 1);
+    requester.shutdown().await;
+    stays.shutdown().await;
+}
