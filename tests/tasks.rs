@@ -174,3 +174,64 @@ async fn an_executor_that_leaves_is_replaced() {
     requester.shutdown().await;
     stays.shutdown().await;
 }
+
+const PYAGENT: &str = env!("CARGO_BIN_EXE_pyagent");
+
+fn write(root: &std::path::Path, rel: &str, text: &str) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+async fn analyze_cli(node: &Node, args: &[&str]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(PYAGENT);
+    cmd.arg("analyze").arg("--api").arg(node.api_endpoint()).args(args);
+    cmd.output().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyagent_analyze_reports_complexity_cycles_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("proj");
+    write(&tree, "pkg/__init__.py", "");
+    write(&tree, "pkg/a.py", "from . import b\n");
+    write(&tree, "pkg/b.py", "from pkg import c\n");
+    write(&tree, "pkg/c.py", "import pkg.a\n");
+    write(&tree, "pkg/complex.py", "def busy(x):\n    if x: pass\n    if x > 1: pass\n    for i in x: pass\n    while x: pass\n    return x and x or None\n");
+    write(&tree, "generated/skip.py", "def ignored(): pass\n");
+    write(&tree, ".gitignore", "generated/\n");
+    write(&tree, "bad.py", "def broken(:\n");
+    let requester = start_in(&dir.path().join("r"), &Opts { agents: vec!["none".into()], ..Default::default() }).await;
+    let worker = start_in(&dir.path().join("w"), &Opts { bootstrap: requester.p2p_addrs(), ..Default::default() }).await;
+    wait_until("the requester sees the worker", JOIN, || async { view(&requester).await.len() == 1 }).await;
+
+    let out = analyze_cli(&requester, &["--json", tree.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["files"], 6, "{json}");
+    assert_eq!(json["complete"], true);
+    assert_eq!(json["imports"]["cycles"][0]["shortest"], json!(["pkg.a", "pkg.b", "pkg.c", "pkg.a"]));
+    let busy = &json["complexity"]["pkg/complex.py"][0];
+    assert_eq!((busy["name"].as_str(), busy["complexity"].as_u64(), busy["rank"].as_str()), (Some("busy"), Some(7), Some("B")));
+    assert!(json["complexity"].get("generated/skip.py").is_none(), "gitignored file analysed");
+    assert!(json["errors"]["bad.py"].as_str().unwrap().contains("syntax error"));
+    assert!(json["tokens"]["total"]["cl100k_base"].as_u64().unwrap() > 20);
+    assert_eq!(json["executors"].as_object().unwrap().keys().cloned().collect::<Vec<_>>(), vec![worker.peer_id().to_string()]);
+
+    let out = analyze_cli(&requester, &["--quiet", tree.to_str().unwrap()]).await;
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("Import cycles: 1") && report.contains("pkg.a -> pkg.b -> pkg.c -> pkg.a"), "{report}");
+    assert!(report.contains("B    7  F  pkg/complex.py:1  busy"), "{report}");
+
+    let out = analyze_cli(&requester, &[dir.path().join("missing").to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(2));
+
+    // Without the worker, nobody hosts the agents: exit 1, with the reason.
+    worker.shutdown().await;
+    wait_until("the requester sees the worker leave", JOIN, || async { view(&requester).await.is_empty() }).await;
+    let out = analyze_cli(&requester, &["--quiet", tree.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not finish"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no peer in the swarm offers python.complexity"));
+    requester.shutdown().await;
+}

@@ -51,13 +51,82 @@ pub async fn call_raw(endpoint: &str, request: Vec<u8>, timeout: Duration) -> Re
 
 /// Calls `method` (no params) and decodes its result.
 pub async fn call<T: DeserializeOwned>(endpoint: &str, method: &str, timeout: Duration) -> Result<T, ApiClientError> {
-    let request = serde_json::json!({ "id": 1, "method": method, "params": {} }).to_string().into_bytes();
+    call_with(endpoint, method, serde_json::json!({}), timeout).await
+}
+
+/// Calls `method` with `params` and decodes its result.
+pub async fn call_with<T: DeserializeOwned>(
+    endpoint: &str,
+    method: &str,
+    params: serde_json::Value,
+    timeout: Duration,
+) -> Result<T, ApiClientError> {
+    let request = serde_json::json!({ "id": 1, "method": method, "params": params }).to_string().into_bytes();
     let raw = call_raw(endpoint, request, timeout).await?;
+    decode_reply(endpoint, method, &raw).map(|(_, result)| result)
+}
+
+fn decode_reply<T: DeserializeOwned>(endpoint: &str, method: &str, raw: &[u8]) -> Result<(serde_json::Value, T), ApiClientError> {
     let bad = |reason: String| ApiClientError::BadReply { endpoint: endpoint.to_owned(), reason };
-    let reply: Reply<T> = serde_json::from_slice(&raw).map_err(|e| bad(e.to_string()))?;
+    let reply: Reply<T> = serde_json::from_slice(raw).map_err(|e| bad(e.to_string()))?;
     match (reply.result, reply.error) {
-        (Some(result), None) => Ok(result),
+        (Some(result), None) => Ok((reply.id, result)),
         (_, Some(err)) => Err(ApiClientError::Refused { method: method.to_owned(), code: err.code, message: err.message }),
         (None, None) => Err(bad("neither result nor error".into())),
+    }
+}
+
+/// One connection for many calls (`pyagent analyze` makes hundreds): requests carry
+/// increasing ids, and a late reply to an earlier, timed-out call is skipped.
+pub struct ApiConnection {
+    endpoint: String,
+    socket: zeromq::DealerSocket,
+    next_id: u64,
+}
+
+impl std::fmt::Debug for ApiConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConnection").field("endpoint", &self.endpoint).finish_non_exhaustive()
+    }
+}
+
+impl ApiConnection {
+    pub async fn connect(endpoint: &str, timeout: Duration) -> Result<Self, ApiClientError> {
+        let mut socket = zeromq::DealerSocket::new();
+        tokio::time::timeout(timeout, socket.connect(endpoint))
+            .await
+            .map_err(|_| ApiClientError::NoAnswer { endpoint: endpoint.to_owned(), timeout })?
+            .map_err(|source| ApiClientError::Connect { endpoint: endpoint.to_owned(), source })?;
+        Ok(Self { endpoint: endpoint.to_owned(), socket, next_id: 1 })
+    }
+
+    /// Calls `method` with `params` and decodes its result.
+    pub async fn call<T: DeserializeOwned>(&mut self, method: &str, params: serde_json::Value, timeout: Duration) -> Result<T, ApiClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = serde_json::json!({ "id": id, "method": method, "params": params }).to_string().into_bytes();
+        let endpoint = self.endpoint.clone();
+        let connect_error = |source| ApiClientError::Connect { endpoint: endpoint.clone(), source };
+        let work = async {
+            self.socket.send(ZmqMessage::from(request)).await.map_err(connect_error)?;
+            loop {
+                let reply = self.socket.recv().await.map_err(connect_error)?;
+                let Some(payload) = reply.into_vec().pop() else { continue };
+                let ours = |answered: &serde_json::Value| answered.is_null() || *answered == serde_json::json!(id);
+                match decode_reply::<T>(&endpoint, method, &payload) {
+                    Ok((answered, result)) if ours(&answered) => return Ok(result),
+                    Ok(_) => continue,
+                    Err(e) => {
+                        // A reply to an older call that timed out is not ours: skip it.
+                        let answered = serde_json::from_slice::<Reply<serde::de::IgnoredAny>>(&payload).map(|r| r.id);
+                        if answered.is_ok_and(|a| !ours(&a)) {
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(timeout, work).await.map_err(|_| ApiClientError::NoAnswer { endpoint: self.endpoint.clone(), timeout })?
     }
 }

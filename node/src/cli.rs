@@ -1,4 +1,4 @@
-//! Command-line interface: `pyagent node | keygen | status | peers`.
+//! Command-line interface: `pyagent node | keygen | status | peers | call | analyze`.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -31,6 +31,8 @@ pub enum CliCommand {
     Peers(QueryArgs),
     /// Send one raw request to the local API and print the reply (for scripts and debugging).
     Call(CallArgs),
+    /// Analyse a Python tree with the swarm's agents (complexity, import cycles, tokens).
+    Analyze(crate::analyze::AnalyzeArgs),
 }
 
 /// How the query commands reach the local node.

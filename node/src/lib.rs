@@ -11,8 +11,9 @@
 //! - [`discovery`]: mDNS announcement and browsing.
 //! - [`api`]: the local ZeroMQ API server; [`api_client`]: its client.
 //! - [`node`]: assembling, running and shutting down a [`Node`].
-//! - [`cli`], [`logging`]: the `pyagent` binary's front end.
+//! - [`cli`], [`logging`]: the `pyagent` binary's front end; [`analyze`]: `pyagent analyze`.
 
+pub mod analyze;
 pub mod api;
 pub mod api_client;
 pub mod api_tasks;

@@ -48,6 +48,13 @@ fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Blobs are transient task inputs: no compression (it cost more CPU than it saved).
+fn blob_options() -> Options {
+    let mut opts = Options::default();
+    opts.set_compression_type(rocksdb::DBCompressionType::None);
+    opts
+}
+
 impl Store {
     /// Opens (or creates) the database in `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -60,7 +67,7 @@ impl Store {
         opts.set_max_background_jobs(2);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_PEERS, Options::default()),
-            ColumnFamilyDescriptor::new(CF_BLOBS, Options::default()),
+            ColumnFamilyDescriptor::new(CF_BLOBS, blob_options()),
         ];
         let db = DB::open_cf_descriptors(&opts, path, cfs)
             .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;

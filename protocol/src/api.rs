@@ -103,7 +103,7 @@ pub struct TaskWaitParams {
 }
 
 /// One task as its requester sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskReport {
     pub task_id: String,
     pub capability: String,
@@ -112,16 +112,16 @@ pub struct TaskReport {
     /// The peer that claimed or completed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executor: Option<String>,
-    /// The agent's result (`completed`).
+    /// The agent's result (`completed`), passed through as the executor wrote it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    pub result: Option<Box<serde_json::value::RawValue>>,
     /// Why it failed (`failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
 /// The result of `task.wait`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskWaitResult {
     pub tasks: Vec<TaskReport>,
 }

@@ -103,8 +103,9 @@ struct Scope<'p, 'src> {
     /// Set while visiting a class body: functions found are its methods.
     classname: Option<&'p str>,
     complexity: u32,
-    /// Largest start line of the nodes visited (radon's `max_line`).
-    max_line: Option<u32>,
+    /// Largest start offset of the nodes visited; its line is radon's `max_line` (lines
+    /// grow with offsets, so one lookup at the end is enough).
+    max_start: Option<TextSize>,
     functions: Vec<Function>,
     classes: Vec<Class>,
     depth: u32,
@@ -117,7 +118,7 @@ impl<'p, 'src> Scope<'p, 'src> {
             parsed,
             classname,
             complexity: 0,
-            max_line: None,
+            max_start: None,
             functions: Vec::new(),
             classes: Vec::new(),
             depth,
@@ -133,8 +134,11 @@ impl<'p, 'src> Scope<'p, 'src> {
     }
 
     fn note(&mut self, start: TextSize) {
-        let line = self.parsed.line(start);
-        self.max_line = Some(self.max_line.map_or(line, |m| m.max(line)));
+        self.max_start = Some(self.max_start.map_or(start, |m| m.max(start)));
+    }
+
+    fn max_line(&self) -> Option<u32> {
+        self.max_start.map(|offset| self.parsed.line(offset))
     }
 
     fn add(&mut self, n: usize) {
@@ -182,7 +186,7 @@ impl<'p, 'src> Scope<'p, 'src> {
             self.adopt(&mut scope);
             closures.append(&mut scope.functions);
             complexity = complexity.saturating_add(scope.complexity);
-            last_max_line = scope.max_line;
+            last_max_line = scope.max_line();
         }
         Function {
             name: def.name.to_string(),
@@ -208,7 +212,7 @@ impl<'p, 'src> Scope<'p, 'src> {
             self.adopt(&mut scope);
             let methods_complexity = scope.functions.iter().map(|f| f.complexity).fold(0u32, u32::saturating_add);
             real_complexity = real_complexity.saturating_add(scope.complexity).saturating_add(methods_complexity);
-            endline = endline.max(scope.max_line.unwrap_or(0));
+            endline = endline.max(scope.max_line().unwrap_or(0));
             endline = scope.functions.iter().map(|f| f.endline).fold(endline, u32::max);
             methods.append(&mut scope.functions);
             inner_classes.append(&mut scope.classes);

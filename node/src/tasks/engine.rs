@@ -59,13 +59,21 @@ pub struct Executed {
     pub outcome: TaskOutcome,
 }
 
+/// A task's final state, as the requester keeps it.
+#[derive(Debug)]
+enum Outcome {
+    /// Checked to be JSON when it arrived.
+    Completed(Box<serde_json::value::RawValue>),
+    Failed(String),
+}
+
 #[derive(Debug)]
 struct Requested {
     spec: TaskSpec,
     last_publish: Instant,
     /// The latest claim seen.
     claim: Option<(PeerId, Instant)>,
-    outcome: Option<(PeerId, TaskOutcome)>,
+    outcome: Option<(PeerId, Outcome)>,
     finished_at: Option<Instant>,
 }
 
@@ -180,7 +188,7 @@ impl TaskEngine {
         let mut request = Requested { spec: spec.clone(), last_publish: now, claim: None, outcome: None, finished_at: None };
         if candidates.is_empty() {
             let reason = format!("no peer in the swarm offers {}", spec.capability);
-            request.outcome = Some((self.me, TaskOutcome::Failed { reason }));
+            request.outcome = Some((self.me, Outcome::Failed(reason)));
             request.finished_at = Some(now);
             self.requested.insert(id, request);
             self.results.send_modify(|v| *v += 1);
@@ -357,6 +365,13 @@ impl TaskEngine {
             return;
         }
         tracing::debug!(%task, executor = %from, "result received");
+        let outcome = match outcome {
+            TaskOutcome::Completed { result_json } => match serde_json::value::RawValue::from_string(result_json) {
+                Ok(raw) => Outcome::Completed(raw),
+                Err(e) => Outcome::Failed(format!("the executor sent a result that is not JSON: {e}")),
+            },
+            TaskOutcome::Failed { reason } => Outcome::Failed(reason),
+        };
         request.outcome = Some((from, outcome));
         request.finished_at = Some(Instant::now());
         self.scheduler.done(&task);
@@ -444,20 +459,12 @@ impl TaskEngine {
                     report.capability = request.spec.capability.clone();
                     report.reason = None;
                     match &request.outcome {
-                        Some((executor, TaskOutcome::Completed { result_json })) => {
+                        Some((executor, Outcome::Completed(result))) => {
                             report.executor = Some(executor.to_string());
-                            match serde_json::from_str(result_json) {
-                                Ok(result) => {
-                                    report.state = "completed".into();
-                                    report.result = Some(result);
-                                }
-                                Err(e) => {
-                                    report.state = "failed".into();
-                                    report.reason = Some(format!("the executor sent a result that is not JSON: {e}"));
-                                }
-                            }
+                            report.state = "completed".into();
+                            report.result = Some(result.clone());
                         }
-                        Some((executor, TaskOutcome::Failed { reason })) => {
+                        Some((executor, Outcome::Failed(reason))) => {
                             report.state = "failed".into();
                             report.executor = Some(executor.to_string());
                             report.reason = Some(reason.clone());
