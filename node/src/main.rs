@@ -116,7 +116,16 @@ async fn analyze(args: pyagent_node::analyze::AnalyzeArgs) -> ExitCode {
     match analyze::run(&args).await {
         Ok(analysis) => {
             if args.json {
-                println!("{}", analysis.to_json());
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                let written = analysis.write_json(&mut out).map_err(std::io::Error::from).and_then(|()| {
+                    use std::io::Write;
+                    writeln!(out)?;
+                    out.flush()
+                });
+                if let Err(e) = written {
+                    eprintln!("error: cannot write the result: {e}");
+                    return ExitCode::FAILURE;
+                }
             } else {
                 print!("{}", analysis.render(args.top));
             }

@@ -188,7 +188,7 @@ pub async fn run(args: &AnalyzeArgs) -> Result<Analysis, AnalyzeError> {
                     let Some(p) = pending.remove(&task.task_id) else { continue };
                     let result = task.result.as_ref().map(|raw| serde_json::from_str::<Value>(raw.get()));
                     if let (Some(Ok(result)), "completed") = (result, task.state.as_str()) {
-                        analysis.add(p.capability, task.executor.as_deref(), &result);
+                        analysis.add(p.capability, task.executor.as_deref(), result);
                         if p.capability == first_capability {
                             bar.inc(p.files as u64);
                         }

@@ -50,16 +50,14 @@ pub struct RankedBlock {
 
 impl Analysis {
     /// Merges one completed task's result.
-    pub fn add(&mut self, capability: &str, executor: Option<&str>, result: &Value) {
+    pub fn add(&mut self, capability: &str, executor: Option<&str>, mut result: Value) {
         if let Some(executor) = executor {
             *self.executors.entry(executor.to_owned()).or_default() += 1;
         }
         match capability {
             pyagent_agents::complexity::CAPABILITY => {
-                if let Some(files) = result["files"].as_object() {
-                    for (path, blocks) in files {
-                        self.complexity.insert(path.clone(), blocks.clone());
-                    }
+                if let Value::Object(files) = result["files"].take() {
+                    self.complexity.extend(files);
                 }
             }
             pyagent_agents::tokens::CAPABILITY => {
@@ -72,7 +70,7 @@ impl Analysis {
                 self.tokens_total[0] += result["total"]["cl100k_base"].as_u64().unwrap_or(0);
                 self.tokens_total[1] += result["total"]["o200k_base"].as_u64().unwrap_or(0);
             }
-            pyagent_agents::imports::CAPABILITY => self.imports = Some(result.clone()),
+            pyagent_agents::imports::CAPABILITY => self.imports = Some(result),
             _ => {}
         }
     }
@@ -121,23 +119,49 @@ impl Analysis {
         self.failed.is_empty()
     }
 
-    /// The full machine-readable result (`--json`).
+    /// Writes the full machine-readable result (`--json`), without copying the results.
+    pub fn write_json(&self, out: impl std::io::Write) -> serde_json::Result<()> {
+        #[derive(serde::Serialize)]
+        struct Json<'a> {
+            root: &'a str,
+            files: usize,
+            lines: usize,
+            bytes: usize,
+            elapsed_ms: u64,
+            complete: bool,
+            complexity: &'a BTreeMap<String, Value>,
+            imports: &'a Option<Value>,
+            tokens: Value,
+            errors: BTreeMap<String, String>,
+            failed_tasks: Vec<Value>,
+            executors: &'a BTreeMap<String, usize>,
+            tasks: usize,
+        }
+        let json = Json {
+            root: &self.root,
+            files: self.files,
+            lines: self.lines,
+            bytes: self.bytes,
+            elapsed_ms: self.elapsed.as_millis() as u64,
+            complete: self.finished(),
+            complexity: &self.complexity,
+            imports: &self.imports,
+            tokens: json!({ "files": self.tokens, "total": { "cl100k_base": self.tokens_total[0], "o200k_base": self.tokens_total[1] } }),
+            errors: self.file_errors(),
+            failed_tasks: self.failed.iter().map(|f| json!({ "capability": f.capability, "files": f.files, "reason": f.reason })).collect(),
+            executors: &self.executors,
+            tasks: self.tasks,
+        };
+        serde_json::to_writer(out, &json)
+    }
+
+    /// The full machine-readable result as a value (tests, small trees).
     pub fn to_json(&self) -> Value {
-        json!({
-            "root": self.root,
-            "files": self.files,
-            "lines": self.lines,
-            "bytes": self.bytes,
-            "elapsed_ms": self.elapsed.as_millis() as u64,
-            "complete": self.finished(),
-            "complexity": self.complexity,
-            "imports": self.imports,
-            "tokens": { "files": self.tokens, "total": { "cl100k_base": self.tokens_total[0], "o200k_base": self.tokens_total[1] } },
-            "errors": self.file_errors(),
-            "failed_tasks": self.failed.iter().map(|f| json!({ "capability": f.capability, "files": f.files, "reason": f.reason })).collect::<Vec<_>>(),
-            "executors": self.executors,
-            "tasks": self.tasks,
-        })
+        let mut bytes = Vec::new();
+        match self.write_json(&mut bytes) {
+            Ok(()) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
     }
 
     /// The human report: most complex blocks, every import cycle, token totals.
@@ -200,14 +224,14 @@ mod tests {
         a.add(
             "python.complexity",
             Some("p1"),
-            &json!({ "files": {
+            json!({ "files": {
                 "a.py": [{ "type": "function", "name": "f", "lineno": 3, "complexity": 12, "rank": "C" }],
                 "b.py": [{ "type": "method", "name": "m", "classname": "K", "lineno": 9, "complexity": 30, "rank": "D" }],
                 "c.py": { "error": "syntax error at line 1, column 4: x" },
             }}),
         );
-        a.add("python.tokens", Some("p2"), &json!({ "files": [{ "path": "a.py", "cl100k_base": 5, "o200k_base": 4 }], "total": { "cl100k_base": 5, "o200k_base": 4 } }));
-        a.add("python.imports", Some("p2"), &json!({ "cycles": [{ "modules": ["a", "b"], "shortest": ["a", "b", "a"] }] }));
+        a.add("python.tokens", Some("p2"), json!({ "files": [{ "path": "a.py", "cl100k_base": 5, "o200k_base": 4 }], "total": { "cl100k_base": 5, "o200k_base": 4 } }));
+        a.add("python.imports", Some("p2"), json!({ "cycles": [{ "modules": ["a", "b"], "shortest": ["a", "b", "a"] }] }));
         let ranked = a.ranked_blocks();
         assert_eq!((ranked[0].name.as_str(), ranked[0].kind, ranked[0].complexity), ("K.m", 'M', 30));
         assert_eq!(a.tokens_total, [5, 4]);

@@ -1,0 +1,94 @@
+"""A small client of a PyAgent node's local API (ZeroMQ, JSON), for scripts and agents.
+
+    from pyagent_client import Client
+    with Client("tcp://127.0.0.1:7761") as node:
+        print(node.status()["peer_id"])
+        task = node.submit("python.tokens", [{"path": "a.py", "text": "x = 1\n"}])
+        report = node.wait_for(task["task_id"])
+        print(report["state"], report.get("result"))
+
+Requires pyzmq. One DEALER socket; requests carry increasing ids and replies are
+matched to them. Errors the node reports raise `ApiError` with its code and message.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from typing import Any
+
+import zmq
+
+__all__ = ["Client", "ApiError"]
+
+
+class ApiError(Exception):
+    """The node refused a request (see `code` and `message`), or did not answer."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(f"{message} (code {code})")
+        self.code = code
+        self.message = message
+
+
+class Client:
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:7761", timeout_ms: int = 10_000):
+        self.endpoint = endpoint
+        self.timeout_ms = timeout_ms
+        self._context = zmq.Context.instance()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(endpoint)
+        self._ids = itertools.count(1)
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, method: str, params: dict[str, Any] | None = None, timeout_ms: int | None = None) -> Any:
+        """Sends one request and returns its result (raises ApiError on an error reply)."""
+        request_id = next(self._ids)
+        self._socket.send(json.dumps({"id": request_id, "method": method, "params": params or {}}).encode())
+        deadline = time.monotonic() + (timeout_ms or self.timeout_ms) / 1000
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._socket.poll(int(left * 1000) + 1):
+                raise ApiError(-1, f"no answer from {self.endpoint} to {method}")
+            reply = json.loads(self._socket.recv_multipart()[-1])
+            if reply.get("id") not in (request_id, None):
+                continue  # a late reply to an earlier call
+            if "error" in reply and reply["error"] is not None:
+                raise ApiError(reply["error"]["code"], reply["error"]["message"])
+            return reply["result"]
+
+    def status(self) -> dict[str, Any]:
+        return self.call("status")
+
+    def peers(self) -> list[dict[str, Any]]:
+        return self.call("peers")["peers"]
+
+    def submit(self, capability: str, files: list[dict[str, str]], lease_ms: int | None = None) -> dict[str, Any]:
+        """Submits a task; files are {"path", "text"} or {"path", "blob"} (an id from an earlier submit)."""
+        params: dict[str, Any] = {"capability": capability, "files": files}
+        if lease_ms is not None:
+            params["lease_ms"] = lease_ms
+        return self.call("task.submit", params)
+
+    def wait(self, task_ids: list[str], timeout_ms: int = 1000) -> list[dict[str, Any]]:
+        """Returns when one of the tasks is final or after timeout_ms; reports them all."""
+        return self.call("task.wait", {"task_ids": task_ids, "timeout_ms": timeout_ms}, timeout_ms + self.timeout_ms)["tasks"]
+
+    def wait_for(self, task_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Waits until one task is completed or failed; returns its report."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            (report,) = self.wait([task_id], timeout_ms=1000)
+            if report["state"] in ("completed", "failed", "unknown"):
+                return report
+        raise ApiError(-1, f"task {task_id} not finished within {timeout_s} s")
