@@ -131,3 +131,49 @@ fn lab_mdns_interface_selection_is_honoured() {
     assert!(lab.view(3).is_empty());
     assert_eq!(lab.status(3).unwrap()["connected_peers"], 0);
 }
+
+/// `pyagent analyze` from a node hosting no agent, with two workers; one worker is
+/// killed with SIGKILL while it executes: the analysis still completes, on the survivor.
+#[test]
+fn lab_analyze_completes_when_an_executor_is_killed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(lab) = Lab::up("tasks", 3) else { return };
+    let _requester = lab.spawn_node(1, &["--agents", "none"]);
+    let mut workers = vec![lab.spawn_node(2, &[]), lab.spawn_node(3, &[])];
+    let ids: Vec<String> = (1..=3).map(|i| lab.wait_ready(i, READY)).collect();
+    for i in 1..=3 {
+        wait_for(&format!("node {i} sees the other two"), MESH, || lab.view(i).len() == 2);
+    }
+    // 24 files of about 250 kB: 24 complexity and 24 token tasks, and one import graph.
+    let tree = lab.dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    let body: String = (0..2000)
+        .map(|i| format!("def f{i}(x, y):\n    if x and y or not x:\n        return [v for v in y if v > {i}]\n    return x if y else None\n"))
+        .collect();
+    for f in 0..24 {
+        std::fs::write(tree.join(format!("m{f:02}.py")), format!("import m{:02}\n{body}", (f + 1) % 24)).unwrap();
+    }
+    let analysis = lab.spawn_pyagent(1, &["analyze", "--json", "--quiet", "--batch-bytes", "262144", tree.to_str().unwrap()]);
+
+    let mut victim = None;
+    wait_for("a worker is executing a task", Duration::from_secs(60), || {
+        victim = (0..2).find(|w| lab.status(w + 2).is_some_and(|s| s["tasks"]["running"].as_u64().unwrap_or(0) > 0));
+        victim.is_some()
+    });
+    let victim = victim.unwrap();
+    workers[victim].kill9();
+    let survivor = ids[2 - victim].clone();
+
+    let out = analysis.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "analyze failed: {}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["complete"], true);
+    assert_eq!(json["files"], 24);
+    assert_eq!(json["complexity"].as_object().unwrap().len(), 24);
+    assert_eq!(json["complexity"]["m07.py"].as_array().unwrap().len(), 2000);
+    assert_eq!(json["tokens"]["files"].as_object().unwrap().len(), 24);
+    assert_eq!(json["imports"]["cycles"][0]["modules"].as_array().unwrap().len(), 24);
+    assert!(json["executors"].get(&survivor).is_some(), "the survivor completed nothing: {}", json["executors"]);
+    let survivor_status = lab.status(3 - victim).unwrap();
+    assert!(survivor_status["tasks"]["executed"].as_u64().unwrap() > 0);
+}

@@ -76,6 +76,17 @@ impl Lab {
         LabNode { child: Some(child), log }
     }
 
+    /// Starts `pyagent ARGS` in machine `i` in the background, stdout and stderr piped.
+    pub fn spawn_pyagent(&self, i: usize, args: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(i), PYAGENT])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pyagent")
+    }
+
     /// `pyagent status --json` in machine `i`, once it answers.
     pub fn status(&self, i: usize) -> Option<serde_json::Value> {
         let out = self.pyagent(i, &["status", "--json", "--timeout-ms", "1500"]);
