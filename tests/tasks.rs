@@ -88,6 +88,38 @@ async fn tasks_run_once_on_capable_peers_and_results_come_back() {
     assert!(s1.tasks.executed > 0 && s2.tasks.executed > 0, "w1 {:?}, w2 {:?}", s1.tasks, s2.tasks);
     assert_eq!(status(&requester).await.tasks.submitted, 16);
     assert_eq!(status(&requester).await.tasks.executed, 0);
+
+    // History: the requester saw it submitted, assigned, completed and done; the executor
+    // recorded the same task from its side.
+    let first = &ids[0];
+    let executor_id = done[first]["executor"].as_str().unwrap().to_owned();
+    let history = call(&requester, "history", json!({ "task_id": first })).await;
+    let kinds: Vec<String> = history["result"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| match &r["event"] {
+            Value::String(s) => s.clone(),
+            Value::Object(o) => o.keys().next().unwrap().clone(),
+            other => panic!("odd event {other}"),
+        })
+        .collect();
+    assert_eq!(kinds, vec!["submitted", "assigned", "result", "done"], "{history}");
+    assert_eq!(history["result"]["events"][1]["event"]["assigned"]["executor"], executor_id.as_str());
+    assert_eq!(history["result"]["events"][2]["event"]["result"]["completed"], true);
+    let worker = if executor_id == id1 { &w1 } else { &w2 };
+    let theirs = call(worker, "history", json!({ "task_id": first })).await;
+    let events = theirs["result"]["events"].as_array().unwrap();
+    assert!(events.iter().any(|r| r["event"]["result"]["executor"] == executor_id.as_str()), "{theirs}");
+    let unknown = call(&requester, "history", json!({ "task_id": "ab".repeat(32) })).await;
+    assert_eq!(unknown["result"]["events"], json!([]));
+    let out = tokio::process::Command::new(PYAGENT)
+        .args(["history", "--api", requester.api_endpoint(), first])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("submitted  python.complexity, 1 file(s)") && text.contains("completed  by"), "{text}");
     for n in [requester, w1, w2] {
         n.shutdown().await;
     }

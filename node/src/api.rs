@@ -182,6 +182,7 @@ pub async fn handle_request(payload: &[u8], ctx: &ApiContext) -> Vec<u8> {
         Method::Peers => answer(id, async { client.peers().await.map(|peers| PeersResult { peers }) }).await,
         Method::TaskSubmit(params) => crate::api_tasks::submit(id, ctx, params).await,
         Method::TaskWait(params) => crate::api_tasks::wait(id, ctx, params).await,
+        Method::History(params) => crate::api_tasks::history(id, ctx, params).await,
     }
 }
 

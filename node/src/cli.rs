@@ -33,6 +33,8 @@ pub enum CliCommand {
     Call(CallArgs),
     /// Analyse a Python tree with the swarm's agents (complexity, import cycles, tokens).
     Analyze(crate::analyze::AnalyzeArgs),
+    /// Show what the local node recorded about a task (submitted, assigned, result, done).
+    History(HistoryArgs),
 }
 
 /// How the query commands reach the local node.
@@ -50,6 +52,40 @@ impl ApiArgs {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms.max(1))
     }
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// The task id (64 hex digits, as `task.submit` and `pyagent analyze --json` give it).
+    pub task_id: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One line per history record: time, event, details.
+pub fn render_history(result: &pyagent_protocol::api::HistoryResult) -> String {
+    use pyagent_protocol::history::HistoryEvent;
+    let mut out = format!("task {}\n", result.task_id);
+    if result.events.is_empty() {
+        out.push_str("  no records on this node\n");
+    }
+    for record in &result.events {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(record.at_unix_ms);
+        let what = match &record.event {
+            HistoryEvent::Submitted { capability, files, requester } => format!("submitted  {capability}, {files} file(s), by {requester}"),
+            HistoryEvent::Assigned { executor } => format!("assigned   to {executor}"),
+            HistoryEvent::Result { executor, completed: true, detail } => format!("completed  by {executor} ({detail})"),
+            HistoryEvent::Result { executor, completed: false, detail } => format!("failed     at {executor}: {detail}"),
+            HistoryEvent::Done => "done".to_owned(),
+            HistoryEvent::Ballot { voter } => format!("ballot     from {voter}"),
+            HistoryEvent::Tally { winner } => format!("tally      winner {}", winner.as_deref().unwrap_or("none")),
+        };
+        out.push_str(&format!("  {}  {what}\n", humantime::format_rfc3339_millis(at)));
+    }
+    out
 }
 
 #[derive(Debug, Args)]

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         CliCommand::Peers(args) => runtime.block_on(query::<PeersResult>(args, "peers", cli::render_peers)),
         CliCommand::Call(args) => return runtime.block_on(call(args)),
         CliCommand::Analyze(args) => return runtime.block_on(analyze(args)),
+        CliCommand::History(args) => runtime.block_on(history(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,6 +106,18 @@ async fn query<T: serde::de::DeserializeOwned + serde::Serialize>(
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         print!("{}", render(&result));
+    }
+    Ok(())
+}
+
+async fn history(args: cli::HistoryArgs) -> anyhow::Result<()> {
+    let params = serde_json::json!({ "task_id": args.task_id });
+    let result: pyagent_protocol::api::HistoryResult =
+        api_client::call_with(&args.api.api, "history", params, args.api.timeout()).await.context("history")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", cli::render_history(&result));
     }
     Ok(())
 }

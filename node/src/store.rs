@@ -3,18 +3,25 @@
 //! - `blobs`: BLAKE3 id → bytes: the files of tasks this node submitted (served to
 //!   executors) or fetched to execute. Content-addressed, so a blob is written once.
 //!
-//! The history DHT issue adds history as a further column family.
+//! - `history`: task id ‖ time ‖ sequence → [`HistoryRecord`]: what this node saw happen
+//!   to each task (the history DHT issue will replicate it).
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use libp2p::{Multiaddr, PeerId};
 use rocksdb::{ColumnFamilyDescriptor, DB, Options};
-use pyagent_protocol::task::BlobId;
+use pyagent_protocol::history::{HistoryEvent, HistoryRecord};
+use pyagent_protocol::task::{BlobId, TaskId};
 use serde::{Deserialize, Serialize};
 
 const CF_PEERS: &str = "peers";
 const CF_BLOBS: &str = "blobs";
+const CF_HISTORY: &str = "history";
+/// Largest history record read back.
+const MAX_HISTORY_RECORD: usize = 64 * 1024;
+/// Most history records returned for one task.
+pub const MAX_HISTORY_PER_TASK: usize = 10_000;
 /// Most addresses remembered per peer.
 const MAX_ADDRS_PER_PEER: usize = 16;
 
@@ -42,6 +49,8 @@ pub struct KnownPeer {
 #[derive(Debug)]
 pub struct Store {
     db: DB,
+    /// Tells apart records written in the same millisecond.
+    history_seq: std::sync::atomic::AtomicU32,
 }
 
 fn now_unix_ms() -> u64 {
@@ -68,10 +77,11 @@ impl Store {
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_PEERS, Options::default()),
             ColumnFamilyDescriptor::new(CF_BLOBS, blob_options()),
+            ColumnFamilyDescriptor::new(CF_HISTORY, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, path, cfs)
             .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
-        Ok(Self { db })
+        Ok(Self { db, history_seq: std::sync::atomic::AtomicU32::new(0) })
     }
 
     fn blobs_cf(&self) -> Result<&rocksdb::ColumnFamily, StoreError> {
@@ -98,6 +108,41 @@ impl Store {
     pub fn has_blob(&self, id: &BlobId) -> Result<bool, StoreError> {
         let cf = self.blobs_cf()?;
         Ok(self.db.get_pinned_cf(cf, id.0).map_err(|source| StoreError::Db { op: "read blob", source })?.is_some())
+    }
+
+    fn history_cf(&self) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db.cf_handle(CF_HISTORY).ok_or(StoreError::MissingColumnFamily(CF_HISTORY))
+    }
+
+    /// Appends a history record for `task`.
+    pub fn record(&self, task: &TaskId, event: HistoryEvent) -> Result<(), StoreError> {
+        let cf = self.history_cf()?;
+        let at_unix_ms = now_unix_ms();
+        let seq = self.history_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut key = Vec::with_capacity(44);
+        key.extend_from_slice(&task.0);
+        key.extend_from_slice(&at_unix_ms.to_be_bytes());
+        key.extend_from_slice(&seq.to_be_bytes());
+        let bytes = pyagent_protocol::encode(&HistoryRecord { at_unix_ms, event })?;
+        self.db.put_cf(cf, key, bytes).map_err(|source| StoreError::Db { op: "write history", source })
+    }
+
+    /// The history of `task`, oldest first.
+    pub fn history(&self, task: &TaskId) -> Result<Vec<HistoryRecord>, StoreError> {
+        let cf = self.history_cf()?;
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(cf, rocksdb::IteratorMode::From(&task.0, rocksdb::Direction::Forward));
+        for item in iter {
+            let (key, value) = item.map_err(|source| StoreError::Db { op: "scan history", source })?;
+            if !key.starts_with(&task.0) || out.len() >= MAX_HISTORY_PER_TASK {
+                break;
+            }
+            match pyagent_protocol::decode::<HistoryRecord>(&value, MAX_HISTORY_RECORD) {
+                Ok(record) => out.push(record),
+                Err(e) => tracing::warn!(%task, "skipping a corrupt history record: {e}"),
+            }
+        }
+        Ok(out)
     }
 
     fn peers_cf(&self) -> Result<&rocksdb::ColumnFamily, StoreError> {
@@ -152,7 +197,8 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_wal(true).map_err(|source| StoreError::Db { op: "flush WAL", source })?;
         self.db.flush_cf(self.peers_cf()?).map_err(|source| StoreError::Db { op: "flush", source })?;
-        self.db.flush_cf(self.blobs_cf()?).map_err(|source| StoreError::Db { op: "flush", source })
+        self.db.flush_cf(self.blobs_cf()?).map_err(|source| StoreError::Db { op: "flush", source })?;
+        self.db.flush_cf(self.history_cf()?).map_err(|source| StoreError::Db { op: "flush", source })
     }
 }
 
@@ -194,6 +240,28 @@ mod tests {
         assert!(store.has_blob(&id).unwrap());
         assert_eq!(store.get_blob(&id).unwrap().as_deref(), Some(&b"def f(): pass\n"[..]));
         assert_eq!(store.get_blob(&BlobId::of(b"other")).unwrap(), None);
+    }
+
+    #[test]
+    fn history_is_kept_per_task_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (TaskId([1; 32]), TaskId([2; 32]));
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.record(&a, HistoryEvent::Submitted { capability: "python.tokens".into(), files: 1, requester: "r".into() }).unwrap();
+            store.record(&b, HistoryEvent::Done).unwrap();
+            store.record(&a, HistoryEvent::Assigned { executor: "x".into() }).unwrap();
+            store.record(&a, HistoryEvent::Done).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let events: Vec<HistoryEvent> = store.history(&a).unwrap().into_iter().map(|r| r.event).collect();
+        assert_eq!(events.len(), 3);
+        assert!(matches!(events[0], HistoryEvent::Submitted { .. }));
+        assert_eq!(events[1], HistoryEvent::Assigned { executor: "x".into() });
+        assert_eq!(events[2], HistoryEvent::Done);
+        assert_eq!(store.history(&b).unwrap().len(), 1);
+        assert!(store.history(&TaskId([3; 32])).unwrap().is_empty());
     }
 
     #[test]

@@ -53,10 +53,26 @@ pub enum Method {
     TaskSubmit(TaskSubmitParams),
     /// Wait until one of the tasks finishes (or the timeout passes), and report them all.
     TaskWait(TaskWaitParams),
+    /// What this node recorded about a task.
+    History(HistoryParams),
 }
 
 /// Method names, as written on the wire.
-pub const METHODS: &[&str] = &["status", "peers", "task.submit", "task.wait"];
+pub const METHODS: &[&str] = &["status", "peers", "task.submit", "task.wait", "history"];
+
+/// Parameters of `history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryParams {
+    pub task_id: String,
+}
+
+/// The result of `history`: this node's records of the task, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryResult {
+    pub task_id: String,
+    pub events: Vec<crate::history::HistoryRecord>,
+}
 
 /// A file of `task.submit`: its text (stored by the node as a blob), or a blob the node
 /// already has (from an earlier submission).
@@ -189,6 +205,7 @@ pub fn parse_request(frame: &[u8]) -> Result<Request, ApiError> {
         "peers" => no_params(&id, &method, params).map(|()| Method::Peers)?,
         "task.submit" => Method::TaskSubmit(typed_params(&id, &method, params)?),
         "task.wait" => Method::TaskWait(typed_params(&id, &method, params)?),
+        "history" => Method::History(typed_params(&id, &method, params)?),
         other => {
             return Err(ApiError::new(
                 id,

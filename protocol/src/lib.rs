@@ -8,11 +8,13 @@
 //! - [`advert`]: the membership advert every node gossips, and the capacity it carries.
 //! - [`rpc`]: request-response messages exchanged directly between two peers.
 //! - [`task`]: tasks, blobs and the task topic's messages (content-addressed, BLAKE3).
+//! - [`history`]: history records of tasks (stored locally today).
 //! - [`api`]: the JSON schema of the local ZeroMQ API (requests, replies, events).
 
 pub mod advert;
 pub mod api;
 pub mod codec;
+pub mod history;
 pub mod rpc;
 pub mod swarm;
 pub mod task;

@@ -186,6 +186,13 @@ pub async fn run(args: &AnalyzeArgs) -> Result<Analysis, AnalyzeError> {
             match task.state.as_str() {
                 "completed" | "failed" | "unknown" => {
                     let Some(p) = pending.remove(&task.task_id) else { continue };
+                    analysis.task_list.push(json!({
+                        "task_id": task.task_id,
+                        "capability": p.capability,
+                        "files": p.files,
+                        "state": task.state,
+                        "executor": task.executor,
+                    }));
                     let result = task.result.as_ref().map(|raw| serde_json::from_str::<Value>(raw.get()));
                     if let (Some(Ok(result)), "completed") = (result, task.state.as_str()) {
                         analysis.add(p.capability, task.executor.as_deref(), result);

@@ -34,6 +34,8 @@ pub struct Analysis {
     /// Tasks completed per executor.
     pub executors: BTreeMap<String, usize>,
     pub tasks: usize,
+    /// Every task: id, capability, final state, executor (for `pyagent history`).
+    pub task_list: Vec<Value>,
     pub elapsed: Duration,
 }
 
@@ -136,6 +138,7 @@ impl Analysis {
             failed_tasks: Vec<Value>,
             executors: &'a BTreeMap<String, usize>,
             tasks: usize,
+            task_list: &'a [Value],
         }
         let json = Json {
             root: &self.root,
@@ -151,6 +154,7 @@ impl Analysis {
             failed_tasks: self.failed.iter().map(|f| json!({ "capability": f.capability, "files": f.files, "reason": f.reason })).collect(),
             executors: &self.executors,
             tasks: self.tasks,
+            task_list: &self.task_list,
         };
         serde_json::to_writer(out, &json)
     }

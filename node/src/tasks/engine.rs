@@ -25,6 +25,7 @@ use libp2p::request_response::OutboundRequestId;
 use libp2p::{PeerId, Swarm, gossipsub};
 use pyagent_agents::Registry;
 use pyagent_protocol::api::{TaskCounters, TaskReport};
+use pyagent_protocol::history::HistoryEvent;
 use pyagent_protocol::rpc::{BlobData, MAX_BLOBS_PER_REQUEST, MAX_RPC_BYTES, RpcRequest, RpcResponse};
 use pyagent_protocol::task::{BlobId, TaskError, TaskId, TaskMessage, TaskOutcome, TaskSpec, verify_blob};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -35,6 +36,15 @@ use super::scheduler::Scheduler;
 use crate::membership::MembershipView;
 use crate::p2p::behaviour::Behaviour;
 use crate::store::{Store, StoreError};
+
+fn result_event(executor: PeerId, outcome: &TaskOutcome) -> HistoryEvent {
+    match outcome {
+        TaskOutcome::Completed { result_json } => {
+            HistoryEvent::Result { executor: executor.to_string(), completed: true, detail: format!("{} bytes of JSON", result_json.len()) }
+        }
+        TaskOutcome::Failed { reason } => HistoryEvent::Result { executor: executor.to_string(), completed: false, detail: reason.clone() },
+    }
+}
 
 /// Finished requests are kept this long for `task.wait`.
 const KEEP_FINISHED: Duration = Duration::from_secs(600);
@@ -95,6 +105,8 @@ pub struct TaskEngine {
     results: watch::Sender<u64>,
     submitted_count: u64,
     executed_count: u64,
+    /// The executor last recorded as assigned, per task (claim renewals are not history).
+    assigned: HashMap<TaskId, PeerId>,
 }
 
 impl TaskEngine {
@@ -124,6 +136,19 @@ impl TaskEngine {
             results,
             submitted_count: 0,
             executed_count: 0,
+            assigned: HashMap::new(),
+        }
+    }
+
+    fn record(&self, task: &TaskId, event: HistoryEvent) {
+        if let Err(e) = self.store.record(task, event) {
+            tracing::warn!(%task, "history not recorded: {e}");
+        }
+    }
+
+    fn record_assigned(&mut self, task: TaskId, executor: PeerId) {
+        if self.assigned.insert(task, executor) != Some(executor) {
+            self.record(&task, HistoryEvent::Assigned { executor: executor.to_string() });
         }
     }
 
@@ -184,10 +209,12 @@ impl TaskEngine {
         let id = spec.id().map_err(TaskError::from)?;
         self.submitted_count += 1;
         let candidates = self.candidates(view, &spec.capability);
+        self.record(&id, HistoryEvent::Submitted { capability: spec.capability.clone(), files: spec.files.len(), requester: self.me.to_string() });
         let now = Instant::now();
         let mut request = Requested { spec: spec.clone(), last_publish: now, claim: None, outcome: None, finished_at: None };
         if candidates.is_empty() {
             let reason = format!("no peer in the swarm offers {}", spec.capability);
+            self.record(&id, HistoryEvent::Result { executor: self.me.to_string(), completed: false, detail: reason.clone() });
             request.outcome = Some((self.me, Outcome::Failed(reason)));
             request.finished_at = Some(now);
             self.requested.insert(id, request);
@@ -213,20 +240,29 @@ impl TaskEngine {
                     return;
                 }
                 let order = rendezvous::order(&id, self.candidates(view, &spec.capability));
+                let event = HistoryEvent::Submitted { capability: spec.capability.clone(), files: spec.files.len(), requester: source.to_string() };
                 if self.scheduler.track(id, spec, source, order, now) {
+                    self.record(&id, event);
                     tracing::debug!(task = %id, requester = %source, "task seen");
                     self.poll(swarm, view, now);
                 }
             }
             TaskMessage::Claim { task, .. } => {
+                if self.requested.contains_key(&task) || self.scheduler.spec(&task).is_some() {
+                    self.record_assigned(task, source);
+                }
                 self.scheduler.claimed(&task, source, now);
                 if let Some(request) = self.requested.get_mut(&task) {
                     request.claim = Some((source, now));
                 }
             }
             TaskMessage::Done { task, .. } => {
+                if self.scheduler.spec(&task).is_some() {
+                    self.record(&task, HistoryEvent::Done);
+                }
                 self.scheduler.done(&task);
                 self.last_claim.remove(&task);
+                self.assigned.remove(&task);
             }
         }
     }
@@ -264,6 +300,8 @@ impl TaskEngine {
             self.publish(swarm, &TaskMessage::Submit(spec));
         }
         self.requested.retain(|_, r| r.finished_at.is_none_or(|t| now.duration_since(t) < KEEP_FINISHED));
+        let (requested, scheduler) = (&self.requested, &self.scheduler);
+        self.assigned.retain(|task, _| requested.contains_key(task) || scheduler.spec(task).is_some());
     }
 
     fn poll(&mut self, swarm: &mut Swarm<Behaviour>, view: &MembershipView, now: Instant) {
@@ -285,6 +323,7 @@ impl TaskEngine {
     fn start(&mut self, swarm: &mut Swarm<Behaviour>, task: TaskId, now: Instant) {
         let Some(spec) = self.scheduler.spec(&task).cloned() else { return };
         tracing::debug!(%task, capability = %spec.capability, "executing");
+        self.record_assigned(task, self.me);
         self.last_claim.insert(task, now);
         self.publish(swarm, &TaskMessage::Claim { task, executor: self.me.to_string() });
         self.fetch_or_run(swarm, task, spec, true);
@@ -344,6 +383,7 @@ impl TaskEngine {
         if let TaskOutcome::Failed { reason } = &outcome {
             tracing::info!(%task, "task failed here: {reason}");
         }
+        self.record(&task, result_event(self.me, &outcome));
         match requester.parse::<PeerId>() {
             Ok(peer) if peer == self.me => self.accept_result(swarm, task, self.me, outcome),
             Ok(peer) => {
@@ -365,6 +405,12 @@ impl TaskEngine {
             return;
         }
         tracing::debug!(%task, executor = %from, "result received");
+        let events = [result_event(from, &outcome), HistoryEvent::Done];
+        for event in events {
+            if let Err(e) = self.store.record(&task, event) {
+                tracing::warn!(%task, "history not recorded: {e}");
+            }
+        }
         let outcome = match outcome {
             TaskOutcome::Completed { result_json } => match serde_json::value::RawValue::from_string(result_json) {
                 Ok(raw) => Outcome::Completed(raw),
