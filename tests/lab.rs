@@ -139,7 +139,7 @@ fn lab_analyze_completes_when_an_executor_is_killed() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(lab) = Lab::up("tasks", 3) else { return };
     let _requester = lab.spawn_node(1, &["--agents", "none"]);
-    let mut workers = vec![lab.spawn_node(2, &[]), lab.spawn_node(3, &[])];
+    let mut workers = [lab.spawn_node(2, &[]), lab.spawn_node(3, &[])];
     let ids: Vec<String> = (1..=3).map(|i| lab.wait_ready(i, READY)).collect();
     for i in 1..=3 {
         wait_for(&format!("node {i} sees the other two"), MESH, || lab.view(i).len() == 2);

@@ -267,3 +267,117 @@ async fn pyagent_analyze_reports_complexity_cycles_and_tokens() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("no peer in the swarm offers python.complexity"));
     requester.shutdown().await;
 }
+
+fn has_pyzmq(test: &str) -> bool {
+    let ok = std::process::Command::new("python3").args(["-c", "import zmq"]).status().is_ok_and(|s| s.success());
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "CI must have pyzmq (scripts/install-deps.sh installs it)");
+        eprintln!("\n!!!!! SKIPPED {test}: python3 with pyzmq is missing (pip install pyzmq) !!!!!\n");
+    }
+    ok
+}
+
+/// The example external agent (Python, docstring coverage) attached to `node`'s API.
+fn docstring_agent(node: &Node, hang: bool) -> tokio::process::Child {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../agents/python/docstring_agent.py");
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(script).args(["--api", node.api_endpoint()]).kill_on_drop(true).stdout(std::process::Stdio::null());
+    if hang {
+        cmd.arg("--hang");
+    }
+    cmd.spawn().unwrap()
+}
+
+async fn advertises(observer: &Node, peer: &Node, capability: &str) -> bool {
+    observer
+        .client()
+        .peers()
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| p.peer_id == peer.peer_id().to_string() && p.agents.iter().any(|a| a == "docstrings"))
+        && status(peer).await.capabilities.iter().any(|c| c == capability)
+}
+
+const DOCS: &str = "\"\"\"Module.\"\"\"\n\ndef documented():\n    \"\"\"Yes.\"\"\"\n\ndef bare():\n    pass\n\nclass K:\n    def m(self):\n        \"\"\"Yes.\"\"\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_external_agent_serves_tasks_from_another_node() {
+    if !has_pyzmq("external agent test") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_in(&dir.path().join("a"), &Opts { agents: vec!["none".into()], ..Default::default() }).await;
+    let b = start_in(&dir.path().join("b"), &Opts { agents: vec!["none".into()], bootstrap: a.p2p_addrs(), ..Default::default() }).await;
+    wait_until("A and B meet", JOIN, || async { view(&a).await.len() == 1 }).await;
+    let _agent = docstring_agent(&b, false);
+    wait_until("A sees B's external agent in B's advert", JOIN, || advertises(&a, &b, "python.docstrings")).await;
+
+    let id = submit(&a, "python.docstrings", &[("m.py", DOCS), ("broken.py", "def (:\n")]).await;
+    let done = wait_all(&a, std::slice::from_ref(&id), Duration::from_secs(20)).await;
+    let report = &done[&id];
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(report["executor"], b.peer_id().to_string());
+    let result = &report["result"];
+    // module, documented, bare, K, m: 3 of 5 documented.
+    assert_eq!((result["documented"].as_u64(), result["total"].as_u64()), (Some(3), Some(5)), "{result}");
+    assert_eq!(result["files"]["m.py"]["missing"], json!(["K", "bare"]));
+    assert!(result["files"]["broken.py"]["error"].as_str().unwrap().contains("syntax error"));
+
+    // Malformed agent calls are refused with a reason; the node keeps serving.
+    let bad = call(&b, "agent.register", json!({ "name": "no spaces allowed", "capabilities": ["x"] })).await;
+    assert!(bad["error"]["message"].as_str().unwrap().contains("agent name"), "{bad}");
+    let bad = call(&b, "agent.next", json!({ "agent_id": 424242 })).await;
+    assert!(bad["error"]["message"].as_str().unwrap().contains("no registered agent"), "{bad}");
+    let bad = call(&b, "agent.result", json!({ "agent_id": 1, "task_id": id, "result": 1, "error": "x" })).await;
+    assert!(bad["error"]["message"].as_str().unwrap().contains("exactly one"), "{bad}");
+    assert!(status(&b).await.tasks.executed >= 1);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_external_agents_task_fails_over_to_another_node() {
+    if !has_pyzmq("external agent failover test") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_in(&dir.path().join("a"), &Opts { agents: vec!["none".into()], ..Default::default() }).await;
+    let boot = Opts { agents: vec!["none".into()], bootstrap: a.p2p_addrs(), ..Default::default() };
+    let b = start_in(&dir.path().join("b"), &boot).await;
+    let c = start_in(&dir.path().join("c"), &boot).await;
+    wait_until("all three meet", JOIN, || async { view(&a).await.len() == 2 && view(&b).await.len() == 2 && view(&c).await.len() == 2 }).await;
+    // Both B and C get an agent that takes jobs and never answers; the one that gets the
+    // task is killed, and the other node's agent is replaced by a working one.
+    let mut hanging_b = docstring_agent(&b, true);
+    let mut hanging_c = docstring_agent(&c, true);
+    wait_until("A sees both agents", JOIN, || async { advertises(&a, &b, "python.docstrings").await && advertises(&a, &c, "python.docstrings").await }).await;
+    let id = submit(&a, "python.docstrings", &[("m.py", DOCS)]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let executor = loop {
+        let reply = call(&a, "task.wait", json!({ "task_ids": [id], "timeout_ms": 10 })).await;
+        if let Some(executor) = reply["result"]["tasks"][0]["executor"].as_str() {
+            break executor.to_owned();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nobody claimed the task: {reply}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (victim_agent, other_agent, other) = if executor == b.peer_id().to_string() {
+        (&mut hanging_b, &mut hanging_c, &c)
+    } else {
+        (&mut hanging_c, &mut hanging_b, &b)
+    };
+    victim_agent.kill().await.unwrap();
+    other_agent.kill().await.unwrap();
+    let _working = docstring_agent(other, false);
+    // The dead agent is dropped after 10 s without polling; its node gives the task up and
+    // the other node takes it over once the lease lapses.
+    let done = wait_all(&a, std::slice::from_ref(&id), Duration::from_secs(40)).await;
+    let report = &done[&id];
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(report["executor"], other.peer_id().to_string());
+    assert_eq!(report["result"]["documented"], 3);
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}

@@ -92,3 +92,49 @@ class Client:
             if report["state"] in ("completed", "failed", "unknown"):
                 return report
         raise ApiError(-1, f"task {task_id} not finished within {timeout_s} s")
+
+
+class ExternalAgent:
+    """Serves task capabilities for a node: register, then take jobs and answer them.
+
+        def handle(job):            # job: {"task_id", "capability", "files": [{"path", "text"}]}
+            return {"files": len(job["files"])}     # any JSON value; raise to report an error
+
+        ExternalAgent(Client(), "counter", ["python.count"]).serve(handle)
+
+    The node advertises the capabilities while the agent polls (every few seconds at
+    most); if the agent stops polling for 10 s, the node drops it and its unfinished
+    tasks go to another peer.
+    """
+
+    def __init__(self, client: Client, name: str, capabilities: list[str]):
+        self.client = client
+        self.name = name
+        self.capabilities = capabilities
+        self.agent_id = client.call("agent.register", {"name": name, "capabilities": capabilities})["agent_id"]
+
+    def next_job(self, timeout_ms: int = 2000) -> dict[str, Any] | None:
+        return self.client.call("agent.next", {"agent_id": self.agent_id, "timeout_ms": timeout_ms}, timeout_ms + 5000)["job"]
+
+    def answer(self, job: dict[str, Any], result: Any = None, error: str | None = None) -> bool:
+        params: dict[str, Any] = {"agent_id": self.agent_id, "task_id": job["task_id"]}
+        if error is not None:
+            params["error"] = error
+        else:
+            params["result"] = result
+        return self.client.call("agent.result", params)["accepted"]
+
+    def serve(self, handle, jobs: int | None = None) -> None:
+        """Runs `handle` on every job (forever, or for `jobs` jobs)."""
+        done = 0
+        while jobs is None or done < jobs:
+            job = self.next_job()
+            if job is None:
+                continue
+            try:
+                result = handle(job)
+            except Exception as e:  # noqa: BLE001 - the node gets the reason
+                self.answer(job, error=f"{type(e).__name__}: {e}")
+            else:
+                self.answer(job, result=result)
+            done += 1

@@ -49,10 +49,17 @@ fn endpoint_of(addr: SocketAddr) -> String {
 pub struct ApiContext {
     pub client: NodeClient,
     pub store: Arc<Store>,
+    pub external: Arc<crate::external::ExternalAgents>,
 }
 
 impl ApiServer {
-    pub async fn start(bind: SocketAddr, events_bind: SocketAddr, client: NodeClient, store: Arc<Store>) -> Result<Self, ApiStartError> {
+    pub async fn start(
+        bind: SocketAddr,
+        events_bind: SocketAddr,
+        client: NodeClient,
+        store: Arc<Store>,
+        external: Arc<crate::external::ExternalAgents>,
+    ) -> Result<Self, ApiStartError> {
         let mut router = zeromq::RouterSocket::new();
         let endpoint = router
             .bind(&endpoint_of(bind))
@@ -67,7 +74,7 @@ impl ApiServer {
             .to_string();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let events = client.subscribe();
-        let ctx = ApiContext { client, store };
+        let ctx = ApiContext { client, store, external };
         let tasks = vec![
             tokio::spawn(serve_requests(router, ctx, shutdown_rx.clone())),
             tokio::spawn(publish_events(publisher, events, shutdown_rx)),
@@ -183,6 +190,9 @@ pub async fn handle_request(payload: &[u8], ctx: &ApiContext) -> Vec<u8> {
         Method::TaskSubmit(params) => crate::api_tasks::submit(id, ctx, params).await,
         Method::TaskWait(params) => crate::api_tasks::wait(id, ctx, params).await,
         Method::History(params) => crate::api_tasks::history(id, ctx, params).await,
+        Method::AgentRegister(params) => crate::api_agents::register(id, ctx, params),
+        Method::AgentNext(params) => crate::api_agents::next(id, ctx, params).await,
+        Method::AgentResult(params) => crate::api_agents::result(id, ctx, params),
     }
 }
 

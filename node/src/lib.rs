@@ -9,6 +9,7 @@
 //! - [`tasks`]: tasks across the swarm (rendezvous executor choice, leases, failover,
 //!   blobs, results), run inside the swarm task.
 //! - [`discovery`]: mDNS announcement and browsing.
+//! - [`external`]: external agents (any language) serving capabilities over the API.
 //! - [`api`]: the local ZeroMQ API server; [`api_client`]: its client.
 //! - [`node`]: assembling, running and shutting down a [`Node`].
 //! - [`cli`], [`logging`]: the `pyagent` binary's front end; [`analyze`]: `pyagent analyze`.
@@ -16,11 +17,13 @@
 pub mod analyze;
 pub mod api;
 pub mod api_client;
+pub mod api_agents;
 pub mod api_tasks;
 pub mod cli;
 pub mod config;
 pub mod data_dir;
 pub mod discovery;
+pub mod external;
 pub mod identity;
 pub mod logging;
 pub mod membership;

@@ -156,12 +156,14 @@ impl Node {
         let (results_tx, results_rx) = watch::channel(0u64);
         let client = NodeClient::new(command_tx, event_tx.clone(), results_rx);
         let registry = hosted_agents(&settings.agents);
+        let external = Arc::new(crate::external::ExternalAgents::default());
         let (executed_tx, executed_rx) = mpsc::channel(COMMAND_QUEUE);
         let tasks = TaskEngine::new(
             peer_id,
             libp2p::gossipsub::IdentTopic::new(settings.namespace.task_topic()),
             store.clone(),
             registry,
+            external.clone(),
             executed_tx,
             results_tx,
         );
@@ -185,7 +187,7 @@ impl Node {
         let swarm_task = tokio::spawn(task.run());
         // From here on, a failure must stop the swarm task again.
         let rest = async {
-            let api = ApiServer::start(settings.api_bind, settings.events_bind, client.clone(), store.clone()).await?;
+            let api = ApiServer::start(settings.api_bind, settings.events_bind, client.clone(), store.clone(), external.clone()).await?;
             let mdns = if settings.mdns {
                 let me = Announcement {
                     peer_id,

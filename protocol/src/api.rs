@@ -45,7 +45,7 @@ pub struct Request {
 }
 
 /// The methods of the API and their parameters.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Method {
     Status,
     Peers,
@@ -55,10 +55,85 @@ pub enum Method {
     TaskWait(TaskWaitParams),
     /// What this node recorded about a task.
     History(HistoryParams),
+    /// An external agent announces itself and the capabilities it serves.
+    AgentRegister(AgentRegisterParams),
+    /// An external agent asks for its next job (long poll; also its heartbeat).
+    AgentNext(AgentNextParams),
+    /// An external agent returns a job's result or error.
+    AgentResult(AgentResultParams),
+}
+
+/// Longest `agent.next` poll; an agent silent for 10 s is dropped.
+pub const MAX_AGENT_POLL_MS: u64 = 5_000;
+
+/// Parameters of `agent.register`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRegisterParams {
+    pub name: String,
+    pub capabilities: Vec<String>,
+}
+
+/// The result of `agent.register`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRegisterResult {
+    pub agent_id: u64,
+    /// Poll `agent.next` at least this often, or be dropped.
+    pub poll_within_ms: u64,
+}
+
+/// Parameters of `agent.next`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentNextParams {
+    pub agent_id: u64,
+    /// Default and limit: [`MAX_AGENT_POLL_MS`].
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// A file of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFile {
+    pub path: String,
+    pub text: String,
+}
+
+/// A job for an external agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentJob {
+    pub task_id: String,
+    pub capability: String,
+    pub files: Vec<JobFile>,
+}
+
+/// The result of `agent.next`: a job, or none when the poll timed out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentNextResult {
+    pub job: Option<AgentJob>,
+}
+
+/// Parameters of `agent.result`: exactly one of `result` and `error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentResultParams {
+    pub agent_id: u64,
+    pub task_id: String,
+    #[serde(default)]
+    pub result: Option<Value>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The result of `agent.result`: whether the node still wanted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentResultResult {
+    pub accepted: bool,
 }
 
 /// Method names, as written on the wire.
-pub const METHODS: &[&str] = &["status", "peers", "task.submit", "task.wait", "history"];
+pub const METHODS: &[&str] =
+    &["status", "peers", "task.submit", "task.wait", "history", "agent.register", "agent.next", "agent.result"];
 
 /// Parameters of `history`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +281,9 @@ pub fn parse_request(frame: &[u8]) -> Result<Request, ApiError> {
         "task.submit" => Method::TaskSubmit(typed_params(&id, &method, params)?),
         "task.wait" => Method::TaskWait(typed_params(&id, &method, params)?),
         "history" => Method::History(typed_params(&id, &method, params)?),
+        "agent.register" => Method::AgentRegister(typed_params(&id, &method, params)?),
+        "agent.next" => Method::AgentNext(typed_params(&id, &method, params)?),
+        "agent.result" => Method::AgentResult(typed_params(&id, &method, params)?),
         other => {
             return Err(ApiError::new(
                 id,

@@ -195,13 +195,21 @@ impl SwarmTask {
             peer_id: self.swarm.local_peer_id().to_string(),
             node_version: NODE_VERSION.to_owned(),
             listen_addrs: self.advertised_addrs().iter().map(ToString::to_string).collect(),
-            agents: self.facts.agents.clone(),
-            capabilities: self.tasks.capabilities().to_vec(),
+            agents: self.hosted_agents(),
+            capabilities: self.tasks.capabilities(),
             capacity: self.capacity.clone(),
             uptime_secs: self.started.elapsed().as_secs(),
             boot_id: self.facts.boot_id,
             seq: self.seq,
         }
+    }
+
+    /// Built-in agents, then live external ones.
+    fn hosted_agents(&self) -> Vec<String> {
+        let mut agents = self.facts.agents.clone();
+        agents.extend(self.tasks.external_agents());
+        agents.truncate(pyagent_protocol::advert::MAX_AGENTS);
+        agents
     }
 
     /// Publishes now, or soon if an advert just went out: called when a peer subscribes to
@@ -247,8 +255,8 @@ impl SwarmTask {
             uptime_secs: self.started.elapsed().as_secs(),
             connected_peers: self.swarm.connected_peers().count(),
             members: self.view.len(),
-            agents: self.facts.agents.clone(),
-            capabilities: self.tasks.capabilities().to_vec(),
+            agents: self.hosted_agents(),
+            capabilities: self.tasks.capabilities(),
             capacity: self.capacity.clone(),
             data_dir: self.facts.data_dir.display().to_string(),
             tasks: self.tasks.counters(),

@@ -33,6 +33,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use super::execute;
 use super::rendezvous;
 use super::scheduler::Scheduler;
+use crate::external::{ExternalAgents, JobView};
 use crate::membership::MembershipView;
 use crate::p2p::behaviour::Behaviour;
 use crate::store::{Store, StoreError};
@@ -62,11 +63,12 @@ pub enum SubmitError {
     Store(#[from] StoreError),
 }
 
-/// An execution that ended on the blocking pool.
+/// An execution that ended (on the blocking pool, or at an external agent). No outcome:
+/// the external agent died, and this node gives the task up.
 #[derive(Debug)]
 pub struct Executed {
     pub task: TaskId,
-    pub outcome: TaskOutcome,
+    pub outcome: Option<TaskOutcome>,
 }
 
 /// A task's final state, as the requester keeps it.
@@ -94,7 +96,9 @@ pub struct TaskEngine {
     topic: gossipsub::IdentTopic,
     store: Arc<Store>,
     registry: Registry,
-    capabilities: Vec<String>,
+    /// Capabilities of the built-in agents hosted here.
+    builtin: Vec<String>,
+    external: Arc<ExternalAgents>,
     scheduler: Scheduler,
     requested: HashMap<TaskId, Requested>,
     fetches: HashMap<OutboundRequestId, TaskId>,
@@ -115,17 +119,19 @@ impl TaskEngine {
         topic: gossipsub::IdentTopic,
         store: Arc<Store>,
         registry: Registry,
+        external: Arc<ExternalAgents>,
         executed: mpsc::Sender<Executed>,
         results: watch::Sender<u64>,
     ) -> Self {
-        let capabilities = registry.capabilities();
+        let builtin = registry.capabilities();
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         Self {
             me,
             topic,
             store,
             registry,
-            capabilities,
+            builtin,
+            external,
             scheduler: Scheduler::new(me),
             requested: HashMap::new(),
             fetches: HashMap::new(),
@@ -165,14 +171,27 @@ impl TaskEngine {
         &self.topic
     }
 
-    /// The capabilities this node offers (for its advert).
-    pub fn capabilities(&self) -> &[String] {
-        &self.capabilities
+    /// The capabilities this node offers now (built-in and external agents; for its advert).
+    pub fn capabilities(&self) -> Vec<String> {
+        let mut all = self.builtin.clone();
+        all.extend(self.external.capabilities());
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// Names of the live external agents (advertised with the built-in ones).
+    pub fn external_agents(&self) -> Vec<String> {
+        self.external.names()
+    }
+
+    fn serves(&self, capability: &str) -> bool {
+        self.builtin.iter().any(|c| c == capability) || self.external.serves(capability)
     }
 
     fn candidates(&self, view: &MembershipView, capability: &str) -> Vec<PeerId> {
         let mut peers = view.capable(capability);
-        if self.capabilities.iter().any(|c| c == capability) {
+        if self.serves(capability) {
             peers.push(self.me);
         }
         peers
@@ -236,7 +255,7 @@ impl TaskEngine {
         match message {
             TaskMessage::Submit(spec) => {
                 let Ok(id) = spec.id() else { return };
-                if self.requested.contains_key(&id) || !self.capabilities.contains(&spec.capability) {
+                if self.requested.contains_key(&id) || !self.serves(&spec.capability) {
                     return;
                 }
                 let order = rendezvous::order(&id, self.candidates(view, &spec.capability));
@@ -270,6 +289,7 @@ impl TaskEngine {
     /// Periodic work: executor choice, claim renewals, republishing unclaimed submissions.
     pub fn tick(&mut self, swarm: &mut Swarm<Behaviour>, view: &MembershipView) {
         let now = Instant::now();
+        self.external.reap(now);
         self.poll(swarm, view, now);
         let renew: Vec<TaskId> = self
             .scheduler
@@ -356,6 +376,9 @@ impl TaskEngine {
     fn run(&self, task: TaskId, spec: TaskSpec) {
         let (store, registry, permits, executed) =
             (self.store.clone(), self.registry.clone(), self.permits.clone(), self.executed.clone());
+        if registry.for_capability(&spec.capability).is_none() {
+            return self.run_external(task, spec);
+        }
         tokio::spawn(async move {
             let Ok(permit) = permits.acquire_owned().await else { return };
             let outcome = tokio::task::spawn_blocking(move || {
@@ -364,14 +387,38 @@ impl TaskEngine {
             })
             .await
             .unwrap_or_else(|e| TaskOutcome::Failed { reason: format!("the agent crashed: {e}") });
+            let _ = executed.send(Executed { task, outcome: Some(outcome) }).await;
+        });
+    }
+
+    /// Hands the task to a live external agent and waits for its answer.
+    fn run_external(&self, task: TaskId, spec: TaskSpec) {
+        let (store, external, executed) = (self.store.clone(), self.external.clone(), self.executed.clone());
+        tokio::spawn(async move {
+            let files = tokio::task::spawn_blocking(move || execute::load_files(&store, &spec).map(|files| (spec, files))).await;
+            let outcome = match files {
+                Ok(Ok((spec, files))) => {
+                    let answer = external.submit(JobView { task, capability: spec.capability, files });
+                    answer.await.ok()
+                }
+                Ok(Err(reason)) => Some(TaskOutcome::Failed { reason }),
+                Err(e) => Some(TaskOutcome::Failed { reason: format!("cannot load the task's files: {e}") }),
+            };
             let _ = executed.send(Executed { task, outcome }).await;
         });
     }
 
     /// An execution ended: send the outcome to the requester.
     pub fn on_executed(&mut self, swarm: &mut Swarm<Behaviour>, done: Executed) {
+        let Some(outcome) = done.outcome else {
+            // The external agent died: stop claiming, so the next candidate takes over.
+            tracing::info!(task = %done.task, "the external agent holding the task is gone; giving it up");
+            self.last_claim.remove(&done.task);
+            self.scheduler.abandon(&done.task);
+            return;
+        };
         self.executed_count += 1;
-        self.finish(swarm, done.task, done.outcome);
+        self.finish(swarm, done.task, outcome);
     }
 
     fn finish(&mut self, swarm: &mut Swarm<Behaviour>, task: TaskId, outcome: TaskOutcome) {

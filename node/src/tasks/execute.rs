@@ -6,24 +6,33 @@ use pyagent_protocol::task::{MAX_RESULT_BYTES, TaskOutcome, TaskSpec};
 
 use crate::store::Store;
 
+/// The task's files as text, from the local blob store.
+pub fn load_files(store: &Store, spec: &TaskSpec) -> Result<Vec<SourceFile>, String> {
+    let mut files = Vec::with_capacity(spec.files.len());
+    for file in &spec.files {
+        let bytes = match store.get_blob(&file.blob) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Err(format!("{}: blob {} is missing", file.path, file.blob)),
+            Err(e) => return Err(format!("{}: {e}", file.path)),
+        };
+        let Ok(text) = String::from_utf8(bytes) else {
+            return Err(format!("{}: blob {} is not UTF-8 text", file.path, file.blob));
+        };
+        files.push(SourceFile { path: file.path.clone(), text });
+    }
+    Ok(files)
+}
+
 /// Executes `spec` with the agent of this node that serves its capability.
 pub fn run(registry: &Registry, store: &Store, spec: &TaskSpec) -> TaskOutcome {
     let failed = |reason: String| TaskOutcome::Failed { reason };
     let Some(agent) = registry.for_capability(&spec.capability) else {
         return failed(format!("this node hosts no agent for {}", spec.capability));
     };
-    let mut files = Vec::with_capacity(spec.files.len());
-    for file in &spec.files {
-        let bytes = match store.get_blob(&file.blob) {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => return failed(format!("{}: blob {} is missing", file.path, file.blob)),
-            Err(e) => return failed(format!("{}: {e}", file.path)),
-        };
-        let Ok(text) = String::from_utf8(bytes) else {
-            return failed(format!("{}: blob {} is not UTF-8 text", file.path, file.blob));
-        };
-        files.push(SourceFile { path: file.path.clone(), text });
-    }
+    let files = match load_files(store, spec) {
+        Ok(files) => files,
+        Err(reason) => return failed(reason),
+    };
     let task = Task { capability: spec.capability.clone(), files };
     match agent.handle(&task) {
         Ok(result) => {
