@@ -146,12 +146,12 @@ impl ExternalAgents {
                 let capabilities = agent.capabilities.clone();
                 // Drop jobs whose task was given up meanwhile.
                 inner.queue.retain(|job| !job.reply.is_closed());
-                if let Some(at) = inner.queue.iter().position(|job| capabilities.contains(&job.view.capability)) {
-                    if let Some(job) = inner.queue.remove(at) {
-                        let view = job.view.clone();
-                        inner.taken.insert(view.task, (id, job.reply));
-                        return Ok(Some(view));
-                    }
+                if let Some(at) = inner.queue.iter().position(|job| capabilities.contains(&job.view.capability))
+                    && let Some(job) = inner.queue.remove(at)
+                {
+                    let view = job.view.clone();
+                    inner.taken.insert(view.task, (id, job.reply));
+                    return Ok(Some(view));
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
