@@ -7,6 +7,7 @@
 //! - [`imports`]: the import graph of a package tree, its cycles.
 //! - [`tokens`]: exact token counts (cl100k_base, o200k_base).
 //! - [`python`]: the Python parser (current syntax) and CPython-style positions.
+//! - [`review`]: how agents rank candidate rewrites of a function (review votes).
 //! - [`name`]: validated agent names, as nodes advertise them.
 //! - [`voting`]: proposals, ballots and deterministic tallies (plurality, approval, Borda,
 //!   instant-runoff, Schulze, quadratic, trust-weighted) that every node computes alike.
@@ -18,6 +19,7 @@ pub mod imports;
 pub mod name;
 pub mod python;
 pub mod registry;
+pub mod review;
 pub mod tokens;
 pub mod voting;
 

@@ -193,6 +193,9 @@ pub async fn handle_request(payload: &[u8], ctx: &ApiContext) -> Vec<u8> {
         Method::AgentRegister(params) => crate::api_agents::register(id, ctx, params),
         Method::AgentNext(params) => crate::api_agents::next(id, ctx, params).await,
         Method::AgentResult(params) => crate::api_agents::result(id, ctx, params),
+        Method::VotePropose(params) => crate::api_votes::propose(id, ctx, params).await,
+        Method::VoteBallot(params) => crate::api_votes::ballot(id, ctx, params).await,
+        Method::VoteTally(params) => crate::api_votes::tally(id, ctx, params).await,
     }
 }
 

@@ -35,6 +35,12 @@ pub enum CliCommand {
     Analyze(crate::analyze::AnalyzeArgs),
     /// Show what the local node recorded about a task (submitted, assigned, result, done).
     History(HistoryArgs),
+    /// Open a proposal: a question with options, or a review of candidate rewrites.
+    Propose(ProposeArgs),
+    /// Cast this node's ballot on a proposal.
+    Ballot(BallotArgs),
+    /// Show a proposal's tally and every ballot.
+    Tally(TallyArgs),
 }
 
 /// How the query commands reach the local node.
@@ -52,6 +58,155 @@ impl ApiArgs {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms.max(1))
     }
+}
+
+#[derive(Debug, Args)]
+pub struct ProposeArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// What the vote is about.
+    #[arg(long)]
+    pub title: String,
+    /// An option (repeatable); with --candidate, labels for the candidates.
+    #[arg(long = "option", value_name = "LABEL")]
+    pub options: Vec<String>,
+    /// plurality, approval, borda, irv, schulze, quadratic, trust.
+    #[arg(long, default_value = "schulze")]
+    pub method: String,
+    /// Quadratic: credits per voter.
+    #[arg(long)]
+    pub credits: Option<u64>,
+    /// Trust-weighted: PEER=WEIGHT (repeatable; PEER may be PeerId/agent).
+    #[arg(long = "weight", value_name = "PEER=WEIGHT")]
+    pub weights: Vec<String>,
+    /// Ballots cast later than this do not count.
+    #[arg(long, default_value_t = 300)]
+    pub deadline_secs: u64,
+    /// The result is final once this many ballots are in.
+    #[arg(long)]
+    pub quorum: Option<u32>,
+    /// Review: the function the candidates rewrite (the agents of every node vote).
+    #[arg(long, value_name = "FUNCTION", requires = "candidates")]
+    pub review: Option<String>,
+    /// Review: a file holding one candidate rewrite (repeatable); options default to the
+    /// file names.
+    #[arg(long = "candidate", value_name = "FILE")]
+    pub candidates: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BallotArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    pub proposal_id: String,
+    /// Ranking, most preferred first: A,B,C.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["approve", "votes"])]
+    pub rank: Vec<String>,
+    /// Approved options: A,C.
+    #[arg(long, value_delimiter = ',', conflicts_with = "votes")]
+    pub approve: Vec<String>,
+    /// Quadratic votes: A=3,B=1.
+    #[arg(long, value_delimiter = ',')]
+    pub votes: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TallyArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    pub proposal_id: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The `vote.propose` params of `pyagent propose`.
+pub fn propose_params(args: &ProposeArgs) -> Result<serde_json::Value, String> {
+    let mut weights = serde_json::Map::new();
+    for w in &args.weights {
+        let (peer, weight) = w.split_once('=').ok_or_else(|| format!("--weight {w:?}: expected PEER=WEIGHT"))?;
+        let weight: u64 = weight.parse().map_err(|_| format!("--weight {w:?}: the weight is not a number"))?;
+        weights.insert(peer.to_owned(), weight.into());
+    }
+    let mut params = serde_json::json!({
+        "title": args.title,
+        "options": args.options,
+        "method": args.method,
+        "deadline_secs": args.deadline_secs,
+    });
+    if let Some(c) = args.credits {
+        params["credits"] = c.into();
+    }
+    if !weights.is_empty() {
+        params["weights"] = weights.into();
+    }
+    if let Some(q) = args.quorum {
+        params["quorum"] = q.into();
+    }
+    if let Some(function) = &args.review {
+        let mut candidates = Vec::new();
+        for path in &args.candidates {
+            candidates.push(std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?);
+        }
+        if args.options.is_empty() {
+            let names: Vec<String> = args.candidates.iter().map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect();
+            params["options"] = names.into();
+        }
+        params["review"] = serde_json::json!({ "function": function, "candidates": candidates });
+    }
+    Ok(params)
+}
+
+/// The `vote.ballot` params of `pyagent ballot`.
+pub fn ballot_params(args: &BallotArgs) -> Result<serde_json::Value, String> {
+    let mut params = serde_json::json!({ "proposal_id": args.proposal_id });
+    match (args.rank.is_empty(), args.approve.is_empty(), args.votes.is_empty()) {
+        (false, true, true) => params["ranking"] = args.rank.clone().into(),
+        (true, false, true) => params["approval"] = args.approve.clone().into(),
+        (true, true, false) => {
+            let mut votes = serde_json::Map::new();
+            for v in &args.votes {
+                let (option, n) = v.split_once('=').ok_or_else(|| format!("--votes {v:?}: expected OPTION=N"))?;
+                let n: u64 = n.parse().map_err(|_| format!("--votes {v:?}: N is not a number"))?;
+                votes.insert(option.to_owned(), n.into());
+            }
+            params["quadratic"] = votes.into();
+        }
+        _ => return Err("give one of --rank, --approve, --votes".into()),
+    }
+    Ok(params)
+}
+
+/// Text form of a tally.
+pub fn render_tally(t: &serde_json::Value) -> String {
+    let mut out = format!(
+        "{} ({})\nproposal {}\nmethod {}, {} ballot(s), {}\n",
+        t["title"].as_str().unwrap_or(""),
+        if t["final"] == true { "final" } else { "open" },
+        t["proposal_id"].as_str().unwrap_or(""),
+        t["method"].as_str().unwrap_or(""),
+        t["ballots_counted"],
+        match t["winner"].as_str() {
+            Some(w) => format!("winner: {w}"),
+            None => "no winner yet".into(),
+        }
+    );
+    let scores = t["scores"].as_array().cloned().unwrap_or_default();
+    let options: Vec<&str> = t["options"].as_array().into_iter().flatten().filter_map(|o| o.as_str()).collect();
+    out.push_str("ranking:\n");
+    for (place, label) in t["ranking"].as_array().into_iter().flatten().filter_map(|l| l.as_str()).enumerate() {
+        let score = options.iter().position(|o| *o == label).and_then(|i| scores.get(i)).cloned().unwrap_or_default();
+        out.push_str(&format!("  {}. {label}  (score {score})\n", place + 1));
+    }
+    out.push_str("ballots:\n");
+    for b in t["ballots"].as_array().into_iter().flatten() {
+        let who = match b["agent"].as_str() {
+            Some(agent) => format!("{} / agent {agent}", b["voter"].as_str().unwrap_or("")),
+            None => b["voter"].as_str().unwrap_or("").to_owned(),
+        };
+        out.push_str(&format!("  {who}: {}\n", b["choice"]));
+    }
+    out
 }
 
 #[derive(Debug, Args)]

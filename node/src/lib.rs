@@ -6,6 +6,7 @@
 //!   [`store`]: RocksDB (known peers, blobs).
 //! - [`p2p`]: libp2p transport and behaviours, the swarm task and its [`p2p::NodeClient`].
 //! - [`membership`]: the membership view (pure state, fed by the swarm task).
+//! - [`votes`]: proposals and signed ballots over gossip; tallies.
 //! - [`tasks`]: tasks across the swarm (rendezvous executor choice, leases, failover,
 //!   blobs, results), run inside the swarm task.
 //! - [`discovery`]: mDNS announcement and browsing.
@@ -19,6 +20,7 @@ pub mod api;
 pub mod api_client;
 pub mod api_agents;
 pub mod api_tasks;
+pub mod api_votes;
 pub mod cli;
 pub mod config;
 pub mod data_dir;
@@ -31,5 +33,6 @@ pub mod node;
 pub mod p2p;
 pub mod store;
 pub mod tasks;
+pub mod votes;
 
 pub use node::{Node, StartError};

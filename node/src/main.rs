@@ -37,6 +37,9 @@ fn main() -> ExitCode {
         CliCommand::Call(args) => return runtime.block_on(call(args)),
         CliCommand::Analyze(args) => return runtime.block_on(analyze(args)),
         CliCommand::History(args) => runtime.block_on(history(args)),
+        CliCommand::Propose(args) => runtime.block_on(propose(args)),
+        CliCommand::Ballot(args) => runtime.block_on(ballot(args)),
+        CliCommand::Tally(args) => runtime.block_on(tally(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,6 +109,31 @@ async fn query<T: serde::de::DeserializeOwned + serde::Serialize>(
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         print!("{}", render(&result));
+    }
+    Ok(())
+}
+
+async fn propose(args: cli::ProposeArgs) -> anyhow::Result<()> {
+    let params = cli::propose_params(&args).map_err(anyhow::Error::msg)?;
+    let result: serde_json::Value = api_client::call_with(&args.api.api, "vote.propose", params, args.api.timeout()).await?;
+    println!("{}", result["proposal_id"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+async fn ballot(args: cli::BallotArgs) -> anyhow::Result<()> {
+    let params = cli::ballot_params(&args).map_err(anyhow::Error::msg)?;
+    let _: serde_json::Value = api_client::call_with(&args.api.api, "vote.ballot", params, args.api.timeout()).await?;
+    println!("ballot cast on {}", args.proposal_id);
+    Ok(())
+}
+
+async fn tally(args: cli::TallyArgs) -> anyhow::Result<()> {
+    let params = serde_json::json!({ "proposal_id": args.proposal_id });
+    let result: serde_json::Value = api_client::call_with(&args.api.api, "vote.tally", params, args.api.timeout()).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", cli::render_tally(&result));
     }
     Ok(())
 }

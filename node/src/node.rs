@@ -180,7 +180,13 @@ impl Node {
             peer_ttl: settings.peer_ttl,
             boot_id,
         };
-        let task = SwarmTask::new(swarm, command_rx, event_tx, facts, store.clone(), probe, tasks, executed_rx)
+        let votes = crate::votes::VoteBook::new(
+            keypair.clone(),
+            libp2p::gossipsub::IdentTopic::new(settings.namespace.vote_topic()),
+            settings.agents.clone(),
+            store.clone(),
+        );
+        let task = SwarmTask::new(swarm, command_rx, event_tx, facts, store.clone(), probe, tasks, executed_rx, votes)
             .map_err(|e| StartError::Subscribe(e.to_string()))?;
         let capacity_summary = task.capacity_summary();
         let p2p_addrs = task.listen_addrs();

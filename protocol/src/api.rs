@@ -61,6 +61,65 @@ pub enum Method {
     AgentNext(AgentNextParams),
     /// An external agent returns a job's result or error.
     AgentResult(AgentResultParams),
+    /// Open a proposal.
+    VotePropose(VoteProposeParams),
+    /// Cast this node's ballot on a proposal.
+    VoteBallot(VoteBallotParams),
+    /// The tally of a proposal and every ballot.
+    VoteTally(VoteTallyParams),
+}
+
+/// A review: candidate rewrites of one function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewParams {
+    pub function: String,
+    /// Candidate source texts; the options are their labels (`options`) or "1", "2", ...
+    pub candidates: Vec<String>,
+}
+
+/// Parameters of `vote.propose`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoteProposeParams {
+    pub title: String,
+    #[serde(default)]
+    pub options: Vec<String>,
+    /// plurality, approval, borda, irv, schulze, quadratic, trust.
+    pub method: String,
+    /// Quadratic: credits per voter (default 100).
+    #[serde(default)]
+    pub credits: Option<u64>,
+    /// Trust-weighted: weight per voter (PeerId, or PeerId/agent); others weigh 1.
+    #[serde(default)]
+    pub weights: Option<std::collections::BTreeMap<String, u64>>,
+    /// Ballots cast later than this many seconds from now do not count (default 300).
+    #[serde(default)]
+    pub deadline_secs: Option<u64>,
+    #[serde(default)]
+    pub quorum: Option<u32>,
+    #[serde(default)]
+    pub review: Option<ReviewParams>,
+}
+
+/// Parameters of `vote.ballot`: exactly one of the choices, by option label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoteBallotParams {
+    pub proposal_id: String,
+    #[serde(default)]
+    pub ranking: Option<Vec<String>>,
+    #[serde(default)]
+    pub approval: Option<Vec<String>>,
+    #[serde(default)]
+    pub quadratic: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+/// Parameters of `vote.tally`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoteTallyParams {
+    pub proposal_id: String,
 }
 
 /// Longest `agent.next` poll; an agent silent for 10 s is dropped.
@@ -133,7 +192,7 @@ pub struct AgentResultResult {
 
 /// Method names, as written on the wire.
 pub const METHODS: &[&str] =
-    &["status", "peers", "task.submit", "task.wait", "history", "agent.register", "agent.next", "agent.result"];
+    &["status", "peers", "task.submit", "task.wait", "history", "agent.register", "agent.next", "agent.result", "vote.propose", "vote.ballot", "vote.tally"];
 
 /// Parameters of `history`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -284,6 +343,9 @@ pub fn parse_request(frame: &[u8]) -> Result<Request, ApiError> {
         "agent.register" => Method::AgentRegister(typed_params(&id, &method, params)?),
         "agent.next" => Method::AgentNext(typed_params(&id, &method, params)?),
         "agent.result" => Method::AgentResult(typed_params(&id, &method, params)?),
+        "vote.propose" => Method::VotePropose(typed_params(&id, &method, params)?),
+        "vote.ballot" => Method::VoteBallot(typed_params(&id, &method, params)?),
+        "vote.tally" => Method::VoteTally(typed_params(&id, &method, params)?),
         other => {
             return Err(ApiError::new(
                 id,

@@ -8,6 +8,7 @@
 //! - [`advert`]: the membership advert every node gossips, and the capacity it carries.
 //! - [`rpc`]: request-response messages exchanged directly between two peers.
 //! - [`task`]: tasks, blobs and the task topic's messages (content-addressed, BLAKE3).
+//! - [`vote`]: proposals and signed ballots on the vote topic.
 //! - [`history`]: history records of tasks (stored locally today).
 //! - [`api`]: the JSON schema of the local ZeroMQ API (requests, replies, events).
 
@@ -18,6 +19,7 @@ pub mod history;
 pub mod rpc;
 pub mod swarm;
 pub mod task;
+pub mod vote;
 
 pub use advert::{Advert, AdvertError, Capacity, GpuInfo};
 pub use codec::{CodecError, decode, encode};

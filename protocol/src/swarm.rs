@@ -86,6 +86,11 @@ impl SwarmNamespace {
         format!("/pyagent/{PROTOCOL_VERSION}/{}/adverts", self.tag)
     }
 
+    /// Gossip topic of votes (proposals, ballots).
+    pub fn vote_topic(&self) -> String {
+        format!("/pyagent/{PROTOCOL_VERSION}/{}/votes", self.tag)
+    }
+
     /// Gossip topic of tasks (submit, claim, done).
     pub fn task_topic(&self) -> String {
         format!("/pyagent/{PROTOCOL_VERSION}/{}/tasks", self.tag)

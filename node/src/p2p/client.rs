@@ -3,6 +3,7 @@
 use libp2p::{Multiaddr, PeerId};
 use pyagent_protocol::api::{Event, PeerInfo, StatusResult, TaskReport};
 use pyagent_protocol::task::{FileRef, TaskId};
+use pyagent_protocol::vote::{ProposalId, ProposalSpec, VoteChoice};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// Capacity of the command channel.
@@ -27,6 +28,12 @@ pub enum Command {
     },
     /// How tasks this node submitted stand.
     TaskReports { ids: Vec<TaskId>, reply: oneshot::Sender<Vec<TaskReport>> },
+    /// Open a proposal (the node fills in proposer; its agents vote on reviews).
+    Propose { spec: ProposalSpec, reply: oneshot::Sender<Result<ProposalId, String>> },
+    /// Cast this node's ballot.
+    Ballot { proposal: ProposalId, choice: VoteChoice, reply: oneshot::Sender<Result<(), String>> },
+    /// The tally of a proposal and its ballots (JSON).
+    Tally { proposal: ProposalId, reply: oneshot::Sender<Result<serde_json::Value, String>> },
     /// Close every connection and stop; the reply comes once the swarm is dropped.
     Shutdown(oneshot::Sender<()>),
 }
@@ -81,6 +88,18 @@ impl NodeClient {
     /// A receiver that changes whenever a submitted task finishes.
     pub fn results_changed(&self) -> watch::Receiver<u64> {
         self.results.clone()
+    }
+
+    pub async fn propose(&self, spec: ProposalSpec) -> Result<Result<ProposalId, String>, ClientError> {
+        self.ask(|reply| Command::Propose { spec, reply }).await
+    }
+
+    pub async fn ballot(&self, proposal: ProposalId, choice: VoteChoice) -> Result<Result<(), String>, ClientError> {
+        self.ask(|reply| Command::Ballot { proposal, choice, reply }).await
+    }
+
+    pub async fn tally(&self, proposal: ProposalId) -> Result<Result<serde_json::Value, String>, ClientError> {
+        self.ask(|reply| Command::Tally { proposal, reply }).await
     }
 
     pub async fn shutdown(&self) -> Result<(), ClientError> {

@@ -27,6 +27,7 @@ use pyagent_protocol::advert::MAX_ADVERT_BYTES;
 use pyagent_protocol::api::{Event, StatusResult};
 use pyagent_protocol::rpc::{MAX_HELLO_MEMBERS, MemberAddrs, RpcRequest, RpcResponse, validate_members};
 use pyagent_protocol::task::{MAX_TASK_MESSAGE_BYTES, TaskMessage, TaskSpec};
+use pyagent_protocol::vote::VoteMessage;
 use pyagent_protocol::{Advert, Capacity, PROTOCOL_VERSION, SwarmNamespace};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -36,6 +37,7 @@ use super::client::Command;
 use crate::membership::{Change, LeaveReason, MembershipView, peer_info};
 use crate::store::Store;
 use crate::tasks::{Executed, TaskEngine};
+use crate::votes::VoteBook;
 
 /// How often bootstrap addresses and lost members are redialed while disconnected.
 const BOOTSTRAP_REDIAL: Duration = Duration::from_secs(5);
@@ -96,6 +98,8 @@ pub struct SwarmTask {
     /// Tasks: submitted here, or executed here.
     tasks: TaskEngine,
     executed: mpsc::Receiver<Executed>,
+    /// Proposals and ballots.
+    votes: VoteBook,
 }
 
 impl std::fmt::Debug for SwarmTask {
@@ -142,11 +146,13 @@ impl SwarmTask {
         mut probe: CapacityProbe,
         tasks: TaskEngine,
         executed: mpsc::Receiver<Executed>,
+        votes: VoteBook,
     ) -> Result<Self, gossipsub::SubscriptionError> {
         let mut swarm = swarm;
         let topic = gossipsub::IdentTopic::new(facts.namespace.advert_topic());
         swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
         swarm.behaviour_mut().gossipsub.subscribe(tasks.topic())?;
+        swarm.behaviour_mut().gossipsub.subscribe(votes.topic())?;
         let capacity = probe.probe();
         Ok(Self {
             swarm,
@@ -168,6 +174,7 @@ impl SwarmTask {
             recent: HashMap::new(),
             tasks,
             executed,
+            votes,
         })
     }
 
@@ -460,6 +467,21 @@ impl SwarmTask {
             Command::TaskReports { ids, reply } => {
                 let _ = reply.send(self.tasks.reports(&ids));
             }
+            Command::Propose { spec, reply } => {
+                let _ = reply.send(self.votes.propose(&mut self.swarm, spec).map_err(|e| e.to_string()));
+            }
+            Command::Ballot { proposal, choice, reply } => {
+                let _ = reply.send(self.votes.cast(&mut self.swarm, proposal, choice, None).map_err(|e| e.to_string()));
+            }
+            Command::Tally { proposal, reply } => {
+                let tally = self.votes.tally(&proposal).map_err(|e| e.to_string());
+                if let Ok(t) = &tally
+                    && t["final"] == true
+                {
+                    self.votes.record_tally(&proposal, t["winner"].as_str().map(str::to_owned));
+                }
+                let _ = reply.send(tally);
+            }
             Command::Shutdown(reply) => return Some(reply),
         }
         None
@@ -599,6 +621,12 @@ impl SwarmTask {
 
     fn on_gossip(&mut self, message: &gossipsub::Message) -> Result<(), String> {
         let source = message.source.ok_or("unsigned message")?;
+        if message.topic == self.votes.topic().hash() {
+            let vote: VoteMessage =
+                pyagent_protocol::decode(&message.data, MAX_TASK_MESSAGE_BYTES).map_err(|e| format!("vote message: {e}"))?;
+            vote.validate(&source.to_string()).map_err(|e| format!("vote message: {e}"))?;
+            return self.votes.on_message(&mut self.swarm, vote).map_err(|e| format!("vote message: {e}"));
+        }
         if message.topic == self.tasks.topic().hash() {
             let task: TaskMessage =
                 pyagent_protocol::decode(&message.data, MAX_TASK_MESSAGE_BYTES).map_err(|e| format!("task message: {e}"))?;

@@ -1,0 +1,129 @@
+//! The vote methods of the local API: `vote.propose`, `vote.ballot` (options by label),
+//! `vote.tally`. See [`crate::votes`].
+
+use pyagent_protocol::api::{self, ApiError, VoteBallotParams, VoteProposeParams, VoteTallyParams, code};
+use pyagent_protocol::vote::{ProposalId, ProposalKind, ProposalSpec, VoteChoice, VoteMethod};
+use serde_json::{Value, json};
+
+use crate::api::ApiContext;
+
+/// Default voting window.
+pub const DEFAULT_DEADLINE_SECS: u64 = 300;
+/// Longest voting window.
+pub const MAX_DEADLINE_SECS: u64 = 30 * 24 * 3600;
+
+fn invalid(id: &Value, message: impl Into<String>) -> Vec<u8> {
+    ApiError::new(id.clone(), code::INVALID_PARAMS, message).to_reply()
+}
+
+fn unavailable(id: &Value, message: impl Into<String>) -> Vec<u8> {
+    ApiError::new(id.clone(), code::UNAVAILABLE, message).to_reply()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn method(params: &VoteProposeParams) -> Result<VoteMethod, String> {
+    Ok(match params.method.as_str() {
+        "plurality" => VoteMethod::Plurality,
+        "approval" => VoteMethod::Approval,
+        "borda" => VoteMethod::Borda,
+        "irv" | "instant-runoff" => VoteMethod::InstantRunoff,
+        "schulze" => VoteMethod::Schulze,
+        "quadratic" => VoteMethod::Quadratic { credits: params.credits.unwrap_or(100) },
+        "trust" | "trust-weighted" => VoteMethod::TrustWeighted { weights: params.weights.clone().unwrap_or_default().into_iter().collect() },
+        other => return Err(format!("unknown method {other:?}; one of plurality, approval, borda, irv, schulze, quadratic, trust")),
+    })
+}
+
+pub async fn propose(id: &Value, ctx: &ApiContext, params: VoteProposeParams) -> Vec<u8> {
+    let method = match method(&params) {
+        Ok(m) => m,
+        Err(e) => return invalid(id, format!("vote.propose: {e}")),
+    };
+    let deadline_secs = params.deadline_secs.unwrap_or(DEFAULT_DEADLINE_SECS);
+    if deadline_secs == 0 || deadline_secs > MAX_DEADLINE_SECS {
+        return invalid(id, format!("vote.propose: deadline_secs must be 1..={MAX_DEADLINE_SECS}"));
+    }
+    let (kind, options) = match params.review {
+        Some(review) => {
+            let options = if params.options.is_empty() {
+                (1..=review.candidates.len()).map(|i| i.to_string()).collect()
+            } else {
+                params.options
+            };
+            (ProposalKind::Review { function: review.function, candidates: review.candidates }, options)
+        }
+        None => (ProposalKind::General, params.options),
+    };
+    let created = now_ms();
+    let spec = ProposalSpec {
+        title: params.title,
+        kind,
+        options,
+        method,
+        proposer: String::new(),
+        created_unix_ms: created,
+        deadline_unix_ms: created + deadline_secs * 1000,
+        quorum: params.quorum,
+        nonce: crate::node::random_boot_id(),
+    };
+    match ctx.client.propose(spec).await {
+        Ok(Ok(proposal)) => api::result_reply(id, &json!({ "proposal_id": proposal.to_string() })),
+        Ok(Err(e)) => invalid(id, format!("vote.propose: {e}")),
+        Err(e) => unavailable(id, e.to_string()),
+    }
+}
+
+fn index_of(options: &[String], label: &str) -> Result<u16, String> {
+    options
+        .iter()
+        .position(|o| o == label)
+        .and_then(|i| u16::try_from(i).ok())
+        .ok_or_else(|| format!("no option {label:?}; options: {}", options.join(", ")))
+}
+
+pub async fn ballot(id: &Value, ctx: &ApiContext, params: VoteBallotParams) -> Vec<u8> {
+    let proposal: ProposalId = match params.proposal_id.parse() {
+        Ok(p) => p,
+        Err(e) => return invalid(id, format!("vote.ballot: {e}")),
+    };
+    let options: Vec<String> = match ctx.client.tally(proposal).await {
+        Ok(Ok(t)) => t["options"].as_array().into_iter().flatten().filter_map(|o| o.as_str().map(str::to_owned)).collect(),
+        Ok(Err(e)) => return invalid(id, format!("vote.ballot: {e}")),
+        Err(e) => return unavailable(id, e.to_string()),
+    };
+    let labels = |v: &[String]| v.iter().map(|l| index_of(&options, l)).collect::<Result<Vec<u16>, String>>();
+    let choice = match (params.ranking, params.approval, params.quadratic) {
+        (Some(r), None, None) => labels(&r).map(VoteChoice::Ranking),
+        (None, Some(a), None) => labels(&a).map(VoteChoice::Approval),
+        (None, None, Some(q)) => q
+            .iter()
+            .map(|(l, v)| index_of(&options, l).map(|i| (i, *v)))
+            .collect::<Result<Vec<_>, String>>()
+            .map(VoteChoice::Quadratic),
+        _ => Err("give exactly one of ranking, approval, quadratic".into()),
+    };
+    let choice = match choice {
+        Ok(c) => c,
+        Err(e) => return invalid(id, format!("vote.ballot: {e}")),
+    };
+    match ctx.client.ballot(proposal, choice).await {
+        Ok(Ok(())) => api::result_reply(id, &json!({ "accepted": true })),
+        Ok(Err(e)) => invalid(id, format!("vote.ballot: {e}")),
+        Err(e) => unavailable(id, e.to_string()),
+    }
+}
+
+pub async fn tally(id: &Value, ctx: &ApiContext, params: VoteTallyParams) -> Vec<u8> {
+    let proposal: ProposalId = match params.proposal_id.parse() {
+        Ok(p) => p,
+        Err(e) => return invalid(id, format!("vote.tally: {e}")),
+    };
+    match ctx.client.tally(proposal).await {
+        Ok(Ok(t)) => api::result_reply(id, &t),
+        Ok(Err(e)) => invalid(id, format!("vote.tally: {e}")),
+        Err(e) => unavailable(id, e.to_string()),
+    }
+}

@@ -1,0 +1,282 @@
+//! Votes on the wire: proposals and signed ballots, gossiped on the namespace's vote
+//! topic ([`crate::SwarmNamespace::vote_topic`]).
+//!
+//! A proposal's id is the BLAKE3 hash of its canonical encoding. A ballot names the
+//! proposal, the voting peer, and (for ballots cast by an agent) the agent; it carries the
+//! voter's ed25519 signature over [`Ballot::signed_bytes`], so anyone can check it later,
+//! whoever relayed it. One ballot per voter (peer, agent) per proposal: a second one is
+//! rejected. A ballot counts when its own timestamp is not after the proposal's deadline,
+//! so every node that has the same ballots computes the same tally.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::CodecError;
+use crate::task::TaskId;
+
+/// Most options of a proposal.
+pub const MAX_OPTIONS: usize = 64;
+/// Longest option label or title.
+pub const MAX_LABEL_LEN: usize = 256;
+/// Largest candidate text of a review proposal.
+pub const MAX_CANDIDATE_BYTES: usize = 256 * 1024;
+/// Most trust weights of a trust-weighted proposal.
+pub const MAX_WEIGHTS: usize = 1024;
+
+/// The id of a proposal (same 32-byte form as task ids).
+pub type ProposalId = TaskId;
+
+/// How ballots are counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VoteMethod {
+    Plurality,
+    Approval,
+    Borda,
+    InstantRunoff,
+    Schulze,
+    /// Each voter may spend `credits`; v votes on one option cost v².
+    Quadratic { credits: u64 },
+    /// Borda points times the voter's weight (voters not listed weigh 1).
+    TrustWeighted { weights: Vec<(String, u64)> },
+}
+
+/// What a proposal is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProposalKind {
+    /// A question for people (and anyone) to vote on.
+    General,
+    /// Candidate rewrites of one Python function (option i is `candidates[i]`); the agents
+    /// of every node rank them by their own criterion.
+    Review { function: String, candidates: Vec<String> },
+}
+
+/// A proposal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalSpec {
+    pub title: String,
+    pub kind: ProposalKind,
+    pub options: Vec<String>,
+    pub method: VoteMethod,
+    /// PeerId of the proposer (the gossip signer).
+    pub proposer: String,
+    pub created_unix_ms: u64,
+    /// Ballots stamped later than this do not count.
+    pub deadline_unix_ms: u64,
+    /// The result is final once this many ballots are in (or at the deadline).
+    pub quorum: Option<u32>,
+    pub nonce: u64,
+}
+
+/// A voter's choice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VoteChoice {
+    /// Option indexes, most preferred first.
+    Ranking(Vec<u16>),
+    Approval(Vec<u16>),
+    /// (option, votes)
+    Quadratic(Vec<(u16, u64)>),
+}
+
+/// A signed ballot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ballot {
+    pub proposal: ProposalId,
+    /// PeerId of the voting node.
+    pub voter: String,
+    /// The agent that voted, or `None` for a person voting through the node.
+    pub agent: Option<String>,
+    pub choice: VoteChoice,
+    pub cast_unix_ms: u64,
+    /// ed25519 signature by the voter's key over [`Ballot::signed_bytes`].
+    pub signature: Vec<u8>,
+}
+
+/// Messages of the vote topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VoteMessage {
+    Propose(ProposalSpec),
+    Ballot(Ballot),
+}
+
+/// Why a proposal or ballot was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VoteError {
+    #[error("field {field}: {reason}")]
+    Field { field: &'static str, reason: String },
+    #[error("signed by {signer} but claims to be from {claimed}")]
+    WrongSigner { signer: String, claimed: String },
+    #[error("cannot encode: {0}")]
+    Codec(String),
+}
+
+impl From<CodecError> for VoteError {
+    fn from(e: CodecError) -> Self {
+        VoteError::Codec(e.to_string())
+    }
+}
+
+fn field(field: &'static str, reason: impl Into<String>) -> VoteError {
+    VoteError::Field { field, reason: reason.into() }
+}
+
+fn check_label(name: &'static str, s: &str) -> Result<(), VoteError> {
+    if s.is_empty() || s.len() > MAX_LABEL_LEN || s.chars().any(char::is_control) {
+        return Err(field(name, format!("{:?}: 1-{MAX_LABEL_LEN} bytes, no control characters", s.chars().take(40).collect::<String>())));
+    }
+    Ok(())
+}
+
+impl ProposalSpec {
+    pub fn id(&self) -> Result<ProposalId, VoteError> {
+        let bytes = crate::encode(self)?;
+        Ok(TaskId(*blake3::hash(&bytes).as_bytes()))
+    }
+
+    /// Checks bounds; `signer` is the peer that published it.
+    pub fn validate(&self, signer: &str) -> Result<(), VoteError> {
+        if self.proposer != signer {
+            return Err(VoteError::WrongSigner { signer: signer.to_owned(), claimed: self.proposer.clone() });
+        }
+        check_label("title", &self.title)?;
+        if self.options.len() < 2 || self.options.len() > MAX_OPTIONS {
+            return Err(field("options", format!("{} options; 2 to {MAX_OPTIONS}", self.options.len())));
+        }
+        for (i, o) in self.options.iter().enumerate() {
+            check_label("options", o)?;
+            if self.options[..i].contains(o) {
+                return Err(field("options", format!("{o:?} appears twice")));
+            }
+        }
+        if let ProposalKind::Review { function, candidates } = &self.kind {
+            check_label("function", function)?;
+            if candidates.len() != self.options.len() {
+                return Err(field("candidates", "one candidate per option"));
+            }
+            if let Some(c) = candidates.iter().find(|c| c.len() > MAX_CANDIDATE_BYTES) {
+                return Err(field("candidates", format!("{} bytes, limit {MAX_CANDIDATE_BYTES}", c.len())));
+            }
+        }
+        match &self.method {
+            VoteMethod::Quadratic { credits } if *credits == 0 || *credits > 1_000_000 => {
+                return Err(field("method", "quadratic credits must be 1..=1000000"));
+            }
+            VoteMethod::TrustWeighted { weights } if weights.len() > MAX_WEIGHTS => {
+                return Err(field("method", format!("{} weights, limit {MAX_WEIGHTS}", weights.len())));
+            }
+            _ => {}
+        }
+        if self.deadline_unix_ms <= self.created_unix_ms {
+            return Err(field("deadline_unix_ms", "the deadline must be after the creation time"));
+        }
+        Ok(())
+    }
+}
+
+impl Ballot {
+    /// The bytes the voter signs: everything but the signature.
+    pub fn signed_bytes(&self) -> Result<Vec<u8>, VoteError> {
+        let unsigned = (&self.proposal, &self.voter, &self.agent, &self.choice, self.cast_unix_ms);
+        Ok(crate::encode(&unsigned)?)
+    }
+
+    /// The voter identity that may cast one ballot per proposal.
+    pub fn voter_key(&self) -> String {
+        match &self.agent {
+            Some(agent) => format!("{}/{agent}", self.voter),
+            None => self.voter.clone(),
+        }
+    }
+
+    /// Checks bounds and that the gossip signer is the voter (the signature itself is
+    /// checked by the node, which has the key types).
+    pub fn validate(&self, signer: &str) -> Result<(), VoteError> {
+        if self.voter != signer {
+            return Err(VoteError::WrongSigner { signer: signer.to_owned(), claimed: self.voter.clone() });
+        }
+        if let Some(agent) = &self.agent {
+            check_label("agent", agent)?;
+        }
+        let len = match &self.choice {
+            VoteChoice::Ranking(v) | VoteChoice::Approval(v) => v.len(),
+            VoteChoice::Quadratic(v) => v.len(),
+        };
+        if len > MAX_OPTIONS {
+            return Err(field("choice", format!("{len} entries, limit {MAX_OPTIONS}")));
+        }
+        if self.signature.len() != 64 {
+            return Err(field("signature", format!("{} bytes, an ed25519 signature has 64", self.signature.len())));
+        }
+        Ok(())
+    }
+}
+
+impl VoteMessage {
+    pub fn validate(&self, signer: &str) -> Result<(), VoteError> {
+        match self {
+            VoteMessage::Propose(p) => p.validate(signer),
+            VoteMessage::Ballot(b) => b.validate(signer),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proposal() -> ProposalSpec {
+        ProposalSpec {
+            title: "lunch".into(),
+            kind: ProposalKind::General,
+            options: vec!["pizza".into(), "sushi".into()],
+            method: VoteMethod::Schulze,
+            proposer: "P".into(),
+            created_unix_ms: 1,
+            deadline_unix_ms: 2,
+            quorum: None,
+            nonce: 3,
+        }
+    }
+
+    #[test]
+    fn proposals_are_validated_and_identified_by_content() {
+        let p = proposal();
+        assert!(p.validate("P").is_ok());
+        assert!(matches!(p.validate("Q"), Err(VoteError::WrongSigner { .. })));
+        let mut q = proposal();
+        q.options.push("pizza".into());
+        assert!(q.validate("P").unwrap_err().to_string().contains("twice"));
+        let mut r = proposal();
+        r.options.truncate(1);
+        assert!(r.validate("P").is_err());
+        let mut s = proposal();
+        s.deadline_unix_ms = 0;
+        assert!(s.validate("P").is_err());
+        let mut t = proposal();
+        t.kind = ProposalKind::Review { function: "f".into(), candidates: vec!["def f(): pass".into()] };
+        assert!(t.validate("P").unwrap_err().to_string().contains("one candidate per option"));
+        let mut u = proposal();
+        u.nonce = 4;
+        assert_ne!(p.id().unwrap(), u.id().unwrap());
+        assert_eq!(p.id().unwrap(), proposal().id().unwrap());
+    }
+
+    #[test]
+    fn ballots_name_their_signer_and_carry_a_signature() {
+        let b = Ballot {
+            proposal: proposal().id().unwrap(),
+            voter: "V".into(),
+            agent: Some("complexity".into()),
+            choice: VoteChoice::Ranking(vec![1, 0]),
+            cast_unix_ms: 1,
+            signature: vec![0; 64],
+        };
+        assert!(b.validate("V").is_ok());
+        assert!(b.validate("W").is_err());
+        assert_eq!(b.voter_key(), "V/complexity");
+        let mut short = b.clone();
+        short.signature = vec![0; 10];
+        assert!(short.validate("V").unwrap_err().to_string().contains("signature"));
+        let mut other = b.clone();
+        other.choice = VoteChoice::Ranking(vec![0, 1]);
+        assert_ne!(b.signed_bytes().unwrap(), other.signed_bytes().unwrap());
+    }
+}
