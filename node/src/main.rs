@@ -73,6 +73,15 @@ async fn run_node(args: NodeArgs) -> ExitCode {
     for var in pyagent_node::config::unknown_env_vars(std::env::vars()) {
         tracing::warn!("ignoring unknown environment variable {var} (known: pyagent node --help, README)");
     }
+    // Before the node starts: a signal that arrives while it starts (right after its
+    // "node started" line, say) must stop it gracefully, not kill it.
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let node = match pyagent_node::Node::start(settings).await {
         Ok(n) => n,
         Err(e) => {
@@ -80,22 +89,32 @@ async fn run_node(args: NodeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = wait_for_signal().await {
-        tracing::error!("cannot wait for signals: {e:#}");
-    }
+    signals.wait().await;
     node.shutdown().await;
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = self.int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    }
 }
 
 /// `status` and `peers`: one API call, printed as JSON or as a table.
