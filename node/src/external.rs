@@ -192,11 +192,10 @@ impl ExternalAgents {
                 names.push(agent.name);
             }
         }
-        if !dead.is_empty() {
-            inner.taken.retain(|_, (holder, _)| !dead.contains(holder));
-            let served: std::collections::BTreeSet<String> = inner.agents.values().flat_map(|a| a.capabilities.clone()).collect();
-            inner.queue.retain(|job| served.contains(&job.view.capability));
-        }
+        inner.taken.retain(|_, (holder, _)| !dead.contains(holder));
+        // Jobs nobody serves any more (or whose task was given up) are dropped.
+        let served: std::collections::BTreeSet<String> = inner.agents.values().flat_map(|a| a.capabilities.clone()).collect();
+        inner.queue.retain(|job| served.contains(&job.view.capability) && !job.reply.is_closed());
         names
     }
 }

@@ -155,6 +155,9 @@ impl VoteBook {
         if self.proposals.contains_key(&id) {
             return Ok(id);
         }
+        // Proposals whose deadline passed a day ago make room for new ones.
+        let horizon = now_ms().saturating_sub(24 * 3600 * 1000);
+        self.proposals.retain(|_, e| e.spec.deadline_unix_ms >= horizon);
         if self.proposals.len() >= MAX_PROPOSALS {
             return Err(VotesError::Rejected(format!("this node holds {MAX_PROPOSALS} proposals already")));
         }

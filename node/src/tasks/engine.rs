@@ -47,8 +47,8 @@ fn result_event(executor: PeerId, outcome: &TaskOutcome) -> HistoryEvent {
     }
 }
 
-/// Finished requests are kept this long for `task.wait`.
-const KEEP_FINISHED: Duration = Duration::from_secs(600);
+/// Finished requests (with their results) are kept this long for `task.wait`.
+const KEEP_FINISHED: Duration = Duration::from_secs(120);
 /// Room left in a `Blobs` answer for framing.
 const BLOBS_FRAME_SLACK: usize = 64 * 1024;
 
@@ -395,6 +395,11 @@ impl TaskEngine {
     fn run_external(&self, task: TaskId, spec: TaskSpec) {
         let (store, external, executed) = (self.store.clone(), self.external.clone(), self.executed.clone());
         tokio::spawn(async move {
+            if !external.serves(&spec.capability) {
+                // The agent left between the advert and now: let another peer run it.
+                let _ = executed.send(Executed { task, outcome: None }).await;
+                return;
+            }
             let files = tokio::task::spawn_blocking(move || execute::load_files(&store, &spec).map(|files| (spec, files))).await;
             let outcome = match files {
                 Ok(Ok((spec, files))) => {
