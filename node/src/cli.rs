@@ -408,6 +408,7 @@ pub fn render_status(s: &StatusResult) -> String {
         ("peers", format!("{} members, {} connected", s.members, s.connected_peers)),
         ("capacity", s.capacity.summary()),
         ("agents", if s.agents.is_empty() { "-".into() } else { s.agents.join(", ") }),
+        ("tasks", format!("{} submitted, {} running, {} executed", s.tasks.submitted, s.tasks.running, s.tasks.executed)),
         ("data dir", s.data_dir.clone()),
         ("listening", s.listen_addrs.join("\n            ")),
     ];

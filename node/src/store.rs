@@ -3,6 +3,8 @@
 //! - `blobs`: BLAKE3 id → bytes: the files of tasks this node submitted (served to
 //!   executors) or fetched to execute. Content-addressed, so a blob is written once.
 //!
+//! - `blob_times`: BLAKE3 id → when the blob was last stored (unix ms, big-endian), so
+//!   that blobs no live task needs are swept after [`BLOB_TTL_MS`].
 //! - `history`: task id ‖ time ‖ sequence → [`HistoryRecord`]: what this node saw happen
 //!   to each task (the history DHT issue will replicate it).
 
@@ -18,6 +20,9 @@ use serde::{Deserialize, Serialize};
 const CF_PEERS: &str = "peers";
 const CF_BLOBS: &str = "blobs";
 const CF_HISTORY: &str = "history";
+const CF_BLOB_TIMES: &str = "blob_times";
+/// Blobs not stored again for this long, and needed by no live task, are deleted.
+pub const BLOB_TTL_MS: u64 = 3600 * 1000;
 /// Largest history record read back.
 const MAX_HISTORY_RECORD: usize = 64 * 1024;
 /// Most history records returned for one task.
@@ -78,6 +83,7 @@ impl Store {
             ColumnFamilyDescriptor::new(CF_PEERS, Options::default()),
             ColumnFamilyDescriptor::new(CF_BLOBS, blob_options()),
             ColumnFamilyDescriptor::new(CF_HISTORY, Options::default()),
+            ColumnFamilyDescriptor::new(CF_BLOB_TIMES, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, path, cfs)
             .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
@@ -92,10 +98,44 @@ impl Store {
     /// the write-ahead log: a blob lost in a crash is sent or fetched again, and skipping
     /// the log halves the disk writes of a large submission.
     pub fn put_blob(&self, id: &BlobId, bytes: &[u8]) -> Result<(), StoreError> {
-        let cf = self.blobs_cf()?;
+        self.put_blob_at(id, bytes, now_unix_ms())
+    }
+
+    fn put_blob_at(&self, id: &BlobId, bytes: &[u8], at_unix_ms: u64) -> Result<(), StoreError> {
+        let (blobs, times) = (self.blobs_cf()?, self.blob_times_cf()?);
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(blobs, id.0, bytes);
+        batch.put_cf(times, id.0, at_unix_ms.to_be_bytes());
         let mut opts = rocksdb::WriteOptions::default();
         opts.disable_wal(true);
-        self.db.put_cf_opt(cf, id.0, bytes, &opts).map_err(|source| StoreError::Db { op: "write blob", source })
+        self.db.write_opt(batch, &opts).map_err(|source| StoreError::Db { op: "write blob", source })
+    }
+
+    fn blob_times_cf(&self) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db.cf_handle(CF_BLOB_TIMES).ok_or(StoreError::MissingColumnFamily(CF_BLOB_TIMES))
+    }
+
+    /// Deletes blobs stored before `cutoff_unix_ms` that `keep` does not name; returns
+    /// how many went.
+    pub fn sweep_blobs(&self, cutoff_unix_ms: u64, keep: &std::collections::HashSet<BlobId>) -> Result<usize, StoreError> {
+        let (blobs, times) = (self.blobs_cf()?, self.blob_times_cf()?);
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut swept = 0;
+        for item in self.db.iterator_cf(times, rocksdb::IteratorMode::Start) {
+            let (key, value) = item.map_err(|source| StoreError::Db { op: "scan blob times", source })?;
+            let (Ok(id), Ok(at)) = (<[u8; 32]>::try_from(&key[..]), <[u8; 8]>::try_from(&value[..])) else {
+                batch.delete_cf(times, &key);
+                continue;
+            };
+            let id = BlobId(id);
+            if u64::from_be_bytes(at) < cutoff_unix_ms && !keep.contains(&id) {
+                batch.delete_cf(blobs, id.0);
+                batch.delete_cf(times, id.0);
+                swept += 1;
+            }
+        }
+        self.db.write(batch).map_err(|source| StoreError::Db { op: "sweep blobs", source })?;
+        Ok(swept)
     }
 
     /// A blob's bytes, if this node has it.
@@ -240,6 +280,23 @@ mod tests {
         assert!(store.has_blob(&id).unwrap());
         assert_eq!(store.get_blob(&id).unwrap().as_deref(), Some(&b"def f(): pass\n"[..]));
         assert_eq!(store.get_blob(&BlobId::of(b"other")).unwrap(), None);
+    }
+
+    #[test]
+    fn old_blobs_no_task_needs_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (old, kept, fresh) = (BlobId::of(b"old"), BlobId::of(b"kept"), BlobId::of(b"fresh"));
+        store.put_blob_at(&old, b"old", 1_000).unwrap();
+        store.put_blob_at(&kept, b"kept", 1_000).unwrap();
+        store.put_blob_at(&fresh, b"fresh", 9_000).unwrap();
+        let keep = std::collections::HashSet::from([kept]);
+        assert_eq!(store.sweep_blobs(5_000, &keep).unwrap(), 1);
+        assert!(!store.has_blob(&old).unwrap());
+        assert!(store.has_blob(&kept).unwrap() && store.has_blob(&fresh).unwrap());
+        // Storing a blob again renews it.
+        store.put_blob(&kept, b"kept").unwrap();
+        assert_eq!(store.sweep_blobs(5_000, &Default::default()).unwrap(), 0);
     }
 
     #[test]

@@ -49,6 +49,9 @@ fn result_event(executor: PeerId, outcome: &TaskOutcome) -> HistoryEvent {
 
 /// Finished requests (with their results) are kept this long for `task.wait`.
 const KEEP_FINISHED: Duration = Duration::from_secs(120);
+/// How often unneeded blobs are swept from the store.
+const BLOB_SWEEP_EVERY: Duration = Duration::from_secs(300);
+
 /// Room left in a `Blobs` answer for framing.
 const BLOBS_FRAME_SLACK: usize = 64 * 1024;
 
@@ -111,6 +114,7 @@ pub struct TaskEngine {
     executed_count: u64,
     /// The executor last recorded as assigned, per task (claim renewals are not history).
     assigned: HashMap<TaskId, PeerId>,
+    last_blob_sweep: Instant,
 }
 
 impl TaskEngine {
@@ -143,6 +147,31 @@ impl TaskEngine {
             submitted_count: 0,
             executed_count: 0,
             assigned: HashMap::new(),
+            last_blob_sweep: Instant::now(),
+        }
+    }
+
+    /// Deletes stored blobs that no live task references and that were not stored again
+    /// within [`crate::store::BLOB_TTL_MS`].
+    fn sweep_blobs(&mut self, now: Instant) {
+        if now.duration_since(self.last_blob_sweep) < BLOB_SWEEP_EVERY {
+            return;
+        }
+        self.last_blob_sweep = now;
+        let mut keep = std::collections::HashSet::new();
+        for request in self.requested.values() {
+            keep.extend(request.spec.files.iter().map(|f| f.blob));
+        }
+        keep.extend(self.scheduler.blobs());
+        let cutoff = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+            .saturating_sub(crate::store::BLOB_TTL_MS);
+        match self.store.sweep_blobs(cutoff, &keep) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(swept = n, "old blobs deleted"),
+            Err(e) => tracing::warn!("blob sweep failed: {e}"),
         }
     }
 
@@ -290,6 +319,7 @@ impl TaskEngine {
     pub fn tick(&mut self, swarm: &mut Swarm<Behaviour>, view: &MembershipView) {
         let now = Instant::now();
         self.external.reap(now);
+        self.sweep_blobs(now);
         self.poll(swarm, view, now);
         let renew: Vec<TaskId> = self
             .scheduler

@@ -115,6 +115,11 @@ impl Scheduler {
         self.tasks.get(id).map(|t| t.lease)
     }
 
+    /// The blobs of every tracked task.
+    pub fn blobs(&self) -> impl Iterator<Item = pyagent_protocol::task::BlobId> + '_ {
+        self.tasks.values().flat_map(|t| t.spec.files.iter().map(|f| f.blob))
+    }
+
     /// Tasks this node is executing now.
     pub fn executing(&self) -> impl Iterator<Item = &TaskId> {
         self.tasks.iter().filter(|(_, t)| t.state == State::Executing).map(|(id, _)| id)
