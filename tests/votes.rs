@@ -79,6 +79,26 @@ async fn ballots_travel_signed_one_per_voter_and_every_node_tallies_alike() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(tally(&nodes[2], &id).await["ballots_counted"], 3, "the rejected ballot did not spread");
 
+    // An instant-runoff tie (one first choice each, then all eliminated together) is
+    // broken the same way on every node.
+    let irv = call(&nodes[0], "vote.propose", json!({ "title": "tie", "options": ["x", "y", "z"], "method": "irv" })).await;
+    let irv = irv["result"]["proposal_id"].as_str().unwrap().to_owned();
+    for n in &nodes {
+        wait_until("every node has the irv proposal", JOIN, || async { tally(n, &irv).await["options"].is_array() }).await;
+    }
+    for (n, r) in nodes.iter().zip([["x", "y", "z"], ["y", "z", "x"], ["z", "x", "y"]]) {
+        assert_eq!(call(n, "vote.ballot", json!({ "proposal_id": irv, "ranking": r })).await["result"]["accepted"], true);
+    }
+    for n in &nodes {
+        wait_until("three irv ballots everywhere", JOIN, || async { tally(n, &irv).await["ballots_counted"] == 3 }).await;
+    }
+    let t0 = tally(&nodes[0], &irv).await;
+    assert!(t0["winner"].is_string());
+    for n in &nodes[1..] {
+        let t = tally(n, &irv).await;
+        assert_eq!((&t["winner"], &t["ranking"], &t["rounds"]), (&t0["winner"], &t0["ranking"], &t0["rounds"]));
+    }
+
     // Ballots are history too.
     let history = call(&nodes[2], "history", json!({ "task_id": id })).await;
     assert_eq!(history["result"]["events"].as_array().unwrap().len(), 3, "{history}");
