@@ -1,0 +1,218 @@
+//! A KV block: the keys and values of [`BLOCK_TOKENS`] tokens for every layer, with the
+//! hash that identifies it, and its byte form for moving it between peers or to disk.
+//!
+//! Byte form (little-endian): `PYKV`, version u16, model id, parent hash, block hash,
+//! 16 token ids (u32), layout (layers, kv heads, head dim: u32; dtype: u8), data length
+//! (u64), data, and BLAKE3 of everything before it. Import checks the checksum, the
+//! layout's size, and that the hash is the hash of (model, parent, tokens).
+
+use super::hash::{BLOCK_TOKENS, BlockHash, ModelId, block_hash};
+
+const MAGIC: &[u8; 4] = b"PYKV";
+const VERSION: u16 = 1;
+
+/// Element type of the cached tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+}
+
+impl DType {
+    pub fn bytes(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 => 2,
+        }
+    }
+}
+
+/// The shape of a model's KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KvLayout {
+    pub layers: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    pub dtype: DType,
+}
+
+impl KvLayout {
+    /// Bytes of one block: layers × (key, value) × kv heads × tokens × head dim × dtype.
+    pub fn block_bytes(&self) -> usize {
+        self.layers as usize * 2 * self.kv_heads as usize * BLOCK_TOKENS * self.head_dim as usize * self.dtype.bytes()
+    }
+}
+
+/// Why a block's byte form was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlockError {
+    #[error("not a KV block ({0})")]
+    Format(&'static str),
+    #[error("KV block format version {0} is not supported (this engine reads {VERSION})")]
+    Version(u16),
+    #[error("KV block checksum mismatch: corrupt or truncated")]
+    Checksum,
+    #[error("KV block is for another model")]
+    WrongModel,
+    #[error("KV block hash does not match its model, parent and tokens")]
+    WrongHash,
+    #[error("KV block data is {got} bytes; its layout needs {expected}")]
+    Size { got: usize, expected: usize },
+}
+
+/// One block of cached keys and values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvBlock {
+    pub model: ModelId,
+    pub parent: BlockHash,
+    pub hash: BlockHash,
+    pub tokens: [u32; BLOCK_TOKENS],
+    pub layout: KvLayout,
+    /// `layout.block_bytes()` bytes: per layer, keys then values, each [kv heads, 16, head dim].
+    pub data: Vec<u8>,
+}
+
+impl KvBlock {
+    /// A block for `tokens` after `parent`; `data` must match the layout's size.
+    pub fn new(model: ModelId, parent: BlockHash, tokens: [u32; BLOCK_TOKENS], layout: KvLayout, data: Vec<u8>) -> Result<Self, BlockError> {
+        if data.len() != layout.block_bytes() {
+            return Err(BlockError::Size { got: data.len(), expected: layout.block_bytes() });
+        }
+        let hash = block_hash(&model, &parent, &tokens);
+        Ok(Self { model, parent, hash, tokens, layout, data })
+    }
+
+    /// Bytes this block takes in a tier.
+    pub fn size(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The byte form.
+    pub fn export(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.data.len() + 256);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&self.model.0);
+        out.extend_from_slice(&self.parent.0);
+        out.extend_from_slice(&self.hash.0);
+        for t in &self.tokens {
+            out.extend_from_slice(&t.to_le_bytes());
+        }
+        for v in [self.layout.layers, self.layout.kv_heads, self.layout.head_dim] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.push(match self.layout.dtype {
+            DType::F32 => 0,
+            DType::F16 => 1,
+        });
+        out.extend_from_slice(&(self.data.len() as u64).to_le_bytes());
+        out.extend_from_slice(&self.data);
+        let checksum = *blake3::hash(&out).as_bytes();
+        out.extend_from_slice(&checksum);
+        out
+    }
+
+    /// Reads a block's byte form, checking everything; `model` is the model it must be for.
+    pub fn import(bytes: &[u8], model: &ModelId) -> Result<Self, BlockError> {
+        if bytes.len() < 32 {
+            return Err(BlockError::Format("too short"));
+        }
+        let (body, checksum) = bytes.split_at(bytes.len() - 32);
+        if blake3::hash(body).as_bytes() != checksum {
+            return Err(BlockError::Checksum);
+        }
+        let mut r = Reader { bytes: body, at: 0 };
+        if r.take(4)? != MAGIC {
+            return Err(BlockError::Format("bad magic"));
+        }
+        let version = u16::from_le_bytes(r.array()?);
+        if version != VERSION {
+            return Err(BlockError::Version(version));
+        }
+        let block_model = ModelId(r.array()?);
+        if block_model != *model {
+            return Err(BlockError::WrongModel);
+        }
+        let parent = BlockHash(r.array()?);
+        let hash = BlockHash(r.array()?);
+        let mut tokens = [0u32; BLOCK_TOKENS];
+        for t in &mut tokens {
+            *t = u32::from_le_bytes(r.array()?);
+        }
+        let (layers, kv_heads, head_dim) = (u32::from_le_bytes(r.array()?), u32::from_le_bytes(r.array()?), u32::from_le_bytes(r.array()?));
+        let dtype = match r.take(1)?[0] {
+            0 => DType::F32,
+            1 => DType::F16,
+            _ => return Err(BlockError::Format("unknown dtype")),
+        };
+        let len = u64::from_le_bytes(r.array()?) as usize;
+        let data = r.take(len)?.to_vec();
+        if r.at != body.len() {
+            return Err(BlockError::Format("trailing bytes"));
+        }
+        let layout = KvLayout { layers, kv_heads, head_dim, dtype };
+        let block = Self::new(block_model, parent, tokens, layout, data)?;
+        if block.hash != hash {
+            return Err(BlockError::WrongHash);
+        }
+        Ok(block)
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BlockError> {
+        let end = self.at.checked_add(n).filter(|e| *e <= self.bytes.len()).ok_or(BlockError::Format("truncated"))?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], BlockError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::hash::ROOT;
+
+    pub(crate) fn layout() -> KvLayout {
+        KvLayout { layers: 2, kv_heads: 3, head_dim: 4, dtype: DType::F32 }
+    }
+
+    fn block(seed: u8) -> KvBlock {
+        let data: Vec<u8> = (0..layout().block_bytes()).map(|i| (i as u8).wrapping_mul(seed)).collect();
+        let tokens: [u32; BLOCK_TOKENS] = std::array::from_fn(|i| i as u32 + u32::from(seed));
+        KvBlock::new(ModelId::of(b"m"), ROOT, tokens, layout(), data).unwrap()
+    }
+
+    #[test]
+    fn blocks_round_trip_through_their_byte_form() {
+        let b = block(3);
+        let bytes = b.export();
+        assert_eq!(KvBlock::import(&bytes, &b.model).unwrap(), b);
+    }
+
+    #[test]
+    fn corrupt_foreign_and_forged_blocks_are_refused() {
+        let b = block(5);
+        let mut bytes = b.export();
+        bytes[100] ^= 1;
+        assert_eq!(KvBlock::import(&bytes, &b.model), Err(BlockError::Checksum));
+        assert_eq!(KvBlock::import(&b.export(), &ModelId::of(b"other")), Err(BlockError::WrongModel));
+        assert!(KvBlock::import(&b.export()[..50], &b.model).is_err());
+        // A forged block: right checksum, but the hash is not that of its tokens.
+        let mut forged = b.clone();
+        forged.hash = BlockHash([7; 32]);
+        assert_eq!(KvBlock::import(&forged.export(), &b.model), Err(BlockError::WrongHash));
+        assert!(matches!(KvBlock::new(b.model, ROOT, b.tokens, layout(), vec![0; 3]), Err(BlockError::Size { .. })));
+    }
+}

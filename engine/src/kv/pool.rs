@@ -1,0 +1,328 @@
+//! The block pool: tiers with byte budgets — device (used when a GPU execution provider
+//! runs; budget 0 otherwise), host RAM, local disk — each with LRU or ARC eviction. A
+//! block evicted from a tier is demoted to the next one rather than lost; only the last
+//! tier drops blocks. A block found in a lower tier is promoted back to the top on use.
+//! Disk blocks are files in their byte form ([`KvBlock::export`]), checked on the way in.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use super::block::{BlockError, KvBlock, KvLayout};
+use super::hash::{BlockHash, ModelId, block_hashes};
+use super::policy::{Eviction, Policy};
+
+/// Where a block lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tier {
+    Device,
+    Host,
+    Disk,
+}
+
+/// Byte budgets and eviction of a pool.
+#[derive(Debug, Clone, Default)]
+pub struct PoolConfig {
+    pub device_bytes: u64,
+    pub host_bytes: u64,
+    pub disk_bytes: u64,
+    /// Where disk-tier blocks are written (required when `disk_bytes` > 0).
+    pub disk_dir: Option<PathBuf>,
+    pub eviction: Eviction,
+}
+
+/// Why the pool failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("the block is for model {block:?} / {block_layout:?}; this pool holds {pool:?} / {pool_layout:?}")]
+    Mismatch { block: ModelId, pool: ModelId, block_layout: KvLayout, pool_layout: KvLayout },
+    #[error("a disk budget needs a disk directory")]
+    NoDiskDir,
+    #[error("disk tier {path}: {source}")]
+    Disk { path: PathBuf, source: std::io::Error },
+    #[error("disk tier block {path}: {source}")]
+    BadBlock { path: PathBuf, source: BlockError },
+}
+
+/// Counters of a pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub demotions: u64,
+    pub promotions: u64,
+    pub dropped: u64,
+}
+
+struct TierStore {
+    tier: Tier,
+    policy: Policy<BlockHash>,
+    memory: HashMap<BlockHash, KvBlock>,
+    disk: Option<PathBuf>,
+}
+
+/// A pool of blocks of one model.
+pub struct BlockPool {
+    model: ModelId,
+    layout: KvLayout,
+    tiers: Vec<TierStore>,
+    stats: PoolStats,
+}
+
+impl std::fmt::Debug for BlockPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockPool").field("model", &self.model).field("stats", &self.stats).finish_non_exhaustive()
+    }
+}
+
+impl BlockPool {
+    pub fn new(model: ModelId, layout: KvLayout, config: &PoolConfig) -> Result<Self, PoolError> {
+        let block = layout.block_bytes().max(1) as u64;
+        let mut tiers = Vec::new();
+        for (tier, budget) in [(Tier::Device, config.device_bytes), (Tier::Host, config.host_bytes), (Tier::Disk, config.disk_bytes)] {
+            let capacity = (budget / block) as usize;
+            if capacity == 0 {
+                continue;
+            }
+            let disk = if tier == Tier::Disk {
+                let dir = config.disk_dir.clone().ok_or(PoolError::NoDiskDir)?;
+                std::fs::create_dir_all(&dir).map_err(|source| PoolError::Disk { path: dir.clone(), source })?;
+                Some(dir)
+            } else {
+                None
+            };
+            tiers.push(TierStore { tier, policy: Policy::new(config.eviction, capacity), memory: HashMap::new(), disk });
+        }
+        Ok(Self { model, layout, tiers, stats: PoolStats::default() })
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        self.stats
+    }
+
+    /// Which tier holds a block, if any.
+    pub fn tier_of(&self, hash: &BlockHash) -> Option<Tier> {
+        self.tiers.iter().find(|t| t.holds(hash)).map(|t| t.tier)
+    }
+
+    /// Blocks per tier.
+    pub fn counts(&self) -> Vec<(Tier, usize)> {
+        self.tiers.iter().map(|t| (t.tier, t.policy.len())).collect()
+    }
+
+    /// Adds a block at the top tier (demoting what it displaces).
+    pub fn insert(&mut self, block: KvBlock) -> Result<(), PoolError> {
+        if block.model != self.model || block.layout != self.layout {
+            return Err(PoolError::Mismatch { block: block.model, pool: self.model, block_layout: block.layout, pool_layout: self.layout });
+        }
+        if self.tier_of(&block.hash).is_some() {
+            return Ok(());
+        }
+        self.place(0, block)
+    }
+
+    fn place(&mut self, level: usize, block: KvBlock) -> Result<(), PoolError> {
+        let Some(tier) = self.tiers.get_mut(level) else {
+            self.stats.dropped += 1;
+            return Ok(());
+        };
+        let hash = block.hash;
+        tier.put(block)?;
+        let evicted = tier.policy.admit(hash);
+        let model = self.model;
+        for victim in evicted {
+            let Some(tier) = self.tiers.get_mut(level) else { break };
+            if let Some(block) = tier.take(&victim, &model)? {
+                self.stats.demotions += 1;
+                self.place(level + 1, block)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The block with `hash` (promoted to the top tier), if the pool has it.
+    pub fn get(&mut self, hash: &BlockHash) -> Result<Option<KvBlock>, PoolError> {
+        let Some(level) = self.tiers.iter().position(|t| t.holds(hash)) else {
+            self.stats.misses += 1;
+            return Ok(None);
+        };
+        self.stats.hits += 1;
+        if level == 0 {
+            let tier = &mut self.tiers[0];
+            tier.policy.touch(*hash);
+            return tier.read(hash, &self.model);
+        }
+        let model = self.model;
+        let block = self.tiers[level].take(hash, &model)?;
+        if let Some(block) = &block {
+            self.stats.promotions += 1;
+            self.place(0, block.clone())?;
+        }
+        Ok(block)
+    }
+
+    /// The longest run of cached blocks at the start of `tokens`: prefill can skip them.
+    pub fn longest_prefix(&mut self, tokens: &[u32]) -> Result<Vec<KvBlock>, PoolError> {
+        let mut found = Vec::new();
+        for hash in block_hashes(&self.model, tokens) {
+            match self.get(&hash)? {
+                Some(block) => found.push(block),
+                None => break,
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl TierStore {
+    fn path(&self, hash: &BlockHash) -> Option<PathBuf> {
+        self.disk.as_ref().map(|d| d.join(format!("{hash}.kv")))
+    }
+
+    fn holds(&self, hash: &BlockHash) -> bool {
+        match self.path(hash) {
+            Some(path) => self.memory.contains_key(hash) || path.exists(),
+            None => self.memory.contains_key(hash),
+        }
+    }
+
+    fn put(&mut self, block: KvBlock) -> Result<(), PoolError> {
+        match self.path(&block.hash) {
+            Some(path) => std::fs::write(&path, block.export()).map_err(|source| PoolError::Disk { path, source }),
+            None => {
+                self.memory.insert(block.hash, block);
+                Ok(())
+            }
+        }
+    }
+
+    fn read(&self, hash: &BlockHash, model: &ModelId) -> Result<Option<KvBlock>, PoolError> {
+        match self.path(hash) {
+            Some(path) => match std::fs::read(&path) {
+                Ok(bytes) => KvBlock::import(&bytes, model).map(Some).map_err(|source| PoolError::BadBlock { path, source }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(PoolError::Disk { path, source }),
+            },
+            None => Ok(self.memory.get(hash).cloned()),
+        }
+    }
+
+    /// Removes a block from this tier and returns it.
+    fn take(&mut self, hash: &BlockHash, model: &ModelId) -> Result<Option<KvBlock>, PoolError> {
+        self.policy.remove(hash);
+        match self.path(hash) {
+            Some(path) => {
+                let block = self.read(hash, model);
+                let _ = std::fs::remove_file(&path);
+                block
+            }
+            None => Ok(self.memory.remove(hash)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::block::DType;
+    use crate::kv::hash::{BLOCK_TOKENS, ROOT};
+
+    fn layout() -> KvLayout {
+        KvLayout { layers: 2, kv_heads: 2, head_dim: 8, dtype: DType::F32 }
+    }
+
+    /// The blocks of a token sequence, with data derived from the tokens (a stand-in for
+    /// what prefill would compute).
+    fn blocks(model: ModelId, tokens: &[u32]) -> Vec<KvBlock> {
+        let mut parent = ROOT;
+        tokens
+            .chunks_exact(BLOCK_TOKENS)
+            .map(|chunk| {
+                let toks: [u32; BLOCK_TOKENS] = std::array::from_fn(|i| chunk[i]);
+                let data: Vec<u8> = (0..layout().block_bytes()).map(|i| (i as u32 ^ toks[i % BLOCK_TOKENS]) as u8).collect();
+                let b = KvBlock::new(model, parent, toks, layout(), data).unwrap();
+                parent = b.hash;
+                b
+            })
+            .collect()
+    }
+
+    fn pool(eviction: Eviction, host_blocks: u64, disk_blocks: u64, dir: &std::path::Path) -> BlockPool {
+        let size = layout().block_bytes() as u64;
+        let config = PoolConfig {
+            device_bytes: 0,
+            host_bytes: host_blocks * size,
+            disk_bytes: disk_blocks * size,
+            disk_dir: Some(dir.to_owned()),
+            eviction,
+        };
+        BlockPool::new(ModelId::of(b"m"), layout(), &config).unwrap()
+    }
+
+    #[test]
+    fn a_tiny_budget_demotes_to_disk_and_blocks_come_back_unchanged() {
+        for eviction in [Eviction::Lru, Eviction::Arc] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut p = pool(eviction, 2, 3, dir.path());
+            let tokens: Vec<u32> = (0..6 * BLOCK_TOKENS as u32).collect();
+            let all = blocks(ModelId::of(b"m"), &tokens);
+            for b in &all {
+                p.insert(b.clone()).unwrap();
+            }
+            assert_eq!(p.counts(), vec![(Tier::Host, 2), (Tier::Disk, 3)], "{eviction:?}");
+            assert_eq!(p.stats().dropped, 1);
+            // The newest five are still there, byte for byte, whichever tier they were in.
+            for b in &all[1..] {
+                assert_eq!(p.get(&b.hash).unwrap().as_ref(), Some(b), "{eviction:?}");
+            }
+            assert_eq!(p.get(&all[0].hash).unwrap(), None);
+            assert!(p.stats().promotions > 0);
+            assert_eq!(p.counts().iter().map(|(_, n)| n).sum::<usize>(), 5, "nothing lost while promoting");
+        }
+    }
+
+    #[test]
+    fn the_longest_cached_prefix_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = pool(Eviction::Lru, 8, 0, dir.path());
+        let model = ModelId::of(b"m");
+        let prompt: Vec<u32> = (0..3 * BLOCK_TOKENS as u32).collect();
+        for b in blocks(model, &prompt) {
+            p.insert(b).unwrap();
+        }
+        // Same first two blocks, then different tokens: two blocks reusable.
+        let mut next: Vec<u32> = prompt[..2 * BLOCK_TOKENS].to_vec();
+        next.extend(500..530);
+        assert_eq!(p.longest_prefix(&next).unwrap().len(), 2);
+        // A different first token: nothing.
+        let mut other = prompt.clone();
+        other[0] = 77;
+        assert!(p.longest_prefix(&other).unwrap().is_empty());
+        assert_eq!(p.longest_prefix(&prompt).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn blocks_of_another_model_or_layout_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = pool(Eviction::Lru, 4, 0, dir.path());
+        let foreign = blocks(ModelId::of(b"other"), &(0..16).collect::<Vec<u32>>());
+        assert!(matches!(p.insert(foreign[0].clone()), Err(PoolError::Mismatch { .. })));
+        assert!(matches!(
+            BlockPool::new(ModelId::of(b"m"), layout(), &PoolConfig { disk_bytes: 1 << 20, ..Default::default() }),
+            Err(PoolError::NoDiskDir)
+        ));
+    }
+
+    #[test]
+    fn a_corrupt_disk_block_is_an_error_not_a_wrong_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = pool(Eviction::Lru, 1, 4, dir.path());
+        let all = blocks(ModelId::of(b"m"), &(0..32).collect::<Vec<u32>>());
+        p.insert(all[0].clone()).unwrap();
+        p.insert(all[1].clone()).unwrap(); // demotes all[0] to disk
+        let file = dir.path().join(format!("{}.kv", all[0].hash));
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[200] ^= 0xff;
+        std::fs::write(&file, bytes).unwrap();
+        assert!(matches!(p.get(&all[0].hash), Err(PoolError::BadBlock { .. })));
+    }
+}
