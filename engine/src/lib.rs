@@ -7,9 +7,13 @@
 //!   checked byte form for moving them between peers, and a tiered pool (device / host /
 //!   disk budgets, LRU or ARC eviction, demotion rather than loss).
 //!
-//! The ONNX Runtime decoder that fills and uses these blocks comes next (its issue).
+//! - [`infer`]: ONNX Runtime (loaded at run time from the PyPI wheel), model directories,
+//!   the decoder's forward pass with past/present keys and values, greedy generation.
+//!   Sampling, the KV pool in generation, speculative decoding and `pyagent generate`
+//!   come next (the inference issue).
 
 pub mod capacity;
+pub mod infer;
 pub mod kv;
 
 pub use capacity::CapacityProbe;

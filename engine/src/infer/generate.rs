@@ -1,0 +1,54 @@
+//! Greedy generation: prefill the prompt, then one token at a time with the KV cache.
+
+use super::decoder::{Decoder, KvState};
+use super::model::ModelError;
+
+/// The outcome of a generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    /// The logits each generated token was chosen from (`[vocab]` per step).
+    pub step_logits: Vec<Vec<f32>>,
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Greedy decoding of up to `max_tokens` after `prompt`, stopping after any `stop` token;
+/// `on_token` sees each token as it is chosen.
+pub fn greedy(
+    decoder: &mut Decoder,
+    layers: usize,
+    prompt: &[u32],
+    max_tokens: usize,
+    stop: &[u32],
+    mut on_token: impl FnMut(u32),
+) -> Result<Generation, ModelError> {
+    if prompt.is_empty() {
+        return Err(ModelError::Run("the prompt has no tokens".into()));
+    }
+    let vocab = decoder.vocab();
+    let (logits, mut cache) = decoder.forward(prompt, &KvState::empty(layers))?;
+    let mut last = logits[logits.len() - vocab..].to_vec();
+    let mut out = Generation { tokens: Vec::new(), step_logits: Vec::new() };
+    while out.tokens.len() < max_tokens {
+        let token = argmax(&last);
+        out.tokens.push(token);
+        out.step_logits.push(std::mem::take(&mut last));
+        on_token(token);
+        if stop.contains(&token) || out.tokens.len() == max_tokens {
+            break;
+        }
+        let (logits, present) = decoder.forward(&[token], &cache)?;
+        cache = present;
+        last = logits;
+    }
+    Ok(out)
+}

@@ -1,0 +1,122 @@
+//! A model directory: `model.onnx` (decoder-only, Hugging Face Optimum layout),
+//! `tokenizer.json`, and `config.json` (layers, KV heads, head size, vocabulary, special
+//! tokens). The model id is BLAKE3 of the ONNX file: KV blocks are only ever shared
+//! between runs of the very same weights.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::kv::{DType, KvLayout, ModelId};
+
+/// Why a model directory could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: invalid model config: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("{path}: invalid tokenizer: {reason}")]
+    Tokenizer { path: PathBuf, reason: String },
+    #[error("the tokenizer has {tokenizer} tokens but the model only {model}: they do not belong together")]
+    TokenizerMismatch { tokenizer: usize, model: usize },
+    #[error("{path}: ONNX Runtime cannot load this model: {reason}")]
+    Onnx { path: PathBuf, reason: String },
+    #[error("the model misses input or output {0:?} of the decoder layout")]
+    Layout(String),
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+/// The parts of `config.json` the engine uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelConfig {
+    pub num_hidden_layers: u32,
+    pub num_attention_heads: u32,
+    pub num_key_value_heads: u32,
+    pub hidden_size: u32,
+    #[serde(default)]
+    pub head_dim: Option<u32>,
+    pub vocab_size: u32,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    eos_token_id: Option<OneOrMany>,
+    #[serde(default)]
+    pub max_position_embeddings: Option<u32>,
+}
+
+impl ModelConfig {
+    pub fn head_dim(&self) -> u32 {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Tokens that end generation.
+    pub fn eos_tokens(&self) -> Vec<u32> {
+        match &self.eos_token_id {
+            Some(OneOrMany::One(t)) => vec![*t],
+            Some(OneOrMany::Many(v)) => v.clone(),
+            None => vec![],
+        }
+    }
+
+    /// The shape of this model's KV cache.
+    pub fn kv_layout(&self) -> KvLayout {
+        KvLayout { layers: self.num_hidden_layers, kv_heads: self.num_key_value_heads, head_dim: self.head_dim(), dtype: DType::F32 }
+    }
+}
+
+/// An opened model directory.
+#[derive(Debug)]
+pub struct ModelDir {
+    pub dir: PathBuf,
+    pub onnx: PathBuf,
+    pub config: ModelConfig,
+    pub tokenizer: tokenizers::Tokenizer,
+    pub id: ModelId,
+    /// Size of the ONNX file (the weights).
+    pub bytes: u64,
+}
+
+impl ModelDir {
+    pub fn open(dir: &Path) -> Result<Self, ModelError> {
+        let onnx = dir.join("model.onnx");
+        let weights = std::fs::read(&onnx).map_err(|source| ModelError::Read { path: onnx.clone(), source })?;
+        let id = ModelId::of(&weights);
+        let bytes = weights.len() as u64;
+        drop(weights);
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|source| ModelError::Read { path: config_path.clone(), source })?;
+        let config: ModelConfig =
+            serde_json::from_str(&text).map_err(|e| ModelError::Config { path: config_path.clone(), reason: e.to_string() })?;
+        if config.num_hidden_layers == 0 || config.num_key_value_heads == 0 || config.head_dim() == 0 || config.vocab_size == 0 {
+            return Err(ModelError::Config { path: config_path, reason: "layers, KV heads, head size and vocabulary must be positive".into() });
+        }
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| ModelError::Tokenizer { path: tokenizer_path.clone(), reason: e.to_string() })?;
+        let size = tokenizer.get_vocab_size(true);
+        if size > config.vocab_size as usize {
+            return Err(ModelError::TokenizerMismatch { tokenizer: size, model: config.vocab_size as usize });
+        }
+        Ok(Self { dir: dir.to_owned(), onnx, config, tokenizer, id, bytes })
+    }
+
+    /// Token ids of `text` (no special tokens added).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let encoding = self.tokenizer.encode(text, false).map_err(|e| ModelError::Tokenizer { path: self.dir.join("tokenizer.json"), reason: e.to_string() })?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Text of token ids (special tokens left out).
+    pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
+        self.tokenizer.decode(ids, true).map_err(|e| ModelError::Tokenizer { path: self.dir.join("tokenizer.json"), reason: e.to_string() })
+    }
+}
