@@ -102,3 +102,84 @@ fn missing_runtime_corrupt_model_and_tokenizer_mismatch_are_clear_errors() {
     assert!(matches!(ModelDir::open(dir.path()), Err(ModelError::Config { .. })));
     assert!(matches!(ModelDir::open(&dir.path().join("missing")), Err(ModelError::Read { .. })));
 }
+
+mod engine {
+    use super::*;
+    use pyagent_engine::infer::{Engine, GenerateOptions, Sampling};
+    use pyagent_engine::kv::{BLOCK_TOKENS, Eviction, KvBlock, PoolConfig, block_hashes};
+
+    fn pool(host_blocks: u64, disk_blocks: u64, dir: &Path, model: &ModelDir) -> PoolConfig {
+        let size = model.config.kv_layout().block_bytes() as u64;
+        PoolConfig { host_bytes: host_blocks * size, disk_bytes: disk_blocks * size, disk_dir: Some(dir.to_owned()), eviction: Eviction::Arc, ..Default::default() }
+    }
+
+    const PROMPT: &str = "A prompt long enough to fill several KV blocks of sixteen tokens each, then some.";
+
+    fn same(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+        a.iter().zip(b).flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs())).fold(0f32, f32::max)
+    }
+
+    #[test]
+    fn cached_exported_and_evicted_blocks_never_change_the_output() {
+        let Some((model, env, _)) = prepared("engine prefix-cache test") else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let model_dir = model.dir.clone();
+        let ids = model.encode(PROMPT).unwrap();
+        assert!(ids.len() > 3 * BLOCK_TOKENS);
+        let options = GenerateOptions { max_tokens: 10, ..Default::default() };
+        let mut engine = Engine::new(model, env, 1, &pool(64, 0, dir.path(), &ModelDir::open(&model_dir).unwrap())).unwrap();
+        let cold = engine.generate(&ids, &options, |_| {}).unwrap();
+        assert_eq!(cold.cached_tokens, 0);
+        let warm = engine.generate(&ids, &options, |_| {}).unwrap();
+        assert_eq!(warm.cached_tokens, (ids.len() - 1) / BLOCK_TOKENS * BLOCK_TOKENS, "the whole-block prefix is reused");
+        assert_eq!(warm.tokens, cold.tokens);
+        assert!(same(&warm.step_logits, &cold.step_logits) < 1e-5);
+
+        // Blocks exported and imported into a fresh pool of another engine.
+        let hashes = block_hashes(&engine.model.id, &ids);
+        let exported: Vec<Vec<u8>> = hashes.iter().map(|h| engine.pool.get(h).unwrap().unwrap().export()).collect();
+        let fresh_dir = tempfile::tempdir().unwrap();
+        let mut other = Engine::new(ModelDir::open(&model_dir).unwrap(), env, 1, &pool(64, 0, fresh_dir.path(), &engine.model)).unwrap();
+        for bytes in &exported {
+            other.pool.insert(KvBlock::import(bytes, &other.model.id).unwrap()).unwrap();
+        }
+        let imported = other.generate(&ids, &options, |_| {}).unwrap();
+        assert!(imported.cached_tokens > 0);
+        assert_eq!(imported.tokens, cold.tokens);
+        assert!(same(&imported.step_logits, &cold.step_logits) < 1e-5);
+
+        // A tiny budget: two blocks in RAM, the rest of the prompt's on disk; blocks are
+        // demoted, then found on disk and promoted, without changing the output.
+        let tiny_dir = tempfile::tempdir().unwrap();
+        let blocks = hashes.len() as u64;
+        let mut tiny = Engine::new(ModelDir::open(&model_dir).unwrap(), env, 1, &pool(2, blocks, tiny_dir.path(), &engine.model)).unwrap();
+        for _ in 0..3 {
+            let out = tiny.generate(&ids, &options, |_| {}).unwrap();
+            assert_eq!(out.tokens, cold.tokens);
+            assert!(same(&out.step_logits, &cold.step_logits) < 1e-5);
+        }
+        assert!(tiny.pool.stats().demotions > 0 && tiny.pool.stats().hits > 0, "{:?}", tiny.pool.stats());
+    }
+
+    #[test]
+    fn sampling_is_seeded_and_stop_strings_cut_the_text() {
+        let Some((model, env, _)) = prepared("engine sampling test") else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let config = pool(16, 0, dir.path(), &model);
+        let mut engine = Engine::new(model, env, 1, &config).unwrap();
+        let ids = engine.model.encode("Once upon a time").unwrap();
+        let warm = GenerateOptions { max_tokens: 16, sampling: Sampling { temperature: 0.8, top_k: 20, top_p: 0.95, seed: 11 }, stop: vec![] };
+        let a = engine.generate(&ids, &warm, |_| {}).unwrap();
+        let b = engine.generate(&ids, &warm, |_| {}).unwrap();
+        assert_eq!(a.tokens, b.tokens, "same seed, same tokens");
+        let mut streamed = String::new();
+        let greedy = engine.generate(&ids, &GenerateOptions { max_tokens: 12, ..Default::default() }, |t| streamed.push_str(t)).unwrap();
+        assert_eq!(streamed, greedy.text, "streamed pieces add up to the text");
+        let chars: Vec<char> = greedy.text.chars().collect();
+        if chars.len() > 4 {
+            let stop: String = chars[3..5].iter().collect();
+            let cut = engine.generate(&ids, &GenerateOptions { max_tokens: 12, stop: vec![stop.clone()], ..Default::default() }, |_| {}).unwrap();
+            assert_eq!(cut.text, greedy.text[..greedy.text.find(&stop).unwrap()]);
+        }
+    }
+}
