@@ -141,3 +141,25 @@ fn keygen_refuses_to_overwrite() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
 }
+
+#[test]
+fn generate_streams_text_and_reports_rates_or_says_why_not() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let model = root.join("target/models/tiny");
+    // Without the runtime: a clear error, exit 1.
+    let out = pyagent(&["generate", "--model", model.to_str().unwrap(), "--ort-lib", "/nonexistent/libonnxruntime.so", "hi"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("inference is off") && stderr(&out).contains("prepare-model.sh"), "{}", stderr(&out));
+    if !model.join("model.onnx").exists() || !root.join(".venv-models").exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI must prepare the tiny model (scripts/test.sh does)");
+        eprintln!("\n!!!!! SKIPPED generate CLI test: run scripts/prepare-model.sh tiny target/models/tiny !!!!!\n");
+        return;
+    }
+    let out = pyagent(&["generate", "--model", model.to_str().unwrap(), "--max-tokens", "8", "--threads", "1", "Hello"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("8 generated: decode") && stderr(&out).contains("tokens/s"), "{}", stderr(&out));
+    assert!(!out.stdout.is_empty());
+    let out = pyagent(&["generate", "--model", "/nonexistent/model", "hi"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("/nonexistent/model/model.onnx"), "{}", stderr(&out));
+}

@@ -41,6 +41,8 @@ pub enum CliCommand {
     Ballot(BallotArgs),
     /// Show a proposal's tally and every ballot.
     Tally(TallyArgs),
+    /// Generate text with a local model (ONNX Runtime), streaming it; prints tokens/s.
+    Generate(GenerateArgs),
 }
 
 /// How the query commands reach the local node.
@@ -108,6 +110,35 @@ pub struct BallotArgs {
     /// Quadratic votes: A=3,B=1.
     #[arg(long, value_delimiter = ',')]
     pub votes: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Model directory: model.onnx, tokenizer.json, config.json (scripts/prepare-model.sh).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop before this text (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Intra-op threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// The ONNX Runtime library [default: ORT_DYLIB_PATH, then .venv-models].
+    #[arg(long, value_name = "FILE")]
+    pub ort_lib: Option<PathBuf>,
+    pub prompt: String,
 }
 
 #[derive(Debug, Args)]

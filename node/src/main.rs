@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         CliCommand::Propose(args) => runtime.block_on(propose(args)),
         CliCommand::Ballot(args) => runtime.block_on(ballot(args)),
         CliCommand::Tally(args) => runtime.block_on(tally(args)),
+        CliCommand::Generate(args) => return generate(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -130,6 +131,48 @@ async fn query<T: serde::de::DeserializeOwned + serde::Serialize>(
         print!("{}", render(&result));
     }
     Ok(())
+}
+
+/// Local generation: exit 0, or 1 with the reason (no runtime, bad model, ...).
+fn generate(args: &cli::GenerateArgs) -> ExitCode {
+    use pyagent_engine::infer::{self, Engine, GenerateOptions, Sampling};
+    use std::io::Write;
+    let run = || -> anyhow::Result<()> {
+        let env = infer::environment(args.ort_lib.as_deref()).context("inference is off")?;
+        let model = infer::ModelDir::open(&args.model)?;
+        let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        let pool = pyagent_engine::kv::PoolConfig { host_bytes: 256 << 20, ..Default::default() };
+        let mut engine = Engine::new(model, env, threads, &pool)?;
+        let prompt = engine.model.encode(&args.prompt)?;
+        let options = GenerateOptions {
+            max_tokens: args.max_tokens,
+            sampling: Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed },
+            stop: args.stop.clone(),
+        };
+        let mut stdout = std::io::stdout().lock();
+        let out = engine.generate(&prompt, &options, |piece| {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        })?;
+        let _ = writeln!(stdout);
+        let rate = |n: usize, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        eprintln!(
+            "{} prompt tokens ({} cached): prefill {:.1} tokens/s; {} generated: decode {:.1} tokens/s",
+            out.prompt_tokens,
+            out.cached_tokens,
+            rate(out.prompt_tokens - out.cached_tokens, out.prefill_secs),
+            out.tokens.len(),
+            rate(out.tokens.len(), out.decode_secs)
+        );
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn propose(args: cli::ProposeArgs) -> anyhow::Result<()> {

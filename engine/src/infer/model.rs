@@ -12,7 +12,7 @@ use crate::kv::{DType, KvLayout, ModelId};
 /// Why a model directory could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: invalid model config: {reason}")]
     Config { path: PathBuf, reason: String },
