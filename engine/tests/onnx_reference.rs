@@ -183,3 +183,23 @@ mod engine {
         }
     }
 }
+
+#[test]
+fn speculative_decoding_yields_exactly_the_greedy_output() {
+    let Some((model, env, _)) = prepared("speculative decoding test") else { return };
+    let mut decoder = Decoder::load(&model, env, 1).unwrap();
+    let layers = model.config.num_hidden_layers as usize;
+    let repetitive = "for item in items:\n    total = total + item\nfor item in items:\n    total = total + item\nfor item in";
+    let mut saved = 0usize;
+    for prompt in ["Hello world", repetitive, "abcabcabcabcabc"] {
+        let ids = model.encode(prompt).unwrap();
+        let greedy = infer::generate::greedy(&mut decoder, layers, &ids, 24, &[], |_| {}).unwrap();
+        for k in [1, 4, 8] {
+            let spec = infer::speculative::generate(&mut decoder, &ids, 24, k, &[]).unwrap();
+            assert_eq!(spec.tokens, greedy.tokens, "{prompt:?} k={k}");
+            saved += greedy.tokens.len().saturating_sub(spec.passes);
+        }
+    }
+    // The repetitive prompts give drafts that the model accepts: fewer passes than tokens.
+    assert!(saved > 0, "no draft was ever accepted");
+}

@@ -77,6 +77,11 @@ impl Decoder {
         self.vocab
     }
 
+    /// Layers, KV heads and head size of the cache.
+    pub fn cache_shape(&self) -> (usize, usize, usize) {
+        (self.layers, self.kv_heads, self.head_dim)
+    }
+
     /// Runs `tokens` after `past`; returns the logits of every new position (`[s, vocab]`,
     /// row-major) and the present cache (past + new).
     pub fn forward(&mut self, tokens: &[u32], past: &KvState) -> Result<(Vec<f32>, KvState), ModelError> {
@@ -107,5 +112,25 @@ impl Decoder {
             return Err(ModelError::Run(format!("logits have {} values, expected {} x {}", logits.len(), s, self.vocab)));
         }
         Ok((logits, present))
+    }
+}
+
+impl KvState {
+    /// Keeps the first `len` positions (drops rejected speculative tokens).
+    pub fn truncate(&mut self, len: usize, kv_heads: usize, head_dim: usize) {
+        if len >= self.len {
+            return;
+        }
+        for (keys, values) in &mut self.layers {
+            for tensor in [keys, values] {
+                let mut kept = Vec::with_capacity(kv_heads * len * head_dim);
+                for h in 0..kv_heads {
+                    let start = h * self.len * head_dim;
+                    kept.extend_from_slice(&tensor[start..start + len * head_dim]);
+                }
+                *tensor = kept;
+            }
+        }
+        self.len = len;
     }
 }

@@ -7,6 +7,7 @@
 //! - [`sampling`]: greedy, temperature, top-k, top-p, seeded.
 //! - [`cache`]: a sequence's KV cache to and from 16-token blocks.
 //! - [`engine`]: model + decoder + block pool: prefix reuse, stop strings, streaming.
+//! - [`speculative`]: prompt-lookup speculative decoding, exactly greedy.
 
 pub mod cache;
 pub mod decoder;
@@ -15,6 +16,7 @@ pub mod generate;
 pub mod model;
 pub mod runtime;
 pub mod sampling;
+pub mod speculative;
 
 pub use decoder::{Decoder, KvState};
 pub use engine::{Engine, EngineError, GenerateOptions, Output};

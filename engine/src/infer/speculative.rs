@@ -1,0 +1,108 @@
+//! Prompt-lookup (n-gram) speculative decoding. The draft is what followed the latest
+//! occurrence of the sequence's last n tokens (n from [`MAX_NGRAM`] down to 1); one forward
+//! pass scores the last token plus the whole draft, and draft tokens are accepted while
+//! each equals the greedy choice at its position; the first mismatch is replaced by the
+//! greedy token. So the output is exactly the greedy output, in fewer passes when the
+//! text repeats itself (code edits, quotes, lists).
+
+use super::decoder::{Decoder, KvState};
+use super::model::ModelError;
+use super::sampling::argmax;
+
+/// Longest n-gram looked up.
+pub const MAX_NGRAM: usize = 3;
+
+/// The draft after `sequence`: up to `k` tokens that followed the last occurrence of its
+/// final n-gram.
+pub fn draft(sequence: &[u32], k: usize) -> Vec<u32> {
+    for n in (1..=MAX_NGRAM).rev() {
+        if sequence.len() <= n {
+            continue;
+        }
+        let tail = &sequence[sequence.len() - n..];
+        // Latest earlier occurrence (not the tail itself).
+        for start in (0..sequence.len() - n).rev() {
+            if &sequence[start..start + n] == tail {
+                let from = start + n;
+                let end = (from + k).min(sequence.len());
+                if from < end {
+                    return sequence[from..end].to_vec();
+                }
+            }
+        }
+    }
+    Vec::new()
+}
+
+/// A speculative generation's tokens and how many forward passes it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Speculated {
+    pub tokens: Vec<u32>,
+    pub passes: usize,
+    pub drafted: usize,
+    pub accepted: usize,
+}
+
+/// Greedy output of up to `max_tokens` after `prompt`, with drafts of up to `k` tokens.
+pub fn generate(decoder: &mut Decoder, prompt: &[u32], max_tokens: usize, k: usize, stop: &[u32]) -> Result<Speculated, ModelError> {
+    let (layers, kv_heads, head_dim) = decoder.cache_shape();
+    if prompt.is_empty() {
+        return Err(ModelError::Run("the prompt has no tokens".into()));
+    }
+    let vocab = decoder.vocab();
+    let (logits, mut cache) = decoder.forward(prompt, &KvState::empty(layers))?;
+    let mut out = Speculated { tokens: Vec::new(), passes: 1, drafted: 0, accepted: 0 };
+    let mut sequence = prompt.to_vec();
+    let mut next = argmax(&logits[logits.len() - vocab..]);
+    loop {
+        out.tokens.push(next);
+        sequence.push(next);
+        if stop.contains(&next) || out.tokens.len() >= max_tokens {
+            break;
+        }
+        let guess = draft(&sequence, k.min(max_tokens - out.tokens.len()));
+        out.drafted += guess.len();
+        let mut input = vec![next];
+        input.extend(&guess);
+        let (logits, present) = decoder.forward(&input, &cache)?;
+        out.passes += 1;
+        cache = present;
+        // Position i's logits predict the token after input[i].
+        let mut accepted = 0;
+        while accepted < guess.len() {
+            let predicted = argmax(&logits[accepted * vocab..(accepted + 1) * vocab]);
+            if predicted != guess[accepted] || out.tokens.len() >= max_tokens || stop.contains(&predicted) {
+                break;
+            }
+            out.tokens.push(predicted);
+            sequence.push(predicted);
+            accepted += 1;
+        }
+        out.accepted += accepted;
+        if out.tokens.len() >= max_tokens || out.tokens.last().is_some_and(|t| stop.contains(t)) {
+            break;
+        }
+        next = argmax(&logits[accepted * vocab..(accepted + 1) * vocab]);
+        // Keep the cache of the accepted tokens only: the prefix, `input[0]`, and the
+        // accepted draft; the rest of the draft is dropped.
+        let keep = cache.len - (guess.len() - accepted);
+        cache.truncate(keep, kv_heads, head_dim);
+    }
+    out.tokens.truncate(max_tokens);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drafts_follow_the_latest_matching_ngram() {
+        // ... 1 2 3 [9 8] ... 1 2 3 → draft 9 8
+        assert_eq!(draft(&[1, 2, 3, 9, 8, 5, 1, 2, 3], 2), vec![9, 8]);
+        assert_eq!(draft(&[1, 2, 3, 9, 8, 5, 1, 2, 3], 5), vec![9, 8, 5, 1, 2]);
+        // Falls back to shorter n-grams, and to nothing.
+        assert_eq!(draft(&[4, 7, 6, 4], 3), vec![7, 6, 4]);
+        assert!(draft(&[1, 2, 3], 4).is_empty());
+    }
+}
