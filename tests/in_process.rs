@@ -253,3 +253,37 @@ async fn hosted_agents_follow_the_agents_option() {
     relay.shutdown().await;
     worker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_model_advertises_measured_inference_and_without_runtime_runs_on() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let model = root.join("target/models/tiny");
+    let dir = tempfile::tempdir().unwrap();
+    // A broken runtime path: the node starts anyway, with inference off.
+    let mut config = support::test_config(&dir.path().join("a"), &Opts::default());
+    config.inference.model = Some(model.clone());
+    config.inference.ort_lib = Some("/nonexistent/libonnxruntime.so".into());
+    let off = pyagent_node::Node::start(config.validate().unwrap()).await.unwrap();
+    assert!(off.client().status().await.unwrap().capacity.inference.is_none());
+    off.shutdown().await;
+    if !model.join("model.onnx").exists() || !root.join(".venv-models").exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI must prepare the tiny model (scripts/test.sh does)");
+        eprintln!("\n!!!!! SKIPPED inference advert test: run scripts/prepare-model.sh tiny target/models/tiny !!!!!\n");
+        return;
+    }
+    let mut config = support::test_config(&dir.path().join("b"), &Opts::default());
+    config.inference.model = Some(model.clone());
+    let on = pyagent_node::Node::start(config.validate().unwrap()).await.unwrap();
+    let peer = start_in(&dir.path().join("c"), &Opts { bootstrap: on.p2p_addrs(), ..Default::default() }).await;
+    let inference = on.client().status().await.unwrap().capacity.inference.expect("inference on");
+    let file = std::fs::read(model.join("model.onnx")).unwrap();
+    assert_eq!(inference.model_id, blake3::hash(&file).to_hex().to_string());
+    assert!(inference.prefill_tokens_per_s > 0 && inference.decode_tokens_per_s > 0 && inference.fits);
+    // Peers see it in the advert.
+    wait_until("the peer sees the inference capacity", JOIN, || async {
+        peer.client().peers().await.unwrap().iter().any(|p| p.capacity.inference.as_ref().is_some_and(|i| i.model_id == inference.model_id))
+    })
+    .await;
+    on.shutdown().await;
+    peer.shutdown().await;
+}

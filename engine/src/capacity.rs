@@ -11,6 +11,7 @@ use sysinfo::{MemoryRefreshKind, RefreshKind, System};
 pub struct CapacityProbe {
     system: System,
     nvml: Option<nvml_wrapper::Nvml>,
+    inference: Option<pyagent_protocol::InferenceCapacity>,
 }
 
 impl std::fmt::Debug for CapacityProbe {
@@ -36,7 +37,12 @@ impl CapacityProbe {
             }
         };
         let system = System::new_with_specifics(RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()));
-        Self { system, nvml }
+        Self { system, nvml, inference: None }
+    }
+
+    /// What the loaded model needs and how fast it ran (reported from now on).
+    pub fn set_inference(&mut self, inference: Option<pyagent_protocol::InferenceCapacity>) {
+        self.inference = inference;
     }
 
     /// Measures the host now.
@@ -48,6 +54,7 @@ impl CapacityProbe {
             ram_total_bytes: self.system.total_memory(),
             ram_available_bytes: self.system.available_memory(),
             gpus: self.gpus(),
+            inference: self.inference.clone(),
         }
     }
 

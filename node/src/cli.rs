@@ -326,6 +326,12 @@ pub struct NodeArgs {
     /// Allow binding the API off loopback (it has no authentication).
     #[arg(long)]
     pub api_allow_non_loopback: bool,
+    /// Model directory to serve (ONNX; scripts/prepare-model.sh) [default: none, inference off].
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// The ONNX Runtime library [default: ORT_DYLIB_PATH, then .venv-models].
+    #[arg(long, value_name = "FILE")]
+    pub ort_lib: Option<PathBuf>,
     /// Log format [default: pretty].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -353,6 +359,8 @@ impl NodeArgs {
             events_bind: self.events,
             allow_non_loopback_api: self.api_allow_non_loopback.then_some(true),
             log_format: self.log_format,
+            model: self.model.clone(),
+            ort_lib: self.ort_lib.clone(),
         }
     }
 
@@ -438,6 +446,20 @@ pub fn render_status(s: &StatusResult) -> String {
         ("mdns", if s.mdns { "on".into() } else { "off".into() }),
         ("peers", format!("{} members, {} connected", s.members, s.connected_peers)),
         ("capacity", s.capacity.summary()),
+        (
+            "inference",
+            match &s.capacity.inference {
+                Some(i) => format!(
+                    "model {} ({} MB), prefill {} / decode {} tokens/s{}",
+                    i.model_id.get(..12).unwrap_or(&i.model_id),
+                    i.model_bytes >> 20,
+                    i.prefill_tokens_per_s,
+                    i.decode_tokens_per_s,
+                    if i.fits { "" } else { ", does NOT fit in free RAM" }
+                ),
+                None => "off".into(),
+            },
+        ),
         ("agents", if s.agents.is_empty() { "-".into() } else { s.agents.join(", ") }),
         ("tasks", format!("{} submitted, {} running, {} executed", s.tasks.submitted, s.tasks.running, s.tasks.executed)),
         ("data dir", s.data_dir.clone()),

@@ -39,7 +39,26 @@ pub struct Config {
     pub mdns: MdnsConfig,
     pub api: ApiConfig,
     pub membership: MembershipConfig,
+    pub inference: InferenceConfig,
     pub log: LogConfig,
+}
+
+/// Inference: the model this node serves, if any.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// Model directory (model.onnx, tokenizer.json, config.json). None: inference off.
+    pub model: Option<PathBuf>,
+    /// ONNX Runtime library. Default: ORT_DYLIB_PATH, then `.venv-models`.
+    pub ort_lib: Option<PathBuf>,
+    /// KV block pool budget in host RAM, MiB.
+    pub kv_host_mb: u64,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self { model: None, ort_lib: None, kv_host_mb: 256 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +128,7 @@ impl Default for Config {
             mdns: MdnsConfig::default(),
             api: ApiConfig::default(),
             membership: MembershipConfig::default(),
+            inference: InferenceConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -183,6 +203,8 @@ pub struct Overrides {
     pub events_bind: Option<SocketAddr>,
     pub allow_non_loopback_api: Option<bool>,
     pub log_format: Option<LogFormat>,
+    pub model: Option<PathBuf>,
+    pub ort_lib: Option<PathBuf>,
 }
 
 /// The environment variables read by [`Overrides::from_env`], and what they set.
@@ -198,6 +220,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PYAGENT_MDNS", "mdns.enabled (true/false)"),
     ("PYAGENT_MDNS_INTERFACES", "mdns.interfaces (comma-separated)"),
     ("PYAGENT_API", "api.bind"),
+    ("PYAGENT_MODEL", "inference.model"),
+    ("PYAGENT_ORT_LIB", "inference.ort_lib"),
     ("PYAGENT_EVENTS", "api.events_bind"),
     ("PYAGENT_API_ALLOW_NON_LOOPBACK", "api.allow_non_loopback (true/false)"),
     ("PYAGENT_LOG_FORMAT", "log.format (pretty/json)"),
@@ -256,6 +280,8 @@ impl Overrides {
             api_bind: parse_env(&vars, "PYAGENT_API")?,
             events_bind: parse_env(&vars, "PYAGENT_EVENTS")?,
             allow_non_loopback_api: parse_env_bool(&vars, "PYAGENT_API_ALLOW_NON_LOOPBACK")?,
+            model: vars.get("PYAGENT_MODEL").map(PathBuf::from),
+            ort_lib: vars.get("PYAGENT_ORT_LIB").map(PathBuf::from),
             log_format: vars
                 .get("PYAGENT_LOG_FORMAT")
                 .map(|raw| match raw.trim() {
@@ -292,6 +318,12 @@ impl Config {
         }
         if o.swarm_key.is_some() {
             self.swarm_key = o.swarm_key;
+        }
+        if o.model.is_some() {
+            self.inference.model = o.model;
+        }
+        if o.ort_lib.is_some() {
+            self.inference.ort_lib = o.ort_lib;
         }
         set(&mut self.swarm, o.swarm);
         set(&mut self.bootstrap, o.bootstrap);
@@ -362,8 +394,14 @@ impl Config {
         if m.peer_ttl_ms < 2 * m.advert_interval_ms {
             return Err(invalid("membership.peer_ttl_ms", "must be at least twice membership.advert_interval_ms"));
         }
+        if !(1..=1_048_576).contains(&self.inference.kv_host_mb) {
+            return Err(invalid("inference.kv_host_mb", "must be between 1 and 1048576"));
+        }
         let quic = self.p2p.quic && swarm_key.is_none();
         Ok(Settings {
+            model: self.inference.model.clone(),
+            ort_lib: self.inference.ort_lib.clone(),
+            kv_host_bytes: self.inference.kv_host_mb << 20,
             data_dir,
             namespace,
             swarm_key,
@@ -434,6 +472,10 @@ pub struct Settings {
     pub advert_interval: Duration,
     pub peer_ttl: Duration,
     pub log_format: LogFormat,
+    /// Inference: model directory (None: off), ONNX Runtime library, KV budget.
+    pub model: Option<PathBuf>,
+    pub ort_lib: Option<PathBuf>,
+    pub kv_host_bytes: u64,
 }
 
 impl std::fmt::Debug for Settings {

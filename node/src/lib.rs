@@ -10,6 +10,7 @@
 //! - [`tasks`]: tasks across the swarm (rendezvous executor choice, leases, failover,
 //!   blobs, results), run inside the swarm task.
 //! - [`discovery`]: mDNS announcement and browsing.
+//! - [`inference`]: the served model, measured at start, in the advert.
 //! - [`external`]: external agents (any language) serving capabilities over the API.
 //! - [`api`]: the local ZeroMQ API server; [`api_client`]: its client.
 //! - [`node`]: assembling, running and shutting down a [`Node`].
@@ -27,6 +28,7 @@ pub mod data_dir;
 pub mod discovery;
 pub mod external;
 pub mod identity;
+pub mod inference;
 pub mod logging;
 pub mod membership;
 pub mod node;

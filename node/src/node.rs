@@ -150,7 +150,15 @@ impl Node {
         );
         let p2p_port = listen(&mut swarm, &settings).await?;
 
-        let probe = CapacityProbe::new();
+        let mut probe = CapacityProbe::new();
+        if settings.model.is_some() {
+            let ram = probe.probe().ram_available_bytes;
+            let for_probe = settings.clone();
+            let inference = tokio::task::spawn_blocking(move || crate::inference::measure(&for_probe, ram)).await.unwrap_or(None);
+            probe.set_inference(inference);
+        } else {
+            crate::inference::measure(&settings, 0);
+        }
         let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (event_tx, _) = broadcast::channel(EVENT_QUEUE);
         let (results_tx, results_rx) = watch::channel(0u64);

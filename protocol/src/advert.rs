@@ -49,6 +49,24 @@ pub struct Capacity {
     pub ram_total_bytes: u64,
     pub ram_available_bytes: u64,
     pub gpus: Vec<GpuInfo>,
+    /// The model this node serves, when inference is on.
+    #[serde(default)]
+    pub inference: Option<InferenceCapacity>,
+}
+
+/// What a node can do for inference: its model, the memory it needs, measured speed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InferenceCapacity {
+    /// BLAKE3 of the ONNX file, hex.
+    pub model_id: String,
+    pub model_bytes: u64,
+    /// KV block pool budget in RAM (and VRAM when a GPU provider runs).
+    pub kv_budget_bytes: u64,
+    /// Whether the model and its KV budget fit in the memory available at start.
+    pub fits: bool,
+    /// Measured at start (tokens/s).
+    pub prefill_tokens_per_s: u32,
+    pub decode_tokens_per_s: u32,
 }
 
 /// One GPU.
@@ -149,6 +167,7 @@ mod tests {
                 ram_total_bytes: 32 << 30,
                 ram_available_bytes: 20 << 30,
                 gpus: vec![GpuInfo { name: "H100".into(), vram_total_bytes: 80 << 30, vram_free_bytes: 79 << 30 }],
+                inference: None,
             },
             uptime_secs: 12,
             boot_id: 42,

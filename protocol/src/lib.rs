@@ -21,6 +21,6 @@ pub mod swarm;
 pub mod task;
 pub mod vote;
 
-pub use advert::{Advert, AdvertError, Capacity, GpuInfo};
+pub use advert::{Advert, AdvertError, Capacity, GpuInfo, InferenceCapacity};
 pub use codec::{CodecError, decode, encode};
 pub use swarm::{PROTOCOL_VERSION, SwarmNamespace};

@@ -57,20 +57,25 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
     Err(RuntimeError::NotFound { searched })
 }
 
-static LOADED: OnceLock<Result<(PathBuf, ort::environment::Environment), RuntimeError>> = OnceLock::new();
+static LOADED: OnceLock<(PathBuf, ort::environment::Environment)> = OnceLock::new();
+static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Loads ONNX Runtime once for the process and returns its environment.
+/// Loads ONNX Runtime once for the process and returns its environment. A failed attempt
+/// is not remembered (a later call may name another library); once loaded, the library
+/// stays, whatever a later call names.
 pub fn environment(explicit: Option<&Path>) -> Result<&'static ort::environment::Environment, RuntimeError> {
-    let loaded = LOADED.get_or_init(|| {
-        let path = find_library(explicit)?;
-        let load = |reason: String| RuntimeError::Load { path: path.display().to_string(), reason };
-        let builder = ort::init_from(&path).map_err(|e| load(e.to_string()))?;
-        let env = builder.with_name("pyagent").build().map_err(|e| load(e.to_string()))?;
-        tracing::info!(library = %path.display(), "ONNX Runtime loaded");
-        Ok((path, env))
-    });
-    match loaded {
-        Ok((_, env)) => Ok(env),
-        Err(e) => Err(e.clone()),
+    if let Some((_, env)) = LOADED.get() {
+        return Ok(env);
     }
+    let _guard = LOADING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, env)) = LOADED.get() {
+        return Ok(env);
+    }
+    let path = find_library(explicit)?;
+    let load = |reason: String| RuntimeError::Load { path: path.display().to_string(), reason };
+    let builder = ort::init_from(&path).map_err(|e| load(e.to_string()))?;
+    let env = builder.with_name("pyagent").build().map_err(|e| load(e.to_string()))?;
+    tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+    let (_, env) = LOADED.get_or_init(|| (path, env));
+    Ok(env)
 }
