@@ -138,6 +138,15 @@ pub struct GenerateArgs {
     /// The ONNX Runtime library [default: ORT_DYLIB_PATH, then .venv-models].
     #[arg(long, value_name = "FILE")]
     pub ort_lib: Option<PathBuf>,
+    /// Run the prompt this many times in one process (later runs reuse cached blocks).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Greedy decoding by prompt lookup with drafts of K tokens (same output, fewer passes).
+    #[arg(long, value_name = "K")]
+    pub speculative: Option<usize>,
+    /// Print each run's measurements as one JSON line on stderr.
+    #[arg(long)]
+    pub stats_json: bool,
     pub prompt: String,
 }
 

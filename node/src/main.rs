@@ -149,21 +149,46 @@ fn generate(args: &cli::GenerateArgs) -> ExitCode {
             sampling: Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed },
             stop: args.stop.clone(),
         };
-        let mut stdout = std::io::stdout().lock();
-        let out = engine.generate(&prompt, &options, |piece| {
-            let _ = stdout.write_all(piece.as_bytes());
-            let _ = stdout.flush();
-        })?;
-        let _ = writeln!(stdout);
         let rate = |n: usize, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
-        eprintln!(
-            "{} prompt tokens ({} cached): prefill {:.1} tokens/s; {} generated: decode {:.1} tokens/s",
-            out.prompt_tokens,
-            out.cached_tokens,
-            rate(out.prompt_tokens - out.cached_tokens, out.prefill_secs),
-            out.tokens.len(),
-            rate(out.tokens.len(), out.decode_secs)
-        );
+        for _ in 0..args.repeat.max(1) {
+            if let Some(k) = args.speculative {
+                let started = std::time::Instant::now();
+                let out = engine.speculative(&prompt, args.max_tokens, k)?;
+                let secs = started.elapsed().as_secs_f64();
+                println!("{}", engine.model.decode(&out.tokens)?);
+                if args.stats_json {
+                    eprintln!("{}", serde_json::json!({ "mode": "speculative", "k": k, "tokens": out.tokens.len(), "passes": out.passes, "accepted": out.accepted, "secs": secs }));
+                } else {
+                    eprintln!("{} tokens in {} passes ({} drafted tokens accepted): {:.1} tokens/s", out.tokens.len(), out.passes, out.accepted, rate(out.tokens.len(), secs));
+                }
+                continue;
+            }
+            let mut stdout = std::io::stdout().lock();
+            let out = engine.generate(&prompt, &options, |piece| {
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+            })?;
+            let _ = writeln!(stdout);
+            if args.stats_json {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({
+                        "mode": "generate", "prompt_tokens": out.prompt_tokens, "cached_tokens": out.cached_tokens,
+                        "prefill_secs": out.prefill_secs, "tokens": out.tokens.len(), "decode_secs": out.decode_secs,
+                    })
+                );
+            } else {
+                eprintln!(
+                    "{} prompt tokens ({} cached): prefill {:.1} tokens/s, first token after {:.1} ms; {} generated: decode {:.1} tokens/s",
+                    out.prompt_tokens,
+                    out.cached_tokens,
+                    rate(out.prompt_tokens - out.cached_tokens, out.prefill_secs),
+                    out.prefill_secs * 1000.0,
+                    out.tokens.len(),
+                    rate(out.tokens.len(), out.decode_secs)
+                );
+            }
+        }
         Ok(())
     };
     match run() {

@@ -64,6 +64,13 @@ impl Engine {
         Ok(Self { model, decoder, pool })
     }
 
+    /// Greedy output by prompt-lookup speculative decoding (no pool, no streaming): for
+    /// comparing with plain decoding.
+    pub fn speculative(&mut self, prompt: &[u32], max_tokens: usize, k: usize) -> Result<super::speculative::Speculated, EngineError> {
+        let eos = self.model.config.eos_tokens();
+        Ok(super::speculative::generate(&mut self.decoder, prompt, max_tokens, k, &eos)?)
+    }
+
     fn layers(&self) -> usize {
         self.model.config.num_hidden_layers as usize
     }
