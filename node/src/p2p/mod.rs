@@ -3,8 +3,8 @@
 //! channel, with `oneshot` replies.
 //!
 //! ```text
-//!  API server ─┐                          ┌─ gossipsub: adverts in/out
-//!  mDNS ───────┼─ Command ─► swarm task ──┼─ request-response: Hello on connect
+//!  API server ─┐                          ┌─ gossipsub: adverts, tasks, votes
+//!  mDNS ───────┼─ Command ─► swarm task ──┼─ request-response: Hello, blobs, results
 //!  Node ───────┘   (mpsc)      │          └─ identify / kad / ping / limits
 //!                              └─ Event (broadcast) ─► API PUB socket, tests
 //! ```

@@ -1,8 +1,9 @@
 //! The task that owns the libp2p `Swarm`.
 //!
-//! It reacts to three sources: commands from [`super::NodeClient`], swarm events, and
-//! timers (advert publication, view expiry, bootstrap redials). All membership state lives
-//! here, so nothing needs a lock.
+//! It reacts to four sources: commands from [`super::NodeClient`], swarm events, agents'
+//! finished executions, and timers (advert publication, view expiry, bootstrap redials,
+//! task leases). Membership, task and vote state live here ([`crate::tasks::TaskEngine`],
+//! [`crate::votes::VoteBook`]), so nothing needs a lock.
 //!
 //! Joining is fast because a fresh connection triggers a direct `Hello` request: the
 //! view fills as soon as the Noise handshake ends, without waiting for a gossip round,
