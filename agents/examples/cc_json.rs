@@ -1,5 +1,6 @@
-//! Prints `radon cc -j`-shaped JSON for the Python files named on the command line
-//! (used by `scripts/bench-analyze.sh` to compare answers with radon file by file).
+//! Prints `radon cc -j`-shaped JSON for the Python files named on the command line, without
+//! a node: `cargo run --release -p pyagent-agents --example cc_json -- FILE...` (handy for
+//! comparing with `radon cc -j` file by file).
 
 use std::io::Write;
 
