@@ -55,9 +55,18 @@ def tokenizer_json() -> dict:
     }
 
 
+class Dims:
+    """The shape of a Llama-style decoder (the tiny model's by default)."""
+
+    def __init__(self, layers=LAYERS, hidden=HIDDEN, heads=HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM, ffn=FFN, vocab=VOCAB, rope_theta=ROPE_THETA, rms_eps=RMS_EPS, max_pos=MAX_POS):
+        self.layers, self.hidden, self.heads, self.kv_heads, self.head_dim = layers, hidden, heads, kv_heads, head_dim
+        self.ffn, self.vocab, self.rope_theta, self.rms_eps, self.max_pos = ffn, vocab, rope_theta, rms_eps, max_pos
+
+
 class Graph:
-    def __init__(self, rng: np.random.Generator):
+    def __init__(self, rng: np.random.Generator, weights: dict | None = None):
         self.rng = rng
+        self.weights = weights or {}
         self.nodes: list = []
         self.inits: list = []
         self.n = 0
@@ -72,7 +81,15 @@ class Graph:
         return name
 
     def weight(self, shape, name: str, scale: float = 0.2) -> str:
+        """A weight: given (converted models), or random (the tiny test model)."""
+        if name in self.weights:
+            value = np.asarray(self.weights[name], dtype=np.float32)
+            assert value.shape == tuple(shape), f"{name}: {value.shape} != {tuple(shape)}"
+            return self.const(value, name)
         return self.const(self.rng.normal(0.0, scale, size=shape), name)
+
+    def norm(self, size: int, name: str) -> str:
+        return self.const(self.weights.get(name, np.ones(size)), name)
 
     def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attrs) -> str | list[str]:
         outs = [self.name(op_type.lower()) for _ in range(outputs)] if isinstance(outputs, int) else outputs
@@ -80,23 +97,26 @@ class Graph:
         return outs[0] if len(outs) == 1 else outs
 
 
-def rms_norm(g: Graph, x: str, weight: str) -> str:
+def rms_norm(g: Graph, x: str, weight: str, eps: float = RMS_EPS) -> str:
     var = g.op("ReduceMean", [g.op("Mul", [x, x]), g.const([-1], dtype=np.int64)], keepdims=1)
-    inv = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [var, g.const(RMS_EPS)])])])
+    inv = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [var, g.const(eps)])])])
     return g.op("Mul", [g.op("Mul", [x, inv]), weight])
 
 
-def rotate_half(g: Graph, x: str) -> str:
-    half = HEAD_DIM // 2
+def rotate_half(g: Graph, x: str, head_dim: int = HEAD_DIM) -> str:
+    half = head_dim // 2
     x1, x2 = g.op("Split", [x, g.const([half, half], dtype=np.int64)], 2, axis=-1)
     return g.op("Concat", [g.op("Neg", [x2]), x1], axis=-1)
 
 
-def build(seed: int) -> onnx.ModelProto:
-    g = Graph(np.random.default_rng(seed))
+def build(seed: int, dims: Dims | None = None, weights: dict | None = None) -> onnx.ModelProto:
+    """The decoder graph; `weights` (HF names, MatMul layout [in, out]) replace random ones."""
+    d = dims or Dims()
+    LAYERS, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, VOCAB = d.layers, d.hidden, d.heads, d.kv_heads, d.head_dim, d.ffn, d.vocab  # noqa: N806
+    g = Graph(np.random.default_rng(seed), weights)
     embed = g.weight((VOCAB, HIDDEN), "model.embed_tokens.weight", 0.5)
-    inv_freq = 1.0 / (ROPE_THETA ** (np.arange(0, HEAD_DIM, 2, dtype=np.float64) / HEAD_DIM))
-    angles = np.outer(np.arange(MAX_POS, dtype=np.float64), inv_freq)
+    inv_freq = 1.0 / (d.rope_theta ** (np.arange(0, HEAD_DIM, 2, dtype=np.float64) / HEAD_DIM))
+    angles = np.outer(np.arange(d.max_pos, dtype=np.float64), inv_freq)
     angles = np.concatenate([angles, angles], axis=-1)
     cos_table, sin_table = g.const(np.cos(angles), "rope.cos"), g.const(np.sin(angles), "rope.sin")
 
@@ -122,7 +142,7 @@ def build(seed: int) -> onnx.ModelProto:
     b1, s1 = g.op("Unsqueeze", [b_dim, i64([0])]), g.op("Unsqueeze", [s_len, i64([0])])
     for layer in range(LAYERS):
         p = f"model.layers.{layer}"
-        x = rms_norm(g, hidden, g.const(np.ones(HIDDEN), f"{p}.input_layernorm.weight"))
+        x = rms_norm(g, hidden, g.norm(HIDDEN, f"{p}.input_layernorm.weight"), d.rms_eps)
         q = g.op("MatMul", [x, g.weight((HIDDEN, HEADS * HEAD_DIM), f"{p}.self_attn.q_proj.weight")])
         k = g.op("MatMul", [x, g.weight((HIDDEN, KV_HEADS * HEAD_DIM), f"{p}.self_attn.k_proj.weight")])
         v = g.op("MatMul", [x, g.weight((HIDDEN, KV_HEADS * HEAD_DIM), f"{p}.self_attn.v_proj.weight")])
@@ -132,8 +152,8 @@ def build(seed: int) -> onnx.ModelProto:
             return g.op("Transpose", [g.op("Reshape", [t, shape])], perm=[0, 2, 1, 3])  # [b, n, s, d]
 
         q, k, v = heads(q, HEADS), heads(k, KV_HEADS), heads(v, KV_HEADS)
-        q = g.op("Add", [g.op("Mul", [q, cos]), g.op("Mul", [rotate_half(g, q), sin])])
-        k = g.op("Add", [g.op("Mul", [k, cos]), g.op("Mul", [rotate_half(g, k), sin])])
+        q = g.op("Add", [g.op("Mul", [q, cos]), g.op("Mul", [rotate_half(g, q, HEAD_DIM), sin])])
+        k = g.op("Add", [g.op("Mul", [k, cos]), g.op("Mul", [rotate_half(g, k, HEAD_DIM), sin])])
         k_all = g.op("Concat", [f"past_key_values.{layer}.key", k], [f"present.{layer}.key"], axis=2)
         v_all = g.op("Concat", [f"past_key_values.{layer}.value", v], [f"present.{layer}.value"], axis=2)
 
@@ -147,13 +167,13 @@ def build(seed: int) -> onnx.ModelProto:
         attn = g.op("Reshape", [g.op("Transpose", [attn], perm=[0, 2, 1, 3]), g.op("Concat", [b1, s1, i64([HEADS * HEAD_DIM])], axis=0)])
         hidden = g.op("Add", [hidden, g.op("MatMul", [attn, g.weight((HEADS * HEAD_DIM, HIDDEN), f"{p}.self_attn.o_proj.weight")])])
 
-        x = rms_norm(g, hidden, g.const(np.ones(HIDDEN), f"{p}.post_attention_layernorm.weight"))
+        x = rms_norm(g, hidden, g.norm(HIDDEN, f"{p}.post_attention_layernorm.weight"), d.rms_eps)
         gate = g.op("MatMul", [x, g.weight((HIDDEN, FFN), f"{p}.mlp.gate_proj.weight")])
         up = g.op("MatMul", [x, g.weight((HIDDEN, FFN), f"{p}.mlp.up_proj.weight")])
         act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
         hidden = g.op("Add", [hidden, g.op("MatMul", [act, g.weight((FFN, HIDDEN), f"{p}.mlp.down_proj.weight")])])
 
-    hidden = rms_norm(g, hidden, g.const(np.ones(HIDDEN), "model.norm.weight"))
+    hidden = rms_norm(g, hidden, g.norm(HIDDEN, "model.norm.weight"), d.rms_eps)
     g.op("MatMul", [hidden, g.op("Transpose", [embed], perm=[1, 0])], ["logits"])
 
     inputs = [
@@ -169,7 +189,8 @@ def build(seed: int) -> onnx.ModelProto:
     graph = helper.make_graph(g.nodes, "tiny-decoder", inputs, outputs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="pyagent make_tiny_model")
     model.ir_version = 8
-    onnx.checker.check_model(model)
+    if model.ByteSize() < 2_000_000_000:
+        onnx.checker.check_model(model)
     return model
 
 

