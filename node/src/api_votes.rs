@@ -20,10 +20,6 @@ fn unavailable(id: &Value, message: impl Into<String>) -> Vec<u8> {
     ApiError::new(id.clone(), code::UNAVAILABLE, message).to_reply()
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 fn method(params: &VoteProposeParams) -> Result<VoteMethod, String> {
     Ok(match params.method.as_str() {
         "plurality" => VoteMethod::Plurality,
@@ -57,7 +53,7 @@ pub async fn propose(id: &Value, ctx: &ApiContext, params: VoteProposeParams) ->
         }
         None => (ProposalKind::General, params.options),
     };
-    let created = now_ms();
+    let created = crate::store::now_unix_ms();
     let spec = ProposalSpec {
         title: params.title,
         kind,

@@ -15,10 +15,6 @@ use crate::config::Settings;
 const PROBE_PROMPT_TOKENS: usize = 64;
 const PROBE_DECODE_TOKENS: usize = 16;
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Loads and measures the model (blocking: run it off the async threads).
 pub fn measure(settings: &Settings, ram_available: u64) -> Option<InferenceCapacity> {
     let Some(dir) = &settings.model else {
@@ -28,7 +24,7 @@ pub fn measure(settings: &Settings, ram_available: u64) -> Option<InferenceCapac
     let run = || -> anyhow::Result<InferenceCapacity> {
         let env = infer::environment(settings.ort_lib.as_deref())?;
         let model = infer::ModelDir::open(dir)?;
-        let (id, bytes) = (hex(&model.id.0), model.bytes);
+        let (id, bytes) = (model.id.to_string(), model.bytes);
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let pool = PoolConfig { host_bytes: settings.kv_host_bytes, ..Default::default() };
         let mut engine = Engine::new(model, env, threads, &pool)?;

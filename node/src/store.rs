@@ -58,7 +58,8 @@ pub struct Store {
     history_seq: std::sync::atomic::AtomicU32,
 }
 
-fn now_unix_ms() -> u64 {
+/// Wall-clock time in unix milliseconds (0 if the clock is before 1970).
+pub(crate) fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 

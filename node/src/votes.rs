@@ -14,7 +14,6 @@
 //! replicate them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use libp2p::identity::{Keypair, PublicKey};
 use libp2p::{PeerId, Swarm, gossipsub};
@@ -66,10 +65,6 @@ impl std::fmt::Debug for VoteBook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VoteBook").field("proposals", &self.proposals.len()).finish_non_exhaustive()
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn method_of(spec: &ProposalSpec) -> Method {
@@ -156,7 +151,7 @@ impl VoteBook {
             return Ok(id);
         }
         // Proposals whose deadline passed a day ago make room for new ones.
-        let horizon = now_ms().saturating_sub(24 * 3600 * 1000);
+        let horizon = crate::store::now_unix_ms().saturating_sub(24 * 3600 * 1000);
         self.proposals.retain(|_, e| e.spec.deadline_unix_ms >= horizon);
         if self.proposals.len() >= MAX_PROPOSALS {
             return Err(VotesError::Rejected(format!("this node holds {MAX_PROPOSALS} proposals already")));
@@ -197,7 +192,7 @@ impl VoteBook {
             return Err(VotesError::UnknownProposal(proposal));
         }
         let mut ballot =
-            Ballot { proposal, voter: self.me.to_string(), agent, choice, cast_unix_ms: now_ms(), signature: Vec::new() };
+            Ballot { proposal, voter: self.me.to_string(), agent, choice, cast_unix_ms: crate::store::now_unix_ms(), signature: Vec::new() };
         let bytes = ballot.signed_bytes()?;
         ballot.signature = self.keypair.sign(&bytes).map_err(|e| VotesError::Sign(e.to_string()))?;
         self.accept(ballot.clone())?;
@@ -253,7 +248,7 @@ impl VoteBook {
         }
         let tally = voting::tally(&entry.ballot_box, &trust);
         let label = |i: usize| entry.spec.options.get(i).cloned().unwrap_or_default();
-        let now = now_ms();
+        let now = crate::store::now_unix_ms();
         let quorum_met = entry.spec.quorum.is_some_and(|q| entry.ballots.len() >= q as usize);
         let winner = tally.winner().map(label);
         let ballots: Vec<Value> = entry

@@ -152,8 +152,9 @@ impl Engine {
         // The generated text's full blocks are worth keeping too (multi-turn prompts).
         let mut all = prompt.to_vec();
         all.extend(&out.tokens);
-        let known = block_hashes(&self.model.id, prompt).len();
-        let parent = block_hashes(&self.model.id, prompt).last().copied().unwrap_or(ROOT);
+        let prompt_blocks = block_hashes(&self.model.id, prompt);
+        let known = prompt_blocks.len();
+        let parent = prompt_blocks.last().copied().unwrap_or(ROOT);
         if state.len >= (known + 1) * BLOCK_TOKENS {
             for block in cache::blocks_of(self.model.id, self.model.config.kv_layout(), &state, &all, known, parent) {
                 self.pool.insert(block)?;

@@ -2,6 +2,7 @@
 
 use super::decoder::{Decoder, KvState};
 use super::model::ModelError;
+use super::sampling::argmax;
 
 /// The outcome of a generation.
 #[derive(Debug, Clone, PartialEq)]
@@ -9,16 +10,6 @@ pub struct Generation {
     pub tokens: Vec<u32>,
     /// The logits each generated token was chosen from (`[vocab]` per step).
     pub step_logits: Vec<Vec<f32>>,
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// Greedy decoding of up to `max_tokens` after `prompt`, stopping after any `stop` token;

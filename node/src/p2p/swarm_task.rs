@@ -125,10 +125,6 @@ fn is_unspecified(addr: &Multiaddr) -> bool {
     })
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     addr.iter().find_map(|p| match p {
         Protocol::P2p(peer) => Some(peer),
@@ -458,7 +454,7 @@ impl SwarmTask {
                     capability,
                     files,
                     requester: self.swarm.local_peer_id().to_string(),
-                    created_unix_ms: unix_ms(),
+                    created_unix_ms: crate::store::now_unix_ms(),
                     nonce: crate::node::random_boot_id(),
                     lease_ms,
                 };

@@ -163,11 +163,7 @@ impl TaskEngine {
             keep.extend(request.spec.files.iter().map(|f| f.blob));
         }
         keep.extend(self.scheduler.blobs());
-        let cutoff = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-            .saturating_sub(crate::store::BLOB_TTL_MS);
+        let cutoff = crate::store::now_unix_ms().saturating_sub(crate::store::BLOB_TTL_MS);
         match self.store.sweep_blobs(cutoff, &keep) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(swept = n, "old blobs deleted"),
