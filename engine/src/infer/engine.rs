@@ -11,6 +11,9 @@ use super::decoder::{Decoder, KvState};
 use super::model::{ModelDir, ModelError};
 use super::sampling::{Sampler, Sampling};
 
+/// Prompt tokens per forward pass of a prefill.
+pub const PREFILL_CHUNK: usize = 256;
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
@@ -71,12 +74,10 @@ impl Engine {
         Ok(super::speculative::generate(&mut self.decoder, prompt, max_tokens, k, &eos)?)
     }
 
-    fn layers(&self) -> usize {
-        self.model.config.num_hidden_layers as usize
-    }
-
-    /// Prefills `prompt` (reusing cached blocks) and returns the last position's logits
-    /// and the cache; the prompt's new full blocks go to the pool.
+    /// Prefills `prompt` (reusing cached blocks) in chunks of [`PREFILL_CHUNK`] tokens and
+    /// returns the last position's logits, the cache, and how many prompt blocks came from
+    /// the pool. Storing the new blocks waits until the generation is over: it is not on
+    /// the way to the first token.
     fn prefill(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, KvState, usize), EngineError> {
         let layout = self.model.config.kv_layout();
         let mut cached = self.pool.longest_prefix(prompt)?;
@@ -85,14 +86,17 @@ impl Engine {
             cached.pop();
         }
         let reused = cached.len();
-        let past = if cached.is_empty() { KvState::empty(self.layers()) } else { cache::state_of(layout, &cached) };
-        let (logits, state) = self.decoder.forward(&prompt[reused * BLOCK_TOKENS..], &past)?;
-        let parent = cached.last().map_or(ROOT, |b| b.hash);
-        for block in cache::blocks_of(self.model.id, layout, &state, prompt, reused, parent) {
-            self.pool.insert(block)?;
+        let mut state = if cached.is_empty() { self.decoder.empty_cache()? } else { cache::state_of(self.decoder.arena(), layout, &cached)? };
+        drop(cached);
+        let mut last = Vec::new();
+        // Chunks bound the memory of a long prompt (logits are [chunk, vocab]) without
+        // changing its result.
+        for chunk in prompt[reused * BLOCK_TOKENS..].chunks(PREFILL_CHUNK) {
+            let (logits, present) = self.decoder.forward(chunk, &state)?;
+            state = present;
+            last = logits.last().to_vec();
         }
-        let vocab = self.decoder.vocab();
-        Ok((logits[logits.len() - vocab..].to_vec(), state, reused * BLOCK_TOKENS))
+        Ok((last, state, reused))
     }
 
     /// Generates after `prompt`; `on_text` receives the text as it grows.
@@ -101,7 +105,8 @@ impl Engine {
             return Err(ModelError::Run("the prompt has no tokens".into()).into());
         }
         let started = Instant::now();
-        let (mut last, mut state, cached_tokens) = self.prefill(prompt)?;
+        let (mut last, mut state, reused_blocks) = self.prefill(prompt)?;
+        let cached_tokens = reused_blocks * BLOCK_TOKENS;
         let prefill_secs = started.elapsed().as_secs_f64();
         let decode_started = Instant::now();
         let eos = self.model.config.eos_tokens();
@@ -144,23 +149,20 @@ impl Engine {
             }
             let (logits, present) = self.decoder.forward(&[token], &state)?;
             state = present;
-            last = logits;
+            last = logits.last().to_vec();
         }
         if out.text.len() > shown && out.text.is_char_boundary(shown) {
             on_text(&out.text[shown..]);
         }
-        // The generated text's full blocks are worth keeping too (multi-turn prompts).
+        out.decode_secs = decode_started.elapsed().as_secs_f64();
+        // The new full blocks of the prompt, and of the generated text (multi-turn prompts
+        // come back with it), go to the pool.
         let mut all = prompt.to_vec();
         all.extend(&out.tokens);
-        let prompt_blocks = block_hashes(&self.model.id, prompt);
-        let known = prompt_blocks.len();
-        let parent = prompt_blocks.last().copied().unwrap_or(ROOT);
-        if state.len >= (known + 1) * BLOCK_TOKENS {
-            for block in cache::blocks_of(self.model.id, self.model.config.kv_layout(), &state, &all, known, parent) {
-                self.pool.insert(block)?;
-            }
+        let parent = if reused_blocks == 0 { ROOT } else { block_hashes(&self.model.id, &prompt[..reused_blocks * BLOCK_TOKENS])[reused_blocks - 1] };
+        for block in cache::blocks_of(self.model.id, self.model.config.kv_layout(), &state, &all, reused_blocks, parent)? {
+            self.pool.insert(block)?;
         }
-        out.decode_secs = decode_started.elapsed().as_secs_f64();
         Ok(out)
     }
 }

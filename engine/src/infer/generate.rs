@@ -1,6 +1,6 @@
 //! Greedy generation: prefill the prompt, then one token at a time with the KV cache.
 
-use super::decoder::{Decoder, KvState};
+use super::decoder::Decoder;
 use super::model::ModelError;
 use super::sampling::argmax;
 
@@ -16,7 +16,6 @@ pub struct Generation {
 /// `on_token` sees each token as it is chosen.
 pub fn greedy(
     decoder: &mut Decoder,
-    layers: usize,
     prompt: &[u32],
     max_tokens: usize,
     stop: &[u32],
@@ -25,9 +24,8 @@ pub fn greedy(
     if prompt.is_empty() {
         return Err(ModelError::Run("the prompt has no tokens".into()));
     }
-    let vocab = decoder.vocab();
-    let (logits, mut cache) = decoder.forward(prompt, &KvState::empty(layers))?;
-    let mut last = logits[logits.len() - vocab..].to_vec();
+    let (logits, mut cache) = decoder.forward(prompt, &decoder.empty_cache()?)?;
+    let mut last = logits.last().to_vec();
     let mut out = Generation { tokens: Vec::new(), step_logits: Vec::new() };
     while out.tokens.len() < max_tokens {
         let token = argmax(&last);
@@ -39,7 +37,7 @@ pub fn greedy(
         }
         let (logits, present) = decoder.forward(&[token], &cache)?;
         cache = present;
-        last = logits;
+        last = logits.last().to_vec();
     }
     Ok(out)
 }

@@ -18,7 +18,7 @@ pub mod runtime;
 pub mod sampling;
 pub mod speculative;
 
-pub use decoder::{Decoder, KvState};
+pub use decoder::{Decoder, KvState, Logits};
 pub use engine::{Engine, EngineError, GenerateOptions, Output};
 pub use sampling::{Sampler, Sampling};
 pub use model::{ModelConfig, ModelDir, ModelError};

@@ -1,6 +1,7 @@
-//! A model directory: `model.onnx` (decoder-only, Hugging Face Optimum layout),
-//! `tokenizer.json`, and `config.json` (layers, KV heads, head size, vocabulary, special
-//! tokens). The model id is BLAKE3 of the ONNX file: KV blocks are only ever shared
+//! A model directory: `model.onnx` (decoder-only, Hugging Face Optimum layout) and, when
+//! its weights are stored outside the graph, `model.onnx.data`; `tokenizer.json`, and
+//! `config.json` (layers, KV heads, head size, vocabulary, special tokens). The model id is
+//! BLAKE3 of the ONNX file followed by its external data: KV blocks are only ever shared
 //! between runs of the very same weights.
 
 use std::path::{Path, PathBuf};
@@ -81,17 +82,21 @@ pub struct ModelDir {
     pub config: ModelConfig,
     pub tokenizer: tokenizers::Tokenizer,
     pub id: ModelId,
-    /// Size of the ONNX file (the weights).
+    /// Size of the ONNX file and its external weights (`model.onnx.data`), if any.
     pub bytes: u64,
 }
 
 impl ModelDir {
     pub fn open(dir: &Path) -> Result<Self, ModelError> {
         let onnx = dir.join("model.onnx");
-        let weights = std::fs::read(&onnx).map_err(|source| ModelError::Read { path: onnx.clone(), source })?;
-        let id = ModelId::of(&weights);
-        let bytes = weights.len() as u64;
-        drop(weights);
+        // The id covers the graph and its weights, hashed as they stream by (a model is
+        // hundreds of MB; reading it whole would double the process's peak memory).
+        let data = dir.join("model.onnx.data");
+        let mut files = vec![onnx.as_path()];
+        if data.is_file() {
+            files.push(&data);
+        }
+        let (id, bytes) = ModelId::of_files(&files).map_err(|source| ModelError::Read { path: onnx.clone(), source })?;
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|source| ModelError::Read { path: config_path.clone(), source })?;
         let config: ModelConfig =

@@ -5,7 +5,7 @@
 //! greedy token. So the output is exactly the greedy output, in fewer passes when the
 //! text repeats itself (code edits, quotes, lists).
 
-use super::decoder::{Decoder, KvState};
+use super::decoder::Decoder;
 use super::model::ModelError;
 use super::sampling::argmax;
 
@@ -45,15 +45,13 @@ pub struct Speculated {
 
 /// Greedy output of up to `max_tokens` after `prompt`, with drafts of up to `k` tokens.
 pub fn generate(decoder: &mut Decoder, prompt: &[u32], max_tokens: usize, k: usize, stop: &[u32]) -> Result<Speculated, ModelError> {
-    let (layers, kv_heads, head_dim) = decoder.cache_shape();
     if prompt.is_empty() {
         return Err(ModelError::Run("the prompt has no tokens".into()));
     }
-    let vocab = decoder.vocab();
-    let (logits, mut cache) = decoder.forward(prompt, &KvState::empty(layers))?;
+    let (logits, mut cache) = decoder.forward(prompt, &decoder.empty_cache()?)?;
     let mut out = Speculated { tokens: Vec::new(), passes: 1, drafted: 0, accepted: 0 };
     let mut sequence = prompt.to_vec();
-    let mut next = argmax(&logits[logits.len() - vocab..]);
+    let mut next = argmax(logits.last());
     loop {
         out.tokens.push(next);
         sequence.push(next);
@@ -70,7 +68,7 @@ pub fn generate(decoder: &mut Decoder, prompt: &[u32], max_tokens: usize, k: usi
         // Position i's logits predict the token after input[i].
         let mut accepted = 0;
         while accepted < guess.len() {
-            let predicted = argmax(&logits[accepted * vocab..(accepted + 1) * vocab]);
+            let predicted = argmax(logits.row(accepted));
             if predicted != guess[accepted] || out.tokens.len() >= max_tokens || stop.contains(&predicted) {
                 break;
             }
@@ -82,11 +80,11 @@ pub fn generate(decoder: &mut Decoder, prompt: &[u32], max_tokens: usize, k: usi
         if out.tokens.len() >= max_tokens || out.tokens.last().is_some_and(|t| stop.contains(t)) {
             break;
         }
-        next = argmax(&logits[accepted * vocab..(accepted + 1) * vocab]);
+        next = argmax(logits.row(accepted));
         // Keep the cache of the accepted tokens only: the prefix, `input[0]`, and the
         // accepted draft; the rest of the draft is dropped.
-        let keep = cache.len - (guess.len() - accepted);
-        cache.truncate(keep, kv_heads, head_dim);
+        let keep = cache.len() - (guess.len() - accepted);
+        cache.truncate(keep)?;
     }
     out.tokens.truncate(max_tokens);
     Ok(out)

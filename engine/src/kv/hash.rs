@@ -49,6 +49,19 @@ impl ModelId {
     pub fn of(onnx: &[u8]) -> Self {
         Self(*blake3::hash(onnx).as_bytes())
     }
+
+    /// The id of files read one after another (the ONNX file, then its external weights),
+    /// in constant memory; also returns how many bytes were read.
+    pub fn of_files(paths: &[&std::path::Path]) -> std::io::Result<(Self, u64)> {
+        let mut h = blake3::Hasher::new();
+        let mut bytes = 0u64;
+        for path in paths {
+            let before = h.count();
+            h.update_reader(std::fs::File::open(path)?)?;
+            bytes += h.count() - before;
+        }
+        Ok((Self(*h.finalize().as_bytes()), bytes))
+    }
 }
 
 /// The hash of one full block.

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::block::{BlockError, KvBlock, KvLayout};
 use super::hash::{BlockHash, ModelId, block_hashes};
@@ -56,7 +57,7 @@ pub struct PoolStats {
 struct TierStore {
     tier: Tier,
     policy: Policy<BlockHash>,
-    memory: HashMap<BlockHash, KvBlock>,
+    memory: HashMap<BlockHash, Arc<KvBlock>>,
     disk: Option<PathBuf>,
 }
 
@@ -110,7 +111,8 @@ impl BlockPool {
     }
 
     /// Adds a block at the top tier (demoting what it displaces).
-    pub fn insert(&mut self, block: KvBlock) -> Result<(), PoolError> {
+    pub fn insert(&mut self, block: impl Into<Arc<KvBlock>>) -> Result<(), PoolError> {
+        let block = block.into();
         if block.model != self.model || block.layout != self.layout {
             return Err(PoolError::Mismatch { block: block.model, pool: self.model, block_layout: block.layout, pool_layout: self.layout });
         }
@@ -120,7 +122,7 @@ impl BlockPool {
         self.place(0, block)
     }
 
-    fn place(&mut self, level: usize, block: KvBlock) -> Result<(), PoolError> {
+    fn place(&mut self, level: usize, block: Arc<KvBlock>) -> Result<(), PoolError> {
         let Some(tier) = self.tiers.get_mut(level) else {
             self.stats.dropped += 1;
             return Ok(());
@@ -139,8 +141,9 @@ impl BlockPool {
         Ok(())
     }
 
-    /// The block with `hash` (promoted to the top tier), if the pool has it.
-    pub fn get(&mut self, hash: &BlockHash) -> Result<Option<KvBlock>, PoolError> {
+    /// The block with `hash` (promoted to the top tier), if the pool has it. Blocks in
+    /// memory are shared, not copied.
+    pub fn get(&mut self, hash: &BlockHash) -> Result<Option<Arc<KvBlock>>, PoolError> {
         let Some(level) = self.tiers.iter().position(|t| t.holds(hash)) else {
             self.stats.misses += 1;
             return Ok(None);
@@ -161,7 +164,7 @@ impl BlockPool {
     }
 
     /// The longest run of cached blocks at the start of `tokens`: prefill can skip them.
-    pub fn longest_prefix(&mut self, tokens: &[u32]) -> Result<Vec<KvBlock>, PoolError> {
+    pub fn longest_prefix(&mut self, tokens: &[u32]) -> Result<Vec<Arc<KvBlock>>, PoolError> {
         let mut found = Vec::new();
         for hash in block_hashes(&self.model, tokens) {
             match self.get(&hash)? {
@@ -185,7 +188,7 @@ impl TierStore {
         }
     }
 
-    fn put(&mut self, block: KvBlock) -> Result<(), PoolError> {
+    fn put(&mut self, block: Arc<KvBlock>) -> Result<(), PoolError> {
         match self.path(&block.hash) {
             Some(path) => std::fs::write(&path, block.export()).map_err(|source| PoolError::Disk { path, source }),
             None => {
@@ -195,10 +198,10 @@ impl TierStore {
         }
     }
 
-    fn read(&self, hash: &BlockHash, model: &ModelId) -> Result<Option<KvBlock>, PoolError> {
+    fn read(&self, hash: &BlockHash, model: &ModelId) -> Result<Option<Arc<KvBlock>>, PoolError> {
         match self.path(hash) {
             Some(path) => match std::fs::read(&path) {
-                Ok(bytes) => KvBlock::import(&bytes, model).map(Some).map_err(|source| PoolError::BadBlock { path, source }),
+                Ok(bytes) => KvBlock::import(&bytes, model).map(|b| Some(Arc::new(b))).map_err(|source| PoolError::BadBlock { path, source }),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(source) => Err(PoolError::Disk { path, source }),
             },
@@ -207,7 +210,7 @@ impl TierStore {
     }
 
     /// Removes a block from this tier and returns it.
-    fn take(&mut self, hash: &BlockHash, model: &ModelId) -> Result<Option<KvBlock>, PoolError> {
+    fn take(&mut self, hash: &BlockHash, model: &ModelId) -> Result<Option<Arc<KvBlock>>, PoolError> {
         self.policy.remove(hash);
         match self.path(hash) {
             Some(path) => {
@@ -272,7 +275,7 @@ mod tests {
             assert_eq!(p.stats().dropped, 1);
             // The newest five are still there, byte for byte, whichever tier they were in.
             for b in &all[1..] {
-                assert_eq!(p.get(&b.hash).unwrap().as_ref(), Some(b), "{eviction:?}");
+                assert_eq!(p.get(&b.hash).unwrap().as_deref(), Some(b), "{eviction:?}");
             }
             assert_eq!(p.get(&all[0].hash).unwrap(), None);
             assert!(p.stats().promotions > 0);

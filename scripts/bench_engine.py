@@ -1,0 +1,169 @@
+"""The inference engine benchmark's driver (run by scripts/bench-engine.sh with the
+.venv-models Python). Prints a report and writes it as JSON.
+
+    python bench_engine.py --bin PYAGENT --model DIR --threads N --out FILE.json
+                           [--llama-python PY --gguf FILE]
+
+1. `pyagent generate` on a 1,024-token prompt, twice in one process: cold prefill and
+   decode tokens/s, then the time to first token with the prompt's prefix cached; the
+   process's peak RSS against the model's weights on disk.
+2. Python onnxruntime running the same loop (prefill, then one token at a time with past
+   keys/values) on the same model, prompt length and thread count: the ratio is the
+   engine's own overhead (or gain).
+3. Prompt-lookup speculative (k=8) vs plain greedy decoding on a code-editing prompt,
+   same output checked.
+4. With --gguf: llama.cpp (llama-cpp-python) on the original GGUF, same prompt, same
+   threads — what a user would run instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+PROMPT_TOKENS = 1024
+DECODE_TOKENS = 128
+
+LONG = "".join(f"def handler_{i}(request):\n    return respond(request, status={200 + i % 5}, body=load('page_{i}.html'))\n" for i in range(400))
+CODE = (
+    "def area(w, h):\n    return w * h\n\ndef perimeter(w, h):\n    return 2 * (w + h)\n\n"
+    "def diagonal(w, h):\n    return (w * w + h * h) ** 0.5\n\n"
+    "# The same functions, with type hints:\ndef area(w: float, h: float) -> float:\n    return w * h\n\ndef perimeter(w"
+)
+
+
+def stats(stderr: str) -> list[dict]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def engine(args, prompt: str, extra: list[str]) -> tuple[str, list[dict], int]:
+    cmd = [args.bin, "generate", "--model", args.model, "--threads", str(args.threads), "--stats-json", *extra, prompt]
+    # Files, not pipes: the child must not block on a full pipe while we wait4() for its
+    # resource usage.
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        proc = subprocess.Popen(cmd, stdout=out_file, stderr=err_file, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = status
+        out_file.seek(0)
+        err_file.seek(0)
+        out, err = out_file.read(), err_file.read()
+    if status != 0:
+        sys.exit(f"bench: pyagent generate failed:\n{err}")
+    return out, stats(err), usage.ru_maxrss * 1024
+
+
+def python_onnxruntime(model: str, threads: int, n_prompt: int, n_decode: int) -> tuple[float, float]:
+    config = json.load(open(f"{model}/config.json"))
+    layers, kv = config["num_hidden_layers"], config["num_key_value_heads"]
+    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(f"{model}/model.onnx", options, providers=["CPUExecutionProvider"])
+    names = [x.name for x in session.get_outputs()]
+    vocab = config["vocab_size"]
+    ids = [int(x) for x in np.random.default_rng(7).integers(32, min(vocab, 30000), n_prompt)]
+    past = {f"past_key_values.{i}.{k}": np.zeros((1, kv, 0, dim), np.float32) for i in range(layers) for k in ("key", "value")}
+
+    def run(tokens, past, plen):
+        n = len(tokens)
+        feed = {
+            "input_ids": np.array([tokens], np.int64),
+            "attention_mask": np.ones((1, plen + n), np.int64),
+            "position_ids": np.arange(plen, plen + n, dtype=np.int64)[None],
+            **past,
+        }
+        out = dict(zip(names, session.run(None, feed)))
+        return out["logits"][0, -1], {f"past_key_values.{i}.{k}": out[f"present.{i}.{k}"] for i in range(layers) for k in ("key", "value")}
+
+    started = time.perf_counter()
+    logits, past = run(ids, past, 0)
+    prefill = time.perf_counter() - started
+    plen = len(ids)
+    started = time.perf_counter()
+    for _ in range(n_decode - 1):
+        logits, past = run([int(np.argmax(logits))], past, plen)
+        plen += 1
+    decode = time.perf_counter() - started
+    return n_prompt / prefill, (n_decode - 1) / decode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--llama-python")
+    parser.add_argument("--gguf")
+    args = parser.parse_args()
+    report: dict = {"model": args.model, "threads": args.threads}
+    lines = []
+
+    # 1. The engine: cold, then cached; peak RSS.
+    _, runs, rss = engine(args, LONG, ["--max-prompt-tokens", str(PROMPT_TOKENS), "--max-tokens", str(DECODE_TOKENS), "--repeat", "2"])
+    cold, warm = runs[0], runs[1]
+    n_prompt, n_decode = cold["prompt_tokens"], cold["tokens"]
+    ours_prefill = n_prompt / cold["prefill_secs"]
+    # The first generated token comes with the prefill; decode_secs covers the rest.
+    ours_decode = (n_decode - 1) / cold["decode_secs"]
+    weights = sum(os.path.getsize(os.path.join(args.model, f)) for f in os.listdir(args.model) if f.startswith("model.onnx"))
+    report.update(prompt_tokens=n_prompt, decode_tokens=n_decode, prefill_tps=ours_prefill, decode_tps=ours_decode)
+    report.update(ttft_cold_ms=cold["prefill_secs"] * 1e3, ttft_cached_ms=warm["prefill_secs"] * 1e3, cached_tokens=warm["cached_tokens"])
+    report.update(peak_rss_bytes=rss, weights_bytes=weights)
+
+    # 2. Python onnxruntime, same loop.
+    py_prefill, py_decode = python_onnxruntime(args.model, args.threads, n_prompt, n_decode)
+    report.update(ort_prefill_tps=py_prefill, ort_decode_tps=py_decode)
+    lines.append(f"model {args.model}, {args.threads} threads, {n_prompt}-token prompt, {n_decode} generated tokens")
+    lines.append(f"prefill: engine {ours_prefill:,.0f} tokens/s, python onnxruntime {py_prefill:,.0f} tokens/s, ratio {ours_prefill / py_prefill:.2f}x")
+    lines.append(f"decode:  engine {ours_decode:,.1f} tokens/s, python onnxruntime {py_decode:,.1f} tokens/s, ratio {ours_decode / py_decode:.2f}x")
+    lines.append(
+        f"time to first token: cold {cold['prefill_secs'] * 1e3:.1f} ms, prefix cached ({warm['cached_tokens']} of {n_prompt} tokens) "
+        f"{warm['prefill_secs'] * 1e3:.1f} ms, {cold['prefill_secs'] / warm['prefill_secs']:.1f}x lower"
+    )
+    lines.append(f"peak RSS {rss / 2**20:,.0f} MiB with {weights / 2**20:,.0f} MiB of weights on disk: {rss / weights:.2f}x")
+
+    # 3. Speculative vs plain on a code-editing prompt.
+    plain_text, plain, _ = engine(args, CODE, ["--max-tokens", str(DECODE_TOKENS)])
+    spec_text, spec, _ = engine(args, CODE, ["--max-tokens", str(DECODE_TOKENS), "--speculative", "8"])
+    plain_rate = plain[0]["tokens"] / (plain[0]["prefill_secs"] + plain[0]["decode_secs"])
+    spec_rate = spec[0]["tokens"] / spec[0]["secs"]
+    same = plain_text.strip() == spec_text.strip()
+    report.update(plain_tps=plain_rate, speculative_tps=spec_rate, speculative_same_output=same)
+    lines.append(
+        f"speculative (k=8) vs plain, prompt + {plain[0]['tokens']} tokens: {spec_rate:,.1f} vs {plain_rate:,.1f} tokens/s "
+        f"({spec_rate / plain_rate:.2f}x), {spec[0]['passes']} passes, same output: {same}"
+    )
+
+    # 4. llama.cpp on the original GGUF.
+    if args.gguf and args.llama_python:
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+            f.write(LONG)
+            f.flush()
+            out = subprocess.run(
+                [args.llama_python, os.path.join(os.path.dirname(__file__), "bench_llama.py"), args.gguf, f.name,
+                 "--threads", str(args.threads), "--prompt-tokens", str(PROMPT_TOKENS), "--max-tokens", str(DECODE_TOKENS)],
+                check=True, capture_output=True, text=True,
+            ).stdout
+        llama = json.loads(out.strip().splitlines()[-1])
+        l_prefill = llama["prompt_tokens"] / llama["prefill_secs"]
+        l_decode = (llama["tokens"] - 1) / llama["decode_secs"]
+        report.update(llama_prefill_tps=l_prefill, llama_decode_tps=l_decode, llama_peak_rss_bytes=llama["peak_rss_bytes"])
+        lines.append(
+            f"llama.cpp ({os.path.basename(args.gguf)}): prefill {l_prefill:,.0f} tokens/s (engine {ours_prefill / l_prefill:.2f}x), "
+            f"decode {l_decode:,.1f} tokens/s (engine {ours_decode / l_decode:.2f}x), peak RSS {llama['peak_rss_bytes'] / 2**20:,.0f} MiB"
+        )
+    print("\n".join(lines))
+    json.dump(report, open(args.out, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
