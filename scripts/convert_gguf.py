@@ -146,6 +146,8 @@ def main() -> None:
         "chat_template": field(reader, "tokenizer.chat_template"),
         "source": os.path.basename(path),
         "dtype": "int4" if args.quant == "int4" else "float32",
+        # GroupQueryAttention appends to a past buffer bound as present (no copy per step).
+        "past_present_share_buffer": args.quant == "int4",
     }
     with open(os.path.join(args.out_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)

@@ -89,15 +89,29 @@ fn cached_prefix_matches_recompute(name: &str) {
     let Some((model, env, _)) = prepared_model(name, "cached prefix test") else { return };
     let mut decoder = Decoder::load(&model, env, 1).unwrap();
     let ids = model.encode("a prefix computed once, and a continuation").unwrap();
-    let (full, _) = decoder.forward(&ids, &decoder.empty_cache().unwrap()).unwrap();
+    let (full, _) = decoder.forward(&ids, decoder.empty_cache().unwrap()).unwrap();
     let split = 20;
-    let (_, cache) = decoder.forward(&ids[..split], &decoder.empty_cache().unwrap()).unwrap();
+    let (_, cache) = decoder.forward(&ids[..split], decoder.empty_cache().unwrap()).unwrap();
     assert_eq!(cache.len(), split);
-    let (rest, _) = decoder.forward(&ids[split..], &cache).unwrap();
+    let (rest, _) = decoder.forward(&ids[split..], cache).unwrap();
     let vocab = decoder.vocab();
     assert_eq!(rest.rows(), ids.len() - split);
     let worst = rest.all().iter().zip(&full.all()[split * vocab..]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(worst < 1e-5, "{name}: cached prefix changed the logits by {worst}");
+
+    // One token at a time from an empty cache, past the size an in-place buffer starts
+    // with (it grows, keeping what it holds): the same logits as one pass over them all.
+    let long: Vec<u32> = model.encode(&"one token at a time, ".repeat(16)).unwrap();
+    assert!(long.len() > 300, "{}", long.len());
+    let (all, _) = decoder.forward(&long, decoder.empty_cache().unwrap()).unwrap();
+    let mut cache = decoder.empty_cache().unwrap();
+    for (i, &token) in long.iter().enumerate() {
+        let (logits, present) = decoder.forward(&[token], cache).unwrap();
+        cache = present;
+        let worst = logits.row(0).iter().zip(all.row(i)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{name}: position {i} differs by {worst}");
+    }
+    assert_eq!(cache.len(), long.len());
 }
 
 #[test]

@@ -34,7 +34,7 @@ pub fn blocks_of(
         for &(keys, values) in &layers {
             for tensor in [keys, values] {
                 for h in 0..heads {
-                    let start = (h * state.len() + b * BLOCK_TOKENS) * dim;
+                    let start = (h * state.capacity() + b * BLOCK_TOKENS) * dim;
                     f32s_to_bytes(tensor[start..start + BLOCK_TOKENS * dim].iter().copied(), &mut data);
                 }
             }
@@ -51,16 +51,18 @@ pub fn blocks_of(
     Ok(out)
 }
 
-/// The cache of the tokens of a chain of blocks, in memory of `allocator`.
-pub fn state_of<B: std::borrow::Borrow<KvBlock>>(allocator: &Allocator, layout: KvLayout, blocks: &[B]) -> Result<KvState, ModelError> {
+/// The cache of the tokens of a chain of blocks, in buffers of `capacity` positions (at
+/// least the blocks' tokens) allocated by `allocator`.
+pub fn state_of<B: std::borrow::Borrow<KvBlock>>(allocator: &Allocator, layout: KvLayout, blocks: &[B], capacity: usize) -> Result<KvState, ModelError> {
     let (heads, dim, layers) = (layout.kv_heads as usize, layout.head_dim as usize, layout.layers as usize);
     let len = blocks.len() * BLOCK_TOKENS;
+    let capacity = capacity.max(len);
     let per_tensor = heads * BLOCK_TOKENS * dim;
     let run = BLOCK_TOKENS * dim;
-    KvState::build(allocator, layers, heads, len, dim, |l, t, out| {
+    KvState::build(allocator, (layers, heads, dim), len, capacity, |l, t, out| {
         // Per head, the blocks' runs of 16 positions one after another.
-        let mut runs = out.chunks_exact_mut(run);
         for h in 0..heads {
+            let mut runs = out[h * capacity * dim..(h * capacity + len) * dim].chunks_exact_mut(run);
             for block in blocks {
                 let start = ((l * 2 + t) * per_tensor + h * run) * 4;
                 let bytes = block.borrow().data.get(start..start + run * 4);
@@ -100,7 +102,7 @@ mod tests {
         let blocks = blocks_of(model, layout, &state, &tokens, 0, ROOT).unwrap();
         assert_eq!(blocks.len(), 2, "the partial block is left out");
         assert_eq!(blocks.iter().map(|b| b.hash).collect::<Vec<_>>(), block_hashes(&model, &tokens));
-        let rebuilt = state_of(&Allocator::default(), layout, &blocks).unwrap();
+        let rebuilt = state_of(&Allocator::default(), layout, &blocks, 0).unwrap();
         assert_eq!(rebuilt.len(), 2 * BLOCK_TOKENS);
         for (l, (keys, values)) in host.iter().enumerate() {
             let (k, v) = rebuilt.layer(l).unwrap();

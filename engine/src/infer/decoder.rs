@@ -1,9 +1,17 @@
 //! One ONNX Runtime session over a decoder in the Optimum layout: a forward pass takes
 //! new tokens and the past keys/values, and returns logits and the present keys/values.
 //!
-//! The cache stays in the tensors ONNX Runtime produced: a step's `present.*` outputs are
-//! the next step's `past_key_values.*` inputs as they are (views, no copy), and logits are
-//! read where they lie. Only the KV-block boundary (`cache.rs`) copies.
+//! The cache stays in ONNX Runtime tensors and is never copied per step:
+//! - plain graphs (attention by `Concat`): a step's `present.*` outputs are the next step's
+//!   `past_key_values.*` inputs as they are;
+//! - graphs whose attention writes in place (`past_present_share_buffer` in the config,
+//!   ONNX Runtime's `GroupQueryAttention`): each layer's keys and values live in one buffer
+//!   with room for more positions, bound as both `past_key_values.*` and `present.*`; the
+//!   attention mask says how many positions are valid. The buffer grows (one copy) when a
+//!   sequence outgrows it; [`Decoder::reserve`] sizes it up front.
+//!
+//! Logits are read where ONNX Runtime wrote them. Only the KV-block boundary (`cache.rs`)
+//! copies.
 
 use std::borrow::Cow;
 
@@ -13,12 +21,17 @@ use ort::value::{DynValue, Tensor};
 
 use super::model::{ModelDir, ModelError};
 
+/// Positions a shared cache buffer grows by at least (amortizes the copies).
+const GROWTH_STEP: usize = 256;
+
 /// The KV cache of one sequence: per layer, ONNX Runtime tensors of keys and values
-/// `[1, kv_heads, len, head_dim]`.
+/// `[1, kv_heads, capacity, head_dim]`, of which the first `len` positions are valid
+/// (`capacity == len` for graphs that concatenate).
 #[derive(Debug)]
 pub struct KvState {
     layers: Vec<(DynValue, DynValue)>,
     len: usize,
+    capacity: usize,
     kv_heads: usize,
     head_dim: usize,
 }
@@ -48,34 +61,35 @@ impl KvState {
             Ok(Tensor::from_array((shape, data)).map_err(run_err)?.into_dyn())
         };
         let layers = layers.into_iter().map(|(k, v)| Ok((tensor(k)?, tensor(v)?))).collect::<Result<_, ModelError>>()?;
-        Ok(Self { layers, len, kv_heads, head_dim })
+        Ok(Self { layers, len, capacity: len, kv_heads, head_dim })
     }
 
-    /// A cache of `len` positions allocated by `allocator` (a session's arena reuses
-    /// memory it already holds: no page faults on a hot path), filled by
-    /// `fill(layer, 0 for keys | 1 for values, [kv_heads, len, head_dim])`.
+    /// A cache of `len` valid positions in buffers of `capacity` (≥ `len`) allocated by
+    /// `allocator` (a session's arena reuses memory it already holds: no page faults on a
+    /// hot path), filled by `fill(layer, 0 for keys | 1 for values, [kv_heads, capacity,
+    /// head_dim])`.
     pub fn build(
         allocator: &Allocator,
-        layers: usize,
-        kv_heads: usize,
+        shape: (usize, usize, usize),
         len: usize,
-        head_dim: usize,
+        capacity: usize,
         mut fill: impl FnMut(usize, usize, &mut [f32]) -> Result<(), ModelError>,
     ) -> Result<Self, ModelError> {
-        if len == 0 {
+        let (layers, kv_heads, head_dim) = shape;
+        let capacity = capacity.max(len);
+        if capacity == 0 {
             return Self::empty(layers, kv_heads, head_dim);
         }
         let mut out = Vec::with_capacity(layers);
+        let mut make = |l: usize, t: usize| -> Result<DynValue, ModelError> {
+            let mut tensor = Tensor::<f32>::new(allocator, [1usize, kv_heads, capacity, head_dim]).map_err(run_err)?;
+            fill(l, t, tensor.extract_tensor_mut().1)?;
+            Ok(tensor.into_dyn())
+        };
         for l in 0..layers {
-            let mut pair = [0, 1].map(|_| Tensor::<f32>::new(allocator, [1usize, kv_heads, len, head_dim]).map_err(run_err));
-            for (t, tensor) in pair.iter_mut().enumerate() {
-                let tensor = tensor.as_mut().map_err(|e| ModelError::Run(e.to_string()))?;
-                fill(l, t, tensor.extract_tensor_mut().1)?;
-            }
-            let [k, v] = pair;
-            out.push((k?.into_dyn(), v?.into_dyn()));
+            out.push((make(l, 0)?, make(l, 1)?));
         }
-        Ok(Self { layers: out, len, kv_heads, head_dim })
+        Ok(Self { layers: out, len, capacity, kv_heads, head_dim })
     }
 
     /// Positions held.
@@ -87,11 +101,17 @@ impl KvState {
         self.len == 0
     }
 
+    /// Positions the buffers have room for: the stride between heads in [`Self::layer`].
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn layer_count(&self) -> usize {
         self.layers.len()
     }
 
-    /// Layer `l`'s keys and values, `[kv_heads, len, head_dim]` row-major.
+    /// Layer `l`'s keys and values, `[kv_heads, capacity, head_dim]` row-major (positions
+    /// from `len` on are not part of the sequence).
     pub fn layer(&self, l: usize) -> Result<(&[f32], &[f32]), ModelError> {
         let (k, v) = self.layers.get(l).ok_or_else(|| ModelError::Run(format!("no layer {l} in the cache")))?;
         Ok((f32s(k)?, f32s(v)?))
@@ -100,6 +120,11 @@ impl KvState {
     /// Keeps the first `len` positions (drops rejected speculative tokens).
     pub fn truncate(&mut self, len: usize) -> Result<(), ModelError> {
         if len >= self.len {
+            return Ok(());
+        }
+        if self.capacity != self.len {
+            // In-place buffers: the positions past `len` are simply overwritten later.
+            self.len = len;
             return Ok(());
         }
         let (heads, dim, old) = (self.kv_heads, self.head_dim, self.len);
@@ -159,14 +184,21 @@ pub struct Decoder {
     kv_heads: usize,
     head_dim: usize,
     vocab: usize,
+    max_positions: Option<usize>,
+    share_buffer: bool,
     past_names: Vec<(String, String)>,
     present_names: Vec<(String, String)>,
     arena: Allocator,
+    cpu: MemoryInfo<'static>,
 }
 
 impl std::fmt::Debug for Decoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Decoder").field("layers", &self.layers).field("vocab", &self.vocab).finish_non_exhaustive()
+        f.debug_struct("Decoder")
+            .field("layers", &self.layers)
+            .field("vocab", &self.vocab)
+            .field("share_buffer", &self.share_buffer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -194,17 +226,19 @@ impl Decoder {
         if let Some(missing) = wanted.into_iter().find(|w| !outputs.contains(w)) {
             return Err(ModelError::Layout(missing.to_owned()));
         }
+        let cpu = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Arena, MemoryType::Default).map_err(onnx)?;
         // The session's CPU arena; the process-wide default allocator if there is none.
-        let arena = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Arena, MemoryType::Default)
-            .and_then(|info| Allocator::new(&session, info))
-            .unwrap_or_default();
+        let arena = Allocator::new(&session, cpu.clone()).unwrap_or_default();
         Ok(Self {
             arena,
+            cpu,
             session,
             layers,
             kv_heads: model.config.num_key_value_heads as usize,
             head_dim: model.config.head_dim() as usize,
             vocab: model.config.vocab_size as usize,
+            max_positions: model.config.max_position_embeddings.map(|m| m as usize),
+            share_buffer: model.config.past_present_share_buffer,
             past_names,
             present_names,
         })
@@ -229,9 +263,38 @@ impl Decoder {
         KvState::empty(self.layers, self.kv_heads, self.head_dim)
     }
 
+    /// The buffer size for a cache that will hold `total` positions: `total` itself where
+    /// the graph writes in place, otherwise `len` (buffers are exactly the sequence).
+    pub fn capacity_for(&self, len: usize, total: usize) -> usize {
+        if self.share_buffer {
+            let total = total.max(len);
+            self.max_positions.map_or(total, |m| total.min(m).max(len))
+        } else {
+            len
+        }
+    }
+
+    /// `state` with room for `total` positions (a no-op for graphs that concatenate).
+    pub fn reserve(&self, state: KvState, total: usize) -> Result<KvState, ModelError> {
+        let capacity = self.capacity_for(state.len, total);
+        if capacity <= state.capacity {
+            return Ok(state);
+        }
+        let (old, len, dim) = (state.capacity, state.len, self.head_dim);
+        KvState::build(&self.arena, self.cache_shape(), len, capacity, |l, t, out| {
+            let (k, v) = state.layer(l)?;
+            let src = if t == 0 { k } else { v };
+            for h in 0..self.kv_heads {
+                out[h * capacity * dim..(h * capacity + len) * dim].copy_from_slice(&src[h * old * dim..(h * old + len) * dim]);
+            }
+            Ok(())
+        })
+    }
+
     /// Runs `tokens` after `past`; returns the logits of every new position and the
-    /// present cache (past + new).
-    pub fn forward(&mut self, tokens: &[u32], past: &KvState) -> Result<(Logits, KvState), ModelError> {
+    /// present cache (past + new). The past is consumed: with in-place attention, the
+    /// present is the same buffers.
+    pub fn forward(&mut self, tokens: &[u32], past: KvState) -> Result<(Logits, KvState), ModelError> {
         if past.layers.len() != self.layers || past.kv_heads != self.kv_heads || past.head_dim != self.head_dim {
             return Err(ModelError::Run(format!(
                 "the cache is shaped {} layers x {} heads x {}, the model {} x {} x {}",
@@ -247,23 +310,28 @@ impl Decoder {
         let total = past.len + s;
         let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
         let positions: Vec<i64> = (past.len as i64..total as i64).collect();
+        let ids = Tensor::from_array(([1usize, s], ids)).map_err(run_err)?;
+        let mask = Tensor::from_array(([1usize, total], vec![1i64; total])).map_err(run_err)?;
+        let positions = Tensor::from_array(([1usize, s], positions)).map_err(run_err)?;
+        if self.share_buffer {
+            let grown = total.max(past.capacity + GROWTH_STEP);
+            let past = if past.capacity < total { self.reserve(past, grown)? } else { past };
+            return self.forward_in_place(s, [ids, mask, positions], past);
+        }
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(3 + 2 * self.layers);
-        inputs.push(("input_ids".into(), Tensor::from_array(([1usize, s], ids)).map_err(run_err)?.into()));
-        inputs.push(("attention_mask".into(), Tensor::from_array(([1usize, total], vec![1i64; total])).map_err(run_err)?.into()));
-        inputs.push(("position_ids".into(), Tensor::from_array(([1usize, s], positions)).map_err(run_err)?.into()));
+        inputs.push(("input_ids".into(), ids.into()));
+        inputs.push(("attention_mask".into(), mask.into()));
+        inputs.push(("position_ids".into(), positions.into()));
         for ((k, v), (k_name, v_name)) in past.layers.iter().zip(&self.past_names) {
             inputs.push((k_name.as_str().into(), k.into()));
             inputs.push((v_name.as_str().into(), v.into()));
         }
+        let vocab = self.vocab;
         let mut outputs = self.session.run(inputs).map_err(run_err)?;
-        let mut take = |name: &str| take_output(&mut outputs, name);
-        let logits = Logits { value: take("logits")?, rows: s, vocab: self.vocab };
-        if logits.all().len() != s * self.vocab {
-            return Err(ModelError::Run(format!("logits have {} values, expected {s} x {}", logits.all().len(), self.vocab)));
-        }
+        let logits = logits_of(&mut outputs, s, vocab)?;
         let mut layers = Vec::with_capacity(self.layers);
         for (k_name, v_name) in &self.present_names {
-            let (k, v) = (take(k_name)?, take(v_name)?);
+            let (k, v) = (take_output(&mut outputs, k_name)?, take_output(&mut outputs, v_name)?);
             let want = self.kv_heads * total * self.head_dim;
             for t in [&k, &v] {
                 let got = f32s(t)?.len();
@@ -273,8 +341,38 @@ impl Decoder {
             }
             layers.push((k, v));
         }
-        Ok((logits, KvState { layers, len: total, kv_heads: self.kv_heads, head_dim: self.head_dim }))
+        Ok((logits, KvState { layers, len: total, capacity: total, kv_heads: self.kv_heads, head_dim: self.head_dim }))
     }
+
+    /// A pass whose attention appends to the past buffers in place.
+    fn forward_in_place(&mut self, s: usize, [ids, mask, positions]: [Tensor<i64>; 3], mut past: KvState) -> Result<(Logits, KvState), ModelError> {
+        let mut binding = self.session.create_binding().map_err(run_err)?;
+        binding.bind_input("input_ids", &ids).map_err(run_err)?;
+        binding.bind_input("attention_mask", &mask).map_err(run_err)?;
+        binding.bind_input("position_ids", &positions).map_err(run_err)?;
+        for ((k, v), ((past_k, past_v), (present_k, present_v))) in past.layers.iter_mut().zip(self.past_names.iter().zip(&self.present_names)) {
+            binding.bind_input(past_k.as_str(), &*k).map_err(run_err)?;
+            binding.bind_input(past_v.as_str(), &*v).map_err(run_err)?;
+            binding.bind_output(present_k.as_str(), &mut *k).map_err(run_err)?;
+            binding.bind_output(present_v.as_str(), &mut *v).map_err(run_err)?;
+        }
+        binding.bind_output_to_device("logits", &self.cpu).map_err(run_err)?;
+        let vocab = self.vocab;
+        let mut outputs = self.session.run_binding(&binding).map_err(run_err)?;
+        let logits = logits_of(&mut outputs, s, vocab)?;
+        drop(outputs);
+        past.len += s;
+        Ok((logits, past))
+    }
+
+}
+
+fn logits_of(outputs: &mut SessionOutputs<'_>, rows: usize, vocab: usize) -> Result<Logits, ModelError> {
+    let logits = Logits { value: take_output(outputs, "logits")?, rows, vocab };
+    if logits.all().len() != rows * vocab {
+        return Err(ModelError::Run(format!("logits have {} values, expected {rows} x {vocab}", logits.all().len())));
+    }
+    Ok(logits)
 }
 
 fn take_output(outputs: &mut SessionOutputs<'_>, name: &str) -> Result<DynValue, ModelError> {

@@ -78,7 +78,7 @@ impl Engine {
     /// returns the last position's logits, the cache, and how many prompt blocks came from
     /// the pool. Storing the new blocks waits until the generation is over: it is not on
     /// the way to the first token.
-    fn prefill(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, KvState, usize), EngineError> {
+    fn prefill(&mut self, prompt: &[u32], max_tokens: usize) -> Result<(Vec<f32>, KvState, usize), EngineError> {
         let layout = self.model.config.kv_layout();
         let mut cached = self.pool.longest_prefix(prompt)?;
         // At least one token must run to get logits.
@@ -86,13 +86,20 @@ impl Engine {
             cached.pop();
         }
         let reused = cached.len();
-        let mut state = if cached.is_empty() { self.decoder.empty_cache()? } else { cache::state_of(self.decoder.arena(), layout, &cached)? };
+        // Room for the whole generation up front where the graph appends in place.
+        let total = prompt.len() + max_tokens;
+        let mut state = if cached.is_empty() {
+            self.decoder.reserve(self.decoder.empty_cache()?, total)?
+        } else {
+            let capacity = self.decoder.capacity_for(reused * BLOCK_TOKENS, total);
+            cache::state_of(self.decoder.arena(), layout, &cached, capacity)?
+        };
         drop(cached);
         let mut last = Vec::new();
         // Chunks bound the memory of a long prompt (logits are [chunk, vocab]) without
         // changing its result.
         for chunk in prompt[reused * BLOCK_TOKENS..].chunks(PREFILL_CHUNK) {
-            let (logits, present) = self.decoder.forward(chunk, &state)?;
+            let (logits, present) = self.decoder.forward(chunk, state)?;
             state = present;
             last = logits.last().to_vec();
         }
@@ -105,7 +112,7 @@ impl Engine {
             return Err(ModelError::Run("the prompt has no tokens".into()).into());
         }
         let started = Instant::now();
-        let (mut last, mut state, reused_blocks) = self.prefill(prompt)?;
+        let (mut last, mut state, reused_blocks) = self.prefill(prompt, options.max_tokens)?;
         let cached_tokens = reused_blocks * BLOCK_TOKENS;
         let prefill_secs = started.elapsed().as_secs_f64();
         let decode_started = Instant::now();
@@ -147,7 +154,7 @@ impl Engine {
             if out.tokens.len() == options.max_tokens {
                 break;
             }
-            let (logits, present) = self.decoder.forward(&[token], &state)?;
+            let (logits, present) = self.decoder.forward(&[token], state)?;
             state = present;
             last = logits.last().to_vec();
         }

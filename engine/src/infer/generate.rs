@@ -24,7 +24,8 @@ pub fn greedy(
     if prompt.is_empty() {
         return Err(ModelError::Run("the prompt has no tokens".into()));
     }
-    let (logits, mut cache) = decoder.forward(prompt, &decoder.empty_cache()?)?;
+    let empty = decoder.reserve(decoder.empty_cache()?, prompt.len() + max_tokens)?;
+    let (logits, mut cache) = decoder.forward(prompt, empty)?;
     let mut last = logits.last().to_vec();
     let mut out = Generation { tokens: Vec::new(), step_logits: Vec::new() };
     while out.tokens.len() < max_tokens {
@@ -35,7 +36,7 @@ pub fn greedy(
         if stop.contains(&token) || out.tokens.len() == max_tokens {
             break;
         }
-        let (logits, present) = decoder.forward(&[token], &cache)?;
+        let (logits, present) = decoder.forward(&[token], cache)?;
         cache = present;
         last = logits.last().to_vec();
     }

@@ -52,6 +52,12 @@ pub struct ModelConfig {
     eos_token_id: Option<OneOrMany>,
     #[serde(default)]
     pub max_position_embeddings: Option<u32>,
+    /// The graph's attention (ONNX Runtime's `GroupQueryAttention`) can take the past as a
+    /// buffer with room for more positions and write the new keys/values into it in place
+    /// (`present.*` bound to the `past_key_values.*` tensors): no copy of the cache per
+    /// step. Plain Optimum graphs concatenate, and leave this off.
+    #[serde(default)]
+    pub past_present_share_buffer: bool,
 }
 
 impl ModelConfig {

@@ -48,7 +48,8 @@ pub fn generate(decoder: &mut Decoder, prompt: &[u32], max_tokens: usize, k: usi
     if prompt.is_empty() {
         return Err(ModelError::Run("the prompt has no tokens".into()));
     }
-    let (logits, mut cache) = decoder.forward(prompt, &decoder.empty_cache()?)?;
+    let empty = decoder.reserve(decoder.empty_cache()?, prompt.len() + max_tokens + k + 1)?;
+    let (logits, mut cache) = decoder.forward(prompt, empty)?;
     let mut out = Speculated { tokens: Vec::new(), passes: 1, drafted: 0, accepted: 0 };
     let mut sequence = prompt.to_vec();
     let mut next = argmax(logits.last());
@@ -62,7 +63,7 @@ pub fn generate(decoder: &mut Decoder, prompt: &[u32], max_tokens: usize, k: usi
         out.drafted += guess.len();
         let mut input = vec![next];
         input.extend(&guess);
-        let (logits, present) = decoder.forward(&input, &cache)?;
+        let (logits, present) = decoder.forward(&input, cache)?;
         out.passes += 1;
         cache = present;
         // Position i's logits predict the token after input[i].
