@@ -3,7 +3,7 @@
 layout (fp32 weights, stored beside it in `model.onnx.data`), `tokenizer.json` rebuilt
 from the GGUF's tokenizer metadata, and `config.json` (with the chat template).
 
-    python3 convert_gguf.py OUT_DIR [--gguf FILE] [--quant fp32|int4]
+    python3 convert_gguf.py OUT_DIR [--gguf FILE] [--quant fp32|int4 [--int8-compute]]
 
 Weights are dequantized with `gguf` (Q8_0 embeddings, Q4_1 matrices). llama.cpp's
 HF-to-GGUF conversion permutes the rows of `attn_q`/`attn_k` for its rotary layout; they
@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("out_dir")
     parser.add_argument("--gguf", default=None)
     parser.add_argument("--quant", choices=["fp32", "int4"], default="fp32")
+    parser.add_argument("--int8-compute", action="store_true", help="int4 only: int8 activations (faster decode, not batch-consistent)")
     args = parser.parse_args()
     path = args.gguf or default_gguf()
     reader = gguf.GGUFReader(path)
@@ -121,7 +122,7 @@ def main() -> None:
         weights[f"{p}.mlp.down_proj.weight"] = get(f"{b}.ffn_down.weight").T
     if "output.weight" in tensors:
         sys.exit("convert_gguf: untied output weights are not supported yet")
-    model = build_int4(dims, weights) if args.quant == "int4" else build(0, dims, weights)
+    model = build_int4(dims, weights, args.int8_compute) if args.quant == "int4" else build(0, dims, weights)
     os.makedirs(args.out_dir, exist_ok=True)
     # Weights go to model.onnx.data next to the graph: ONNX Runtime maps that file instead
     # of copying the weights out of a protobuf buffer (half the peak memory at load).

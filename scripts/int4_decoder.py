@@ -5,8 +5,12 @@ ONNX Runtime's fused CPU operators, because decode is memory-bound and per-opera
 
 - every projection is a `MatMulNBits` (com.microsoft): weights in blocks of 32 along the
   input dimension, 4 bits each with a float scale and a 4-bit zero point per block
-  (round-to-nearest between the block's min and max, zero included), `accuracy_level` 4
-  (int8 compute); q/k/v are one matrix, gate/up another;
+  (round-to-nearest between the block's min and max, zero included); q/k/v are one
+  matrix, gate/up another. Compute is fp32 (`accuracy_level` 0) by default: ONNX
+  Runtime's int8 compute (`accuracy_level` 4, `--int8-compute`) decodes faster but
+  rounds activations differently for one row and for several (measured: logits differ
+  by up to 0.8 between a 1-token and a 2-token pass on SmolLM2), so speculative decoding
+  and cached prefixes would no longer give exactly the one-token-at-a-time output;
 - the tied output projection (lm_head) is the embedding table, quantized the same way; the
   embedding lookup reads an fp16 copy of the table;
 - `SimplifiedLayerNormalization` / `SkipSimplifiedLayerNormalization` (RMSNorm, with the
@@ -68,6 +72,8 @@ class Graph:
         self.nodes.append(helper.make_node(op_type, inputs, outs, domain=domain, **attrs))
         return outs[0] if len(outs) == 1 else outs
 
+    accuracy_level = 0
+
     def matmul4(self, x: str, w_in_out: np.ndarray, name: str, out: str | None = None) -> str:
         k, n = w_in_out.shape
         packed, scales, zeros = quantize_int4(w_in_out)
@@ -75,13 +81,14 @@ class Graph:
         s = self.const(scales, f"{name}.scales")
         z = self.const(zeros, f"{name}.zero_points")
         outputs = [out] if out else 1
-        return self.op("MatMulNBits", [x, b, s, z], outputs, domain=MS, K=k, N=n, bits=4, block_size=BLOCK, accuracy_level=4)
+        return self.op("MatMulNBits", [x, b, s, z], outputs, domain=MS, K=k, N=n, bits=4, block_size=BLOCK, accuracy_level=self.accuracy_level)
 
 
-def build_int4(d, weights: dict) -> onnx.ModelProto:
+def build_int4(d, weights: dict, int8_compute: bool = False) -> onnx.ModelProto:
     """The int4 graph of a decoder of dims `d` (`make_tiny_model.Dims`) with `weights`
     (Hugging Face names, projections [in, out], float32)."""
     g = Graph()
+    g.accuracy_level = 4 if int8_compute else 0
     w = lambda name: np.asarray(weights[name], dtype=np.float32)  # noqa: E731
     embed = w("model.embed_tokens.weight")  # [vocab, hidden]
     table = g.const(embed.astype(np.float16), "model.embed_tokens.weight.fp16")

@@ -12,7 +12,7 @@ use super::model::{ModelDir, ModelError};
 use super::sampling::{Sampler, Sampling};
 
 /// Prompt tokens per forward pass of a prefill.
-pub const PREFILL_CHUNK: usize = 256;
+pub const PREFILL_CHUNK: usize = 128;
 
 /// What to generate.
 #[derive(Debug, Clone)]
