@@ -16,7 +16,7 @@
 use std::borrow::Cow;
 
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::{Session, SessionInputValue, SessionOutputs};
+use ort::session::{IoBinding, Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor};
 
 use super::model::{ModelDir, ModelError};
@@ -30,10 +30,18 @@ const GROWTH_STEP: usize = 256;
 #[derive(Debug)]
 pub struct KvState {
     layers: Vec<(DynValue, DynValue)>,
+    /// Which buffers these are (a fresh number per allocation): a decoder keeps them
+    /// bound between steps while it is handed the same ones.
+    buffers: u64,
     len: usize,
     capacity: usize,
     kv_heads: usize,
     head_dim: usize,
+}
+
+fn next_buffers_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 fn run_err(e: impl std::fmt::Display) -> ModelError {
@@ -61,7 +69,7 @@ impl KvState {
             Ok(Tensor::from_array((shape, data)).map_err(run_err)?.into_dyn())
         };
         let layers = layers.into_iter().map(|(k, v)| Ok((tensor(k)?, tensor(v)?))).collect::<Result<_, ModelError>>()?;
-        Ok(Self { layers, len, capacity: len, kv_heads, head_dim })
+        Ok(Self { layers, buffers: next_buffers_id(), len, capacity: len, kv_heads, head_dim })
     }
 
     /// A cache of `len` valid positions in buffers of `capacity` (≥ `len`) allocated by
@@ -89,7 +97,7 @@ impl KvState {
         for l in 0..layers {
             out.push((make(l, 0)?, make(l, 1)?));
         }
-        Ok(Self { layers: out, len, capacity, kv_heads, head_dim })
+        Ok(Self { layers: out, buffers: next_buffers_id(), len, capacity, kv_heads, head_dim })
     }
 
     /// Positions held.
@@ -190,6 +198,8 @@ pub struct Decoder {
     present_names: Vec<(String, String)>,
     arena: Allocator,
     cpu: MemoryInfo<'static>,
+    /// In-place graphs: the binding of the last cache run, and which buffers it binds.
+    binding: Option<(u64, IoBinding)>,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -241,7 +251,14 @@ impl Decoder {
             share_buffer: model.config.past_present_share_buffer,
             past_names,
             present_names,
+            binding: None,
         })
+    }
+
+    /// Lets go of the cache buffers kept bound between steps (in-place graphs): call when
+    /// a sequence is done, so that its memory can serve the next one.
+    pub fn release(&mut self) {
+        self.binding = None;
     }
 
     pub fn vocab(&self) -> usize {
@@ -341,30 +358,41 @@ impl Decoder {
             }
             layers.push((k, v));
         }
-        Ok((logits, KvState { layers, len: total, capacity: total, kv_heads: self.kv_heads, head_dim: self.head_dim }))
+        let buffers = next_buffers_id();
+        Ok((logits, KvState { layers, buffers, len: total, capacity: total, kv_heads: self.kv_heads, head_dim: self.head_dim }))
     }
 
-    /// A pass whose attention appends to the past buffers in place.
+    /// A pass whose attention appends to the past buffers in place. The cache stays bound
+    /// from step to step; only the new tokens, the mask and the logits are bound anew.
     fn forward_in_place(&mut self, s: usize, [ids, mask, positions]: [Tensor<i64>; 3], mut past: KvState) -> Result<(Logits, KvState), ModelError> {
-        let mut binding = self.session.create_binding().map_err(run_err)?;
+        let binding = match self.binding.take() {
+            Some((bound, binding)) if bound == past.buffers => binding,
+            _ => {
+                let mut binding = self.session.create_binding().map_err(run_err)?;
+                for ((k, v), ((past_k, past_v), (present_k, present_v))) in past.layers.iter_mut().zip(self.past_names.iter().zip(&self.present_names)) {
+                    binding.bind_input(past_k.as_str(), &*k).map_err(run_err)?;
+                    binding.bind_input(past_v.as_str(), &*v).map_err(run_err)?;
+                    binding.bind_output(present_k.as_str(), &mut *k).map_err(run_err)?;
+                    binding.bind_output(present_v.as_str(), &mut *v).map_err(run_err)?;
+                }
+                binding
+            }
+        };
+        let mut binding = binding;
         binding.bind_input("input_ids", &ids).map_err(run_err)?;
         binding.bind_input("attention_mask", &mask).map_err(run_err)?;
         binding.bind_input("position_ids", &positions).map_err(run_err)?;
-        for ((k, v), ((past_k, past_v), (present_k, present_v))) in past.layers.iter_mut().zip(self.past_names.iter().zip(&self.present_names)) {
-            binding.bind_input(past_k.as_str(), &*k).map_err(run_err)?;
-            binding.bind_input(past_v.as_str(), &*v).map_err(run_err)?;
-            binding.bind_output(present_k.as_str(), &mut *k).map_err(run_err)?;
-            binding.bind_output(present_v.as_str(), &mut *v).map_err(run_err)?;
-        }
+        // The logits' shape follows the number of new tokens.
         binding.bind_output_to_device("logits", &self.cpu).map_err(run_err)?;
         let vocab = self.vocab;
-        let mut outputs = self.session.run_binding(&binding).map_err(run_err)?;
-        let logits = logits_of(&mut outputs, s, vocab)?;
-        drop(outputs);
+        let logits = {
+            let mut outputs = self.session.run_binding(&binding).map_err(run_err)?;
+            logits_of(&mut outputs, s, vocab)?
+        };
+        self.binding = Some((past.buffers, binding));
         past.len += s;
         Ok((logits, past))
     }
-
 }
 
 fn logits_of(outputs: &mut SessionOutputs<'_>, rows: usize, vocab: usize) -> Result<Logits, ModelError> {

@@ -162,6 +162,7 @@ impl Engine {
             on_text(&out.text[shown..]);
         }
         out.decode_secs = decode_started.elapsed().as_secs_f64();
+        self.decoder.release();
         // The new full blocks of the prompt, and of the generated text (multi-turn prompts
         // come back with it), go to the pool.
         let mut all = prompt.to_vec();

@@ -40,5 +40,6 @@ pub fn greedy(
         cache = present;
         last = logits.last().to_vec();
     }
+    decoder.release();
     Ok(out)
 }

@@ -88,6 +88,7 @@ pub fn generate(decoder: &mut Decoder, prompt: &[u32], max_tokens: usize, k: usi
         cache.truncate(keep)?;
     }
     out.tokens.truncate(max_tokens);
+    decoder.release();
     Ok(out)
 }
 
