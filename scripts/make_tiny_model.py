@@ -9,7 +9,7 @@ plus `<|endoftext|>`) and `config.json`. Inputs: `input_ids` [b, s], `attention_
 [b, past + s], `position_ids` [b, s] (int64), `past_key_values.{i}.key/value` [b, kv_heads,
 past, head_dim] (float32); outputs: `logits` [b, s, vocab], `present.{i}.key/value`.
 With `--quant int4` the same kind of model is built from ONNX Runtime's fused int4
-operators (`int4_decoder.py`), in the same layout. Needs numpy and onnx.
+operators (`fused_decoder.py`), in the same layout. Needs numpy and onnx.
 """
 
 from __future__ import annotations
@@ -223,9 +223,9 @@ def main() -> None:
     args = parser.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
     if args.quant == "int4":
-        from int4_decoder import build_int4
+        from fused_decoder import build_fused
 
-        model = build_int4(Dims(), random_weights(args.seed, Dims()))
+        model = build_fused(Dims(), random_weights(args.seed, Dims()), "int4")
     else:
         model = build(args.seed)
     onnx.save(model, os.path.join(args.out_dir, "model.onnx"))

@@ -33,7 +33,7 @@ case "${1:-}" in
         [ -n "${2:-}" ] || { usage; exit 2; }
         quant=fp32
         [ "$1" = smollm2 ] || quant=int4
-        if [ -f "$2/model.onnx" ] && [ "$2/model.onnx" -nt scripts/convert_gguf.py ] && [ "$2/model.onnx" -nt scripts/int4_decoder.py ] \
+        if [ -f "$2/model.onnx" ] && [ "$2/model.onnx" -nt scripts/convert_gguf.py ] && [ "$2/model.onnx" -nt scripts/fused_decoder.py ] \
             && grep -q "\"dtype\": \"$([ $quant = fp32 ] && echo float32 || echo int4)\"" "$2/config.json" 2>/dev/null; then
             exit 0
         fi

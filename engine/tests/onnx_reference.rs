@@ -167,7 +167,7 @@ mod engine {
         let model_dir = model.dir.clone();
         let ids = model.encode(PROMPT).unwrap();
         assert!(ids.len() > 3 * BLOCK_TOKENS);
-        let options = GenerateOptions { max_tokens: 10, ..Default::default() };
+        let options = GenerateOptions { max_tokens: 10, keep_logits: true, ..Default::default() };
         let mut engine = Engine::new(model, env, 1, &pool(64, 0, dir.path(), &ModelDir::open(&model_dir).unwrap())).unwrap();
         let cold = engine.generate(&ids, &options, |_| {}).unwrap();
         assert_eq!(cold.cached_tokens, 0);
@@ -209,7 +209,7 @@ mod engine {
         let config = pool(16, 0, dir.path(), &model);
         let mut engine = Engine::new(model, env, 1, &config).unwrap();
         let ids = engine.model.encode("Once upon a time").unwrap();
-        let warm = GenerateOptions { max_tokens: 16, sampling: Sampling { temperature: 0.8, top_k: 20, top_p: 0.95, seed: 11 }, stop: vec![] };
+        let warm = GenerateOptions { max_tokens: 16, sampling: Sampling { temperature: 0.8, top_k: 20, top_p: 0.95, seed: 11 }, stop: vec![], keep_logits: false };
         let a = engine.generate(&ids, &warm, |_| {}).unwrap();
         let b = engine.generate(&ids, &warm, |_| {}).unwrap();
         assert_eq!(a.tokens, b.tokens, "same seed, same tokens");
@@ -219,8 +219,10 @@ mod engine {
         let chars: Vec<char> = greedy.text.chars().collect();
         if chars.len() > 4 {
             let stop: String = chars[3..5].iter().collect();
-            let cut = engine.generate(&ids, &GenerateOptions { max_tokens: 12, stop: vec![stop.clone()], ..Default::default() }, |_| {}).unwrap();
+            let mut streamed = String::new();
+            let cut = engine.generate(&ids, &GenerateOptions { max_tokens: 12, stop: vec![stop.clone()], ..Default::default() }, |t| streamed.push_str(t)).unwrap();
             assert_eq!(cut.text, greedy.text[..greedy.text.find(&stop).unwrap()]);
+            assert_eq!(streamed, cut.text, "no part of the stop string is streamed");
         }
     }
 }

@@ -147,6 +147,10 @@ pub struct GenerateArgs {
     /// Print each run's measurements as one JSON line on stderr.
     #[arg(long)]
     pub stats_json: bool,
+    /// Prompt tokens per prefill pass: more can be faster, and costs memory (logits are
+    /// N x vocabulary floats).
+    #[arg(long, default_value_t = pyagent_engine::infer::PREFILL_CHUNK, value_name = "N")]
+    pub prefill_chunk: usize,
     /// Keep only the last N tokens of the prompt (0 = all): fits a long text to a context.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub max_prompt_tokens: usize,

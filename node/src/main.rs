@@ -133,6 +133,14 @@ async fn query<T: serde::de::DeserializeOwned + serde::Serialize>(
     Ok(())
 }
 
+/// This process's peak resident memory so far (Linux: `VmHWM` of /proc/self/status).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Local generation: exit 0, or 1 with the reason (no runtime, bad model, ...).
 fn generate(args: &cli::GenerateArgs) -> ExitCode {
     use pyagent_engine::infer::{self, Engine, GenerateOptions, Sampling};
@@ -143,6 +151,7 @@ fn generate(args: &cli::GenerateArgs) -> ExitCode {
         let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
         let pool = pyagent_engine::kv::PoolConfig { host_bytes: 256 << 20, ..Default::default() };
         let mut engine = Engine::new(model, env, threads, &pool)?;
+        engine.prefill_chunk = args.prefill_chunk.max(1);
         let mut prompt = engine.model.encode(&args.prompt)?;
         if args.max_prompt_tokens > 0 && prompt.len() > args.max_prompt_tokens {
             prompt.drain(..prompt.len() - args.max_prompt_tokens);
@@ -151,6 +160,7 @@ fn generate(args: &cli::GenerateArgs) -> ExitCode {
             max_tokens: args.max_tokens,
             sampling: Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed },
             stop: args.stop.clone(),
+            keep_logits: false,
         };
         let rate = |n: usize, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
         for _ in 0..args.repeat.max(1) {
@@ -160,7 +170,7 @@ fn generate(args: &cli::GenerateArgs) -> ExitCode {
                 let secs = started.elapsed().as_secs_f64();
                 println!("{}", engine.model.decode(&out.tokens)?);
                 if args.stats_json {
-                    eprintln!("{}", serde_json::json!({ "mode": "speculative", "k": k, "tokens": out.tokens.len(), "passes": out.passes, "accepted": out.accepted, "secs": secs }));
+                    eprintln!("{}", serde_json::json!({ "mode": "speculative", "k": k, "tokens": out.tokens.len(), "passes": out.passes, "accepted": out.accepted, "secs": secs, "peak_rss_bytes": peak_rss_bytes() }));
                 } else {
                     eprintln!("{} tokens in {} passes ({} drafted tokens accepted): {:.1} tokens/s", out.tokens.len(), out.passes, out.accepted, rate(out.tokens.len(), secs));
                 }
@@ -178,6 +188,7 @@ fn generate(args: &cli::GenerateArgs) -> ExitCode {
                     serde_json::json!({
                         "mode": "generate", "prompt_tokens": out.prompt_tokens, "cached_tokens": out.cached_tokens,
                         "prefill_secs": out.prefill_secs, "tokens": out.tokens.len(), "decode_secs": out.decode_secs,
+                        "peak_rss_bytes": peak_rss_bytes(),
                     })
                 );
             } else {

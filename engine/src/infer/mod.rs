@@ -19,7 +19,7 @@ pub mod sampling;
 pub mod speculative;
 
 pub use decoder::{Decoder, KvState, Logits};
-pub use engine::{Engine, EngineError, GenerateOptions, Output};
+pub use engine::{Engine, EngineError, GenerateOptions, Output, PREFILL_CHUNK};
 pub use sampling::{Sampler, Sampling};
 pub use model::{ModelConfig, ModelDir, ModelError};
 pub use runtime::{RuntimeError, environment, find_library};

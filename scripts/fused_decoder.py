@@ -1,9 +1,10 @@
-"""The int4 decoder graph: the same Llama-style model as `make_tiny_model.build`, in the same
-Optimum layout (inputs `input_ids`, `attention_mask`, `position_ids`,
+"""The fused decoder graph: the same Llama-style model as `make_tiny_model.build`, in the
+same Optimum layout (inputs `input_ids`, `attention_mask`, `position_ids`,
 `past_key_values.{i}.key/value`; outputs `logits`, `present.{i}.key/value`), built from
-ONNX Runtime's fused CPU operators, because decode is memory-bound and per-operator bound:
+ONNX Runtime's fused CPU operators, because decode is memory-bound and per-operator bound.
+Weights are fp32 (`MatMul`) or int4:
 
-- every projection is a `MatMulNBits` (com.microsoft): weights in blocks of 32 along the
+- int4: every projection is a `MatMulNBits` (com.microsoft): weights in blocks of 32 along the
   input dimension, 4 bits each with a float scale and a 4-bit zero point per block
   (round-to-nearest between the block's min and max, zero included); q/k/v are one
   matrix, gate/up another. Compute is fp32 (`accuracy_level` 0) by default: ONNX
@@ -11,13 +12,15 @@ ONNX Runtime's fused CPU operators, because decode is memory-bound and per-opera
   rounds activations differently for one row and for several (measured: logits differ
   by up to 0.8 between a 1-token and a 2-token pass on SmolLM2), so speculative decoding
   and cached prefixes would no longer give exactly the one-token-at-a-time output;
-- the tied output projection (lm_head) is the embedding table, quantized the same way; the
-  embedding lookup reads an fp16 copy of the table;
+- the tied output projection (lm_head) is the embedding table (int4: quantized the same
+  way, and the embedding lookup reads an fp16 copy of the table; fp32: one table for both,
+  the projection a `Gemm` by its transpose);
 - `SimplifiedLayerNormalization` / `SkipSimplifiedLayerNormalization` (RMSNorm, with the
   residual add fused), `RotaryEmbedding` (from `position_ids`), `GroupQueryAttention`
-  (causal, past + new keys/values in `present.*`, lengths from `attention_mask`).
+  (causal, past + new keys/values in `present.*`, lengths from `attention_mask`; it can
+  append in place, so `config.json` says `past_present_share_buffer`).
 
-Used by `convert_gguf.py --quant int4` and `make_tiny_model.py --quant int4`.
+Used by `convert_gguf.py` and `make_tiny_model.py --quant int4`.
 """
 
 from __future__ import annotations
@@ -73,9 +76,13 @@ class Graph:
         return outs[0] if len(outs) == 1 else outs
 
     accuracy_level = 0
+    int4 = True
 
     def matmul4(self, x: str, w_in_out: np.ndarray, name: str, out: str | None = None) -> str:
+        """`x` times a [in, out] projection: MatMulNBits (int4) or MatMul (fp32)."""
         k, n = w_in_out.shape
+        if not self.int4:
+            return self.op("MatMul", [x, self.const(w_in_out.astype(np.float32), f"{name}.weight")], [out] if out else 1)
         packed, scales, zeros = quantize_int4(w_in_out)
         b = self.const(packed, f"{name}.qweight")
         s = self.const(scales, f"{name}.scales")
@@ -84,20 +91,28 @@ class Graph:
         return self.op("MatMulNBits", [x, b, s, z], outputs, domain=MS, K=k, N=n, bits=4, block_size=BLOCK, accuracy_level=self.accuracy_level)
 
 
-def build_int4(d, weights: dict, int8_compute: bool = False) -> onnx.ModelProto:
-    """The int4 graph of a decoder of dims `d` (`make_tiny_model.Dims`) with `weights`
-    (Hugging Face names, projections [in, out], float32)."""
+def build_fused(d, weights: dict, quant: str = "int4", int8_compute: bool = False) -> onnx.ModelProto:
+    """The fused graph of a decoder of dims `d` (`make_tiny_model.Dims`) with `weights`
+    (Hugging Face names, projections [in, out], float32); `quant` is int4 or fp32."""
+    if quant not in ("int4", "fp32"):
+        raise ValueError(f"unknown weight format {quant!r} (int4 or fp32)")
     g = Graph()
+    g.int4 = quant == "int4"
     g.accuracy_level = 4 if int8_compute else 0
     w = lambda name: np.asarray(weights[name], dtype=np.float32)  # noqa: E731
     embed = w("model.embed_tokens.weight")  # [vocab, hidden]
-    table = g.const(embed.astype(np.float16), "model.embed_tokens.weight.fp16")
+    if g.int4:
+        table = g.const(embed.astype(np.float16), "model.embed_tokens.weight.fp16")
+    else:
+        table = g.const(embed, "model.embed_tokens.weight")
     inv_freq = 1.0 / (d.rope_theta ** (np.arange(0, d.head_dim, 2, dtype=np.float64) / d.head_dim))
     angles = np.outer(np.arange(d.max_pos, dtype=np.float64), inv_freq)  # [max_pos, head_dim / 2]
     cos, sin = g.const(np.cos(angles).astype(np.float32), "rope.cos"), g.const(np.sin(angles).astype(np.float32), "rope.sin")
     i64 = lambda v: g.const(v, dtype=np.int64)  # noqa: E731
 
-    hidden = g.op("Cast", [g.op("Gather", [table, "input_ids"], axis=0)], to=TensorProto.FLOAT)  # [b, s, H]
+    hidden = g.op("Gather", [table, "input_ids"], axis=0)  # [b, s, H]
+    if g.int4:
+        hidden = g.op("Cast", [hidden], to=TensorProto.FLOAT)
     # GroupQueryAttention's lengths: keys seen per sequence - 1, and the total length.
     seqlens = g.op("Cast", [g.op("Sub", [g.op("ReduceSum", ["attention_mask", i64([1])], keepdims=0), i64(1)])], to=TensorProto.INT32)
     total = g.op("Cast", [g.op("Gather", [g.op("Shape", ["attention_mask"]), i64(1)], axis=0)], to=TensorProto.INT32)
@@ -138,7 +153,14 @@ def build_int4(d, weights: dict, int8_compute: bool = False) -> onnx.ModelProto:
 
     final_norm = g.const(w("model.norm.weight"), "model.norm.weight")
     x, _, _, _ = g.op("SkipSimplifiedLayerNormalization", [residual, hidden, final_norm], 4, domain=MS, epsilon=d.rms_eps)
-    g.matmul4(x, embed.T, "lm_head", "logits")
+    if g.int4:
+        g.matmul4(x, embed.T, "lm_head", "logits")
+    else:
+        # x [b, s, H] by the table's transpose, without a transposed copy of the table.
+        rows = g.op("Reshape", [x, i64([-1, d.hidden])])
+        flat = g.op("Gemm", [rows, table], transB=1)
+        shape = g.op("Concat", [g.op("Shape", ["input_ids"]), i64([d.vocab])], axis=0)
+        g.op("Reshape", [flat, shape], ["logits"])
 
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
@@ -150,7 +172,7 @@ def build_int4(d, weights: dict, int8_compute: bool = False) -> onnx.ModelProto:
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{layer}.{kind}", TensorProto.FLOAT, ["batch", d.kv_heads, "past", d.head_dim]))
             outputs.append(helper.make_tensor_value_info(f"present.{layer}.{kind}", TensorProto.FLOAT, ["batch", d.kv_heads, "total", d.head_dim]))
-    graph = helper.make_graph(g.nodes, "int4-decoder", inputs, outputs, g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(MS, 1)], producer_name="pyagent int4_decoder")
+    graph = helper.make_graph(g.nodes, f"fused-{quant}-decoder", inputs, outputs, g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(MS, 1)], producer_name="pyagent fused_decoder")
     model.ir_version = 8
     return model
