@@ -7,10 +7,11 @@
 //!   checked byte form for moving them between peers, and a tiered pool (device / host /
 //!   disk budgets, LRU or ARC eviction, demotion rather than loss).
 //!
-//! - [`infer`]: ONNX Runtime (loaded at run time from the PyPI wheel), model directories,
-//!   the decoder's forward pass with past/present keys and values, greedy generation.
-//!   Sampling, the KV pool in generation, speculative decoding and `pyagent generate`
-//!   come next (the inference issue).
+//! - [`infer`]: ONNX Runtime (loaded at run time from the PyPI wheel), model directories
+//!   (fp32 or int4 graphs in the Optimum layout), the decoder's forward pass with the KV
+//!   cache kept in ONNX Runtime tensors (appended in place where the graph allows), the
+//!   engine (prefix reuse from the pool, chunked prefill, sampling, stop strings,
+//!   streaming) and prompt-lookup speculative decoding.
 
 pub mod capacity;
 pub mod infer;

@@ -117,6 +117,10 @@ mod tests {
                 }
             }
         }
+        // In buffers with room for more positions (in-place graphs), the same blocks.
+        let roomy = state_of(&Allocator::default(), layout, &blocks, 3 * BLOCK_TOKENS).unwrap();
+        assert_eq!((roomy.len(), roomy.capacity()), (2 * BLOCK_TOKENS, 3 * BLOCK_TOKENS));
+        assert_eq!(blocks_of(model, layout, &roomy, &tokens, 0, ROOT).unwrap(), blocks);
         // Blocks from the second on chain onto the first.
         let tail = blocks_of(model, layout, &state, &tokens, 1, blocks[0].hash).unwrap();
         assert_eq!(tail[0], blocks[1]);

@@ -181,7 +181,7 @@ impl Engine {
         // come back with it), go to the pool.
         let mut all = prompt.to_vec();
         all.extend(&out.tokens);
-        let parent = if reused_blocks == 0 { ROOT } else { block_hashes(&self.model.id, &prompt[..reused_blocks * BLOCK_TOKENS])[reused_blocks - 1] };
+        let parent = block_hashes(&self.model.id, &prompt[..reused_blocks * BLOCK_TOKENS]).last().copied().unwrap_or(ROOT);
         for block in cache::blocks_of(self.model.id, self.model.config.kv_layout(), &state, &all, reused_blocks, parent)? {
             self.pool.insert(block)?;
         }

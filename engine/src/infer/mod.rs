@@ -1,12 +1,15 @@
-//! LLM inference with ONNX Runtime (in progress: see the inference issue).
+//! LLM inference with ONNX Runtime.
 //!
 //! - [`runtime`]: finding and loading ONNX Runtime 1.31.1 (from the PyPI wheel).
-//! - [`model`]: a model directory (ONNX file, tokenizer, config; id = BLAKE3 of the file).
-//! - [`decoder`]: forward passes with past/present keys and values.
+//! - [`model`]: a model directory (ONNX file and its external weights, tokenizer, config;
+//!   id = BLAKE3 of the files).
+//! - [`decoder`]: forward passes; the KV cache stays in ONNX Runtime tensors, appended in
+//!   place (I/O binding) when the graph's attention allows it; logits read in place.
 //! - [`generate`]: plain greedy generation (no pool), the reference loop.
 //! - [`sampling`]: greedy, temperature, top-k, top-p, seeded.
 //! - [`cache`]: a sequence's KV cache to and from 16-token blocks.
-//! - [`engine`]: model + decoder + block pool: prefix reuse, stop strings, streaming.
+//! - [`engine`]: model + decoder + block pool: prefix reuse, chunked prefill, stop strings,
+//!   incremental detokenization and streaming.
 //! - [`speculative`]: prompt-lookup speculative decoding, exactly greedy.
 
 pub mod cache;
