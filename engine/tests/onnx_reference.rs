@@ -129,6 +129,16 @@ fn missing_runtime_corrupt_model_and_tokenizer_mismatch_are_clear_errors() {
     let corrupt = ModelDir::open(dir.path()).unwrap();
     assert!(matches!(Decoder::load(&corrupt, env, 1), Err(ModelError::Onnx { .. })));
 
+    // A sequence longer than the model's positions is refused before it runs.
+    std::fs::copy(model.dir.join("model.onnx"), dir.path().join("model.onnx")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(model.dir.join("config.json")).unwrap()).unwrap();
+    config["max_position_embeddings"] = 8.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let short = ModelDir::open(dir.path()).unwrap();
+    let mut decoder = Decoder::load(&short, env, 1).unwrap();
+    let err = decoder.forward(&[1; 9], decoder.empty_cache().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("at most 8"), "{err}");
+
     let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(model.dir.join("config.json")).unwrap()).unwrap();
     config["vocab_size"] = 100.into();
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();

@@ -325,6 +325,9 @@ impl Decoder {
         }
         let s = tokens.len();
         let total = past.len + s;
+        if let Some(max) = self.max_positions.filter(|&m| total > m) {
+            return Err(ModelError::Run(format!("the sequence would hold {total} positions; the model takes at most {max}")));
+        }
         let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
         let positions: Vec<i64> = (past.len as i64..total as i64).collect();
         let ids = Tensor::from_array(([1usize, s], ids)).map_err(run_err)?;
