@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from make_tiny_model import Graph as BaseGraph
+from onnx import TensorProto, helper
 
 BLOCK = 32
 MS = "com.microsoft"
@@ -54,26 +55,12 @@ def quantize_int4(w_in_out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return packed, scale.reshape(-1), zero_packed
 
 
-class Graph:
+class Graph(BaseGraph):
+    """`make_tiny_model.Graph` (no random weights: every weight is given) with projections
+    in either weight format."""
+
     def __init__(self):
-        self.nodes: list = []
-        self.inits: list = []
-        self.n = 0
-
-    def name(self, base: str) -> str:
-        self.n += 1
-        return f"{base}_{self.n}"
-
-    def const(self, value, name: str | None = None, dtype=None) -> str:
-        name = name or self.name("const")
-        array = np.asarray(value) if dtype is None else np.asarray(value, dtype=dtype)
-        self.inits.append(numpy_helper.from_array(array, name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, domain: str = "", **attrs):
-        outs = [self.name(op_type.lower()) for _ in range(outputs)] if isinstance(outputs, int) else outputs
-        self.nodes.append(helper.make_node(op_type, inputs, outs, domain=domain, **attrs))
-        return outs[0] if len(outs) == 1 else outs
+        super().__init__(np.random.default_rng(0))
 
     accuracy_level = 0
     int4 = True
@@ -84,9 +71,9 @@ class Graph:
         if not self.int4:
             return self.op("MatMul", [x, self.const(w_in_out.astype(np.float32), f"{name}.weight")], [out] if out else 1)
         packed, scales, zeros = quantize_int4(w_in_out)
-        b = self.const(packed, f"{name}.qweight")
+        b = self.const(packed, f"{name}.qweight", dtype=np.uint8)
         s = self.const(scales, f"{name}.scales")
-        z = self.const(zeros, f"{name}.zero_points")
+        z = self.const(zeros, f"{name}.zero_points", dtype=np.uint8)
         outputs = [out] if out else 1
         return self.op("MatMulNBits", [x, b, s, z], outputs, domain=MS, K=k, N=n, bits=4, block_size=BLOCK, accuracy_level=self.accuracy_level)
 
@@ -102,7 +89,7 @@ def build_fused(d, weights: dict, quant: str = "int4", int8_compute: bool = Fals
     w = lambda name: np.asarray(weights[name], dtype=np.float32)  # noqa: E731
     embed = w("model.embed_tokens.weight")  # [vocab, hidden]
     if g.int4:
-        table = g.const(embed.astype(np.float16), "model.embed_tokens.weight.fp16")
+        table = g.const(embed, "model.embed_tokens.weight.fp16", dtype=np.float16)
     else:
         table = g.const(embed, "model.embed_tokens.weight")
     inv_freq = 1.0 / (d.rope_theta ** (np.arange(0, d.head_dim, 2, dtype=np.float64) / d.head_dim))

@@ -92,9 +92,9 @@ class Graph:
     def norm(self, size: int, name: str) -> str:
         return self.const(self.weights.get(name, np.ones(size)), name)
 
-    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attrs) -> str | list[str]:
+    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, domain: str = "", **attrs) -> str | list[str]:
         outs = [self.name(op_type.lower()) for _ in range(outputs)] if isinstance(outputs, int) else outputs
-        self.nodes.append(helper.make_node(op_type, inputs, outs, **attrs))
+        self.nodes.append(helper.make_node(op_type, inputs, outs, **({"domain": domain} if domain else {}), **attrs))
         return outs[0] if len(outs) == 1 else outs
 
 
