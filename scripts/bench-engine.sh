@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Inference engine benchmark (scripts/bench_engine.py does the measuring):
-#   - prefill and decode tokens/s of `pyagent generate` vs Python onnxruntime running the
-#     same loop on the same model with the same thread count (ratio, same run);
-#   - time to first token of a 1,024-token prompt, cold vs with its prefix cached;
-#   - peak RSS of the engine with the model loaded vs the weights on disk;
-#   - prompt-lookup speculative vs plain decoding on a code-editing prompt (same output);
+# Inference engine benchmark (scripts/bench_engine.py does the measuring; medians of three
+# interleaved rounds):
+#   - prefill and decode tokens/s of `pyagent generate` on a 1,024-token prompt vs Python
+#     onnxruntime on the same model with the same thread count: the plain Optimum loop, and
+#     (graphs that append in place) the in-place I/O-binding loop the engine runs;
+#   - time to first token of that prompt, cold vs with its prefix cached;
+#   - peak RSS with the model loaded, and over the whole run, vs the weights on disk;
+#   - prompt-lookup speculative vs plain decoding on code prompts (same output checked);
 #   - for SmolLM2: the same prompt through llama.cpp (llama-cpp-python from PyPI, installed
 #     into target/bench/venv-llama) on the original GGUF, same thread count.
 # Usage: scripts/bench-engine.sh [tiny|smollm2|smollm2-int4|MODEL_DIR] [THREADS]
