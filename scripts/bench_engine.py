@@ -30,6 +30,9 @@ from statistics import median
 import numpy as np
 import onnxruntime as ort
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ort_reference import PlainLoop  # noqa: E402
+
 PROMPT_TOKENS = 1024
 DECODE_TOKENS = 128
 ROUNDS = 3
@@ -62,37 +65,17 @@ def engine(args, prompt: str, extra: list[str]) -> tuple[str, list[dict], int]:
     return proc.stdout, runs, max((r.get("peak_rss_bytes") or 0) for r in runs)
 
 
-def python_onnxruntime(model: str, threads: int, n_prompt: int, n_decode: int) -> tuple[float, float]:
-    config = json.load(open(f"{model}/config.json"))
-    layers, kv = config["num_hidden_layers"], config["num_key_value_heads"]
-    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(f"{model}/model.onnx", options, providers=["CPUExecutionProvider"])
-    names = [x.name for x in session.get_outputs()]
-    vocab = config["vocab_size"]
-    ids = [int(x) for x in np.random.default_rng(7).integers(32, min(vocab, 30000), n_prompt)]
-    past = {f"past_key_values.{i}.{k}": np.zeros((1, kv, 0, dim), np.float32) for i in range(layers) for k in ("key", "value")}
-
-    def run(tokens, past, plen):
-        n = len(tokens)
-        feed = {
-            "input_ids": np.array([tokens], np.int64),
-            "attention_mask": np.ones((1, plen + n), np.int64),
-            "position_ids": np.arange(plen, plen + n, dtype=np.int64)[None],
-            **past,
-        }
-        out = dict(zip(names, session.run(None, feed)))
-        return out["logits"][0, -1], {f"past_key_values.{i}.{k}": out[f"present.{i}.{k}"] for i in range(layers) for k in ("key", "value")}
+def python_onnxruntime(model: str, threads: int, n_prompt: int, n_decode: int) -> tuple[float, float, tuple[float, float] | None]:
+    plain = PlainLoop(model, threads)
+    config, session = plain.config, plain.session
+    ids = [int(x) for x in np.random.default_rng(7).integers(32, min(config["vocab_size"], 30000), n_prompt)]
 
     started = time.perf_counter()
-    logits, past = run(ids, past, 0)
+    logits = plain.forward(ids)
     prefill = time.perf_counter() - started
-    plen = len(ids)
     started = time.perf_counter()
     for _ in range(n_decode - 1):
-        logits, past = run([int(np.argmax(logits))], past, plen)
-        plen += 1
+        logits = plain.forward([int(np.argmax(logits))])
     decode = time.perf_counter() - started
     if not config.get("past_present_share_buffer"):
         return n_prompt / prefill, (n_decode - 1) / decode, None
@@ -100,8 +83,13 @@ def python_onnxruntime(model: str, threads: int, n_prompt: int, n_decode: int) -
     # buffer (room for the whole generation) bound as its present too — ONNX Runtime's
     # fastest loop from Python, what the engine does.
     capacity = n_prompt + n_decode
-    buffers = {f"{i}.{k}": ort.OrtValue.ortvalue_from_numpy(np.zeros((1, kv, capacity, dim), np.float32)) for i in range(layers) for k in ("key", "value")}
     binding = session.io_binding()
+    buffers = []  # held: an OrtValue from numpy borrows the array's memory
+    for name in plain.past_names():
+        buffer = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, plain.kv_heads, capacity, plain.head_dim), np.float32))
+        buffers.append(buffer)
+        binding.bind_ortvalue_input(name, buffer)
+        binding.bind_ortvalue_output(name.replace("past_key_values", "present"), buffer)
 
     def run_in_place(tokens, plen):
         n = len(tokens)
@@ -112,10 +100,6 @@ def python_onnxruntime(model: str, threads: int, n_prompt: int, n_decode: int) -
         session.run_with_iobinding(binding)
         return binding.get_outputs()[-1].numpy()[0, -1]
 
-    for i in range(layers):
-        for k in ("key", "value"):
-            binding.bind_ortvalue_input(f"past_key_values.{i}.{k}", buffers[f"{i}.{k}"])
-            binding.bind_ortvalue_output(f"present.{i}.{k}", buffers[f"{i}.{k}"])
     started = time.perf_counter()
     logits = run_in_place(ids, 0)
     prefill_in_place = time.perf_counter() - started

@@ -14,6 +14,39 @@ import numpy as np
 import onnxruntime as ort
 
 
+class PlainLoop:
+    """A model in Python onnxruntime, run the plain Optimum way: each pass's present
+    keys/values are fed back as the next pass's past. Also used by bench_engine.py."""
+
+    def __init__(self, model_dir: str, threads: int):
+        self.config = json.load(open(os.path.join(model_dir, "config.json")))
+        self.layers, self.kv_heads = self.config["num_hidden_layers"], self.config["num_key_value_heads"]
+        self.head_dim = self.config.get("head_dim") or self.config["hidden_size"] // self.config["num_attention_heads"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), options, providers=["CPUExecutionProvider"])
+        self.names = [o.name for o in self.session.get_outputs()]
+        self.past = {name: np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32) for name in self.past_names()}
+        self.past_len = 0
+
+    def past_names(self) -> list[str]:
+        return [f"past_key_values.{i}.{k}" for i in range(self.layers) for k in ("key", "value")]
+
+    def forward(self, ids: list[int]) -> np.ndarray:
+        """Runs `ids` after what ran before; returns the last position's logits."""
+        n = len(ids)
+        feed = {
+            "input_ids": np.array([ids], np.int64),
+            "attention_mask": np.ones((1, self.past_len + n), np.int64),
+            "position_ids": np.arange(self.past_len, self.past_len + n, dtype=np.int64)[None],
+            **self.past,
+        }
+        out = dict(zip(self.names, self.session.run(None, feed)))
+        self.past = {name: out[name.replace("past_key_values", "present")] for name in self.past_names()}
+        self.past_len += n
+        return out["logits"][0, -1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model_dir")
@@ -21,29 +54,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    config = json.load(open(os.path.join(args.model_dir, "config.json")))
-    layers, kv_heads = config["num_hidden_layers"], config["num_key_value_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    session = ort.InferenceSession(os.path.join(args.model_dir, "model.onnx"), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    past = {f"past_key_values.{i}.{k}": np.zeros((1, kv_heads, 0, head_dim), np.float32) for i in range(layers) for k in ("key", "value")}
-    past_len = 0
-
-    def forward(ids):
-        nonlocal past, past_len
-        n = len(ids)
-        feed = {
-            "input_ids": np.array([ids], np.int64),
-            "attention_mask": np.ones((1, past_len + n), np.int64),
-            "position_ids": np.arange(past_len, past_len + n, dtype=np.int64)[None],
-            **past,
-        }
-        out = dict(zip(names, session.run(None, feed)))
-        past = {f"past_key_values.{i}.{k}": out[f"present.{i}.{k}"] for i in range(layers) for k in ("key", "value")}
-        past_len += n
-        return out["logits"][0, -1]
+    loop = PlainLoop(args.model_dir, args.threads)
+    config, forward = loop.config, loop.forward
 
     eos = config.get("eos_token_id")
     stop = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])

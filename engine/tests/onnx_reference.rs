@@ -60,6 +60,23 @@ fn reference(python: &Path, model: &Path, ids: &[u32], max_tokens: usize) -> (Ve
     (tokens, logits)
 }
 
+/// The largest difference between two runs of floats.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+}
+
+/// Greedy decoding of `ids` by `decoder` against Python onnxruntime on the same model:
+/// identical tokens, logits within 1e-4 at every step.
+fn assert_matches_reference(decoder: &mut Decoder, python: &Path, model: &ModelDir, ids: &[u32], max_tokens: usize, what: &str) {
+    let ours = infer::generate::greedy(decoder, ids, max_tokens, &[], |_| {}).unwrap();
+    let (tokens, logits) = reference(python, &model.dir, ids, max_tokens);
+    assert_eq!(ours.tokens, tokens, "{what}");
+    for (step, (a, b)) in ours.step_logits.iter().zip(&logits).enumerate() {
+        let worst = max_diff(a, b);
+        assert!(worst < 1e-4, "{what} step {step}: logits differ by {worst}");
+    }
+}
+
 #[test]
 fn greedy_tokens_and_logits_match_python_onnxruntime() {
     for name in TINY {
@@ -67,13 +84,7 @@ fn greedy_tokens_and_logits_match_python_onnxruntime() {
         let mut decoder = Decoder::load(&model, env, 1).unwrap();
         for prompt in ["Hello world", "def f(x):\n    return x", "The capital of France is"] {
             let ids = model.encode(prompt).unwrap();
-            let ours = infer::generate::greedy(&mut decoder, &ids, 12, &[], |_| {}).unwrap();
-            let (tokens, logits) = reference(&python, &model.dir, &ids, 12);
-            assert_eq!(ours.tokens, tokens, "{name} {prompt:?}");
-            for (step, (a, b)) in ours.step_logits.iter().zip(&logits).enumerate() {
-                let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-                assert!(worst < 1e-4, "{name} {prompt:?} step {step}: logits differ by {worst}");
-            }
+            assert_matches_reference(&mut decoder, &python, &model, &ids, 12, &format!("{name} {prompt:?}"));
         }
     }
 }
@@ -96,7 +107,7 @@ fn cached_prefix_matches_recompute(name: &str) {
     let (rest, _) = decoder.forward(&ids[split..], cache).unwrap();
     let vocab = decoder.vocab();
     assert_eq!(rest.rows(), ids.len() - split);
-    let worst = rest.all().iter().zip(&full.all()[split * vocab..]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let worst = max_diff(rest.all(), &full.all()[split * vocab..]);
     assert!(worst < 1e-5, "{name}: cached prefix changed the logits by {worst}");
 
     // One token at a time from an empty cache, past the size an in-place buffer starts
@@ -108,7 +119,7 @@ fn cached_prefix_matches_recompute(name: &str) {
     for (i, &token) in long.iter().enumerate() {
         let (logits, present) = decoder.forward(&[token], cache).unwrap();
         cache = present;
-        let worst = logits.row(0).iter().zip(all.row(i)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let worst = max_diff(logits.row(0), all.row(i));
         assert!(worst < 1e-4, "{name}: position {i} differs by {worst}");
     }
     assert_eq!(cache.len(), long.len());
@@ -161,7 +172,7 @@ mod engine {
     const PROMPT: &str = "A prompt long enough to fill several KV blocks of sixteen tokens each, then some.";
 
     fn same(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-        a.iter().zip(b).flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs())).fold(0f32, f32::max)
+        a.iter().zip(b).map(|(x, y)| max_diff(x, y)).fold(0f32, f32::max)
     }
 
     #[test]
@@ -296,13 +307,7 @@ mod smollm2 {
         let text = model.decode(&out.tokens).unwrap();
         assert!(text.contains("Paris"), "{text:?}");
         let ids = model.encode(&chat("What is the capital of France?")).unwrap();
-        let ours = infer::generate::greedy(&mut decoder, &ids, 8, &[], |_| {}).unwrap();
-        let (tokens, logits) = reference(&python, &model.dir, &ids, 8);
-        assert_eq!(ours.tokens, tokens);
-        for (step, (a, b)) in ours.step_logits.iter().zip(&logits).enumerate() {
-            let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-            assert!(worst < 1e-4, "step {step}: logits differ by {worst}");
-        }
+        assert_matches_reference(&mut decoder, &python, &model, &ids, 8, "int4 chat");
     }
 
     fn chat(question: &str) -> String {
@@ -329,13 +334,7 @@ mod smollm2 {
         let mut decoder = Decoder::load(&model, env, 1).unwrap();
         for prompt in [chat("Write a haiku about rivers."), "def fibonacci(n):".to_string()] {
             let ids = model.encode(&prompt).unwrap();
-            let ours = infer::generate::greedy(&mut decoder, &ids, 8, &[], |_| {}).unwrap();
-            let (tokens, logits) = reference(&python, &model.dir, &ids, 8);
-            assert_eq!(ours.tokens, tokens, "{prompt:?}");
-            for (step, (a, b)) in ours.step_logits.iter().zip(&logits).enumerate() {
-                let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-                assert!(worst < 1e-4, "{prompt:?} step {step}: logits differ by {worst}");
-            }
+            assert_matches_reference(&mut decoder, &python, &model, &ids, 8, &format!("{prompt:?}"));
         }
     }
 }
