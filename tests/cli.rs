@@ -40,6 +40,11 @@ fn invalid_config_exits_2_and_names_the_field() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("api.bind"), "{}", stderr(&out));
 
+    // --print-config validates first: it never shows what the start would refuse.
+    let out = pyagent(&["node", "--data-dir", "/tmp/x", "--api", "0.0.0.0:7761", "--print-config"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr(&out).contains("api.bind") && out.stdout.is_empty(), "{}", stderr(&out));
+
     let out = pyagent(&["node", "--print-config"], &[("PYAGENT_P2P_PORT", "not-a-port")]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("PYAGENT_P2P_PORT"), "{}", stderr(&out));

@@ -20,6 +20,7 @@ pub mod name;
 pub mod python;
 pub mod registry;
 pub mod review;
+pub mod source_encoding;
 pub mod tokens;
 pub mod voting;
 

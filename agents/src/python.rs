@@ -16,60 +16,7 @@ pub struct SyntaxError {
     pub message: String,
 }
 
-/// Source bytes that are not text this crate can read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("not valid UTF-8 and no supported `coding:` declaration")]
-    NotUtf8,
-    #[error("declared encoding {0:?} is not supported (UTF-8 and Latin-1 are)")]
-    Unsupported(String),
-}
-
-/// Decodes a Python source file as CPython does for the encodings seen in practice
-/// (PEP 263): UTF-8 (the default, BOM allowed), or Latin-1 when the first two lines
-/// declare it (`# -*- coding: latin-1 -*-`).
-pub fn decode_source(bytes: &[u8]) -> Result<String, DecodeError> {
-    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
-    let declared = declared_encoding(bytes);
-    match declared.as_deref() {
-        None | Some("utf-8" | "utf8" | "utf_8") => {
-            String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::NotUtf8)
-        }
-        Some("latin-1" | "latin1" | "latin_1" | "iso-8859-1" | "iso8859-1" | "iso_8859_1" | "l1") => {
-            Ok(bytes.iter().map(|&b| char::from(b)).collect())
-        }
-        Some(other) => match std::str::from_utf8(bytes) {
-            // ASCII-compatible declarations (e.g. `ascii`) of text that is valid UTF-8.
-            Ok(text) if text.is_ascii() => Ok(text.to_owned()),
-            _ => Err(DecodeError::Unsupported(other.to_owned())),
-        },
-    }
-}
-
-/// The `coding[:=]name` declaration of the first two lines, lower-cased.
-fn declared_encoding(bytes: &[u8]) -> Option<String> {
-    for line in bytes.split(|&b| b == b'\n').take(2) {
-        let line = String::from_utf8_lossy(line);
-        let trimmed = line.trim_start();
-        if !trimmed.starts_with('#') {
-            continue;
-        }
-        if let Some(at) = trimmed.find("coding") {
-            let rest = &trimmed[at + "coding".len()..];
-            if let Some(rest) = rest.strip_prefix(':').or_else(|| rest.strip_prefix('=')) {
-                let name: String = rest
-                    .trim_start()
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                    .collect();
-                if !name.is_empty() {
-                    return Some(name.to_ascii_lowercase());
-                }
-            }
-        }
-    }
-    None
-}
+pub use crate::source_encoding::{DecodeError, decode_source};
 
 /// A parsed module with the line table that turns byte offsets into positions.
 #[derive(Debug)]
@@ -171,7 +118,7 @@ mod tests {
         assert_eq!(decode_source(b"\xef\xbb\xbfx = 1\n").unwrap(), "x = 1\n");
         let latin = b"# -*- coding: latin-1 -*-\ns = '\xe9'\n";
         assert_eq!(decode_source(latin).unwrap(), "# -*- coding: latin-1 -*-\ns = '\u{e9}'\n");
-        assert_eq!(decode_source(b"s = '\xe9'\n"), Err(DecodeError::NotUtf8));
+        assert_eq!(decode_source(b"s = '\xe9'\n"), Err(DecodeError::NotUtf8 { position: 5 }));
         let koi = b"#!/usr/bin/env python\n# vim: set fileencoding=koi8-r :\ns = '\xc1'\n";
         assert_eq!(decode_source(koi), Err(DecodeError::Unsupported("koi8-r".into())));
     }

@@ -156,6 +156,36 @@ fn missing_runtime_corrupt_model_and_tokenizer_mismatch_are_clear_errors() {
     assert!(matches!(ModelDir::open(dir.path()), Err(ModelError::TokenizerMismatch { tokenizer: 257, model: 100 })));
     std::fs::write(dir.path().join("config.json"), "{").unwrap();
     assert!(matches!(ModelDir::open(dir.path()), Err(ModelError::Config { .. })));
+
+    // Hostile configs are refused before anything is sized from them (issue 9: head_dim
+    // 1e6 cost 11 s and 8 GB before it failed).
+    let original: serde_json::Value = serde_json::from_slice(&std::fs::read(model.dir.join("config.json")).unwrap()).unwrap();
+    let with = |key: &str, value: serde_json::Value| {
+        let mut c = original.clone();
+        c[key] = value;
+        std::fs::write(dir.path().join("config.json"), c.to_string()).unwrap();
+    };
+    with("head_dim", 1_000_000.into());
+    let err = ModelDir::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("head_dim is 1000000"), "{err}");
+    // A head size within bounds that is not the graph's: refused when the graph loads.
+    with("head_dim", (model.config.head_dim() * 2).into());
+    let wrong = ModelDir::open(dir.path()).unwrap();
+    let err = Decoder::load(&wrong, env, 1).unwrap_err();
+    assert!(matches!(err, ModelError::GraphMismatch { what: "head_dim", .. }), "{err}");
+    with("vocab_size", (model.config.vocab_size + 16).into());
+    let err = Decoder::load(&ModelDir::open(dir.path()).unwrap(), env, 1).unwrap_err();
+    assert!(matches!(err, ModelError::GraphMismatch { what: "vocab_size", .. }), "{err}");
+    // A tokenizer whose ids run past the vocabulary (sparse ids) does not belong to it.
+    std::fs::copy(model.dir.join("config.json"), dir.path().join("config.json")).unwrap();
+    let mut tokenizer: serde_json::Value = serde_json::from_slice(&std::fs::read(model.dir.join("tokenizer.json")).unwrap()).unwrap();
+    let far = model.config.vocab_size + 1000;
+    tokenizer["added_tokens"].as_array_mut().unwrap().push(serde_json::json!({
+        "id": far, "content": "<|far|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true
+    }));
+    std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    let err = ModelDir::open(dir.path()).unwrap_err();
+    assert!(matches!(err, ModelError::TokenizerIdOutOfRange { id, .. } if id == far), "{err}");
     assert!(matches!(ModelDir::open(&dir.path().join("missing")), Err(ModelError::Read { .. })));
 }
 

@@ -1,10 +1,13 @@
 //! The local API over ZeroMQ: a ROUTER socket for JSON requests and a PUB socket for
 //! membership events (schema in `pyagent_protocol::api` and README.md).
 //!
-//! Each request is served on its own tokio task (at most [`MAX_IN_FLIGHT`] at once; more
-//! get a "busy" error), so a long `task.wait` does not hold up anyone else; replies go
-//! back through the router loop. A bad request gets an error reply and nothing else
-//! happens: the server keeps serving. Task methods live in [`api_tasks`](crate::api_tasks).
+//! Each request is served on its own tokio task, within a per-client and a per-node
+//! budget ([`api_admission`](crate::api_admission)): over it, a `busy` reply with the
+//! request's id. Each task sends its own reply and waits at most [`REPLY_SEND_TIMEOUT`]
+//! for its client to read, so a client that does not read hurts only itself. Messages
+//! over [`MAX_API_MESSAGE_BYTES`] close their connection before they are buffered. A bad
+//! request gets an error reply and nothing else happens: the server keeps serving. Task
+//! methods live in [`api_tasks`](crate::api_tasks).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,16 +16,30 @@ use std::time::Duration;
 use bytes::Bytes;
 use pyagent_protocol::api::{self, ApiError, Event, Method, PeersResult, code};
 use serde_json::Value;
-use tokio::sync::{Semaphore, broadcast, mpsc, watch};
-use tokio::task::JoinHandle;
+use std::sync::Mutex;
+
+use pyagent_protocol::api::MAX_REQUEST_BYTES;
+use tokio::sync::{broadcast, watch};
+use tokio::task::{JoinHandle, JoinSet};
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
+use crate::api_admission::{Admission, Limits, Verdict};
 use crate::p2p::{ClientError, NodeClient};
 use crate::store::Store;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Requests served at once.
-pub const MAX_IN_FLIGHT: usize = 64;
+/// How long a reply may wait for its client to read earlier ones before it is dropped.
+const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Replies queued for one client (ZMQ_SNDHWM) before sends to it wait.
+const REPLY_QUEUE_MESSAGES: usize = 64;
+/// The largest message the API socket reads. Requests a little over
+/// [`MAX_REQUEST_BYTES`] still get a readable "too large" reply; anything larger closes
+/// the sender's connection before it is buffered (patched zeromq, see node/vendor/zeromq).
+pub const MAX_API_MESSAGE_BYTES: usize = MAX_REQUEST_BYTES + 64 * 1024;
+/// What the event socket reads: subscriptions only.
+const MAX_EVENTS_MESSAGE_BYTES: usize = 4096;
+/// Events queued for one subscriber before newer ones are dropped for it.
+const EVENT_QUEUE_MESSAGES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiStartError {
@@ -38,6 +55,12 @@ pub struct ApiServer {
     pub events_endpoint: String,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+fn socket_options(max_message_bytes: usize, queue_messages: usize) -> zeromq::SocketOptions {
+    let mut options = zeromq::SocketOptions::default();
+    options.max_message_size(max_message_bytes).send_queue_capacity(queue_messages);
+    options
 }
 
 fn endpoint_of(addr: SocketAddr) -> String {
@@ -60,13 +83,13 @@ impl ApiServer {
         store: Arc<Store>,
         external: Arc<crate::external::ExternalAgents>,
     ) -> Result<Self, ApiStartError> {
-        let mut router = zeromq::RouterSocket::new();
+        let mut router = zeromq::RouterSocket::with_options(socket_options(MAX_API_MESSAGE_BYTES, REPLY_QUEUE_MESSAGES));
         let endpoint = router
             .bind(&endpoint_of(bind))
             .await
             .map_err(|source| ApiStartError::Bind { addr: bind, source })?
             .to_string();
-        let mut publisher = zeromq::PubSocket::new();
+        let mut publisher = zeromq::PubSocket::with_options(socket_options(MAX_EVENTS_MESSAGE_BYTES, EVENT_QUEUE_MESSAGES));
         let events_endpoint = publisher
             .bind(&endpoint_of(events_bind))
             .await
@@ -91,18 +114,15 @@ impl ApiServer {
     }
 }
 
-async fn serve_requests(mut router: zeromq::RouterSocket, ctx: ApiContext, mut shutdown: watch::Receiver<bool>) {
-    let (replies, mut pending) = mpsc::channel::<ZmqMessage>(MAX_IN_FLIGHT);
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+async fn serve_requests(router: zeromq::RouterSocket, ctx: ApiContext, mut shutdown: watch::Receiver<bool>) {
+    let (sender, mut receiver) = router.split();
+    let admission = Arc::new(Mutex::new(Admission::new(Limits::default())));
+    let mut handlers = JoinSet::new();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
-            Some(reply) = pending.recv() => {
-                if let Err(e) = router.send(reply).await {
-                    tracing::debug!("API reply not delivered: {e}");
-                }
-            }
-            message = router.recv() => {
+            Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
+            message = receiver.recv() => {
                 let message = match message {
                     Ok(m) => m,
                     Err(e) => {
@@ -111,26 +131,56 @@ async fn serve_requests(mut router: zeromq::RouterSocket, ctx: ApiContext, mut s
                     }
                 };
                 let Some(envelope) = Envelope::split(message) else { continue };
-                match in_flight.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let (ctx, replies) = (ctx.clone(), replies.clone());
-                        tokio::spawn(async move {
+                let client = envelope.identity.clone();
+                let verdict = lock(&admission).admit(&client);
+                let (ctx, mut sender, admission) = (ctx.clone(), sender.clone(), admission.clone());
+                match verdict {
+                    Verdict::Serve => {
+                        handlers.spawn(async move {
                             let reply = envelope.answer(&ctx).await;
-                            drop(permit);
-                            let _ = replies.send(reply).await;
+                            send_reply(&mut sender, reply).await;
+                            lock(&admission).finished(&client);
                         });
                     }
-                    Err(_) => {
-                        let busy = ApiError::new(Value::Null, code::UNAVAILABLE, format!("busy: {MAX_IN_FLIGHT} requests in flight; retry"));
-                        if let Some(reply) = envelope.wrap(busy.to_reply()) {
-                            let _ = router.send(reply).await;
-                        }
+                    Verdict::Busy => {
+                        let limits = lock(&admission).limits();
+                        let id = envelope.frames.first().map(|f| api::request_id(f)).unwrap_or(Value::Null);
+                        let busy = ApiError::new(
+                            id,
+                            code::BUSY,
+                            format!(
+                                "busy: this client has {} requests in flight (or the node {}); retry later",
+                                limits.per_client, limits.total
+                            ),
+                        );
+                        handlers.spawn(async move {
+                            if let Some(reply) = envelope.wrap(busy.to_reply()) {
+                                send_reply(&mut sender, reply).await;
+                            }
+                            lock(&admission).busy_sent(&client);
+                        });
                     }
+                    Verdict::Drop => tracing::debug!("API request dropped: its client does not read its replies"),
                 }
             }
         }
     }
-    let _ = router.close().await;
+    handlers.shutdown().await;
+}
+
+fn lock(admission: &Mutex<Admission>) -> std::sync::MutexGuard<'_, Admission> {
+    // Admission's updates are single steps: a panic elsewhere cannot leave it half-done.
+    admission.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends one reply; a client that has not read its earlier replies for
+/// [`REPLY_SEND_TIMEOUT`] loses this one (only it waits; others are served meanwhile).
+async fn send_reply(sender: &mut zeromq::RouterSendHalf, reply: ZmqMessage) {
+    match tokio::time::timeout(REPLY_SEND_TIMEOUT, sender.send(reply)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!("API reply not delivered: {e}"),
+        Err(_) => tracing::debug!("API reply dropped: the client has not read its replies for {REPLY_SEND_TIMEOUT:?}"),
+    }
 }
 
 /// A request's routing frames and its payload frames.
@@ -165,7 +215,7 @@ impl Envelope {
 
     async fn answer(self, ctx: &ApiContext) -> ZmqMessage {
         let reply = match self.frames.as_slice() {
-            [payload] => handle_request(payload, ctx).await,
+            [payload] => handle_request(payload, ctx, &self.identity).await,
             [] => ApiError::new(Value::Null, code::INVALID_REQUEST, "empty request").to_reply(),
             _ => ApiError::new(Value::Null, code::INVALID_REQUEST, "a request is one frame of JSON").to_reply(),
         };
@@ -174,7 +224,8 @@ impl Envelope {
     }
 }
 
-pub async fn handle_request(payload: &[u8], ctx: &ApiContext) -> Vec<u8> {
+/// Answers one request of the API connection `caller` (its routing identity).
+pub async fn handle_request(payload: &[u8], ctx: &ApiContext, caller: &[u8]) -> Vec<u8> {
     let request = match api::parse_request(payload) {
         Ok(r) => r,
         Err(e) => {
@@ -190,7 +241,7 @@ pub async fn handle_request(payload: &[u8], ctx: &ApiContext) -> Vec<u8> {
         Method::TaskSubmit(params) => crate::api_tasks::submit(id, ctx, params).await,
         Method::TaskWait(params) => crate::api_tasks::wait(id, ctx, params).await,
         Method::History(params) => crate::api_tasks::history(id, ctx, params).await,
-        Method::AgentRegister(params) => crate::api_agents::register(id, ctx, params),
+        Method::AgentRegister(params) => crate::api_agents::register(id, ctx, caller, params),
         Method::AgentNext(params) => crate::api_agents::next(id, ctx, params).await,
         Method::AgentResult(params) => crate::api_agents::result(id, ctx, params),
         Method::VotePropose(params) => crate::api_votes::propose(id, ctx, params).await,

@@ -7,7 +7,7 @@ use pyagent_protocol::api::{
     self, AgentJob, AgentNextParams, AgentNextResult, AgentRegisterParams, AgentRegisterResult, AgentResultParams,
     AgentResultResult, ApiError, JobFile, MAX_AGENT_POLL_MS, code,
 };
-use pyagent_protocol::task::{MAX_RESULT_BYTES, TaskId, TaskOutcome};
+use pyagent_protocol::task::{MAX_RESULT_BYTES, RESULT_TOO_LARGE, TaskId, TaskOutcome};
 use serde_json::Value;
 
 use crate::api::ApiContext;
@@ -17,8 +17,8 @@ fn refused(id: &Value, method: &str, e: impl std::fmt::Display) -> Vec<u8> {
     ApiError::new(id.clone(), code::INVALID_PARAMS, format!("{method}: {e}")).to_reply()
 }
 
-pub fn register(id: &Value, ctx: &ApiContext, params: AgentRegisterParams) -> Vec<u8> {
-    match ctx.external.register(&params.name, &params.capabilities) {
+pub fn register(id: &Value, ctx: &ApiContext, caller: &[u8], params: AgentRegisterParams) -> Vec<u8> {
+    match ctx.external.register(caller, &params.name, &params.capabilities) {
         Ok(agent_id) => api::result_reply(id, &AgentRegisterResult { agent_id, poll_within_ms: AGENT_TTL.as_millis() as u64 }),
         Err(e) => refused(id, "agent.register", e),
     }
@@ -48,7 +48,9 @@ pub fn result(id: &Value, ctx: &ApiContext, params: AgentResultParams) -> Vec<u8
         (Some(result), None) => {
             let result_json = result.to_string();
             if result_json.len() > MAX_RESULT_BYTES {
-                TaskOutcome::Failed { reason: format!("the agent's result of {} bytes exceeds {MAX_RESULT_BYTES}", result_json.len()) }
+                TaskOutcome::Failed {
+                    reason: format!("{RESULT_TOO_LARGE} the agent's result of {} bytes is over the limit of {MAX_RESULT_BYTES}", result_json.len()),
+                }
             } else {
                 TaskOutcome::Completed { result_json }
             }

@@ -20,6 +20,13 @@ pub enum ApiClientError {
     Refused { method: String, code: i64, message: String },
 }
 
+impl ApiClientError {
+    /// The node was too busy to serve the call (worth retrying as it is).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Self::Refused { code, .. } if *code == pyagent_protocol::api::code::BUSY)
+    }
+}
+
 /// Sends raw request bytes and returns the raw reply frame.
 pub async fn call_raw(endpoint: &str, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, ApiClientError> {
     let work = async {
@@ -54,7 +61,8 @@ pub async fn call<T: DeserializeOwned>(endpoint: &str, method: &str, timeout: Du
     call_with(endpoint, method, serde_json::json!({}), timeout).await
 }
 
-/// Calls `method` with `params` and decodes its result.
+/// Calls `method` with `params` and decodes its result. A `busy` reply is retried with
+/// backoff until `timeout` has passed in all.
 pub async fn call_with<T: DeserializeOwned>(
     endpoint: &str,
     method: &str,
@@ -62,8 +70,42 @@ pub async fn call_with<T: DeserializeOwned>(
     timeout: Duration,
 ) -> Result<T, ApiClientError> {
     let request = serde_json::json!({ "id": 1, "method": method, "params": params }).to_string().into_bytes();
-    let raw = call_raw(endpoint, request, timeout).await?;
-    decode_reply(endpoint, method, &raw).map(|(_, result)| result)
+    let mut backoff = Backoff::new(timeout);
+    loop {
+        let raw = call_raw(endpoint, request.clone(), backoff.left()).await?;
+        match decode_reply(endpoint, method, &raw).map(|(_, result)| result) {
+            Err(e) if e.is_busy() && backoff.wait().await => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Retry pacing for `busy` replies: 25 ms doubling to 1 s, until a deadline.
+#[derive(Debug)]
+struct Backoff {
+    deadline: tokio::time::Instant,
+    delay: Duration,
+}
+
+impl Backoff {
+    fn new(timeout: Duration) -> Self {
+        Self { deadline: tokio::time::Instant::now() + timeout, delay: Duration::from_millis(25) }
+    }
+
+    /// Time left before the deadline.
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(tokio::time::Instant::now())
+    }
+
+    /// Sleeps before the next try; false when the deadline leaves no room for one.
+    async fn wait(&mut self) -> bool {
+        if self.left() <= self.delay {
+            return false;
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(1));
+        true
+    }
 }
 
 fn decode_reply<T: DeserializeOwned>(endpoint: &str, method: &str, raw: &[u8]) -> Result<(serde_json::Value, T), ApiClientError> {
@@ -100,8 +142,19 @@ impl ApiConnection {
         Ok(Self { endpoint: endpoint.to_owned(), socket, next_id: 1 })
     }
 
-    /// Calls `method` with `params` and decodes its result.
+    /// Calls `method` with `params` and decodes its result; a `busy` reply is retried
+    /// with backoff until `timeout` has passed in all.
     pub async fn call<T: DeserializeOwned>(&mut self, method: &str, params: serde_json::Value, timeout: Duration) -> Result<T, ApiClientError> {
+        let mut backoff = Backoff::new(timeout);
+        loop {
+            match self.call_once(method, params.clone(), backoff.left()).await {
+                Err(e) if e.is_busy() && backoff.wait().await => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once<T: DeserializeOwned>(&mut self, method: &str, params: serde_json::Value, timeout: Duration) -> Result<T, ApiClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let request = serde_json::json!({ "id": id, "method": method, "params": params }).to_string().into_bytes();

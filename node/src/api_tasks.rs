@@ -8,7 +8,7 @@ use pyagent_protocol::api::{
     self, ApiError, HistoryParams, HistoryResult, MAX_SUBMIT_TEXT_BYTES, MAX_WAIT_IDS, MAX_WAIT_MS, TaskSubmitParams, TaskSubmitResult, TaskWaitParams,
     TaskWaitResult, code,
 };
-use pyagent_protocol::task::{BlobId, FileRef, MAX_BLOB_BYTES, MAX_LEASE_MS, TaskId};
+use pyagent_protocol::task::{BlobId, FileRef, MAX_BLOB_BYTES, MAX_LEASE_MS, TaskId, check_path};
 use serde_json::Value;
 
 use crate::api::ApiContext;
@@ -23,6 +23,16 @@ fn invalid(id: &Value, message: impl Into<String>) -> Vec<u8> {
 
 fn unavailable(id: &Value, message: impl Into<String>) -> Vec<u8> {
     ApiError::new(id.clone(), code::UNAVAILABLE, message).to_reply()
+}
+
+fn internal(id: &Value, message: impl Into<String>) -> Vec<u8> {
+    ApiError::new(id.clone(), code::INTERNAL_ERROR, message).to_reply()
+}
+
+/// Why storing a request's files failed: the client's fault, or the node's.
+enum StoreFailure {
+    UnknownBlob(String),
+    Disk(String),
 }
 
 /// Files as they will be stored: text to write, or an existing blob.
@@ -41,6 +51,11 @@ pub async fn submit(id: &Value, ctx: &ApiContext, params: TaskSubmitParams) -> V
     }
     let mut total = 0usize;
     let mut prepared = Vec::with_capacity(params.files.len());
+    for (i, file) in params.files.iter().enumerate() {
+        if let Err(reason) = check_path(&file.path) {
+            return invalid(id, format!("task.submit: files[{i}].path: {reason}"));
+        }
+    }
     for file in params.files {
         match (file.text, file.blob) {
             (Some(text), None) => {
@@ -62,19 +77,19 @@ pub async fn submit(id: &Value, ctx: &ApiContext, params: TaskSubmitParams) -> V
     }
     // Storing blobs is disk work: off the async threads.
     let store = ctx.store.clone();
-    let stored = tokio::task::spawn_blocking(move || -> Result<Vec<FileRef>, String> {
+    let stored = tokio::task::spawn_blocking(move || -> Result<Vec<FileRef>, StoreFailure> {
         prepared
             .into_iter()
             .map(|file| match file {
                 Prepared::Text { path, bytes } => {
                     let blob = BlobId::of(&bytes);
-                    store.put_blob(&blob, &bytes).map_err(|e| e.to_string())?;
+                    store.put_blob(&blob, &bytes).map_err(|e| StoreFailure::Disk(format!("{path}: {e}")))?;
                     Ok(FileRef { path, blob, size: bytes.len() as u64 })
                 }
                 Prepared::Blob { path, blob } => match store.get_blob(&blob) {
                     Ok(Some(bytes)) => Ok(FileRef { path, blob, size: bytes.len() as u64 }),
-                    Ok(None) => Err(format!("{path}: blob {blob} is not stored on this node; send its text")),
-                    Err(e) => Err(e.to_string()),
+                    Ok(None) => Err(StoreFailure::UnknownBlob(format!("{path}: blob {blob} is not stored on this node; send its text"))),
+                    Err(e) => Err(StoreFailure::Disk(format!("{path}: {e}"))),
                 },
             })
             .collect()
@@ -82,8 +97,9 @@ pub async fn submit(id: &Value, ctx: &ApiContext, params: TaskSubmitParams) -> V
     .await;
     let files = match stored {
         Ok(Ok(files)) => files,
-        Ok(Err(reason)) => return invalid(id, format!("task.submit: {reason}")),
-        Err(e) => return unavailable(id, format!("task.submit: {e}")),
+        Ok(Err(StoreFailure::UnknownBlob(reason))) => return invalid(id, format!("task.submit: {reason}")),
+        Ok(Err(StoreFailure::Disk(reason))) => return internal(id, format!("task.submit: the node's database failed: {reason}")),
+        Err(e) => return internal(id, format!("task.submit: {e}")),
     };
     let blobs: Vec<String> = files.iter().map(|f| f.blob.to_string()).collect();
     match ctx.client.submit_task(params.capability, files, lease_ms).await {
@@ -101,8 +117,8 @@ pub async fn history(id: &Value, ctx: &ApiContext, params: HistoryParams) -> Vec
     let store = ctx.store.clone();
     match tokio::task::spawn_blocking(move || store.history(&task)).await {
         Ok(Ok(events)) => api::result_reply(id, &HistoryResult { task_id: task.to_string(), events }),
-        Ok(Err(e)) => unavailable(id, format!("history: {e}")),
-        Err(e) => unavailable(id, format!("history: {e}")),
+        Ok(Err(e)) => internal(id, format!("history: the node's database failed: {e}")),
+        Err(e) => internal(id, format!("history: {e}")),
     }
 }
 

@@ -19,7 +19,13 @@ use tokio::sync::{Notify, oneshot};
 /// An agent silent (no `agent.next`) for this long is considered dead.
 pub const AGENT_TTL: Duration = Duration::from_secs(10);
 /// Most external agents on one node.
-pub const MAX_EXTERNAL_AGENTS: usize = 64;
+pub const MAX_EXTERNAL_AGENTS: usize = 256;
+/// Most external agents registered through one API connection: one client cannot take
+/// every place.
+pub const MAX_AGENTS_PER_CLIENT: usize = 8;
+/// Agent ids are random below 2^53, so they survive JSON numbers in any language and
+/// cannot be guessed from another agent's id.
+const AGENT_ID_LIMIT: u64 = 1 << 53;
 /// Most capabilities per external agent.
 pub const MAX_CAPABILITIES: usize = 16;
 
@@ -32,6 +38,8 @@ pub enum ExternalError {
     UnknownAgent(u64),
     #[error("too many external agents (limit {MAX_EXTERNAL_AGENTS})")]
     Full,
+    #[error("this API connection already registered {MAX_AGENTS_PER_CLIENT} agents (the limit per connection)")]
+    ClientFull,
 }
 
 /// A job handed to an agent.
@@ -50,6 +58,8 @@ struct Job {
 
 #[derive(Debug)]
 struct Agent {
+    /// The API connection that registered it (its ZeroMQ routing identity).
+    owner: Vec<u8>,
     name: String,
     capabilities: Vec<String>,
     last_seen: Instant,
@@ -58,7 +68,6 @@ struct Agent {
 #[derive(Debug, Default)]
 struct Inner {
     agents: HashMap<u64, Agent>,
-    next_id: u64,
     queue: VecDeque<Job>,
     /// Jobs taken by an agent: task → (agent, reply).
     taken: HashMap<TaskId, (u64, oneshot::Sender<TaskOutcome>)>,
@@ -76,14 +85,25 @@ fn valid_name(kind: &str, s: &str) -> Result<(), ExternalError> {
     if ok { Ok(()) } else { Err(ExternalError::Invalid(format!("{kind} {s:?}: 1-64 characters of a-z, A-Z, 0-9, '.', '_', '-'"))) }
 }
 
+fn random_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // The OS generator does not fail on Linux once booted; if it ever does, the
+        // clock's nanoseconds still give distinct (if guessable) ids.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(1);
+        bytes = (blake3::hash(&nanos.to_le_bytes()).as_bytes()[..8]).try_into().unwrap_or([1; 8]);
+    }
+    u64::from_le_bytes(bytes) % AGENT_ID_LIMIT
+}
+
 impl ExternalAgents {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent data (no multi-step updates).
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers an agent; returns its id.
-    pub fn register(&self, name: &str, capabilities: &[String]) -> Result<u64, ExternalError> {
+    /// Registers an agent for the API connection `owner`; returns its (random) id.
+    pub fn register(&self, owner: &[u8], name: &str, capabilities: &[String]) -> Result<u64, ExternalError> {
         valid_name("agent name", name)?;
         if capabilities.is_empty() || capabilities.len() > MAX_CAPABILITIES {
             return Err(ExternalError::Invalid(format!("an agent serves 1 to {MAX_CAPABILITIES} capabilities")));
@@ -95,9 +115,19 @@ impl ExternalAgents {
         if inner.agents.len() >= MAX_EXTERNAL_AGENTS {
             return Err(ExternalError::Full);
         }
-        inner.next_id += 1;
-        let id = inner.next_id;
-        inner.agents.insert(id, Agent { name: name.to_owned(), capabilities: capabilities.to_vec(), last_seen: Instant::now() });
+        if inner.agents.values().filter(|a| a.owner == owner).count() >= MAX_AGENTS_PER_CLIENT {
+            return Err(ExternalError::ClientFull);
+        }
+        let id = loop {
+            let id = random_id();
+            if id != 0 && !inner.agents.contains_key(&id) {
+                break id;
+            }
+        };
+        inner.agents.insert(
+            id,
+            Agent { owner: owner.to_vec(), name: name.to_owned(), capabilities: capabilities.to_vec(), last_seen: Instant::now() },
+        );
         tracing::info!(agent = name, id, ?capabilities, "external agent registered");
         Ok(id)
     }
@@ -211,10 +241,10 @@ mod tests {
     #[tokio::test]
     async fn jobs_go_to_agents_serving_their_capability() {
         let ext = ExternalAgents::default();
-        assert!(ext.register("bad name", &["x".into()]).is_err());
-        assert!(ext.register("a", &[]).is_err());
-        let docs = ext.register("docs", &["python.docstrings".into()]).unwrap();
-        let other = ext.register("other", &["python.other".into()]).unwrap();
+        assert!(ext.register(b"c", "bad name", &["x".into()]).is_err());
+        assert!(ext.register(b"c", "a", &[]).is_err());
+        let docs = ext.register(b"c", "docs", &["python.docstrings".into()]).unwrap();
+        let other = ext.register(b"c", "other", &["python.other".into()]).unwrap();
         assert_eq!(ext.capabilities(), vec!["python.docstrings".to_string(), "python.other".to_string()]);
         let outcome = ext.submit(job(1, "python.docstrings"));
         assert!(ext.next(other, Duration::from_millis(10)).await.unwrap().is_none());
@@ -227,10 +257,22 @@ mod tests {
         assert!(matches!(ext.next(99, Duration::from_millis(1)).await, Err(ExternalError::UnknownAgent(99))));
     }
 
+    #[test]
+    fn ids_are_random_and_one_connection_cannot_take_every_place() {
+        let ext = ExternalAgents::default();
+        let caps = ["python.x".to_string()];
+        let ids: Vec<u64> = (0..MAX_AGENTS_PER_CLIENT).map(|_| ext.register(b"hog", "a", &caps).unwrap()).collect();
+        assert!(ids.iter().all(|&id| id > 0 && id < AGENT_ID_LIMIT));
+        let consecutive = ids.windows(2).filter(|w| w[1] == w[0] + 1).count();
+        assert!(consecutive < 2, "ids must not be sequential: {ids:?}");
+        assert_eq!(ext.register(b"hog", "a", &caps), Err(ExternalError::ClientFull));
+        assert!(ext.register(b"legit", "b", &caps).is_ok(), "another connection still registers");
+    }
+
     #[tokio::test]
     async fn a_waiting_agent_wakes_up_for_new_work() {
         let ext = std::sync::Arc::new(ExternalAgents::default());
-        let id = ext.register("docs", &["python.docstrings".into()]).unwrap();
+        let id = ext.register(b"c", "docs", &["python.docstrings".into()]).unwrap();
         let waiter = {
             let ext = ext.clone();
             tokio::spawn(async move { ext.next(id, Duration::from_secs(5)).await })
@@ -244,7 +286,7 @@ mod tests {
     #[tokio::test]
     async fn silent_agents_are_reaped_and_their_jobs_given_up() {
         let ext = ExternalAgents::default();
-        let id = ext.register("docs", &["python.docstrings".into()]).unwrap();
+        let id = ext.register(b"c", "docs", &["python.docstrings".into()]).unwrap();
         let taken_outcome = ext.submit(job(3, "python.docstrings"));
         ext.next(id, Duration::from_millis(1)).await.unwrap().unwrap();
         let queued_outcome = ext.submit(job(4, "python.docstrings"));

@@ -18,6 +18,7 @@
 
 pub mod analyze;
 pub mod api;
+pub mod api_admission;
 pub mod api_client;
 pub mod api_agents;
 pub mod api_tasks;

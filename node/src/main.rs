@@ -59,10 +59,7 @@ async fn run_node(args: NodeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if args.print_config {
-        print!("{}", config.to_toml());
-        return ExitCode::SUCCESS;
-    }
+    // Validated first, so that --print-config never shows a configuration the start refuses.
     let settings = match config.validate() {
         Ok(s) => s,
         Err(e) => {
@@ -70,6 +67,10 @@ async fn run_node(args: NodeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
     pyagent_node::logging::init(settings.log_format);
     for var in pyagent_node::config::unknown_env_vars(std::env::vars()) {
         tracing::warn!("ignoring unknown environment variable {var} (known: pyagent node --help, README)");
@@ -278,7 +279,7 @@ async fn analyze(args: pyagent_node::analyze::AnalyzeArgs) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Err(e @ (AnalyzeError::Walk(_) | AnalyzeError::Empty(_))) => {
+        Err(e @ (AnalyzeError::Walk(_) | AnalyzeError::Empty { .. })) => {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_CONFIG)
         }

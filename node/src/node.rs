@@ -45,6 +45,8 @@ pub enum StartError {
     Subscribe(String),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: Multiaddr, reason: String },
+    #[error("{proto} port {port} on {ip} is already in use by another process ({source}); is another pyagent node running? pick another port with --p2p-port")]
+    PortInUse { proto: &'static str, ip: std::net::IpAddr, port: u16, source: std::io::Error },
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
     #[error(transparent)]
@@ -95,10 +97,45 @@ fn tcp_port(addr: &Multiaddr) -> Option<u16> {
     })
 }
 
+/// An error and all its causes, "outer: inner: innermost" (libp2p's transport errors
+/// often say nothing themselves and keep the reason in their source).
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !cause_text.is_empty() && !text.ends_with(&cause_text) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    if text.is_empty() { "unknown error (the transport gave no reason)".into() } else { text }
+}
+
+/// Fails when another process holds the p2p port. libp2p binds its TCP listener with
+/// SO_REUSEPORT (so outgoing connections can use the listening port), which would let a
+/// second node share the port silently and capture dials meant for the first: a probe
+/// socket without SO_REUSEPORT cannot bind while anyone listens there, so it tells.
+fn ensure_port_free(ip: std::net::IpAddr, port: u16, quic: bool) -> Result<(), StartError> {
+    if port == 0 {
+        return Ok(());
+    }
+    let addr = std::net::SocketAddr::new(ip, port);
+    std::net::TcpListener::bind(addr).map_err(|source| StartError::PortInUse { proto: "TCP", ip, port, source })?;
+    if quic {
+        std::net::UdpSocket::bind(addr).map_err(|source| StartError::PortInUse { proto: "UDP (QUIC)", ip, port, source })?;
+    }
+    Ok(())
+}
+
 /// Starts listening and waits until the TCP (and QUIC) listeners report an address.
 async fn listen(swarm: &mut Swarm<Behaviour>, settings: &Settings) -> Result<u16, StartError> {
+    ensure_port_free(settings.listen_ip, settings.p2p_port, settings.quic)?;
     let tcp = listen_addr(settings.listen_ip, settings.p2p_port, false);
-    swarm.listen_on(tcp.clone()).map_err(|e| StartError::Listen { addr: tcp.clone(), reason: e.to_string() })?;
+    swarm.listen_on(tcp.clone()).map_err(|e| StartError::Listen { addr: tcp.clone(), reason: error_chain(&e) })?;
     let wait = async {
         loop {
             match libp2p::futures::StreamExt::select_next_some(&mut *swarm).await {
@@ -109,10 +146,10 @@ async fn listen(swarm: &mut Swarm<Behaviour>, settings: &Settings) -> Result<u16
                     }
                 }
                 SwarmEvent::ListenerError { error, .. } => {
-                    return Err(StartError::Listen { addr: tcp.clone(), reason: error.to_string() });
+                    return Err(StartError::Listen { addr: tcp.clone(), reason: error_chain(&error) });
                 }
                 SwarmEvent::ListenerClosed { reason: Err(error), .. } => {
-                    return Err(StartError::Listen { addr: tcp.clone(), reason: error.to_string() });
+                    return Err(StartError::Listen { addr: tcp.clone(), reason: error_chain(&error) });
                 }
                 _ => {}
             }
@@ -125,7 +162,7 @@ async fn listen(swarm: &mut Swarm<Behaviour>, settings: &Settings) -> Result<u16
         // Same port number over UDP; with port 0, QUIC picks its own.
         let quic_port = if settings.p2p_port == 0 { 0 } else { port };
         let quic = listen_addr(settings.listen_ip, quic_port, true);
-        swarm.listen_on(quic.clone()).map_err(|e| StartError::Listen { addr: quic, reason: e.to_string() })?;
+        swarm.listen_on(quic.clone()).map_err(|e| StartError::Listen { addr: quic, reason: error_chain(&e) })?;
     }
     Ok(port)
 }
@@ -276,5 +313,30 @@ impl Node {
             tracing::error!("database flush failed: {e}");
         }
         tracing::info!("node stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_tcp_port_is_refused_with_its_cause() {
+        let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = holder.local_addr().unwrap().port();
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let err = ensure_port_free(ip, port, false).unwrap_err().to_string();
+        assert!(err.contains(&format!("TCP port {port}")) && err.contains("in use"), "{err}");
+        drop(holder);
+        ensure_port_free(ip, port, false).unwrap();
+    }
+
+    #[test]
+    fn error_chains_keep_the_reason() {
+        let inner = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        #[derive(Debug, thiserror::Error)]
+        #[error("")]
+        struct Silent(#[source] std::io::Error);
+        assert_eq!(error_chain(&Silent(inner)), "Address already in use");
     }
 }

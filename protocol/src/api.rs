@@ -34,6 +34,9 @@ pub mod code {
     pub const INTERNAL_ERROR: i64 = -32603;
     /// The node is shutting down or its network task stopped.
     pub const UNAVAILABLE: i64 = -32000;
+    /// Too many requests of this client (or of all clients) in flight: retry later.
+    /// The only code a client should retry as it is.
+    pub const BUSY: i64 = -32001;
 }
 
 /// A typed API request.
@@ -306,6 +309,20 @@ impl ApiError {
     }
 }
 
+/// The `id` of a request frame, or null when it has none or is not a JSON object: what a
+/// reply that does not serve the request (busy) echoes. Never panics.
+pub fn request_id(frame: &[u8]) -> Value {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        #[serde(default)]
+        id: Value,
+    }
+    if frame.len() > MAX_REQUEST_BYTES {
+        return Value::Null;
+    }
+    serde_json::from_slice::<IdOnly>(frame).map(|r| r.id).unwrap_or(Value::Null)
+}
+
 /// Parses one request frame.
 pub fn parse_request(frame: &[u8]) -> Result<Request, ApiError> {
     if frame.len() > MAX_REQUEST_BYTES {
@@ -519,6 +536,15 @@ mod tests {
     fn rejects_oversized_request() {
         let big = vec![b' '; MAX_REQUEST_BYTES + 1];
         assert_eq!(err(&big).error.code, code::INVALID_REQUEST);
+    }
+
+    #[test]
+    fn request_id_is_read_without_the_rest() {
+        assert_eq!(request_id(br#"{"id": 7, "method": "status", "params": {"x": [1, 2]}}"#), serde_json::json!(7));
+        assert_eq!(request_id(br#"{"method": "status", "id": "a"}"#), serde_json::json!("a"));
+        assert_eq!(request_id(br#"{"method": "status"}"#), Value::Null);
+        assert_eq!(request_id(b"[1, 2]"), Value::Null);
+        assert_eq!(request_id(b"{\"id\": 1"), Value::Null);
     }
 
     #[test]

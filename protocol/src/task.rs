@@ -29,6 +29,43 @@ pub const MAX_TASK_MESSAGE_BYTES: usize = MAX_FRAME_BYTES;
 pub const MAX_RESULT_BYTES: usize = MAX_FRAME_BYTES - 4096;
 /// Longest lease an executor may hold without renewing it.
 pub const MAX_LEASE_MS: u32 = 60_000;
+/// How a failed task's reason starts when its result was over [`MAX_RESULT_BYTES`]:
+/// the requester may split the files over several tasks and try again.
+pub const RESULT_TOO_LARGE: &str = "result too large:";
+
+/// Checks a task file path: relative, `/`-separated, no `.`/`..` component, no empty
+/// component, at most [`MAX_PATH_LEN`] bytes, no control characters and no Unicode
+/// direction or invisible formatting characters (paths are shown to people, and a
+/// right-to-left override makes `evil.py` read as something else). Returns the reason.
+pub fn check_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("the path is empty".into());
+    }
+    if path.len() > MAX_PATH_LEN {
+        return Err(format!("the path is {} bytes long, over the limit of {MAX_PATH_LEN}", path.len()));
+    }
+    if let Some(c) = path.chars().find(|c| c.is_control()) {
+        return Err(format!("the path contains the control character U+{:04X}", u32::from(c)));
+    }
+    if let Some(c) = path.chars().find(|&c| is_format_char(c)) {
+        return Err(format!("the path contains the invisible formatting character U+{:04X}", u32::from(c)));
+    }
+    if path.starts_with('/') || path.starts_with('\\') || path.as_bytes().get(1) == Some(&b':') {
+        return Err("the path is absolute; task paths are relative to the analysed tree".into());
+    }
+    if path.contains('\\') {
+        return Err("the path contains a backslash; task paths use '/'".into());
+    }
+    if let Some(part) = path.split('/').find(|p| p.is_empty() || *p == "." || *p == "..") {
+        return Err(format!("the path has a {:?} component", part));
+    }
+    Ok(())
+}
+
+/// Unicode bidirectional controls and other invisible format characters.
+fn is_format_char(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
 
 /// A 32-byte BLAKE3 hash, shown in hex.
 macro_rules! hash_id {
@@ -154,8 +191,9 @@ impl TaskSpec {
             return Err(field("files", format!("{} files, limit {MAX_TASK_FILES}", self.files.len())));
         }
         for file in &self.files {
-            if file.path.is_empty() || file.path.len() > MAX_PATH_LEN || file.path.chars().any(char::is_control) {
-                return Err(field("files.path", format!("bad path {:?}", file.path.chars().take(80).collect::<String>())));
+            if let Err(reason) = check_path(&file.path) {
+                let shown: String = file.path.chars().take(80).map(|c| if c.is_control() || is_format_char(c) { '?' } else { c }).collect();
+                return Err(field("files.path", format!("bad path {shown:?}: {reason}")));
             }
             if file.size > MAX_BLOB_BYTES as u64 {
                 return Err(field("files.size", format!("{}: {} bytes, limit {MAX_BLOB_BYTES}", file.path, file.size)));
@@ -273,6 +311,29 @@ mod tests {
         let mut s = spec();
         s.files[0].path = "a\nb".into();
         assert!(s.validate(None).is_err());
+        let mut s = spec();
+        s.files[0].path = "../../../etc/passwd".into();
+        let e = s.validate(None).unwrap_err().to_string();
+        assert!(e.contains("\"..\" component"), "{e}");
+    }
+
+    #[test]
+    fn paths_are_relative_visible_and_bounded() {
+        for good in ["a.py", "pkg/sub/mod.py", "é/ü.py", "a b/c-d.py"] {
+            assert_eq!(check_path(good), Ok(()), "{good}");
+        }
+        let refused = |p: &str| check_path(p).unwrap_err();
+        assert!(refused("/etc/passwd").contains("absolute"));
+        assert!(refused("C:/x.py").contains("absolute"));
+        assert!(refused("../../../etc/passwd").contains(".."));
+        assert!(refused("a//b.py").contains("\"\""));
+        assert!(refused("./a.py").contains("\".\""));
+        assert!(refused("a\\b.py").contains("backslash"));
+        assert!(refused("tab\there.py").contains("U+0009"));
+        assert!(refused("evil\u{202E}yp.exe").contains("U+202E"));
+        assert!(refused("zero\u{200B}width.py").contains("U+200B"));
+        assert!(refused(&"a/".repeat(600)).contains("limit"));
+        assert!(refused("").contains("empty"));
     }
 
     #[test]

@@ -167,6 +167,9 @@ impl ProposalSpec {
         if self.deadline_unix_ms <= self.created_unix_ms {
             return Err(field("deadline_unix_ms", "the deadline must be after the creation time"));
         }
+        if self.quorum == Some(0) {
+            return Err(field("quorum", "0 would make the result final before any ballot; give at least 1, or no quorum"));
+        }
         Ok(())
     }
 }
@@ -253,6 +256,11 @@ mod tests {
         let mut t = proposal();
         t.kind = ProposalKind::Review { function: "f".into(), candidates: vec!["def f(): pass".into()] };
         assert!(t.validate("P").unwrap_err().to_string().contains("one candidate per option"));
+        let mut zero = proposal();
+        zero.quorum = Some(0);
+        assert!(zero.validate("P").unwrap_err().to_string().contains("quorum"));
+        zero.quorum = Some(1);
+        assert!(zero.validate("P").is_ok());
         let mut u = proposal();
         u.nonce = 4;
         assert_ne!(p.id().unwrap(), u.id().unwrap());

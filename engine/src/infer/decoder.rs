@@ -236,6 +236,7 @@ impl Decoder {
         if let Some(missing) = wanted.into_iter().find(|w| !outputs.contains(w)) {
             return Err(ModelError::Layout(missing.to_owned()));
         }
+        check_graph(&session, &model.config)?;
         let cpu = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Arena, MemoryType::Default).map_err(onnx)?;
         // The session's CPU arena; the process-wide default allocator if there is none.
         let arena = Allocator::new(&session, cpu.clone()).unwrap_or_default();
@@ -396,6 +397,26 @@ impl Decoder {
         past.len += s;
         Ok((logits, past))
     }
+}
+
+/// Compares the graph's fixed dimensions with `config.json` before anything is sized from
+/// the config: the KV inputs are [batch, kv_heads, past, head_dim] and the logits
+/// [batch, sequence, vocab]. Dynamic dimensions (-1) are not checked.
+fn check_graph(session: &Session, config: &crate::infer::ModelConfig) -> Result<(), ModelError> {
+    let fixed = |dims: Option<&ort::value::Shape>, at: usize| dims.and_then(|d| d.get(at).copied()).filter(|&d| d > 0);
+    let compare = |what: &'static str, config: i64, graph: Option<i64>| match graph {
+        Some(graph) if graph != config => Err(ModelError::GraphMismatch { what, config, graph }),
+        _ => Ok(()),
+    };
+    for input in session.inputs().iter().filter(|i| i.name().starts_with("past_key_values.")) {
+        let shape = input.dtype().tensor_shape();
+        compare("num_key_value_heads", i64::from(config.num_key_value_heads), fixed(shape, 1))?;
+        compare("head_dim", i64::from(config.head_dim()), fixed(shape, 3))?;
+    }
+    if let Some(logits) = session.outputs().iter().find(|o| o.name() == "logits") {
+        compare("vocab_size", i64::from(config.vocab_size), fixed(logits.dtype().tensor_shape(), 2))?;
+    }
+    Ok(())
 }
 
 fn logits_of(outputs: &mut SessionOutputs<'_>, rows: usize, vocab: usize) -> Result<Logits, ModelError> {

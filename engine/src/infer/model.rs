@@ -21,6 +21,10 @@ pub enum ModelError {
     Tokenizer { path: PathBuf, reason: String },
     #[error("the tokenizer has {tokenizer} tokens but the model only {model}: they do not belong together")]
     TokenizerMismatch { tokenizer: usize, model: usize },
+    #[error("the tokenizer has token id {id} ({token:?}) but the model's vocabulary is {model}: they do not belong together")]
+    TokenizerIdOutOfRange { id: u32, token: String, model: usize },
+    #[error("config.json says {what} is {config} but the ONNX graph has {graph}: the config does not belong to this model")]
+    GraphMismatch { what: &'static str, config: i64, graph: i64 },
     #[error("{path}: ONNX Runtime cannot load this model: {reason}")]
     Onnx { path: PathBuf, reason: String },
     #[error("the model misses input or output {0:?} of the decoder layout")]
@@ -60,7 +64,39 @@ pub struct ModelConfig {
     pub past_present_share_buffer: bool,
 }
 
+/// Bounds of a sane decoder config (the largest models served anywhere are well inside):
+/// checked before anything is sized from the config.
+const MAX_LAYERS: u32 = 1024;
+const MAX_HEADS: u32 = 1024;
+const MAX_HEAD_DIM: u32 = 1024;
+const MAX_HIDDEN: u32 = 1 << 17;
+const MAX_VOCAB: u32 = 1 << 24;
+
 impl ModelConfig {
+    /// Checks the sizes: positive, within sane bounds, heads a multiple of KV heads.
+    pub fn check(&self) -> Result<(), String> {
+        let bounded = [
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
+            ("num_key_value_heads", self.num_key_value_heads, MAX_HEADS),
+            ("head_dim", self.head_dim(), MAX_HEAD_DIM),
+            ("hidden_size", self.hidden_size, MAX_HIDDEN),
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+        ];
+        for (field, value, max) in bounded {
+            if value == 0 || value > max {
+                return Err(format!("{field} is {value}; it must be 1..={max}"));
+            }
+        }
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+            return Err(format!(
+                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        Ok(())
+    }
+
     pub fn head_dim(&self) -> u32 {
         self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
@@ -107,8 +143,8 @@ impl ModelDir {
         let text = std::fs::read_to_string(&config_path).map_err(|source| ModelError::Read { path: config_path.clone(), source })?;
         let config: ModelConfig =
             serde_json::from_str(&text).map_err(|e| ModelError::Config { path: config_path.clone(), reason: e.to_string() })?;
-        if config.num_hidden_layers == 0 || config.num_key_value_heads == 0 || config.head_dim() == 0 || config.vocab_size == 0 {
-            return Err(ModelError::Config { path: config_path, reason: "layers, KV heads, head size and vocabulary must be positive".into() });
+        if let Err(reason) = config.check() {
+            return Err(ModelError::Config { path: config_path, reason });
         }
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
@@ -116,6 +152,13 @@ impl ModelDir {
         let size = tokenizer.get_vocab_size(true);
         if size > config.vocab_size as usize {
             return Err(ModelError::TokenizerMismatch { tokenizer: size, model: config.vocab_size as usize });
+        }
+        // Ids may be sparse: every one must have a row of logits, or generation reads
+        // garbage for it.
+        if let Some((token, id)) = tokenizer.get_vocab(true).into_iter().max_by_key(|(_, id)| *id)
+            && id >= config.vocab_size
+        {
+            return Err(ModelError::TokenizerIdOutOfRange { id, token, model: config.vocab_size as usize });
         }
         Ok(Self { dir: dir.to_owned(), onnx, config, tokenizer, id, bytes })
     }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use pyagent_agents::{complexity, imports, tokens};
 use pyagent_protocol::api::{MAX_SUBMIT_TEXT_BYTES, TaskSubmitResult, TaskWaitResult};
+use pyagent_protocol::task::RESULT_TOO_LARGE;
 use serde_json::{Value, json};
 
 use crate::api_client::{ApiClientError, ApiConnection};
@@ -82,13 +83,29 @@ pub enum AnalyzeError {
     Walk(#[from] walk::WalkError),
     #[error(transparent)]
     Api(#[from] ApiClientError),
-    #[error("{0}: no Python files to analyse")]
-    Empty(PathBuf),
+    #[error("{}: no Python files to analyse{}", path.display(), skipped_list(skipped))]
+    Empty { path: PathBuf, skipped: std::collections::BTreeMap<String, String> },
+}
+
+/// The files left out, with their reasons, for an error message (at most 20 listed).
+fn skipped_list(skipped: &std::collections::BTreeMap<String, String>) -> String {
+    if skipped.is_empty() {
+        return String::new();
+    }
+    let mut text = format!("; {} left out:", skipped.len());
+    for (path, reason) in skipped.iter().take(20) {
+        text.push_str(&format!("\n  {path}: {reason}"));
+    }
+    if skipped.len() > 20 {
+        text.push_str(&format!("\n  ... and {} more", skipped.len() - 20));
+    }
+    text
 }
 
 struct Pending {
     capability: &'static str,
-    files: usize,
+    /// The files of the task: indexes into the tree's files (and their blob references).
+    files: std::ops::Range<usize>,
 }
 
 async fn submit(api: &mut ApiConnection, args: &AnalyzeArgs, capability: &str, files: Vec<Value>) -> Result<TaskSubmitResult, ApiClientError> {
@@ -116,7 +133,7 @@ pub async fn run(args: &AnalyzeArgs) -> Result<Analysis, AnalyzeError> {
         .await
         .map_err(|e| AnalyzeError::Walk(walk::WalkError::Root { path: args.path.clone(), source: std::io::Error::other(e) }))??;
     if tree.files.is_empty() {
-        return Err(AnalyzeError::Empty(args.path.clone()));
+        return Err(AnalyzeError::Empty { path: args.path.clone(), skipped: tree.skipped });
     }
     let mut analysis = Analysis {
         root: args.path.display().to_string(),
@@ -147,17 +164,17 @@ pub async fn run(args: &AnalyzeArgs) -> Result<Analysis, AnalyzeError> {
         let submitted = submit(&mut api, args, first, texts).await?;
         let refs: Vec<Value> = batch.iter().zip(&submitted.blobs).map(|(f, blob)| json!({ "path": f.path, "blob": blob })).collect();
         // (With `--only imports`, the token counts carry the files and come along.)
-        pending.insert(submitted.task_id, Pending { capability: first, files: batch.len() });
+        pending.insert(submitted.task_id, Pending { capability: first, files: start..end });
         if first != tokens::CAPABILITY && args.wants(Only::Tokens) {
             let counted = submit(&mut api, args, tokens::CAPABILITY, refs.clone()).await?;
-            pending.insert(counted.task_id, Pending { capability: tokens::CAPABILITY, files: batch.len() });
+            pending.insert(counted.task_id, Pending { capability: tokens::CAPABILITY, files: start..end });
         }
         all_refs.extend(refs);
         start = end;
     }
     if args.wants(Only::Imports) {
-        let graph = submit(&mut api, args, imports::CAPABILITY, all_refs).await?;
-        pending.insert(graph.task_id, Pending { capability: imports::CAPABILITY, files: tree.files.len() });
+        let graph = submit(&mut api, args, imports::CAPABILITY, all_refs.clone()).await?;
+        pending.insert(graph.task_id, Pending { capability: imports::CAPABILITY, files: 0..tree.files.len() });
     }
     analysis.tasks = pending.len();
 
@@ -175,7 +192,7 @@ pub async fn run(args: &AnalyzeArgs) -> Result<Analysis, AnalyzeError> {
         if Instant::now() >= deadline {
             for (_, p) in pending.drain() {
                 let reason = format!("not finished within {} s", args.deadline_secs);
-                analysis.failed.push(FailedTask { capability: p.capability.into(), files: p.files, reason });
+                analysis.failed.push(FailedTask { capability: p.capability.into(), files: p.files.len(), reason });
             }
             break;
         }
@@ -189,7 +206,7 @@ pub async fn run(args: &AnalyzeArgs) -> Result<Analysis, AnalyzeError> {
                     analysis.task_list.push(json!({
                         "task_id": task.task_id,
                         "capability": p.capability,
-                        "files": p.files,
+                        "files": p.files.len(),
                         "state": task.state,
                         "executor": task.executor,
                     }));
@@ -197,11 +214,31 @@ pub async fn run(args: &AnalyzeArgs) -> Result<Analysis, AnalyzeError> {
                     if let (Some(Ok(result)), "completed") = (result, task.state.as_str()) {
                         analysis.add(p.capability, task.executor.as_deref(), result);
                         if p.capability == first_capability {
-                            bar.inc(p.files as u64);
+                            bar.inc(p.files.len() as u64);
+                        }
+                        continue;
+                    }
+                    let reason = task.reason.unwrap_or_else(|| "no reason given".into());
+                    let too_large = reason.starts_with(RESULT_TOO_LARGE) && p.capability != imports::CAPABILITY;
+                    if too_large && p.files.len() > 1 {
+                        // Too many blocks for one result: the same files (their blobs are
+                        // stored already) in two tasks, down to one file a task.
+                        let middle = p.files.start + p.files.len() / 2;
+                        for half in [p.files.start..middle, middle..p.files.end] {
+                            let refs = all_refs[half.clone()].to_vec();
+                            let again = submit(&mut api, args, p.capability, refs).await?;
+                            pending.insert(again.task_id, Pending { capability: p.capability, files: half });
+                        }
+                        analysis.tasks += 1;
+                    } else if too_large {
+                        // One file whose result alone is over the limit: left out, with why.
+                        let file = &tree.files[p.files.start];
+                        analysis.skipped.insert(walk::printable(&file.path), format!("{}: {reason}", p.capability));
+                        if p.capability == first_capability {
+                            bar.inc(1);
                         }
                     } else {
-                        let reason = task.reason.unwrap_or_else(|| "no reason given".into());
-                        analysis.failed.push(FailedTask { capability: p.capability.into(), files: p.files, reason });
+                        analysis.failed.push(FailedTask { capability: p.capability.into(), files: p.files.len(), reason });
                     }
                 }
                 _ => {

@@ -10,7 +10,58 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use pyagent_agents::python::decode_source;
-use pyagent_protocol::task::MAX_BLOB_BYTES;
+use pyagent_protocol::task::{MAX_BLOB_BYTES, check_path};
+
+/// A path as it may be shown in a report: control and invisible formatting characters
+/// escaped; a path of over 240 characters keeps its first and last 100 around "...".
+pub fn printable(path: &str) -> String {
+    let count = path.chars().count();
+    let mut shown = String::new();
+    for (i, c) in path.chars().enumerate() {
+        if count > 240 && (100..count - 100).contains(&i) {
+            if i == 100 {
+                shown.push_str("...");
+            }
+            continue;
+        }
+        if c.is_control() || matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}') {
+            shown.extend(c.escape_unicode());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
+}
+
+/// Where a walk error happened and why, from `ignore`'s error.
+fn walk_failure(error: &ignore::Error, root: &Path, prefix: &[String]) -> (String, String) {
+    let mut error = error;
+    let mut path = None;
+    loop {
+        match error {
+            ignore::Error::WithPath { path: p, err } => {
+                path.get_or_insert_with(|| p.clone());
+                error = err;
+            }
+            ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => error = err,
+            other => {
+                let name = match path {
+                    Some(p) => relative_name(prefix, p.strip_prefix(root).unwrap_or(&p)),
+                    None => "(a directory)".into(),
+                };
+                // The OS error alone: the path it names can be thousands of bytes long.
+                let reason = match other {
+                    ignore::Error::Io(e) => match e.raw_os_error() {
+                        Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+                        None => printable(&e.to_string()),
+                    },
+                    other => printable(&other.to_string()),
+                };
+                return (printable(&name), format!("cannot walk: {reason}"));
+            }
+        }
+    }
+}
 
 /// A file to analyse.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +126,13 @@ fn relative_name(prefix: &[String], rel: &Path) -> String {
 }
 
 fn add_file(tree: &mut SourceTree, path: &Path, name: String) {
+    // Task paths are checked by every node (relative, bounded, no control or direction
+    // characters): a file whose name cannot be one is left out here, with the reason,
+    // instead of failing the whole run when the node refuses the batch.
+    if let Err(reason) = check_path(&name) {
+        tree.skipped.insert(printable(&name), format!("cannot be sent as a task path: {reason}"));
+        return;
+    }
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {
@@ -127,7 +185,8 @@ pub fn collect(root: &Path, exclude: &[String]) -> Result<SourceTree, WalkError>
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
-                tree.skipped.insert(e.to_string(), "cannot walk".into());
+                let (path, reason) = walk_failure(&e, &absolute, &prefix);
+                tree.skipped.insert(path, reason);
                 continue;
             }
         };

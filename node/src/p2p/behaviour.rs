@@ -8,6 +8,7 @@ use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, kad, ping, 
 use pyagent_protocol::SwarmNamespace;
 use pyagent_protocol::rpc::RPC_PROTOCOL;
 
+use super::pending_limit::PendingPerSource;
 use super::rpc::RpcCodec;
 
 /// Software version that identify and adverts carry.
@@ -21,6 +22,9 @@ const MAX_PENDING: u32 = 64;
 #[allow(missing_debug_implementations)] // the libp2p behaviours inside are not Debug
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// First: a source over its share of handshakes is denied before it takes a slot of
+    /// `limits`' node-wide pending bound.
+    pub pending: PendingPerSource,
     pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -74,6 +78,6 @@ impl Behaviour {
             [(StreamProtocol::new(RPC_PROTOCOL), request_response::ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
         );
-        Ok(Self { limits, identify, ping: ping::Behaviour::new(ping::Config::new()), gossipsub, kad, rpc })
+        Ok(Self { pending: PendingPerSource::default(), limits, identify, ping: ping::Behaviour::new(ping::Config::new()), gossipsub, kad, rpc })
     }
 }

@@ -10,13 +10,15 @@
 //! ```
 //!
 //! - [`transport`]: TCP (+ pnet when a swarm key is set) + Noise + Yamux, and QUIC.
-//! - [`behaviour`]: the composed `NetworkBehaviour`.
+//! - [`behaviour`]: the composed `NetworkBehaviour`; [`pending_limit`]: handshakes in
+//!   progress bounded per source address.
 //! - [`rpc`]: the request-response codec (through `pyagent_protocol::codec`).
 //! - [`client`]: [`NodeClient`] and [`Command`].
 //! - [`swarm_task`]: the event loop, membership view upkeep, adverts, redials.
 
 pub mod behaviour;
 pub mod client;
+pub mod pending_limit;
 pub mod rpc;
 pub mod swarm_task;
 pub mod transport;

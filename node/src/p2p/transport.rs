@@ -12,8 +12,10 @@ use libp2p::identity::Keypair;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::{PeerId, Transport, noise, quic, tcp, yamux};
 
-/// How long the security and multiplexing handshakes may take.
-const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the security and multiplexing handshakes may take. They take milliseconds on a
+/// LAN; a connection that stalls in them holds a pending slot until this passes, so it is
+/// kept short (see `pending_limit` for the per-source bound).
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(4);
 const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(1);
 const QUIC_IDLE_TIMEOUT_MS: u32 = 5_000;
 

@@ -2,7 +2,7 @@
 //! Blocking (agents are CPU-bound): called on tokio's blocking pool.
 
 use pyagent_agents::{Registry, SourceFile, Task};
-use pyagent_protocol::task::{MAX_RESULT_BYTES, TaskOutcome, TaskSpec};
+use pyagent_protocol::task::{MAX_RESULT_BYTES, RESULT_TOO_LARGE, TaskOutcome, TaskSpec};
 
 use crate::store::Store;
 
@@ -38,7 +38,10 @@ pub fn run(registry: &Registry, store: &Store, spec: &TaskSpec) -> TaskOutcome {
         Ok(result) => {
             let result_json = result.to_string();
             if result_json.len() > MAX_RESULT_BYTES {
-                failed(format!("result of {} bytes exceeds the limit of {MAX_RESULT_BYTES}; submit smaller batches", result_json.len()))
+                failed(format!(
+                    "{RESULT_TOO_LARGE} {} bytes of result, over the limit of {MAX_RESULT_BYTES}; fewer files per task would fit",
+                    result_json.len()
+                ))
             } else {
                 TaskOutcome::Completed { result_json }
             }
