@@ -23,6 +23,9 @@ import zmq
 __all__ = ["Client", "ApiError"]
 
 
+BUSY = -32001  # the node is busy: retry later
+
+
 class ApiError(Exception):
     """The node refused a request (see `code` and `message`), or did not answer."""
 
@@ -52,10 +55,24 @@ class Client:
         self.close()
 
     def call(self, method: str, params: dict[str, Any] | None = None, timeout_ms: int | None = None) -> Any:
-        """Sends one request and returns its result (raises ApiError on an error reply)."""
+        """Sends one request and returns its result (raises ApiError on an error reply).
+        A busy reply (code -32001) is retried with backoff until the timeout."""
+        deadline = time.monotonic() + (timeout_ms or self.timeout_ms) / 1000
+        delay = 0.025
+        while True:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            try:
+                return self._call_once(method, params, max(left_ms, 1))
+            except ApiError as e:
+                if e.code != BUSY or deadline - time.monotonic() <= delay:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _call_once(self, method: str, params: dict[str, Any] | None, timeout_ms: int) -> Any:
         request_id = next(self._ids)
         self._socket.send(json.dumps({"id": request_id, "method": method, "params": params or {}}).encode())
-        deadline = time.monotonic() + (timeout_ms or self.timeout_ms) / 1000
+        deadline = time.monotonic() + timeout_ms / 1000
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not self._socket.poll(int(left * 1000) + 1):

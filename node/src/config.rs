@@ -443,8 +443,14 @@ pub fn default_data_dir() -> Option<PathBuf> {
 
 /// Reads a libp2p pre-shared key file (`/key/swarm/psk/1.0.0/` format).
 pub fn read_swarm_key(path: &Path) -> Result<PreSharedKey, ConfigError> {
-    let text = std::fs::read_to_string(path)
+    use std::io::Read;
+    // A key file is about 100 bytes: read at most 4 KiB, so that a path such as /dev/zero
+    // is refused instead of read without end.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4096).read_to_end(&mut bytes))
         .map_err(|e| invalid("swarm_key", format!("cannot read {}: {e}", path.display())))?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid("swarm_key", format!("{} is not a swarm key file: not text", path.display())))?;
     text.trim_end()
         .parse::<PreSharedKey>()
         .map_err(|e| invalid("swarm_key", format!("{} is not a swarm key file: {e}", path.display())))
@@ -586,6 +592,8 @@ mod tests {
         let mut c = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
         c.swarm_key = Some("/nonexistent/swarm.key".into());
         assert!(validate_err(&c).starts_with("swarm_key:"));
+        c.swarm_key = Some("/dev/zero".into());
+        assert!(validate_err(&c).contains("not a swarm key file"), "a device is read bounded and refused");
     }
 
     #[test]
