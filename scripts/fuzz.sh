@@ -28,7 +28,12 @@ fi
 targets="${FUZZ_TARGETS:-$("${fuzz[@]}" list --fuzz-dir tests/fuzz)}"
 
 echo "fuzz: building (sanitizer: $sanitizer)"
-"${fuzz[@]}" build --fuzz-dir tests/fuzz --sanitizer "$sanitizer" >/dev/null
+build_log="$(mktemp)"
+if ! "${fuzz[@]}" build --fuzz-dir tests/fuzz --sanitizer "$sanitizer" >"$build_log" 2>&1; then
+    tail -60 "$build_log"
+    exit 1
+fi
+rm -f "$build_log"
 
 total=0
 failed=()

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit tests, in-process multi-node tests and, as root,
-# the network-namespace lab tests (mDNS stays inside the lab). Installs what it needs.
+# the network-namespace lab tests (mDNS stays inside the lab); then the fuzz targets for
+# FUZZ_SECONDS each (default 20) and, as root, the soak for SOAK_MINUTES (default 1).
+# Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -12,4 +14,12 @@ scripts/prepare-model.sh tiny-int4 target/models/tiny-int4
 # skipped, loudly, if this fails.
 scripts/prepare-model.sh smollm2 target/models/smollm2 || echo "test.sh: SmolLM2 not prepared; its tests will say SKIPPED" >&2
 scripts/prepare-model.sh smollm2-int4 target/models/smollm2-int4 || echo "test.sh: SmolLM2 int4 not prepared; its tests will say SKIPPED" >&2
-exec cargo test --workspace --locked --no-fail-fast "$@"
+cargo test --workspace --locked --no-fail-fast "$@"
+# Every fuzz target for a short while from the committed corpus (scripts/fuzz.sh SECONDS
+# runs them longer), then, as root, a 1-minute soak of a 3-node lab under abuse.
+scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+if [ "$(id -u)" -eq 0 ]; then
+    scripts/soak.sh "${SOAK_MINUTES:-1}"
+else
+    echo "test.sh: not root, soak skipped (it needs network namespaces)" >&2
+fi

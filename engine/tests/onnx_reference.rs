@@ -176,13 +176,14 @@ fn missing_runtime_corrupt_model_and_tokenizer_mismatch_are_clear_errors() {
     with("vocab_size", (model.config.vocab_size + 16).into());
     let err = Decoder::load(&ModelDir::open(dir.path()).unwrap(), env, 1).unwrap_err();
     assert!(matches!(err, ModelError::GraphMismatch { what: "vocab_size", .. }), "{err}");
-    // A tokenizer whose ids run past the vocabulary (sparse ids) does not belong to it.
-    std::fs::copy(model.dir.join("config.json"), dir.path().join("config.json")).unwrap();
+    // A tokenizer whose ids run past the vocabulary (sparse ids: fewer tokens than the
+    // vocabulary, one id beyond it) does not belong to it.
+    with("vocab_size", (model.config.vocab_size + 2).into());
     let mut tokenizer: serde_json::Value = serde_json::from_slice(&std::fs::read(model.dir.join("tokenizer.json")).unwrap()).unwrap();
     let far = model.config.vocab_size + 1000;
-    tokenizer["added_tokens"].as_array_mut().unwrap().push(serde_json::json!({
-        "id": far, "content": "<|far|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true
-    }));
+    let vocab = tokenizer["model"]["vocab"].as_object_mut().unwrap();
+    let last = vocab.iter().find(|(_, id)| id.as_u64() == Some(255)).map(|(token, _)| token.clone()).unwrap();
+    vocab[&last] = far.into();
     std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
     let err = ModelDir::open(dir.path()).unwrap_err();
     assert!(matches!(err, ModelError::TokenizerIdOutOfRange { id, .. } if id == far), "{err}");
