@@ -144,16 +144,17 @@ async fn serve_requests(router: zeromq::RouterSocket, ctx: ApiContext, mut shutd
                     }
                     Verdict::Busy => {
                         let limits = lock(&admission).limits();
-                        let id = envelope.frames.first().map(|f| api::request_id(f)).unwrap_or(Value::Null);
-                        let busy = ApiError::new(
-                            id,
-                            code::BUSY,
-                            format!(
-                                "busy: this client has {} requests in flight (or the node {}); retry later",
-                                limits.per_client, limits.total
-                            ),
-                        );
                         handlers.spawn(async move {
+                            // Off the receive loop: reading the id parses the request.
+                            let id = envelope.frames.first().map(|f| api::request_id(f)).unwrap_or(Value::Null);
+                            let busy = ApiError::new(
+                                id,
+                                code::BUSY,
+                                format!(
+                                    "busy: this client has {} requests in flight (or the node {}); retry later",
+                                    limits.per_client, limits.total
+                                ),
+                            );
                             if let Some(reply) = envelope.wrap(busy.to_reply()) {
                                 send_reply(&mut sender, reply).await;
                             }
