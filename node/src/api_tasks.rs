@@ -30,9 +30,21 @@ fn internal(id: &Value, message: impl Into<String>) -> Vec<u8> {
 }
 
 /// Why storing a request's files failed: the client's fault, or the node's.
+#[derive(Debug)]
 enum StoreFailure {
     UnknownBlob(String),
     Disk(String),
+}
+
+impl StoreFailure {
+    /// A blob the client named but never sent is bad params; a failing disk is the node's
+    /// own failure, an internal error (it used to reach clients as "invalid params").
+    fn reply(self, id: &Value) -> Vec<u8> {
+        match self {
+            Self::UnknownBlob(reason) => invalid(id, format!("task.submit: {reason}")),
+            Self::Disk(reason) => internal(id, format!("task.submit: the node's database failed: {reason}")),
+        }
+    }
 }
 
 /// Files as they will be stored: text to write, or an existing blob.
@@ -97,8 +109,7 @@ pub async fn submit(id: &Value, ctx: &ApiContext, params: TaskSubmitParams) -> V
     .await;
     let files = match stored {
         Ok(Ok(files)) => files,
-        Ok(Err(StoreFailure::UnknownBlob(reason))) => return invalid(id, format!("task.submit: {reason}")),
-        Ok(Err(StoreFailure::Disk(reason))) => return internal(id, format!("task.submit: the node's database failed: {reason}")),
+        Ok(Err(failure)) => return failure.reply(id),
         Err(e) => return internal(id, format!("task.submit: {e}")),
     };
     let blobs: Vec<String> = files.iter().map(|f| f.blob.to_string()).collect();
@@ -153,5 +164,18 @@ pub async fn wait(id: &Value, ctx: &ApiContext, params: TaskWaitParams) -> Vec<u
             },
             _ = tokio::time::sleep_until(deadline) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_failures_are_internal_errors_and_unknown_blobs_bad_params() {
+        let code_of = |reply: Vec<u8>| serde_json::from_slice::<Value>(&reply).unwrap()["error"]["code"].as_i64().unwrap();
+        let id = serde_json::json!(7);
+        assert_eq!(code_of(StoreFailure::Disk("IO error: No space left on device".into()).reply(&id)), code::INTERNAL_ERROR);
+        assert_eq!(code_of(StoreFailure::UnknownBlob("a.py: blob 00 is not stored".into()).reply(&id)), code::INVALID_PARAMS);
     }
 }

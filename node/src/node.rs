@@ -124,9 +124,15 @@ fn ensure_port_free(ip: std::net::IpAddr, port: u16, quic: bool) -> Result<(), S
         return Ok(());
     }
     let addr = std::net::SocketAddr::new(ip, port);
-    std::net::TcpListener::bind(addr).map_err(|source| StartError::PortInUse { proto: "TCP", ip, port, source })?;
+    let refused = |proto: &'static str, listen: Multiaddr| {
+        move |source: std::io::Error| match source.kind() {
+            std::io::ErrorKind::AddrInUse => StartError::PortInUse { proto, ip, port, source },
+            _ => StartError::Listen { addr: listen, reason: source.to_string() },
+        }
+    };
+    std::net::TcpListener::bind(addr).map_err(refused("TCP", listen_addr(ip, port, false)))?;
     if quic {
-        std::net::UdpSocket::bind(addr).map_err(|source| StartError::PortInUse { proto: "UDP (QUIC)", ip, port, source })?;
+        std::net::UdpSocket::bind(addr).map_err(refused("UDP (QUIC)", listen_addr(ip, port, true)))?;
     }
     Ok(())
 }

@@ -62,8 +62,8 @@ pub fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Unicode bidirectional controls and other invisible format characters.
-fn is_format_char(c: char) -> bool {
+/// Unicode bidirectional controls and other invisible format characters: never shown raw.
+pub fn is_format_char(c: char) -> bool {
     matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 

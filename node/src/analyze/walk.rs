@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use pyagent_agents::python::decode_source;
-use pyagent_protocol::task::{MAX_BLOB_BYTES, check_path};
+use pyagent_protocol::task::{MAX_BLOB_BYTES, check_path, is_format_char};
 
 /// A path as it may be shown in a report: control and invisible formatting characters
 /// escaped; a path of over 240 characters keeps its first and last 100 around "...".
@@ -24,7 +24,7 @@ pub fn printable(path: &str) -> String {
             }
             continue;
         }
-        if c.is_control() || matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}') {
+        if c.is_control() || is_format_char(c) {
             shown.extend(c.escape_unicode());
         } else {
             shown.push(c);
