@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use pyagent_node::{Node, api_client};
 use pyagent_protocol::api::{StatusResult, code};
 use serde_json::{Value, json};
-use support::{Opts, start_in, test_config, view, wait_until};
+use support::{Opts, start_in, test_config, view, wait_until, write};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -320,12 +320,6 @@ async fn a_node_refuses_a_p2p_port_that_another_process_holds() {
         assert!(err.contains(&format!("TCP port {port}")) && err.contains("already in use"), "{err}");
         first.shutdown().await;
     }
-}
-
-fn write(root: &std::path::Path, rel: &str, text: &str) {
-    let path = root.join(rel);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
 }
 
 /// Finding 6 (analyze): a long path or a tab in a name aborted the whole run, a file

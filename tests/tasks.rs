@@ -11,7 +11,7 @@ use std::time::Duration;
 use pyagent_node::{Node, api_client};
 use pyagent_protocol::api::StatusResult;
 use serde_json::{Value, json};
-use support::{Opts, start_in, view, wait_until};
+use support::{Opts, start_in, view, wait_until, write};
 
 const JOIN: Duration = Duration::from_secs(15);
 
@@ -208,12 +208,6 @@ async fn an_executor_that_leaves_is_replaced() {
 }
 
 const PYAGENT: &str = env!("CARGO_BIN_EXE_pyagent");
-
-fn write(root: &std::path::Path, rel: &str, text: &str) {
-    let path = root.join(rel);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
 
 async fn analyze_cli(node: &Node, args: &[&str]) -> std::process::Output {
     let mut cmd = tokio::process::Command::new(PYAGENT);

@@ -32,6 +32,13 @@ where
     }
 }
 
+/// Writes `text` to `rel` under `root`, creating its directories.
+pub fn write(root: &Path, rel: &str, text: &str) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
 /// Options of an in-process test node.
 #[derive(Debug, Clone, Default)]
 pub struct Opts {
