@@ -2,6 +2,7 @@
 # Installs what building and testing PyAgent Swarm needs on Debian/Ubuntu; idempotent.
 #   - libclang-dev: RocksDB's bindings are generated with bindgen at build time
 #   - iproute2: the network-namespace lab (scripts/lab.sh) used by the lab tests
+#   - procps (pgrep): scripts/soak.sh
 #   - pyzmq (pip): the Python API example and its test
 #   - python3-venv: scripts/prepare-model.sh (ONNX Runtime, the tiny test model)
 # Without root it only reports what is missing.
@@ -10,6 +11,8 @@ set -euo pipefail
 missing=()
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# scripts/soak.sh finds the lab nodes' pids with pgrep.
+command -v pgrep >/dev/null 2>&1 || missing+=(procps)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
 # scripts/prepare-model.sh makes a virtual environment (ONNX Runtime for the engine tests).
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
