@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use pyagent_node::{Node, api_client};
 use pyagent_protocol::api::{StatusResult, code};
 use serde_json::{Value, json};
-use support::{Opts, start_in, test_config, view, wait_until, write};
+use support::{Opts, analyze_cli, start_in, test_config, view, wait_until, write};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -346,12 +346,7 @@ async fn analyze_leaves_out_what_it_cannot_take_with_the_reason() {
         .unwrap();
     assert!(deep.success());
     let node = start_in(&dir.path().join("n"), &Opts::default()).await;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pyagent"))
-        .args(["analyze", "--json", "--api", node.api_endpoint()])
-        .arg(&tree)
-        .output()
-        .await
-        .unwrap();
+    let out = analyze_cli(&node, &["--json", tree.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["complete"], true, "{json}");
@@ -371,12 +366,7 @@ async fn analyze_leaves_out_what_it_cannot_take_with_the_reason() {
     let only_deep = dir.path().join("only-deep");
     std::fs::create_dir_all(&only_deep).unwrap();
     write(&only_deep, "tab\tonly.py", "x = 1\n");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pyagent"))
-        .args(["analyze", "--api", node.api_endpoint()])
-        .arg(&only_deep)
-        .output()
-        .await
-        .unwrap();
+    let out = analyze_cli(&node, &[only_deep.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no Python files") && stderr.contains("U+0009"), "{stderr}");

@@ -11,7 +11,7 @@ use std::time::Duration;
 use pyagent_node::{Node, api_client};
 use pyagent_protocol::api::StatusResult;
 use serde_json::{Value, json};
-use support::{Opts, start_in, view, wait_until, write};
+use support::{Opts, analyze_cli, start_in, view, wait_until, write};
 
 const JOIN: Duration = Duration::from_secs(15);
 
@@ -208,12 +208,6 @@ async fn an_executor_that_leaves_is_replaced() {
 }
 
 const PYAGENT: &str = env!("CARGO_BIN_EXE_pyagent");
-
-async fn analyze_cli(node: &Node, args: &[&str]) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(PYAGENT);
-    cmd.arg("analyze").arg("--api").arg(node.api_endpoint()).args(args);
-    cmd.output().await.unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyagent_analyze_reports_complexity_cycles_and_tokens() {

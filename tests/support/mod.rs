@@ -32,6 +32,13 @@ where
     }
 }
 
+/// Runs `pyagent analyze ARGS` against `node`'s API.
+pub async fn analyze_cli(node: &Node, args: &[&str]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pyagent"));
+    cmd.arg("analyze").arg("--api").arg(node.api_endpoint()).args(args);
+    cmd.output().await.expect("run pyagent analyze")
+}
+
 /// Writes `text` to `rel` under `root`, creating its directories.
 pub fn write(root: &Path, rel: &str, text: &str) {
     let path = root.join(rel);
