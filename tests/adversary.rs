@@ -3,9 +3,8 @@
 //! with a reason (the forged blob fails the task, and the requester is told why), executes
 //! nothing it should not, and keeps serving.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -14,15 +13,15 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Swarm, gossipsub, identity::Keypair, request_response};
 use pyagent_node::p2p::behaviour::{Behaviour, BehaviourEvent};
 use pyagent_node::p2p::transport;
-use pyagent_protocol::rpc::{BlobData, RpcRequest, RpcResponse};
+use pyagent_protocol::rpc::{BlobData, BlobsResponse, HelloResponse, ResultAck};
 use pyagent_protocol::task::{BlobId, FileRef, TaskMessage, TaskOutcome, TaskSpec};
-use pyagent_protocol::{Advert, PROTOCOL_VERSION, SwarmNamespace};
+use pyagent_protocol::{Advert, SwarmNamespace, VersionRange};
 use serde_json::json;
 use support::{Opts, start_in, view, wait_until};
 
 fn advert(keypair: &Keypair, seq: u64) -> Advert {
     Advert {
-        protocol_version: PROTOCOL_VERSION,
+        protocol_versions: VersionRange::SUPPORTED,
         peer_id: keypair.public().to_peer_id().to_string(),
         node_version: "adversary/0".into(),
         listen_addrs: vec![],
@@ -45,7 +44,7 @@ async fn malformed_and_forged_task_traffic_is_rejected_and_the_node_keeps_workin
     let namespace = SwarmNamespace::default();
     let mut swarm = Swarm::new(
         transport::build(&keypair, None, false).unwrap(),
-        Behaviour::new(&keypair, &namespace, 64).unwrap(),
+        Behaviour::new(&keypair, &namespace, VersionRange::SUPPORTED, 64).unwrap(),
         me,
         libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(Duration::from_secs(60)),
     );
@@ -81,17 +80,18 @@ async fn malformed_and_forged_task_traffic_is_rejected_and_the_node_keeps_workin
                     SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. })) if topic == tasks.hash() => {
                         let _ = subscribed_tx.try_send(());
                     }
-                    SwarmEvent::Behaviour(BehaviourEvent::Rpc(request_response::Event::Message { message: request_response::Message::Request { request, channel, .. }, .. })) => {
-                        let response = match request {
-                            RpcRequest::Hello => RpcResponse::Hello { advert: Box::new(advert(&keypair2, seq)), members: vec![] },
-                            // The bytes do not match the id asked for.
-                            RpcRequest::GetBlobs { ids } => RpcResponse::Blobs(ids.into_iter().map(|id| BlobData { id, bytes: b"forged".to_vec() }).collect()),
-                            RpcRequest::TaskResult { outcome, .. } => {
-                                let _ = results_tx.send(outcome).await;
-                                RpcResponse::Ack
-                            }
-                        };
-                        let _ = swarm.behaviour_mut().rpc.send_response(channel, response);
+                    SwarmEvent::Behaviour(BehaviourEvent::Hello(request_response::Event::Message { message: request_response::Message::Request { channel, .. }, .. })) => {
+                        let response = HelloResponse { advert: Box::new(advert(&keypair2, seq)), members: vec![] };
+                        let _ = swarm.behaviour_mut().hello.send_response(channel, response);
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Blobs(request_response::Event::Message { message: request_response::Message::Request { request, channel, .. }, .. })) => {
+                        // The bytes do not match the id asked for.
+                        let forged = request.ids.into_iter().map(|id| BlobData { id, bytes: b"forged".to_vec() }).collect();
+                        let _ = swarm.behaviour_mut().blobs.send_response(channel, BlobsResponse::Blobs(forged));
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Results(request_response::Event::Message { message: request_response::Message::Request { request, channel, .. }, .. })) => {
+                        let _ = results_tx.send(request.outcome).await;
+                        let _ = swarm.behaviour_mut().results.send_response(channel, ResultAck);
                     }
                     _ => {}
                 },
@@ -129,11 +129,11 @@ async fn malformed_and_forged_task_traffic_is_rejected_and_the_node_keeps_workin
 
     // 3. The node keeps serving: a real task completes.
     let request = json!({ "id": 1, "method": "task.submit", "params": { "capability": "python.tokens", "files": [{ "path": "a.py", "text": "hello world" }] } });
-    let reply = pyagent_node::api_client::call_raw(node.api_endpoint(), request.to_string().into_bytes(), Duration::from_secs(5)).await.unwrap();
+    let reply = pyagent_node::api::client::call_raw(node.api_endpoint(), request.to_string().into_bytes(), Duration::from_secs(5)).await.unwrap();
     let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
     let task = reply["result"]["task_id"].as_str().unwrap().to_owned();
     let request = json!({ "id": 2, "method": "task.wait", "params": { "task_ids": [task], "timeout_ms": 10000 } });
-    let reply = pyagent_node::api_client::call_raw(node.api_endpoint(), request.to_string().into_bytes(), Duration::from_secs(15)).await.unwrap();
+    let reply = pyagent_node::api::client::call_raw(node.api_endpoint(), request.to_string().into_bytes(), Duration::from_secs(15)).await.unwrap();
     let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
     assert_eq!(reply["result"]["tasks"][0]["state"], "completed", "{reply}");
     driver.abort();

@@ -2,7 +2,6 @@
 //! `--print-config` shows the layered result, SIGINT/SIGTERM stop a node with exit 0,
 //! query commands fail clearly without a node. No network beyond loopback, mDNS off.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

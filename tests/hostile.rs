@@ -2,13 +2,13 @@
 //! what an attacker on the machine or the LAN sent, and checks that the node refuses it
 //! with a reason and keeps serving everyone else. Loopback only, mDNS off.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
-use pyagent_node::{Node, api_client};
+use pyagent_node::Node;
+use pyagent_node::api::client as api_client;
 use pyagent_protocol::api::{StatusResult, code};
 use serde_json::{Value, json};
 use support::{Opts, analyze_cli, start_in, test_config, view, wait_until, write};

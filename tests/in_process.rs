@@ -1,13 +1,12 @@
 //! Multi-node scenarios inside one process, over loopback, with mDNS off: nodes find each
 //! other through `--bootstrap` addresses only.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
-use pyagent_node::api_client;
+use pyagent_node::api::client as api_client;
 use pyagent_protocol::api::{Event, StatusResult, code};
 use support::{Opts, ids, start_in, swarm_key, view, wait_until};
 use zeromq::{Socket, SocketRecv, SocketSend};
@@ -286,4 +285,39 @@ async fn a_node_with_a_model_advertises_measured_inference_and_without_runtime_r
     .await;
     on.shutdown().await;
     peer.shutdown().await;
+}
+
+/// Protocol versions are not part of the swarm's identity: a node one version ahead (that
+/// still speaks ours) is a member like any other, and `peers` shows the version used; a
+/// node with no common version is kept out, and the others stay one swarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_of_two_protocol_versions_stay_one_swarm() {
+    use pyagent_protocol::{PROTOCOL_VERSION, VersionRange};
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = start_in(dirs[0].path(), &Opts::default()).await;
+    let boot = Opts { bootstrap: a.p2p_addrs(), ..Default::default() };
+    let start_speaking = |dir: &std::path::Path, min: u16, max: u16| {
+        let mut settings = support::test_config(dir, &boot).validate().unwrap();
+        settings.protocol_versions = VersionRange::new(min, max).unwrap();
+        pyagent_node::Node::start(settings)
+    };
+    let ahead = start_speaking(dirs[1].path(), PROTOCOL_VERSION, PROTOCOL_VERSION + 1).await.unwrap();
+    for (node, others) in [(&a, ids([&ahead])), (&ahead, ids([&a]))] {
+        wait_until("one swarm across versions", JOIN, || async { view(node).await == others }).await;
+    }
+    for node in [&a, &ahead] {
+        let peers = node.client().peers().await.unwrap();
+        assert_eq!(peers[0].protocol_version, PROTOCOL_VERSION, "the highest common version");
+    }
+    assert_eq!(ahead.client().status().await.unwrap().protocol_version, PROTOCOL_VERSION + 1);
+
+    let apart = start_speaking(dirs[2].path(), PROTOCOL_VERSION + 2, PROTOCOL_VERSION + 2).await.unwrap();
+    // It dials A (its bootstrap) again and again; it never joins, and A and B stay together.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(view(&a).await, ids([&ahead]));
+    assert_eq!(view(&ahead).await, ids([&a]));
+    assert!(view(&apart).await.is_empty());
+    for node in [apart, ahead, a] {
+        node.shutdown().await;
+    }
 }

@@ -1,9 +1,8 @@
 //! Real `pyagent node` processes in the network-namespace lab, finding each other by mDNS
 //! only (no bootstrap). Needs root: skipped loudly elsewhere, mandatory in CI.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;

@@ -2,13 +2,13 @@
 //! the capability, exactly-once execution in the normal case, results back to the
 //! requester, clear failures, and failover when the executor goes away.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
-use pyagent_node::{Node, api_client};
+use pyagent_node::Node;
+use pyagent_node::api::client as api_client;
 use pyagent_protocol::api::StatusResult;
 use serde_json::{Value, json};
 use support::{Opts, analyze_cli, start_in, view, wait_until, write};

@@ -1,13 +1,13 @@
 //! Votes across in-process nodes: proposals and signed ballots over gossip, one ballot
 //! per voter, identical tallies everywhere, agents voting on reviews, the CLI.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
-use pyagent_node::{Node, api_client};
+use pyagent_node::Node;
+use pyagent_node::api::client as api_client;
 use serde_json::{Value, json};
 use support::{Opts, start_in, view, wait_until};
 

@@ -3,7 +3,7 @@
 //! The node registers `<PeerId>._pyagent._udp.local.` with TXT records carrying the
 //! protocol version, the swarm namespace tag (never the key), the p2p port, whether QUIC
 //! is on, a capacity summary and a per-run boot id. It browses the same type; a resolved
-//! service of the same version and namespace becomes a `Dial` command to the swarm task.
+//! service of the same namespace becomes a `Dial` command to the router.
 //!
 //! Interfaces: the daemon starts with every interface disabled and enables either the
 //! interfaces named by `--mdns-interface`, or every non-loopback IPv4 interface that does
@@ -17,7 +17,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use mdns_sd::{IfKind, IfPredicate, ResolvedService, ServiceDaemon, ServiceEvent, ServiceInfo};
 use pyagent_protocol::swarm::{MDNS_SERVICE_TYPE, txt};
-use pyagent_protocol::{PROTOCOL_VERSION, SwarmNamespace};
+use pyagent_protocol::{SwarmNamespace, VersionRange};
 use tokio::task::JoinHandle;
 
 use crate::p2p::NodeClient;
@@ -47,6 +47,8 @@ pub struct Announcement {
     pub interfaces: Vec<String>,
     /// This run's id (the one adverts carry), to tell a restart from a copied identity.
     pub boot_id: u64,
+    /// The protocol versions this node speaks (TXT `v`, e.g. `2-3`).
+    pub versions: VersionRange,
 }
 
 /// Running discovery. [`MdnsDiscovery::shutdown`] sends the mDNS goodbye.
@@ -79,7 +81,7 @@ pub struct Sighting {
 pub enum SightingError {
     #[error("instance name is not a PeerId")]
     NotAPeer,
-    #[error("protocol version {0:?} differs")]
+    #[error("protocol versions {0:?} are not a version range")]
     Version(Option<String>),
     #[error("another swarm namespace")]
     Namespace,
@@ -89,7 +91,9 @@ pub enum SightingError {
     Address,
 }
 
-/// Checks a resolved service against our version and namespace; builds dial addresses.
+/// Checks a resolved service against our namespace; builds dial addresses. Any well-formed
+/// version range is dialed: whether the two nodes share a version is found (and reported)
+/// when they connect, so an upgrade in progress never hides a node.
 pub fn sighting(
     instance: &str,
     txt_of: impl Fn(&str) -> Option<String>,
@@ -99,7 +103,7 @@ pub fn sighting(
 ) -> Result<Sighting, SightingError> {
     let peer: PeerId = instance.parse().map_err(|_| SightingError::NotAPeer)?;
     let version = txt_of(txt::VERSION);
-    if version.as_deref() != Some(PROTOCOL_VERSION.to_string().as_str()) {
+    if version.as_deref().and_then(|v| v.parse::<VersionRange>().ok()).is_none() {
         return Err(SightingError::Version(version));
     }
     if txt_of(txt::NAMESPACE).as_deref() != Some(namespace.tag()) {
@@ -141,7 +145,7 @@ impl MdnsDiscovery {
         let boot_id = format!("{:016x}", me.boot_id);
         let instance = me.peer_id.to_string();
         let props: HashMap<String, String> = [
-            (txt::VERSION, PROTOCOL_VERSION.to_string()),
+            (txt::VERSION, me.versions.to_string()),
             (txt::NAMESPACE, me.namespace.tag().to_owned()),
             (txt::P2P_PORT, me.p2p_port.to_string()),
             (txt::QUIC, if me.quic { "1" } else { "0" }.to_owned()),
@@ -205,7 +209,7 @@ async fn on_resolved(service: &ResolvedService, me: &Announcement, my_boot: &str
         Ok(s) => {
             tracing::debug!(peer = %s.peer, addrs = ?s.addrs, "mDNS: found peer");
             if client.dial(s.peer, s.addrs).await.is_err() {
-                tracing::debug!("mDNS: swarm task stopped");
+                tracing::debug!("mDNS: router stopped");
             }
         }
         Err(e) => tracing::debug!(instance, "mDNS: ignoring service: {e}"),
@@ -241,7 +245,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_other_namespace_version_and_junk() {
+    fn rejects_other_namespace_and_junk() {
         let ns = SwarmNamespace::new("lab").unwrap();
         let other = SwarmNamespace::new("other").unwrap();
         let peer = PeerId::random().to_string();
@@ -249,7 +253,13 @@ mod tests {
         let ok = [("v", "1"), ("ns", ns.tag()), ("port", "7760")];
         assert!(sighting(&peer, txt(&ok), &ips, &ns, true).is_ok());
         assert_eq!(sighting(&peer, txt(&ok), &ips, &other, true), Err(SightingError::Namespace));
-        assert!(matches!(sighting(&peer, txt(&[("v", "2"), ("ns", ns.tag()), ("port", "7760")]), &ips, &ns, true), Err(SightingError::Version(_))));
+        // Another version range is still dialed (identify reports a mismatch); junk is not.
+        assert!(sighting(&peer, txt(&[("v", "3-7"), ("ns", ns.tag()), ("port", "7760")]), &ips, &ns, true).is_ok());
+        for junk in ["", "x", "3-2", "0"] {
+            let s = sighting(&peer, txt(&[("v", junk), ("ns", ns.tag()), ("port", "7760")]), &ips, &ns, true);
+            assert!(matches!(s, Err(SightingError::Version(_))), "{junk:?}");
+        }
+        assert!(matches!(sighting(&peer, txt(&[("ns", ns.tag()), ("port", "7760")]), &ips, &ns, true), Err(SightingError::Version(None))));
         assert_eq!(sighting("not-a-peer", txt(&ok), &ips, &ns, true), Err(SightingError::NotAPeer));
         assert_eq!(sighting(&peer, txt(&[("v", "1"), ("ns", ns.tag()), ("port", "x")]), &ips, &ns, true), Err(SightingError::Port));
         assert_eq!(sighting(&peer, txt(&ok), &[], &ns, true), Err(SightingError::Address));

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use pyagent_node::api_client;
+use pyagent_node::api::client as api_client;
 use pyagent_node::cli::{self, CallArgs, Cli, CliCommand, NodeArgs, QueryArgs};
 use pyagent_protocol::api::{PeersResult, StatusResult};
 
@@ -217,21 +217,21 @@ fn generate(args: &cli::GenerateArgs) -> ExitCode {
 
 async fn propose(args: cli::ProposeArgs) -> anyhow::Result<()> {
     let params = cli::propose_params(&args).map_err(anyhow::Error::msg)?;
-    let result: serde_json::Value = api_client::call_with(&args.api.api, "vote.propose", params, args.api.timeout()).await?;
-    println!("{}", result["proposal_id"].as_str().unwrap_or_default());
+    let result: pyagent_protocol::api::VoteProposeResult = api_client::call_with(&args.api.api, "vote.propose", params, args.api.timeout()).await?;
+    println!("{}", result.proposal_id);
     Ok(())
 }
 
 async fn ballot(args: cli::BallotArgs) -> anyhow::Result<()> {
     let params = cli::ballot_params(&args).map_err(anyhow::Error::msg)?;
-    let _: serde_json::Value = api_client::call_with(&args.api.api, "vote.ballot", params, args.api.timeout()).await?;
+    let _: pyagent_protocol::api::VoteBallotResult = api_client::call_with(&args.api.api, "vote.ballot", params, args.api.timeout()).await?;
     println!("ballot cast on {}", args.proposal_id);
     Ok(())
 }
 
 async fn tally(args: cli::TallyArgs) -> anyhow::Result<()> {
     let params = serde_json::json!({ "proposal_id": args.proposal_id });
-    let result: serde_json::Value = api_client::call_with(&args.api.api, "vote.tally", params, args.api.timeout()).await?;
+    let result: pyagent_protocol::api::TallyResult = api_client::call_with(&args.api.api, "vote.tally", params, args.api.timeout()).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {

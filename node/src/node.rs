@@ -1,5 +1,6 @@
-//! Assembling and running a node: data directory, identity, database, swarm task,
-//! mDNS and the local API; and taking them down again in order.
+//! Assembling and running a node: data directory, identity, database, the model-serving
+//! worker, the router and its state machines, the task runner, mDNS and the local API;
+//! and taking them down again in order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,15 +14,17 @@ use tokio::task::JoinHandle;
 
 use crate::api::{ApiServer, ApiStartError};
 use crate::config::Settings;
-use crate::data_dir::{DataDir, DataDirError};
+use crate::store::data_dir::{DataDir, DataDirError};
 use crate::discovery::{Announcement, DiscoveryError, MdnsDiscovery};
 use crate::identity::{self, IdentityError};
+use crate::membership::{Membership, MembershipConfig};
 use crate::p2p::behaviour::{Behaviour, BehaviourError};
 use crate::p2p::client::{COMMAND_QUEUE, EVENT_QUEUE};
-use crate::p2p::swarm_task::{NodeFacts, SwarmTask};
-use crate::p2p::{NodeClient, transport};
+use crate::p2p::router::{Channels, Domain, Router, Topics};
+use crate::p2p::{NodeClient, NodeFacts, transport};
+use crate::serving::{ModelWorker, ServeConfig};
 use crate::store::{Store, StoreError};
-use crate::tasks::TaskEngine;
+use crate::tasks::{TaskEngine, TaskRunner};
 
 /// Connections idle this long are closed; gossipsub keeps member connections busy.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
@@ -61,8 +64,10 @@ pub struct Node {
     p2p_addrs: Vec<Multiaddr>,
     api: ApiServer,
     mdns: Option<MdnsDiscovery>,
-    swarm_task: JoinHandle<()>,
+    router_task: JoinHandle<()>,
     store: Arc<Store>,
+    /// The model-serving worker, when a model is configured and loads.
+    model: Option<ModelWorker>,
     _data_dir: DataDir,
 }
 
@@ -184,7 +189,7 @@ impl Node {
             tracing::warn!("swarm key set: QUIC is off (libp2p pre-shared keys protect TCP only)");
         }
         let transport = transport::build(&keypair, settings.swarm_key, settings.quic)?;
-        let behaviour = Behaviour::new(&keypair, &settings.namespace, settings.max_connections)?;
+        let behaviour = Behaviour::new(&keypair, &settings.namespace, settings.protocol_versions, settings.max_connections)?;
         let mut swarm = Swarm::new(
             transport,
             behaviour,
@@ -194,14 +199,14 @@ impl Node {
         let p2p_port = listen(&mut swarm, &settings).await?;
 
         let mut probe = CapacityProbe::new();
-        if settings.model.is_some() {
-            let ram = probe.probe().ram_available_bytes;
-            let for_probe = settings.clone();
-            let inference = tokio::task::spawn_blocking(move || crate::inference::measure(&for_probe, ram)).await.unwrap_or(None);
-            probe.set_inference(inference);
-        } else {
-            crate::inference::measure(&settings, 0);
-        }
+        let serve = settings.model.clone().map(|model| ServeConfig {
+            model,
+            ort_lib: settings.ort_lib.clone(),
+            kv_host_bytes: settings.kv_host_bytes,
+            ram_available: probe.probe().ram_available_bytes,
+        });
+        let model = crate::serving::start_if_configured(serve).await;
+        probe.set_inference(model.as_ref().map(|m| m.capacity().clone()));
         let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (event_tx, _) = broadcast::channel(EVENT_QUEUE);
         let (results_tx, results_rx) = watch::channel(0u64);
@@ -209,15 +214,8 @@ impl Node {
         let registry = hosted_agents(&settings.agents);
         let external = Arc::new(crate::external::ExternalAgents::default());
         let (executed_tx, executed_rx) = mpsc::channel(COMMAND_QUEUE);
-        let tasks = TaskEngine::new(
-            peer_id,
-            libp2p::gossipsub::IdentTopic::new(settings.namespace.task_topic()),
-            store.clone(),
-            registry,
-            external.clone(),
-            executed_tx,
-            results_tx,
-        );
+        let tasks = TaskEngine::new(peer_id, store.clone(), registry.capabilities(), external.clone(), std::time::Instant::now());
+        let runner = TaskRunner::start(registry, store.clone(), external.clone(), executed_tx);
         let boot_id = random_boot_id();
         let facts = NodeFacts {
             namespace: settings.namespace.clone(),
@@ -230,19 +228,28 @@ impl Node {
             advert_interval: settings.advert_interval,
             peer_ttl: settings.peer_ttl,
             boot_id,
+            versions: settings.protocol_versions,
         };
-        let votes = crate::votes::VoteBook::new(
-            keypair.clone(),
-            libp2p::gossipsub::IdentTopic::new(settings.namespace.vote_topic()),
-            settings.agents.clone(),
-            store.clone(),
-        );
-        let task = SwarmTask::new(swarm, command_rx, event_tx, facts, store.clone(), probe, tasks, executed_rx, votes)
-            .map_err(|e| StartError::Subscribe(e.to_string()))?;
+        let membership = Membership::new(MembershipConfig {
+            me: peer_id,
+            namespace_tag: settings.namespace.tag().to_owned(),
+            versions: settings.protocol_versions,
+            bootstrap: settings.bootstrap.clone(),
+            peer_ttl: settings.peer_ttl,
+        });
+        let votes = crate::votes::VoteBook::new(keypair.clone(), settings.agents.clone());
+        let topics = Topics {
+            adverts: libp2p::gossipsub::IdentTopic::new(settings.namespace.advert_topic()),
+            tasks: libp2p::gossipsub::IdentTopic::new(settings.namespace.task_topic()),
+            votes: libp2p::gossipsub::IdentTopic::new(settings.namespace.vote_topic()),
+        };
+        let channels = Channels { commands: command_rx, executed: executed_rx, events: event_tx, results: results_tx };
+        let domain = Domain { membership, tasks, votes, runner };
+        let task = Router::new(swarm, channels, topics, facts, store.clone(), probe, domain).map_err(|e| StartError::Subscribe(e.to_string()))?;
         let capacity_summary = task.capacity_summary();
         let p2p_addrs = task.listen_addrs();
-        let swarm_task = tokio::spawn(task.run());
-        // From here on, a failure must stop the swarm task again.
+        let router_task = tokio::spawn(task.run());
+        // From here on, a failure must stop the router again.
         let rest = async {
             let api = ApiServer::start(settings.api_bind, settings.events_bind, client.clone(), store.clone(), external.clone()).await?;
             let mdns = if settings.mdns {
@@ -254,6 +261,7 @@ impl Node {
                     capacity_summary,
                     interfaces: settings.mdns_interfaces.clone(),
                     boot_id,
+                    versions: settings.protocol_versions,
                 };
                 match MdnsDiscovery::start(me, client.clone()) {
                     Ok(m) => Some(m),
@@ -276,7 +284,12 @@ impl Node {
             }
         };
         tracing::info!(%peer_id, swarm = settings.namespace.name(), private = settings.swarm_key.is_some(), "node started");
-        Ok(Self { peer_id, client, p2p_addrs, api, mdns, swarm_task, store, _data_dir: data_dir })
+        Ok(Self { peer_id, client, p2p_addrs, api, mdns, router_task, store, model, _data_dir: data_dir })
+    }
+
+    /// The model-serving worker, when this node serves a model.
+    pub fn model(&self) -> Option<&ModelWorker> {
+        self.model.as_ref()
     }
 
     pub fn peer_id(&self) -> PeerId {
@@ -305,7 +318,9 @@ impl Node {
     /// Graceful shutdown: stop the API, say mDNS goodbye, close every connection, flush
     /// the database, release the data directory. Bounded to about 2.5 s in all.
     pub async fn shutdown(self) {
-        let Self { client, api, mdns, swarm_task, store, _data_dir, .. } = self;
+        let Self { client, api, mdns, router_task, store, model, _data_dir, .. } = self;
+        // Its thread ends once the queued requests are answered.
+        drop(model);
         api.shutdown().await;
         if let Some(mdns) = mdns {
             mdns.shutdown(Duration::from_millis(800)).await;
@@ -314,7 +329,7 @@ impl Node {
             Ok(_) => {}
             Err(_) => tracing::warn!("network task did not stop in time"),
         }
-        let _ = tokio::time::timeout(Duration::from_millis(200), swarm_task).await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), router_task).await;
         if let Err(e) = store.flush() {
             tracing::error!("database flush failed: {e}");
         }

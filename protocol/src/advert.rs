@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::PROTOCOL_VERSION;
+use crate::swarm::{VersionRange, VersionRangeError};
 
 /// Bounds that keep a hostile advert small.
 pub const MAX_LISTEN_ADDRS: usize = 32;
@@ -19,8 +19,9 @@ pub const MAX_ADVERT_BYTES: usize = 16 * 1024;
 /// A node's self-description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Advert {
-    /// Peer protocol version ([`PROTOCOL_VERSION`]).
-    pub protocol_version: u16,
+    /// Peer protocol versions the node speaks; peers use the highest common one
+    /// ([`VersionRange::highest_common`]).
+    pub protocol_versions: VersionRange,
     /// Base58 PeerId of the node; must equal the gossip message's signer.
     pub peer_id: String,
     /// Software version, e.g. `pyagent/0.1.0`.
@@ -101,8 +102,8 @@ fn gib(bytes: u64) -> String {
 /// Why an advert was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AdvertError {
-    #[error("protocol version {0} is not supported (this node speaks {PROTOCOL_VERSION})")]
-    Version(u16),
+    #[error("protocol versions: {0}")]
+    Versions(#[from] VersionRangeError),
     #[error("advert is signed by {signer} but claims to be from {claimed}")]
     WrongSigner { signer: String, claimed: String },
     #[error("field {field}: {reason}")]
@@ -127,11 +128,10 @@ fn check_list(field: &'static str, values: &[String], max_items: usize, max_len:
 }
 
 impl Advert {
-    /// Checks version and bounds, and that the advert was signed by the peer it names.
+    /// Checks bounds, and that the advert was signed by the peer it names. Whether the two
+    /// nodes share a protocol version is the membership view's call, not a validity check.
     pub fn validate(&self, signer: &str) -> Result<(), AdvertError> {
-        if self.protocol_version != PROTOCOL_VERSION {
-            return Err(AdvertError::Version(self.protocol_version));
-        }
+        self.protocol_versions.check()?;
         if self.peer_id != signer {
             return Err(AdvertError::WrongSigner { signer: signer.to_owned(), claimed: self.peer_id.clone() });
         }
@@ -150,13 +150,13 @@ impl Advert {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::codec;
 
     pub(crate) fn sample() -> Advert {
         Advert {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_versions: VersionRange::SUPPORTED,
             peer_id: "12D3KooWExample".into(),
             node_version: "pyagent/0.1.0".into(),
             listen_addrs: vec!["/ip4/10.77.0.11/tcp/7760".into()],
@@ -190,10 +190,15 @@ mod tests {
     }
 
     #[test]
-    fn rejects_other_protocol_version() {
+    fn accepts_other_protocol_versions_but_not_an_empty_range() {
         let mut a = sample();
-        a.protocol_version = 99;
-        assert_eq!(a.validate("12D3KooWExample"), Err(AdvertError::Version(99)));
+        a.protocol_versions = VersionRange::new(7, 9).unwrap();
+        assert_eq!(a.validate("12D3KooWExample"), Ok(()));
+        // serde bypasses the constructor: a forged empty range is caught here.
+        let mut frame = codec::encode(&sample()).unwrap();
+        frame[1] = 5; // min (varint), max stays 2
+        let forged: Advert = codec::decode(&frame, MAX_ADVERT_BYTES).unwrap();
+        assert!(matches!(forged.validate("12D3KooWExample"), Err(AdvertError::Versions(VersionRangeError::Empty { min: 5, max: 2 }))));
     }
 
     #[test]

@@ -1,17 +1,28 @@
-//! The binary wire codec. Every message between peers goes through [`encode`] and
-//! [`decode`]; nothing else in the workspace names the underlying encoder, so it can be
-//! swapped (bincode 2 is flagged unmaintained, RUSTSEC-2025-0141) by changing this file.
+//! The binary wire codec. Every message between peers, and every record this node stores,
+//! goes through [`encode`] and [`decode`]; nothing else in the workspace names the
+//! underlying encoder, so it can be swapped by changing this file.
 //!
-//! Frame: one byte of codec version, then the bincode-2 "standard" encoding (varint
-//! integers, little endian). Decoding is bounded by a caller-given byte limit and rejects
-//! trailing bytes, so a malformed or oversized frame is an error, never a panic or an
-//! unbounded allocation.
+//! Frame: one byte of codec version, then the [postcard] 1.x encoding of the message
+//! (varint integers, length-prefixed sequences, varint enum tags). Decoding is bounded by
+//! a caller-given byte limit and rejects trailing bytes, so a malformed or oversized frame
+//! is an error, never a panic or an unbounded allocation.
+//!
+//! Why postcard (codec version 2; version 1 was bincode 2, unmaintained since
+//! RUSTSEC-2025-0141): it is maintained, its wire format is specified and frozen for all of
+//! 1.x (the history DHT persists encoded entries, so the bytes must not drift under a
+//! dependency bump), it works through serde (the wire types keep their derives), and it
+//! never preallocates from a length prefix beyond serde's cautious hint, so a frame that
+//! claims 2^64 elements fails at the end of its bytes instead of at the allocator.
+//! MessagePack (`rmp-serde`) is self-describing and larger; `borsh` needs its own derives.
+//!
+//! Version 1 frames (written by earlier builds, e.g. local history records) are refused
+//! with [`CodecError::UnsupportedVersion`], which names both versions.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Version byte that starts every frame.
-pub const CODEC_VERSION: u8 = 1;
+pub const CODEC_VERSION: u8 = 2;
 
 /// Largest frame any peer-to-peer message may use, unless a caller asks for less.
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -33,15 +44,9 @@ pub enum CodecError {
     Encode(String),
 }
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard()
-}
-
 /// Encodes `value` into a frame.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![CODEC_VERSION];
-    bincode::serde::encode_into_std_write(value, &mut out, config())
-        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    let out = postcard::to_extend(value, vec![CODEC_VERSION]).map_err(|e| CodecError::Encode(e.to_string()))?;
     if out.len() > MAX_FRAME_BYTES {
         return Err(CodecError::TooLarge { len: out.len(), limit: MAX_FRAME_BYTES });
     }
@@ -57,11 +62,9 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8], limit: usize) -> Result<T, Code
     if version != CODEC_VERSION {
         return Err(CodecError::UnsupportedVersion(version));
     }
-    let cfg = bincode::config::standard().with_limit::<MAX_FRAME_BYTES>();
-    let (value, used) = bincode::serde::decode_from_slice(body, cfg)
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
-    if used != body.len() {
-        return Err(CodecError::TrailingBytes(body.len() - used));
+    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CodecError::TrailingBytes(rest.len()));
     }
     Ok(value)
 }

@@ -1,9 +1,9 @@
 //! Wire types and codecs of PyAgent Swarm. Pure data: no sockets, no tokio, no disk.
 //!
 //! Layout:
-//! - [`codec`]: the one place that knows the binary wire encoding (bincode 2 today);
+//! - [`codec`]: the one place that knows the binary wire encoding (postcard);
 //!   every peer-to-peer message is encoded and decoded through it, with a size limit.
-//! - [`swarm`]: protocol version, swarm namespaces and the names derived from them
+//! - [`swarm`]: protocol version ranges, swarm namespaces and the names derived from them
 //!   (gossip topics, identify protocol string, mDNS service type and TXT keys).
 //! - [`advert`]: the membership advert every node gossips, and the capacity it carries.
 //! - [`rpc`]: request-response messages exchanged directly between two peers.
@@ -21,6 +21,9 @@ pub mod swarm;
 pub mod task;
 pub mod vote;
 
+#[cfg(test)]
+mod wire_properties;
+
 pub use advert::{Advert, AdvertError, Capacity, GpuInfo, InferenceCapacity};
 pub use codec::{CodecError, decode, encode};
-pub use swarm::{PROTOCOL_VERSION, SwarmNamespace};
+pub use swarm::{IdentifyProtocol, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, SwarmNamespace, VersionRange};

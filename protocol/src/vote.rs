@@ -21,6 +21,13 @@ pub const MAX_LABEL_LEN: usize = 256;
 pub const MAX_CANDIDATE_BYTES: usize = 256 * 1024;
 /// Most trust weights of a trust-weighted proposal.
 pub const MAX_WEIGHTS: usize = 1024;
+/// Largest quadratic budget per voter.
+pub const MAX_CREDITS: u64 = 1_000_000;
+/// Quadratic budget when the proposer names none.
+pub const DEFAULT_CREDITS: u64 = 100;
+
+/// The names of the vote methods, as the API, the CLI and tallies spell them.
+pub const METHOD_NAMES: [&str; 7] = ["plurality", "approval", "borda", "irv", "schulze", "quadratic", "trust"];
 
 /// The id of a proposal (same 32-byte form as task ids).
 pub type ProposalId = TaskId;
@@ -37,6 +44,51 @@ pub enum VoteMethod {
     Quadratic { credits: u64 },
     /// Borda points times the voter's weight (voters not listed weigh 1).
     TrustWeighted { weights: Vec<(String, u64)> },
+}
+
+impl VoteMethod {
+    /// The method called `name` (one of [`METHOD_NAMES`], or the long forms
+    /// `instant-runoff` and `trust-weighted`), with its parameters: quadratic credits
+    /// (default [`DEFAULT_CREDITS`]) and trust weights. Bounds are checked by
+    /// [`ProposalSpec::validate`].
+    pub fn from_name(name: &str, credits: Option<u64>, weights: Vec<(String, u64)>) -> Result<Self, VoteError> {
+        let quadratic = name == "quadratic";
+        let trust = matches!(name, "trust" | "trust-weighted");
+        if credits.is_some() && !quadratic {
+            return Err(field("method", "credits apply to the quadratic method only"));
+        }
+        if !weights.is_empty() && !trust {
+            return Err(field("method", "weights apply to the trust method only"));
+        }
+        Ok(match name {
+            "plurality" => Self::Plurality,
+            "approval" => Self::Approval,
+            "borda" => Self::Borda,
+            "irv" | "instant-runoff" => Self::InstantRunoff,
+            "schulze" => Self::Schulze,
+            _ if quadratic => Self::Quadratic { credits: credits.unwrap_or(DEFAULT_CREDITS) },
+            _ if trust => Self::TrustWeighted { weights },
+            other => return Err(field("method", format!("unknown method {other:?}; one of {}", METHOD_NAMES.join(", ")))),
+        })
+    }
+
+    /// The method's name ([`METHOD_NAMES`]).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Plurality => "plurality",
+            Self::Approval => "approval",
+            Self::Borda => "borda",
+            Self::InstantRunoff => "irv",
+            Self::Schulze => "schulze",
+            Self::Quadratic { .. } => "quadratic",
+            Self::TrustWeighted { .. } => "trust",
+        }
+    }
+
+    /// Whether ballots rank the options (agents only vote on ranked methods).
+    pub fn is_ranked(&self) -> bool {
+        matches!(self, Self::Plurality | Self::Borda | Self::InstantRunoff | Self::Schulze | Self::TrustWeighted { .. })
+    }
 }
 
 /// What a proposal is about.
@@ -156,8 +208,8 @@ impl ProposalSpec {
             }
         }
         match &self.method {
-            VoteMethod::Quadratic { credits } if *credits == 0 || *credits > 1_000_000 => {
-                return Err(field("method", "quadratic credits must be 1..=1000000"));
+            VoteMethod::Quadratic { credits } if !(1..=MAX_CREDITS).contains(credits) => {
+                return Err(field("method", format!("quadratic credits must be 1..={MAX_CREDITS}, got {credits}")));
             }
             VoteMethod::TrustWeighted { weights } if weights.len() > MAX_WEIGHTS => {
                 return Err(field("method", format!("{} weights, limit {MAX_WEIGHTS}", weights.len())));
@@ -224,6 +276,21 @@ impl VoteMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn method_names_round_trip_and_parameters_belong_to_their_method() {
+        for name in METHOD_NAMES {
+            let weights = if name == "trust" { vec![("p".to_owned(), 3)] } else { vec![] };
+            let credits = (name == "quadratic").then_some(5);
+            assert_eq!(VoteMethod::from_name(name, credits, weights).unwrap().name(), name);
+        }
+        assert_eq!(VoteMethod::from_name("instant-runoff", None, vec![]).unwrap(), VoteMethod::InstantRunoff);
+        assert_eq!(VoteMethod::from_name("quadratic", None, vec![]).unwrap(), VoteMethod::Quadratic { credits: DEFAULT_CREDITS });
+        let err = VoteMethod::from_name("condorcet", None, vec![]).unwrap_err().to_string();
+        assert!(err.contains("unknown method") && err.contains("schulze"), "{err}");
+        assert!(VoteMethod::from_name("borda", Some(3), vec![]).is_err());
+        assert!(VoteMethod::from_name("borda", None, vec![("p".into(), 1)]).is_err());
+    }
 
     fn proposal() -> ProposalSpec {
         ProposalSpec {

@@ -1,7 +1,6 @@
 //! Helpers shared by the integration tests: start in-process nodes on loopback, wait for
 //! a condition with a deadline, and drive real `pyagent` processes in the namespace lab.
 
-#![allow(dead_code)] // each test binary uses its own subset
 
 pub mod lab;
 

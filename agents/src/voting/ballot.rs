@@ -2,10 +2,9 @@
 
 use std::collections::BTreeMap;
 
-/// Most options in one proposal.
-pub const MAX_OPTIONS: usize = 64;
-/// Most credits a quadratic proposal may hand each voter.
-pub const MAX_CREDITS: u64 = 1_000_000;
+/// The bounds of the wire (`pyagent_protocol::vote`) are the bounds of the count: one
+/// definition for both.
+pub use pyagent_protocol::vote::{MAX_CREDITS, MAX_OPTIONS};
 
 /// How ballots are counted.
 #[derive(Debug, Clone, PartialEq, Eq)]

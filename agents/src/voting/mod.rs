@@ -7,12 +7,15 @@
 //! - [`methods`]: the tallies — plurality, approval, Borda, instant-runoff, Schulze,
 //!   quadratic and trust-weighted.
 //! - [`tiebreak`]: the seeded order (from the proposal id) that breaks every remaining tie.
+//! - [`wire`]: the one mapping between the wire's vote types (`pyagent_protocol::vote`)
+//!   and the counting types here.
 //!
 //! Signing ballots and carrying them over gossip is the node's job; this module decides.
 
 pub mod ballot;
 pub mod methods;
 pub mod tiebreak;
+pub mod wire;
 
 pub use ballot::{Ballot, BallotBox, BallotError, Choice, Method, Proposal, ProposalError};
 pub use methods::{Tally, tally};

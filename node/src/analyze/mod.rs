@@ -23,7 +23,7 @@ use pyagent_protocol::api::{MAX_SUBMIT_TEXT_BYTES, TaskSubmitResult, TaskWaitRes
 use pyagent_protocol::task::RESULT_TOO_LARGE;
 use serde_json::{Value, json};
 
-use crate::api_client::{ApiClientError, ApiConnection};
+use crate::api::client::{ApiClientError, ApiConnection};
 use crate::cli::ApiArgs;
 use report::{Analysis, FailedTask};
 

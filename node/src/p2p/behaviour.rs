@@ -5,11 +5,11 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, kad, ping, request_response};
-use pyagent_protocol::SwarmNamespace;
-use pyagent_protocol::rpc::RPC_PROTOCOL;
+use pyagent_protocol::rpc::{Blobs, Hello, RequestResponse, TaskResults};
+use pyagent_protocol::{SwarmNamespace, VersionRange};
 
+use super::codec::FrameCodec;
 use super::pending_limit::PendingPerSource;
-use super::rpc::RpcCodec;
 
 /// Software version that identify and adverts carry.
 pub const NODE_VERSION: &str = concat!("pyagent/", env!("CARGO_PKG_VERSION"));
@@ -30,7 +30,19 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
-    pub rpc: request_response::Behaviour<RpcCodec>,
+    /// One request-response behaviour per concern, each with its own protocol name and
+    /// size limits (`pyagent_protocol::rpc`).
+    pub hello: request_response::Behaviour<FrameCodec<Hello>>,
+    pub blobs: request_response::Behaviour<FrameCodec<Blobs>>,
+    pub results: request_response::Behaviour<FrameCodec<TaskResults>>,
+}
+
+/// A request-response behaviour for protocol `P`.
+fn request_response<P: RequestResponse>(timeout: Duration) -> request_response::Behaviour<FrameCodec<P>> {
+    request_response::Behaviour::new(
+        [(StreamProtocol::new(P::NAME), request_response::ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(timeout),
+    )
 }
 
 /// Why the behaviour could not be built.
@@ -43,7 +55,7 @@ pub enum BehaviourError {
 }
 
 impl Behaviour {
-    pub fn new(keypair: &Keypair, namespace: &SwarmNamespace, max_connections: u32) -> Result<Self, BehaviourError> {
+    pub fn new(keypair: &Keypair, namespace: &SwarmNamespace, versions: VersionRange, max_connections: u32) -> Result<Self, BehaviourError> {
         let peer_id = keypair.public().to_peer_id();
         let limits = connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
@@ -53,7 +65,7 @@ impl Behaviour {
                 .with_max_pending_outgoing(Some(MAX_PENDING)),
         );
         let identify = identify::Behaviour::new(
-            identify::Config::new(namespace.identify_protocol(), keypair.public())
+            identify::Config::new(namespace.identify_protocol(versions), keypair.public())
                 .with_agent_version(NODE_VERSION.to_owned())
                 .with_push_listen_addr_updates(true),
         );
@@ -66,18 +78,25 @@ impl Behaviour {
             .map_err(|e| BehaviourError::Gossipsub(e.to_string()))?;
         let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(keypair.clone()), gossip_config)
             .map_err(|e| BehaviourError::Gossipsub(e.to_owned()))?;
-        let kad_protocol = format!("/pyagent/1/{}/kad", namespace.tag());
+        let kad_protocol = namespace.kad_protocol();
         let kad_protocol = StreamProtocol::try_from_owned(kad_protocol.clone()).map_err(|_| BehaviourError::Protocol(kad_protocol))?;
         let mut kad_config = kad::Config::new(kad_protocol);
-        // The swarm task bootstraps once it has peers; kad's own timer only warns when alone.
+        // The router bootstraps once it has peers; kad's own timer only warns when alone.
         kad_config.set_periodic_bootstrap_interval(None);
         let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
         // On a LAN every node is reachable: serve the DHT rather than wait to be confirmed.
         kad.set_mode(Some(kad::Mode::Server));
-        let rpc = request_response::Behaviour::new(
-            [(StreamProtocol::new(RPC_PROTOCOL), request_response::ProtocolSupport::Full)],
-            request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-        );
-        Ok(Self { pending: PendingPerSource::default(), limits, identify, ping: ping::Behaviour::new(ping::Config::new()), gossipsub, kad, rpc })
+        Ok(Self {
+            pending: PendingPerSource::default(),
+            limits,
+            identify,
+            ping: ping::Behaviour::new(ping::Config::new()),
+            gossipsub,
+            kad,
+            hello: request_response::<Hello>(Duration::from_secs(10)),
+            // Up to 4 MiB of blobs per answer.
+            blobs: request_response::<Blobs>(Duration::from_secs(30)),
+            results: request_response::<TaskResults>(Duration::from_secs(10)),
+        })
     }
 }

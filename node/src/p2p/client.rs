@@ -1,17 +1,20 @@
-//! The handle through which the rest of the node talks to the swarm task.
+//! The handle through which the rest of the node talks to the router.
 
 use libp2p::{Multiaddr, PeerId};
-use pyagent_protocol::api::{Event, PeerInfo, StatusResult, TaskReport};
+use pyagent_protocol::api::{Event, PeerInfo, StatusResult, TallyResult, TaskReport};
 use pyagent_protocol::task::{FileRef, TaskId};
 use pyagent_protocol::vote::{ProposalId, ProposalSpec, VoteChoice};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::tasks::SubmitError;
+use crate::votes::VotesError;
 
 /// Capacity of the command channel.
 pub const COMMAND_QUEUE: usize = 256;
 /// Capacity of the event broadcast; a slower subscriber skips events (and is told so).
 pub const EVENT_QUEUE: usize = 1024;
 
-/// Requests to the swarm task.
+/// Requests to the router.
 #[derive(Debug)]
 pub enum Command {
     Status(oneshot::Sender<StatusResult>),
@@ -24,28 +27,28 @@ pub enum Command {
         capability: String,
         files: Vec<FileRef>,
         lease_ms: u32,
-        reply: oneshot::Sender<Result<(TaskId, usize), String>>,
+        reply: oneshot::Sender<Result<(TaskId, usize), SubmitError>>,
     },
     /// How tasks this node submitted stand.
     TaskReports { ids: Vec<TaskId>, reply: oneshot::Sender<Vec<TaskReport>> },
     /// Open a proposal (the node fills in proposer; its agents vote on reviews).
-    Propose { spec: ProposalSpec, reply: oneshot::Sender<Result<ProposalId, String>> },
+    Propose { spec: ProposalSpec, reply: oneshot::Sender<Result<ProposalId, VotesError>> },
     /// Cast this node's ballot.
-    Ballot { proposal: ProposalId, choice: VoteChoice, reply: oneshot::Sender<Result<(), String>> },
-    /// The tally of a proposal and its ballots (JSON).
-    Tally { proposal: ProposalId, reply: oneshot::Sender<Result<serde_json::Value, String>> },
+    Ballot { proposal: ProposalId, choice: VoteChoice, reply: oneshot::Sender<Result<(), VotesError>> },
+    /// The tally of a proposal and its ballots.
+    Tally { proposal: ProposalId, reply: oneshot::Sender<Result<TallyResult, VotesError>> },
     /// Close every connection and stop; the reply comes once the swarm is dropped.
     Shutdown(oneshot::Sender<()>),
 }
 
-/// The swarm task is gone.
+/// The router is gone.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ClientError {
     #[error("the node's network task has stopped")]
     Stopped,
 }
 
-/// Cloneable handle to the swarm task.
+/// Cloneable handle to the router.
 #[derive(Debug, Clone)]
 pub struct NodeClient {
     commands: mpsc::Sender<Command>,
@@ -77,7 +80,7 @@ impl NodeClient {
         self.commands.send(Command::Dial { peer, addrs }).await.map_err(|_| ClientError::Stopped)
     }
 
-    pub async fn submit_task(&self, capability: String, files: Vec<FileRef>, lease_ms: u32) -> Result<Result<(TaskId, usize), String>, ClientError> {
+    pub async fn submit_task(&self, capability: String, files: Vec<FileRef>, lease_ms: u32) -> Result<Result<(TaskId, usize), SubmitError>, ClientError> {
         self.ask(|reply| Command::SubmitTask { capability, files, lease_ms, reply }).await
     }
 
@@ -90,15 +93,15 @@ impl NodeClient {
         self.results.clone()
     }
 
-    pub async fn propose(&self, spec: ProposalSpec) -> Result<Result<ProposalId, String>, ClientError> {
+    pub async fn propose(&self, spec: ProposalSpec) -> Result<Result<ProposalId, VotesError>, ClientError> {
         self.ask(|reply| Command::Propose { spec, reply }).await
     }
 
-    pub async fn ballot(&self, proposal: ProposalId, choice: VoteChoice) -> Result<Result<(), String>, ClientError> {
+    pub async fn ballot(&self, proposal: ProposalId, choice: VoteChoice) -> Result<Result<(), VotesError>, ClientError> {
         self.ask(|reply| Command::Ballot { proposal, choice, reply }).await
     }
 
-    pub async fn tally(&self, proposal: ProposalId) -> Result<Result<serde_json::Value, String>, ClientError> {
+    pub async fn tally(&self, proposal: ProposalId) -> Result<Result<TallyResult, VotesError>, ClientError> {
         self.ask(|reply| Command::Tally { proposal, reply }).await
     }
 

@@ -1,26 +1,37 @@
-//! Everything libp2p. One task ([`swarm_task`]) owns the `Swarm`; the rest of the node
-//! talks to it through a cloneable [`NodeClient`] that sends [`Command`]s over a bounded
-//! channel, with `oneshot` replies.
+//! Everything libp2p. One task ([`router`]) owns the `Swarm` and only routes: events go
+//! into the domain state machines (membership, tasks, votes), the effects they return
+//! are carried out ([`apply`]). The rest of the node talks to it through a cloneable
+//! [`NodeClient`] that sends [`Command`]s over a bounded channel, with `oneshot` replies.
 //!
 //! ```text
-//!  API server ─┐                          ┌─ gossipsub: adverts, tasks, votes
-//!  mDNS ───────┼─ Command ─► swarm task ──┼─ request-response: Hello, blobs, results
-//!  Node ───────┘   (mpsc)      │          └─ identify / kad / ping / limits
-//!                              └─ Event (broadcast) ─► API PUB socket, tests
+//!  API server ─┐                        ┌─ gossipsub: adverts, tasks, votes
+//!  mDNS ───────┼─ Command ─► router ────┼─ request-response, one per concern:
+//!  Node ───────┘   (mpsc)    │  ▲       │    /pyagent/hello/1, /pyagent/blobs/1,
+//!                            │  │       │    /pyagent/task-result/1
+//!             events in ─────┘  │       └─ identify / kad / ping / limits
+//!             effects out ──────┘
+//!                            └─ Event (broadcast) ─► API PUB socket, tests
 //! ```
 //!
 //! - [`transport`]: TCP (+ pnet when a swarm key is set) + Noise + Yamux, and QUIC.
 //! - [`behaviour`]: the composed `NetworkBehaviour`; [`pending_limit`]: handshakes in
 //!   progress bounded per source address.
-//! - [`rpc`]: the request-response codec (through `pyagent_protocol::codec`).
-//! - [`client`]: [`NodeClient`] and [`Command`].
-//! - [`swarm_task`]: the event loop, membership view upkeep, adverts, redials.
+//! - [`codec`]: the request-response codec, generic over `pyagent_protocol::rpc`'s
+//!   protocols (each with its own name and limits).
+//! - [`client`]: [`NodeClient`] and [`Command`]; [`facts`]: what the node is.
+//! - [`router`]: the event loop; [`apply`]: effects carried out; [`commands`]: answers
+//!   to commands; [`addrs`]: multiaddr helpers.
 
+pub mod addrs;
+mod apply;
 pub mod behaviour;
 pub mod client;
+pub mod codec;
+mod commands;
+pub mod facts;
 pub mod pending_limit;
-pub mod rpc;
-pub mod swarm_task;
+pub mod router;
 pub mod transport;
 
 pub use client::{ClientError, Command, NodeClient};
+pub use facts::NodeFacts;

@@ -1,13 +1,19 @@
 //! Tasks across the swarm: who executes what, blobs, results.
 //!
-//! - [`rendezvous`]: the executor order every node computes alike.
 //! - [`scheduler`]: the executor-side state machine (claims, leases, failover); pure.
-//! - [`engine`]: requester and executor sides, wired into the swarm task.
+//! - [`engine`]: both sides of tasks as one pure state machine that returns effects;
+//!   [`requester`]: its requester side (submit, first result wins, reports).
+//! - [`runner`]: the actor that executes tasks off the event loop (bounded inbox).
 //! - [`execute`]: running a task with a hosted agent (blocking pool).
+//!
+//! Executors are ordered by [`crate::placement`] (rendezvous hashing).
 
 pub mod engine;
 pub mod execute;
-pub mod rendezvous;
+pub mod requester;
+pub mod runner;
 pub mod scheduler;
 
-pub use engine::{Executed, SubmitError, TaskEngine};
+pub use engine::TaskEngine;
+pub use requester::SubmitError;
+pub use runner::{Executed, TaskRunner};

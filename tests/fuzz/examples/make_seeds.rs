@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use pyagent_engine::kv::{BLOCK_TOKENS, BlockHash, DType, KvBlock, KvLayout, ModelId};
-use pyagent_protocol::rpc::{RpcRequest, RpcResponse};
+use pyagent_protocol::rpc::{GetBlobs, HelloResponse, TaskResult};
 use pyagent_protocol::task::{BlobId, FileRef, TaskMessage, TaskOutcome, TaskSpec};
 use pyagent_protocol::{Advert, encode};
 
@@ -17,7 +17,7 @@ fn write(target: &str, name: &str, bytes: &[u8]) {
 
 fn main() {
     let advert = Advert {
-        protocol_version: pyagent_protocol::PROTOCOL_VERSION,
+        protocol_versions: pyagent_protocol::VersionRange::SUPPORTED,
         peer_id: "12D3KooWfuzz".into(),
         node_version: "pyagent/0.1.0".into(),
         listen_addrs: vec!["/ip4/127.0.0.1/tcp/7760".into()],
@@ -40,10 +40,10 @@ fn main() {
     write("wire_messages", "advert", &encode(&advert).expect("encode"));
     write("wire_messages", "submit", &encode(&TaskMessage::Submit(spec)).expect("encode"));
     write("wire_messages", "claim", &encode(&TaskMessage::Claim { task, executor: "12D3KooWfuzz".into() }).expect("encode"));
-    write("wire_messages", "get-blobs", &encode(&RpcRequest::GetBlobs { ids: vec![BlobId::of(b"x")] }).expect("encode"));
-    let result = RpcRequest::TaskResult { task, outcome: TaskOutcome::Completed { result_json: "{}".into() } };
+    write("wire_messages", "get-blobs", &encode(&GetBlobs { ids: vec![BlobId::of(b"x")] }).expect("encode"));
+    let result = TaskResult { task, outcome: TaskOutcome::Completed { result_json: "{}".into() } };
     write("wire_messages", "task-result", &encode(&result).expect("encode"));
-    let hello = RpcResponse::Hello { advert: Box::new(advert), members: vec![] };
+    let hello = HelloResponse { advert: Box::new(advert), members: vec![] };
     write("wire_messages", "hello", &encode(&hello).expect("encode"));
 
     for (name, request) in [

@@ -3,7 +3,7 @@
 #![no_main]
 
 #[allow(dead_code, clippy::all)]
-#[path = "../../../node/src/config.rs"]
+#[path = "../../../node/src/config/mod.rs"]
 mod config;
 
 use libfuzzer_sys::fuzz_target;

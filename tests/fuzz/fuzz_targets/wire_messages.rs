@@ -8,7 +8,7 @@
 use libfuzzer_sys::fuzz_target;
 use pyagent_protocol::codec::MAX_FRAME_BYTES;
 use pyagent_protocol::history::HistoryRecord;
-use pyagent_protocol::rpc::{RpcRequest, RpcResponse};
+use pyagent_protocol::rpc::{BlobsResponse, GetBlobs, HelloResponse, ResultAck, TaskResult};
 use pyagent_protocol::task::TaskMessage;
 use pyagent_protocol::vote::VoteMessage;
 use pyagent_protocol::{Advert, decode, encode};
@@ -32,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
     if let Some(message) = round_trip::<VoteMessage>(data) {
         let _ = message.validate("12D3KooWfuzz");
     }
-    let _ = round_trip::<RpcRequest>(data);
-    let _ = round_trip::<RpcResponse>(data);
+    let _ = round_trip::<GetBlobs>(data);
+    let _ = round_trip::<TaskResult>(data);
+    let _ = round_trip::<HelloResponse>(data);
+    let _ = round_trip::<BlobsResponse>(data);
+    let _ = round_trip::<ResultAck>(data);
     let _ = round_trip::<HistoryRecord>(data);
 });

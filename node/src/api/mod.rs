@@ -2,12 +2,13 @@
 //! membership events (schema in `pyagent_protocol::api` and README.md).
 //!
 //! Each request is served on its own tokio task, within a per-client and a per-node
-//! budget ([`api_admission`](crate::api_admission)): over it, a `busy` reply with the
+//! budget ([`admission`]): over it, a `busy` reply with the
 //! request's id. Each task sends its own reply and waits at most [`REPLY_SEND_TIMEOUT`]
 //! for its client to read, so a client that does not read hurts only itself. Messages
 //! over [`MAX_API_MESSAGE_BYTES`] close their connection before they are buffered. A bad
 //! request gets an error reply and nothing else happens: the server keeps serving. Task
-//! methods live in [`api_tasks`](crate::api_tasks).
+//! methods live in [`tasks`], vote methods in [`votes`], external agents' in [`agents`];
+//! [`client`] is the client side, used by the CLI and the tests.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +24,13 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
-use crate::api_admission::{Admission, Limits, Verdict};
+pub mod admission;
+pub mod agents;
+pub mod client;
+pub mod tasks;
+pub mod votes;
+
+use crate::api::admission::{Admission, Limits, Verdict};
 use crate::p2p::{ClientError, NodeClient};
 use crate::store::Store;
 
@@ -239,15 +246,15 @@ pub async fn handle_request(payload: &[u8], ctx: &ApiContext, caller: &[u8]) -> 
     match request.method {
         Method::Status => answer(id, client.status()).await,
         Method::Peers => answer(id, async { client.peers().await.map(|peers| PeersResult { peers }) }).await,
-        Method::TaskSubmit(params) => crate::api_tasks::submit(id, ctx, params).await,
-        Method::TaskWait(params) => crate::api_tasks::wait(id, ctx, params).await,
-        Method::History(params) => crate::api_tasks::history(id, ctx, params).await,
-        Method::AgentRegister(params) => crate::api_agents::register(id, ctx, caller, params),
-        Method::AgentNext(params) => crate::api_agents::next(id, ctx, params).await,
-        Method::AgentResult(params) => crate::api_agents::result(id, ctx, params),
-        Method::VotePropose(params) => crate::api_votes::propose(id, ctx, params).await,
-        Method::VoteBallot(params) => crate::api_votes::ballot(id, ctx, params).await,
-        Method::VoteTally(params) => crate::api_votes::tally(id, ctx, params).await,
+        Method::TaskSubmit(params) => crate::api::tasks::submit(id, ctx, params).await,
+        Method::TaskWait(params) => crate::api::tasks::wait(id, ctx, params).await,
+        Method::History(params) => crate::api::tasks::history(id, ctx, params).await,
+        Method::AgentRegister(params) => crate::api::agents::register(id, ctx, caller, params),
+        Method::AgentNext(params) => crate::api::agents::next(id, ctx, params).await,
+        Method::AgentResult(params) => crate::api::agents::result(id, ctx, params),
+        Method::VotePropose(params) => crate::api::votes::propose(id, ctx, params).await,
+        Method::VoteBallot(params) => crate::api::votes::ballot(id, ctx, params).await,
+        Method::VoteTally(params) => crate::api::votes::tally(id, ctx, params).await,
     }
 }
 

@@ -1,5 +1,5 @@
 //! The task methods of the local API: `task.submit` stores the files as blobs and hands
-//! the task to the swarm task; `task.wait` long-polls until one of the given tasks
+//! the task to the router; `task.wait` long-polls until one of the given tasks
 //! finishes (or the timeout passes) and reports them all.
 
 use std::time::Duration;
@@ -115,7 +115,8 @@ pub async fn submit(id: &Value, ctx: &ApiContext, params: TaskSubmitParams) -> V
     let blobs: Vec<String> = files.iter().map(|f| f.blob.to_string()).collect();
     match ctx.client.submit_task(params.capability, files, lease_ms).await {
         Ok(Ok((task, candidates))) => api::result_reply(id, &TaskSubmitResult { task_id: task.to_string(), blobs, candidates }),
-        Ok(Err(reason)) => invalid(id, format!("task.submit: {reason}")),
+        Ok(Err(e)) if e.is_bad_input() => invalid(id, format!("task.submit: {e}")),
+        Ok(Err(e)) => internal(id, format!("task.submit: {e}")),
         Err(e) => unavailable(id, e.to_string()),
     }
 }

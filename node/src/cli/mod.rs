@@ -7,9 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use pyagent_protocol::api::{PeersResult, StatusResult};
 
 use crate::config::{Config, LogFormat, Overrides};
+
+mod render;
+
+pub use render::{render_history, render_peers, render_status, render_tally};
 
 #[derive(Debug, Parser)]
 #[command(name = "pyagent", version, about = "PyAgent Swarm: a peer-to-peer swarm of agents for LAN machines and server fleets")]
@@ -224,38 +227,6 @@ pub fn ballot_params(args: &BallotArgs) -> Result<serde_json::Value, String> {
     Ok(params)
 }
 
-/// Text form of a tally.
-pub fn render_tally(t: &serde_json::Value) -> String {
-    let mut out = format!(
-        "{} ({})\nproposal {}\nmethod {}, {} ballot(s), {}\n",
-        t["title"].as_str().unwrap_or(""),
-        if t["final"] == true { "final" } else { "open" },
-        t["proposal_id"].as_str().unwrap_or(""),
-        t["method"].as_str().unwrap_or(""),
-        t["ballots_counted"],
-        match t["winner"].as_str() {
-            Some(w) => format!("winner: {w}"),
-            None => "no winner yet".into(),
-        }
-    );
-    let scores = t["scores"].as_array().cloned().unwrap_or_default();
-    let options: Vec<&str> = t["options"].as_array().into_iter().flatten().filter_map(|o| o.as_str()).collect();
-    out.push_str("ranking:\n");
-    for (place, label) in t["ranking"].as_array().into_iter().flatten().filter_map(|l| l.as_str()).enumerate() {
-        let score = options.iter().position(|o| *o == label).and_then(|i| scores.get(i)).cloned().unwrap_or_default();
-        out.push_str(&format!("  {}. {label}  (score {score})\n", place + 1));
-    }
-    out.push_str("ballots:\n");
-    for b in t["ballots"].as_array().into_iter().flatten() {
-        let who = match b["agent"].as_str() {
-            Some(agent) => format!("{} / agent {agent}", b["voter"].as_str().unwrap_or("")),
-            None => b["voter"].as_str().unwrap_or("").to_owned(),
-        };
-        out.push_str(&format!("  {who}: {}\n", b["choice"]));
-    }
-    out
-}
-
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
     #[command(flatten)]
@@ -265,29 +236,6 @@ pub struct HistoryArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-}
-
-/// One line per history record: time, event, details.
-pub fn render_history(result: &pyagent_protocol::api::HistoryResult) -> String {
-    use pyagent_protocol::history::HistoryEvent;
-    let mut out = format!("task {}\n", result.task_id);
-    if result.events.is_empty() {
-        out.push_str("  no records on this node\n");
-    }
-    for record in &result.events {
-        let at = std::time::UNIX_EPOCH + Duration::from_millis(record.at_unix_ms);
-        let what = match &record.event {
-            HistoryEvent::Submitted { capability, files, requester } => format!("submitted  {capability}, {files} file(s), by {requester}"),
-            HistoryEvent::Assigned { executor } => format!("assigned   to {executor}"),
-            HistoryEvent::Result { executor, completed: true, detail } => format!("completed  by {executor} ({detail})"),
-            HistoryEvent::Result { executor, completed: false, detail } => format!("failed     at {executor}: {detail}"),
-            HistoryEvent::Done => "done".to_owned(),
-            HistoryEvent::Ballot { voter } => format!("ballot     from {voter}"),
-            HistoryEvent::Tally { winner } => format!("tally      winner {}", winner.as_deref().unwrap_or("none")),
-        };
-        out.push_str(&format!("  {}  {what}\n", humantime::format_rfc3339_millis(at)));
-    }
-    out
 }
 
 #[derive(Debug, Args)]
@@ -441,75 +389,6 @@ pub fn keygen(args: &KeygenArgs) -> Result<libp2p::pnet::PreSharedKey, KeygenErr
     writeln!(file, "{key}").and_then(|()| file.sync_all()).map_err(write_err)?;
     Ok(key)
 }
-
-fn duration(secs: u64) -> String {
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
-        s if s < 86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        s => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
-    }
-}
-
-/// `pyagent status` as a table.
-pub fn render_status(s: &StatusResult) -> String {
-    let rows = [
-        ("peer id", s.peer_id.clone()),
-        ("swarm", format!("{}{}", s.swarm, if s.private { " (private: swarm key)" } else { "" })),
-        ("version", format!("{} (protocol {})", s.node_version, s.protocol_version)),
-        ("uptime", duration(s.uptime_secs)),
-        ("transports", if s.quic { "tcp, quic".into() } else { "tcp".into() }),
-        ("mdns", if s.mdns { "on".into() } else { "off".into() }),
-        ("peers", format!("{} members, {} connected", s.members, s.connected_peers)),
-        ("capacity", s.capacity.summary()),
-        (
-            "inference",
-            match &s.capacity.inference {
-                Some(i) => format!(
-                    "model {} ({} MB), prefill {} / decode {} tokens/s{}",
-                    i.model_id.get(..12).unwrap_or(&i.model_id),
-                    i.model_bytes >> 20,
-                    i.prefill_tokens_per_s,
-                    i.decode_tokens_per_s,
-                    if i.fits { "" } else { ", does NOT fit in free RAM" }
-                ),
-                None => "off".into(),
-            },
-        ),
-        ("agents", if s.agents.is_empty() { "-".into() } else { s.agents.join(", ") }),
-        ("tasks", format!("{} submitted, {} running, {} executed", s.tasks.submitted, s.tasks.running, s.tasks.executed)),
-        ("data dir", s.data_dir.clone()),
-        ("listening", s.listen_addrs.join("\n            ")),
-    ];
-    rows.iter().map(|(k, v)| format!("{k:<11} {v}\n")).collect()
-}
-
-/// `pyagent peers` as a table.
-pub fn render_peers(p: &PeersResult) -> String {
-    if p.peers.is_empty() {
-        return "no peers in view\n".into();
-    }
-    let agents = |a: &[String]| if a.is_empty() { "-".to_owned() } else { a.join(",") };
-    let width = p.peers.iter().map(|peer| agents(&peer.agents).len()).max().unwrap_or(0).max("AGENTS".len());
-    let mut out = format!(
-        "{:<52}  {:<4}  {:>8}  {:>9}  {:<26}  {:<width$}  {}\n",
-        "PEER ID", "CONN", "UPTIME", "LAST SEEN", "CAPACITY", "AGENTS", "ADDRESS"
-    );
-    for peer in &p.peers {
-        out.push_str(&format!(
-            "{:<52}  {:<4}  {:>8}  {:>8}s  {:<26}  {:<width$}  {}\n",
-            peer.peer_id,
-            if peer.connected { "yes" } else { "no" },
-            duration(peer.uptime_secs),
-            peer.last_seen_ms / 1000,
-            peer.capacity.summary(),
-            agents(&peer.agents),
-            peer.listen_addrs.first().map(String::as_str).unwrap_or("-"),
-        ));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -548,28 +427,4 @@ mod tests {
         assert_eq!(args.overrides().agents, Some(vec!["tokens".to_string(), "complexity".to_string()]));
     }
 
-    #[test]
-    fn peers_table_shows_agents() {
-        let peer = pyagent_protocol::api::PeerInfo {
-            peer_id: "12D3KooWTest".into(),
-            node_version: "pyagent/0".into(),
-            connected: true,
-            listen_addrs: vec!["/ip4/10.77.0.11/tcp/7760".into()],
-            agents: vec!["tokens".into()],
-            capacity: Default::default(),
-            uptime_secs: 5,
-            last_seen_ms: 1200,
-        };
-        let table = render_peers(&PeersResult { peers: vec![peer] });
-        let lines: Vec<&str> = table.lines().collect();
-        assert!(lines[0].contains("AGENTS"), "{table}");
-        assert!(lines[1].contains("tokens") && lines[1].contains("/ip4/10.77.0.11/tcp/7760"), "{table}");
-    }
-
-    #[test]
-    fn duration_is_compact() {
-        assert_eq!(duration(5), "5s");
-        assert_eq!(duration(65), "1m05s");
-        assert_eq!(duration(7300), "2h01m");
-    }
 }

@@ -1,14 +1,15 @@
-//! Rendezvous (highest-random-weight) hashing: every node orders a task's candidate
-//! executors the same way, from the task id and the candidates' PeerIds alone, so no
-//! coordination is needed to agree on who runs it, and who runs it next if that one dies.
+//! Placement by rendezvous (highest-random-weight) hashing: every node orders the
+//! candidates for a key the same way, from the key and the candidates' PeerIds alone, so
+//! no coordination is needed to agree on who holds or runs it, and who takes over if that
+//! one dies. Tasks use it for their executors today; history shard replicas and
+//! inference placement use the same order next (a key is any 32-byte id).
 
 use libp2p::PeerId;
-use pyagent_protocol::task::TaskId;
 
-/// A candidate's weight for a task: the first 8 bytes of BLAKE3(task id ‖ PeerId).
-pub fn weight(task: &TaskId, peer: &PeerId) -> u64 {
+/// A candidate's weight for a key: the first 8 bytes of BLAKE3(key ‖ PeerId).
+pub fn weight(key: &[u8; 32], peer: &PeerId) -> u64 {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(&task.0);
+    hasher.update(key);
     hasher.update(&peer.to_bytes());
     let hash = hasher.finalize();
     let mut first = [0u8; 8];
@@ -18,9 +19,9 @@ pub fn weight(task: &TaskId, peer: &PeerId) -> u64 {
 
 /// Candidates from the highest weight down (ties, which need a hash collision, by PeerId);
 /// duplicates are removed.
-pub fn order(task: &TaskId, candidates: impl IntoIterator<Item = PeerId>) -> Vec<PeerId> {
+pub fn order(key: &[u8; 32], candidates: impl IntoIterator<Item = PeerId>) -> Vec<PeerId> {
     let mut weighted: Vec<(u64, Vec<u8>, PeerId)> =
-        candidates.into_iter().map(|p| (weight(task, &p), p.to_bytes(), p)).collect();
+        candidates.into_iter().map(|p| (weight(key, &p), p.to_bytes(), p)).collect();
     weighted.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     weighted.dedup_by(|a, b| a.2 == b.2);
     weighted.into_iter().map(|(_, _, p)| p).collect()
@@ -33,7 +34,7 @@ mod tests {
     #[test]
     fn the_order_does_not_depend_on_the_input_order() {
         let peers: Vec<PeerId> = (0..8).map(|_| PeerId::random()).collect();
-        let task = TaskId([7; 32]);
+        let task = [7; 32];
         let mut reversed = peers.clone();
         reversed.reverse();
         assert_eq!(order(&task, peers.clone()), order(&task, reversed));
@@ -45,7 +46,7 @@ mod tests {
     #[test]
     fn removing_a_candidate_keeps_the_others_in_order() {
         let peers: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
-        let task = TaskId([1; 32]);
+        let task = [1; 32];
         let full = order(&task, peers.clone());
         let without_first: Vec<PeerId> = peers.iter().copied().filter(|p| *p != full[0]).collect();
         assert_eq!(order(&task, without_first), full[1..].to_vec());
@@ -58,7 +59,7 @@ mod tests {
         for i in 0..400u32 {
             let mut id = [0u8; 32];
             id[..4].copy_from_slice(&i.to_be_bytes());
-            *firsts.entry(order(&TaskId(id), peers.clone())[0]).or_insert(0) += 1;
+            *firsts.entry(order(&id, peers.clone())[0]).or_insert(0) += 1;
         }
         // Each of 4 peers gets about 100 of 400 tasks; far from it means a broken weight.
         assert_eq!(firsts.len(), 4);

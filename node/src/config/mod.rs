@@ -3,15 +3,18 @@
 //! effective configuration (`pyagent node --print-config`); [`Config::validate`] turns it
 //! into typed [`Settings`] once, and every error names the field at fault.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use libp2p::Multiaddr;
 use libp2p::pnet::PreSharedKey;
-use pyagent_protocol::SwarmNamespace;
+use pyagent_protocol::{SwarmNamespace, VersionRange};
 use serde::{Deserialize, Serialize};
+
+mod env;
+
+pub use env::{ENV_VARS, Overrides, unknown_env_vars};
 
 /// Default TCP/QUIC port of the peer-to-peer listener.
 pub const DEFAULT_P2P_PORT: u16 = 7760;
@@ -185,115 +188,6 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field, message: message.into() }
 }
 
-/// Values that override the file: from the environment or from flags. `None` keeps the
-/// value below.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Overrides {
-    pub data_dir: Option<PathBuf>,
-    pub swarm: Option<String>,
-    pub swarm_key: Option<PathBuf>,
-    pub bootstrap: Option<Vec<String>>,
-    pub agents: Option<Vec<String>>,
-    pub listen_ip: Option<IpAddr>,
-    pub p2p_port: Option<u16>,
-    pub quic: Option<bool>,
-    pub mdns: Option<bool>,
-    pub mdns_interfaces: Option<Vec<String>>,
-    pub api_bind: Option<SocketAddr>,
-    pub events_bind: Option<SocketAddr>,
-    pub allow_non_loopback_api: Option<bool>,
-    pub log_format: Option<LogFormat>,
-    pub model: Option<PathBuf>,
-    pub ort_lib: Option<PathBuf>,
-}
-
-/// The environment variables read by [`Overrides::from_env`], and what they set.
-pub const ENV_VARS: &[(&str, &str)] = &[
-    ("PYAGENT_DATA_DIR", "data_dir"),
-    ("PYAGENT_SWARM", "swarm"),
-    ("PYAGENT_SWARM_KEY", "swarm_key"),
-    ("PYAGENT_BOOTSTRAP", "bootstrap (comma-separated multiaddrs)"),
-    ("PYAGENT_AGENTS", "agents (comma-separated names, or none)"),
-    ("PYAGENT_LISTEN_IP", "p2p.listen_ip"),
-    ("PYAGENT_P2P_PORT", "p2p.port"),
-    ("PYAGENT_QUIC", "p2p.quic (true/false)"),
-    ("PYAGENT_MDNS", "mdns.enabled (true/false)"),
-    ("PYAGENT_MDNS_INTERFACES", "mdns.interfaces (comma-separated)"),
-    ("PYAGENT_API", "api.bind"),
-    ("PYAGENT_MODEL", "inference.model"),
-    ("PYAGENT_ORT_LIB", "inference.ort_lib"),
-    ("PYAGENT_EVENTS", "api.events_bind"),
-    ("PYAGENT_API_ALLOW_NON_LOOPBACK", "api.allow_non_loopback (true/false)"),
-    ("PYAGENT_LOG_FORMAT", "log.format (pretty/json)"),
-];
-
-fn parse_env<T: std::str::FromStr>(vars: &HashMap<String, String>, var: &'static str) -> Result<Option<T>, ConfigError>
-where
-    T::Err: std::fmt::Display,
-{
-    vars.get(var)
-        .map(|raw| raw.trim().parse::<T>().map_err(|e| ConfigError::Env { var, message: format!("{raw:?}: {e}") }))
-        .transpose()
-}
-
-fn parse_env_bool(vars: &HashMap<String, String>, var: &'static str) -> Result<Option<bool>, ConfigError> {
-    vars.get(var)
-        .map(|raw| match raw.trim().to_ascii_lowercase().as_str() {
-            "1" | "true" | "yes" | "on" => Ok(true),
-            "0" | "false" | "no" | "off" => Ok(false),
-            _ => Err(ConfigError::Env { var, message: format!("{raw:?} is not a boolean (true/false)") }),
-        })
-        .transpose()
-}
-
-fn parse_env_list(vars: &HashMap<String, String>, var: &'static str) -> Option<Vec<String>> {
-    vars.get(var).map(|raw| raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
-}
-
-/// `PYAGENT_*` variables that configure nothing (typos, most likely).
-pub fn unknown_env_vars(vars: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
-    const OTHERS: &[&str] = &["PYAGENT_CONFIG", "PYAGENT_API_ENDPOINT"];
-    let mut unknown: Vec<String> = vars
-        .into_iter()
-        .map(|(k, _)| k)
-        .filter(|k| k.starts_with("PYAGENT_") && !OTHERS.contains(&k.as_str()) && !ENV_VARS.iter().any(|(v, _)| v == k))
-        .collect();
-    unknown.sort();
-    unknown
-}
-
-impl Overrides {
-    /// Reads the `PYAGENT_*` variables of `vars` (pass `std::env::vars()`).
-    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let vars: HashMap<String, String> = vars.into_iter().filter(|(k, _)| k.starts_with("PYAGENT_")).collect();
-        Ok(Self {
-            data_dir: vars.get("PYAGENT_DATA_DIR").map(PathBuf::from),
-            swarm: vars.get("PYAGENT_SWARM").cloned(),
-            swarm_key: vars.get("PYAGENT_SWARM_KEY").map(PathBuf::from),
-            bootstrap: parse_env_list(&vars, "PYAGENT_BOOTSTRAP"),
-            agents: parse_env_list(&vars, "PYAGENT_AGENTS"),
-            listen_ip: parse_env(&vars, "PYAGENT_LISTEN_IP")?,
-            p2p_port: parse_env(&vars, "PYAGENT_P2P_PORT")?,
-            quic: parse_env_bool(&vars, "PYAGENT_QUIC")?,
-            mdns: parse_env_bool(&vars, "PYAGENT_MDNS")?,
-            mdns_interfaces: parse_env_list(&vars, "PYAGENT_MDNS_INTERFACES"),
-            api_bind: parse_env(&vars, "PYAGENT_API")?,
-            events_bind: parse_env(&vars, "PYAGENT_EVENTS")?,
-            allow_non_loopback_api: parse_env_bool(&vars, "PYAGENT_API_ALLOW_NON_LOOPBACK")?,
-            model: vars.get("PYAGENT_MODEL").map(PathBuf::from),
-            ort_lib: vars.get("PYAGENT_ORT_LIB").map(PathBuf::from),
-            log_format: vars
-                .get("PYAGENT_LOG_FORMAT")
-                .map(|raw| match raw.trim() {
-                    "pretty" => Ok(LogFormat::Pretty),
-                    "json" => Ok(LogFormat::Json),
-                    _ => Err(ConfigError::Env { var: "PYAGENT_LOG_FORMAT", message: format!("{raw:?}: expected pretty or json") }),
-                })
-                .transpose()?,
-        })
-    }
-}
-
 impl Config {
     /// Reads a TOML file; unknown keys and wrong types are errors that name the key.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -402,6 +296,7 @@ impl Config {
             model: self.inference.model.clone(),
             ort_lib: self.inference.ort_lib.clone(),
             kv_host_bytes: self.inference.kv_host_mb << 20,
+            protocol_versions: VersionRange::SUPPORTED,
             data_dir,
             namespace,
             swarm_key,
@@ -482,6 +377,9 @@ pub struct Settings {
     pub model: Option<PathBuf>,
     pub ort_lib: Option<PathBuf>,
     pub kv_host_bytes: u64,
+    /// Peer protocol versions this node speaks: always [`VersionRange::SUPPORTED`] outside
+    /// tests (which run nodes of two versions in one process).
+    pub protocol_versions: VersionRange,
 }
 
 impl std::fmt::Debug for Settings {
@@ -505,163 +403,4 @@ impl std::fmt::Debug for Settings {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Overrides {
-        Overrides::from_env(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
-    }
-
-    #[test]
-    fn defaults_validate() {
-        let c = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
-        let s = c.validate().unwrap();
-        assert_eq!(s.p2p_port, 7760);
-        assert_eq!(s.api_bind.port(), 7761);
-        assert_eq!(s.events_bind.port(), 7762);
-        assert_eq!(s.namespace.name(), "default");
-        assert!(s.quic && s.mdns && s.swarm_key.is_none());
-    }
-
-    #[test]
-    fn precedence_is_defaults_file_env_flags() {
-        let mut c = Config::from_toml("swarm = \"file\"\n[p2p]\nport = 1000\nquic = false\n").unwrap();
-        assert_eq!((c.swarm.as_str(), c.p2p.port, c.p2p.quic), ("file", 1000, false));
-        // Untouched by the file: default.
-        assert_eq!(c.api.bind.port(), 7761);
-        c.apply(env(&[("PYAGENT_P2P_PORT", "2000"), ("PYAGENT_SWARM", "env")]));
-        assert_eq!((c.swarm.as_str(), c.p2p.port), ("env", 2000));
-        c.apply(Overrides { p2p_port: Some(3000), ..Default::default() });
-        assert_eq!((c.swarm.as_str(), c.p2p.port, c.p2p.quic), ("env", 3000, false));
-    }
-
-    #[test]
-    fn unknown_file_key_is_named() {
-        let err = Config::from_toml("[p2p]\nprot = 1\n").unwrap_err();
-        assert!(err.contains("prot"), "{err}");
-    }
-
-    #[test]
-    fn wrong_type_is_named() {
-        let err = Config::from_toml("[p2p]\nport = \"many\"\n").unwrap_err();
-        assert!(err.contains("port"), "{err}");
-        let err = Config::from_toml("[api]\nbind = \"localhost\"\n").unwrap_err();
-        assert!(err.contains("bind"), "{err}");
-    }
-
-    #[test]
-    fn bad_env_value_names_the_variable() {
-        let err = Overrides::from_env([("PYAGENT_P2P_PORT".to_string(), "70000".to_string())]).unwrap_err();
-        assert!(err.to_string().contains("PYAGENT_P2P_PORT"), "{err}");
-        let err = Overrides::from_env([("PYAGENT_MDNS".to_string(), "maybe".to_string())]).unwrap_err();
-        assert!(err.to_string().contains("PYAGENT_MDNS"), "{err}");
-    }
-
-    #[test]
-    fn unknown_env_vars_are_reported() {
-        let vars = [("PYAGENT_P2P_PROT", "1"), ("PYAGENT_SWARM", "x"), ("PYAGENT_CONFIG", "f"), ("HOME", "/root")];
-        let unknown = unknown_env_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        assert_eq!(unknown, vec!["PYAGENT_P2P_PROT".to_string()]);
-    }
-
-    #[test]
-    fn env_lists_split_on_commas() {
-        let o = env(&[("PYAGENT_MDNS_INTERFACES", "eth0, eth1,"), ("PYAGENT_QUIC", "off")]);
-        assert_eq!(o.mdns_interfaces, Some(vec!["eth0".to_string(), "eth1".to_string()]));
-        assert_eq!(o.quic, Some(false));
-    }
-
-    fn validate_err(c: &Config) -> String {
-        match c.validate() {
-            Ok(_) => panic!("expected an error"),
-            Err(e) => e.to_string(),
-        }
-    }
-
-    #[test]
-    fn validation_names_the_field() {
-        let mut c = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
-        c.swarm = "bad name".into();
-        assert!(validate_err(&c).starts_with("swarm:"));
-        let mut c = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
-        c.bootstrap = vec!["not-an-addr".into()];
-        assert!(validate_err(&c).starts_with("bootstrap:"));
-        let mut c = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
-        c.membership.peer_ttl_ms = 100;
-        assert!(validate_err(&c).starts_with("membership.peer_ttl_ms:"));
-        let mut c = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
-        c.swarm_key = Some("/nonexistent/swarm.key".into());
-        assert!(validate_err(&c).starts_with("swarm_key:"));
-        c.swarm_key = Some("/dev/zero".into());
-        assert!(validate_err(&c).contains("not a swarm key file"), "a device is read bounded and refused");
-    }
-
-    #[test]
-    fn agents_default_to_all_builtin_and_can_be_narrowed_or_none() {
-        let base = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
-        let all: Vec<String> = pyagent_agents::builtin().iter().map(ToString::to_string).collect();
-        assert_eq!(base.validate().unwrap().agents, all);
-        let none = Config { agents: vec!["none".into()], ..base.clone() };
-        assert!(none.validate().unwrap().agents.is_empty());
-        let tokens = Config { agents: vec!["tokens".into()], ..base.clone() };
-        assert_eq!(tokens.validate().unwrap().agents, vec!["tokens".to_string()]);
-        let unknown = Config { agents: vec!["tokens".into(), "astrology".into()], ..base.clone() };
-        let err = validate_err(&unknown);
-        assert!(err.starts_with("agents:") && err.contains("astrology") && err.contains("tokens"), "{err}");
-        let bad = Config { agents: vec!["Not A Name".into()], ..base };
-        assert!(validate_err(&bad).starts_with("agents:"));
-    }
-
-    #[test]
-    fn non_loopback_api_needs_explicit_permission() {
-        let mut c = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
-        c.api.bind = "0.0.0.0:7761".parse().unwrap();
-        assert!(validate_err(&c).starts_with("api.bind:"));
-        c.api.allow_non_loopback = true;
-        assert!(c.validate().is_ok());
-    }
-
-    #[test]
-    fn swarm_key_turns_quic_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("swarm.key");
-        let key = PreSharedKey::new([7; 32]);
-        std::fs::write(&path, key.to_string()).unwrap();
-        let c = Config { data_dir: Some("/tmp/x".into()), swarm_key: Some(path), ..Default::default() };
-        let s = c.validate().unwrap();
-        assert!(!s.quic && s.quic_disabled_by_key);
-        assert_eq!(s.swarm_key.unwrap().fingerprint().to_string(), key.fingerprint().to_string());
-    }
-
-    #[test]
-    fn corrupt_swarm_key_is_rejected() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("swarm.key");
-        std::fs::write(&path, "/key/swarm/psk/1.0.0/\n/base16/\nnothex").unwrap();
-        let c = Config { data_dir: Some("/tmp/x".into()), swarm_key: Some(path), ..Default::default() };
-        assert!(validate_err(&c).starts_with("swarm_key:"));
-    }
-
-    #[test]
-    fn printed_config_parses_back() {
-        let c = Config { bootstrap: vec!["/ip4/10.0.0.1/tcp/7760".into()], ..Default::default() };
-        let text = c.to_toml();
-        let back = Config::from_toml(&text).unwrap();
-        assert_eq!(back.bootstrap, c.bootstrap);
-        assert_eq!(back.p2p, c.p2p);
-    }
-}
-
-#[cfg(test)]
-mod example_tests {
-    use super::*;
-
-    #[test]
-    fn shipped_example_config_is_valid() {
-        let text = include_str!("../../scripts/config.example.toml");
-        let c = Config::from_toml(text).unwrap();
-        assert_eq!(c.data_dir.as_deref(), Some(Path::new("/var/lib/pyagent")));
-        let s = c.validate().unwrap();
-        assert_eq!((s.p2p_port, s.api_bind.port(), s.events_bind.port()), (7760, 7761, 7762));
-    }
-}
+mod tests;

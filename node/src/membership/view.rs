@@ -2,15 +2,16 @@
 //!
 //! A peer enters the view with its first valid advert (gossiped, or answered directly
 //! right after a connection opens) and leaves it when its last connection closes or when
-//! no advert arrived for `ttl`. Pure state with an injected clock, so it is unit-tested
-//! without a network; the swarm task feeds it and turns its changes into events.
+//! no advert arrived for `ttl`. A peer with no protocol version in common is not admitted.
+//! Pure state with an injected clock, so it is unit-tested without a network;
+//! [`super::upkeep`] feeds it and turns its changes into effects.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use pyagent_protocol::Advert;
 use pyagent_protocol::api::PeerInfo;
+use pyagent_protocol::{Advert, VersionRange};
 
 /// A member of the view.
 #[derive(Debug, Clone)]
@@ -18,6 +19,8 @@ pub struct Member {
     pub advert: Advert,
     pub last_seen: Instant,
     pub connected: bool,
+    /// The protocol version spoken with it: the highest both speak.
+    pub protocol_version: u16,
 }
 
 /// What an advert did to the view.
@@ -29,6 +32,9 @@ pub enum Change {
     Updated,
     /// An advert older than the one already held (gossip can reorder).
     Stale,
+    /// The peer speaks no protocol version this node speaks: not admitted (a member that
+    /// changed to such a range leaves the view).
+    Incompatible { theirs: VersionRange },
 }
 
 /// Why a peer left.
@@ -51,20 +57,32 @@ impl LeaveReason {
 #[derive(Debug)]
 pub struct MembershipView {
     ttl: Duration,
+    /// The protocol versions this node speaks.
+    versions: VersionRange,
     members: HashMap<PeerId, Member>,
 }
 
 impl MembershipView {
-    pub fn new(ttl: Duration) -> Self {
-        Self { ttl, members: HashMap::new() }
+    pub fn new(ttl: Duration, versions: VersionRange) -> Self {
+        Self { ttl, versions, members: HashMap::new() }
+    }
+
+    /// The protocol versions this node speaks.
+    pub fn versions(&self) -> VersionRange {
+        self.versions
     }
 
     /// Records a validated advert from `peer`.
     pub fn observe(&mut self, peer: PeerId, advert: Advert, connected: bool, now: Instant) -> Change {
+        let Some(protocol_version) = self.versions.highest_common(&advert.protocol_versions) else {
+            self.members.remove(&peer);
+            return Change::Incompatible { theirs: advert.protocol_versions };
+        };
         match self.members.get_mut(&peer) {
             Some(m) => {
                 m.last_seen = now;
                 m.connected |= connected;
+                m.protocol_version = protocol_version;
                 // A restart (new boot id) resets seq; within a run, seq orders adverts.
                 if advert.boot_id != m.advert.boot_id {
                     m.advert = advert;
@@ -77,7 +95,7 @@ impl MembershipView {
                 }
             }
             None => {
-                self.members.insert(peer, Member { advert, last_seen: now, connected });
+                self.members.insert(peer, Member { advert, last_seen: now, connected, protocol_version });
                 Change::Joined
             }
         }
@@ -157,6 +175,7 @@ pub fn peer_info(m: &Member, now: Instant) -> PeerInfo {
     PeerInfo {
         peer_id: m.advert.peer_id.clone(),
         node_version: m.advert.node_version.clone(),
+        protocol_version: m.protocol_version,
         connected: m.connected,
         listen_addrs: m.advert.listen_addrs.clone(),
         agents: m.advert.agents.clone(),
@@ -169,11 +188,11 @@ pub fn peer_info(m: &Member, now: Instant) -> PeerInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pyagent_protocol::{Capacity, PROTOCOL_VERSION};
+    use pyagent_protocol::Capacity;
 
     fn advert(peer: &PeerId, seq: u64, boot_id: u64) -> Advert {
         Advert {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_versions: VersionRange::SUPPORTED,
             peer_id: peer.to_string(),
             node_version: "pyagent/test".into(),
             listen_addrs: vec![],
@@ -188,7 +207,7 @@ mod tests {
 
     #[test]
     fn join_update_and_stale() {
-        let mut view = MembershipView::new(Duration::from_secs(7));
+        let mut view = MembershipView::new(Duration::from_secs(7), VersionRange::SUPPORTED);
         let p = PeerId::random();
         let t0 = Instant::now();
         assert_eq!(view.observe(p, advert(&p, 1, 10), true, t0), Change::Joined);
@@ -204,7 +223,7 @@ mod tests {
 
     #[test]
     fn expires_after_ttl_only() {
-        let mut view = MembershipView::new(Duration::from_secs(7));
+        let mut view = MembershipView::new(Duration::from_secs(7), VersionRange::SUPPORTED);
         let (a, b) = (PeerId::random(), PeerId::random());
         let t0 = Instant::now();
         view.observe(a, advert(&a, 1, 1), true, t0);
@@ -216,7 +235,7 @@ mod tests {
 
     #[test]
     fn members_except_leaves_out_the_asker_and_is_bounded() {
-        let mut view = MembershipView::new(Duration::from_secs(7));
+        let mut view = MembershipView::new(Duration::from_secs(7), VersionRange::SUPPORTED);
         let peers: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
         for p in &peers {
             view.observe(*p, advert(p, 1, 1), true, Instant::now());
@@ -228,8 +247,30 @@ mod tests {
     }
 
     #[test]
+    fn peers_of_other_versions_join_when_a_version_is_shared() {
+        let ours = VersionRange::new(2, 3).unwrap();
+        let mut view = MembershipView::new(Duration::from_secs(7), ours);
+        let (ahead, behind, apart) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let t0 = Instant::now();
+        let with = |peer: &PeerId, min, max| Advert { protocol_versions: VersionRange::new(min, max).unwrap(), ..advert(peer, 1, 1) };
+        assert_eq!(view.observe(ahead, with(&ahead, 3, 5), true, t0), Change::Joined);
+        assert_eq!(view.observe(behind, with(&behind, 1, 2), true, t0), Change::Joined);
+        assert_eq!(view.get(&ahead).unwrap().protocol_version, 3);
+        assert_eq!(view.get(&behind).unwrap().protocol_version, 2);
+        let theirs = VersionRange::new(4, 4).unwrap();
+        assert_eq!(view.observe(apart, with(&apart, 4, 4), true, t0), Change::Incompatible { theirs });
+        assert!(!view.contains(&apart));
+        // A member that moves to a range with nothing in common leaves the view.
+        let mut moved = with(&ahead, 4, 4);
+        moved.seq = 2;
+        assert_eq!(view.observe(ahead, moved, true, t0), Change::Incompatible { theirs });
+        assert!(!view.contains(&ahead));
+        assert_eq!(view.peer_infos(t0).iter().map(|p| p.protocol_version).collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
     fn disconnect_removes_at_once() {
-        let mut view = MembershipView::new(Duration::from_secs(7));
+        let mut view = MembershipView::new(Duration::from_secs(7), VersionRange::SUPPORTED);
         let p = PeerId::random();
         view.observe(p, advert(&p, 1, 1), true, Instant::now());
         assert!(view.disconnected(&p));

@@ -8,6 +8,8 @@
 //! - `history`: task id ‖ time ‖ sequence → [`HistoryRecord`]: what this node saw happen
 //!   to each task (the history DHT issue will replicate it).
 
+pub mod data_dir;
+
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 

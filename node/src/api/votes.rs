@@ -1,11 +1,12 @@
 //! The vote methods of the local API: `vote.propose`, `vote.ballot` (options by label),
 //! `vote.tally`. See [`crate::votes`].
 
-use pyagent_protocol::api::{self, ApiError, VoteBallotParams, VoteProposeParams, VoteTallyParams, code};
+use pyagent_protocol::api::{self, ApiError, VoteBallotParams, VoteBallotResult, VoteProposeParams, VoteProposeResult, VoteTallyParams, code};
 use pyagent_protocol::vote::{ProposalId, ProposalKind, ProposalSpec, VoteChoice, VoteMethod};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::api::ApiContext;
+use crate::votes::VotesError;
 
 /// Default voting window.
 pub const DEFAULT_DEADLINE_SECS: u64 = 300;
@@ -20,21 +21,19 @@ fn unavailable(id: &Value, message: impl Into<String>) -> Vec<u8> {
     ApiError::new(id.clone(), code::UNAVAILABLE, message).to_reply()
 }
 
-fn method(params: &VoteProposeParams) -> Result<VoteMethod, String> {
-    Ok(match params.method.as_str() {
-        "plurality" => VoteMethod::Plurality,
-        "approval" => VoteMethod::Approval,
-        "borda" => VoteMethod::Borda,
-        "irv" | "instant-runoff" => VoteMethod::InstantRunoff,
-        "schulze" => VoteMethod::Schulze,
-        "quadratic" => VoteMethod::Quadratic { credits: params.credits.unwrap_or(100) },
-        "trust" | "trust-weighted" => VoteMethod::TrustWeighted { weights: params.weights.clone().unwrap_or_default().into_iter().collect() },
-        other => return Err(format!("unknown method {other:?}; one of plurality, approval, borda, irv, schulze, quadratic, trust")),
-    })
+fn internal(id: &Value, message: impl Into<String>) -> Vec<u8> {
+    ApiError::new(id.clone(), code::INTERNAL_ERROR, message).to_reply()
+}
+
+/// A refusal from the vote book: bad input is invalid params, the node's own failure
+/// (signing) an internal error.
+fn refused(id: &Value, method: &str, e: &VotesError) -> Vec<u8> {
+    if e.is_bad_input() { invalid(id, format!("{method}: {e}")) } else { internal(id, format!("{method}: {e}")) }
 }
 
 pub async fn propose(id: &Value, ctx: &ApiContext, params: VoteProposeParams) -> Vec<u8> {
-    let method = match method(&params) {
+    let weights = params.weights.clone().unwrap_or_default().into_iter().collect();
+    let method = match VoteMethod::from_name(&params.method, params.credits, weights) {
         Ok(m) => m,
         Err(e) => return invalid(id, format!("vote.propose: {e}")),
     };
@@ -66,8 +65,8 @@ pub async fn propose(id: &Value, ctx: &ApiContext, params: VoteProposeParams) ->
         nonce: crate::node::random_boot_id(),
     };
     match ctx.client.propose(spec).await {
-        Ok(Ok(proposal)) => api::result_reply(id, &json!({ "proposal_id": proposal.to_string() })),
-        Ok(Err(e)) => invalid(id, format!("vote.propose: {e}")),
+        Ok(Ok(proposal)) => api::result_reply(id, &VoteProposeResult { proposal_id: proposal.to_string() }),
+        Ok(Err(e)) => refused(id, "vote.propose", &e),
         Err(e) => unavailable(id, e.to_string()),
     }
 }
@@ -85,9 +84,9 @@ pub async fn ballot(id: &Value, ctx: &ApiContext, params: VoteBallotParams) -> V
         Ok(p) => p,
         Err(e) => return invalid(id, format!("vote.ballot: {e}")),
     };
-    let options: Vec<String> = match ctx.client.tally(proposal).await {
-        Ok(Ok(t)) => t["options"].as_array().into_iter().flatten().filter_map(|o| o.as_str().map(str::to_owned)).collect(),
-        Ok(Err(e)) => return invalid(id, format!("vote.ballot: {e}")),
+    let options = match ctx.client.tally(proposal).await {
+        Ok(Ok(t)) => t.options,
+        Ok(Err(e)) => return refused(id, "vote.ballot", &e),
         Err(e) => return unavailable(id, e.to_string()),
     };
     let labels = |v: &[String]| v.iter().map(|l| index_of(&options, l)).collect::<Result<Vec<u16>, String>>();
@@ -106,8 +105,8 @@ pub async fn ballot(id: &Value, ctx: &ApiContext, params: VoteBallotParams) -> V
         Err(e) => return invalid(id, format!("vote.ballot: {e}")),
     };
     match ctx.client.ballot(proposal, choice).await {
-        Ok(Ok(())) => api::result_reply(id, &json!({ "accepted": true })),
-        Ok(Err(e)) => invalid(id, format!("vote.ballot: {e}")),
+        Ok(Ok(())) => api::result_reply(id, &VoteBallotResult { accepted: true }),
+        Ok(Err(e)) => refused(id, "vote.ballot", &e),
         Err(e) => unavailable(id, e.to_string()),
     }
 }
@@ -119,7 +118,7 @@ pub async fn tally(id: &Value, ctx: &ApiContext, params: VoteTallyParams) -> Vec
     };
     match ctx.client.tally(proposal).await {
         Ok(Ok(t)) => api::result_reply(id, &t),
-        Ok(Err(e)) => invalid(id, format!("vote.tally: {e}")),
+        Ok(Err(e)) => refused(id, "vote.tally", &e),
         Err(e) => unavailable(id, e.to_string()),
     }
 }

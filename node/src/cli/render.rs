@@ -1,0 +1,162 @@
+//! Text forms of the API's results for people: `status`, `peers`, `tally`, `history`.
+
+use std::time::Duration;
+
+use pyagent_protocol::api::{PeersResult, StatusResult, TallyResult};
+
+/// Text form of a tally.
+pub fn render_tally(t: &TallyResult) -> String {
+    let mut out = format!(
+        "{} ({})\nproposal {}\nmethod {}, {} ballot(s), {}\n",
+        t.title,
+        if t.is_final { "final" } else { "open" },
+        t.proposal_id,
+        t.method,
+        t.ballots_counted,
+        match &t.winner {
+            Some(w) => format!("winner: {w}"),
+            None => "no winner yet".into(),
+        }
+    );
+    out.push_str("ranking:\n");
+    for (place, label) in t.ranking.iter().enumerate() {
+        let score = t.options.iter().position(|o| o == label).and_then(|i| t.scores.get(i)).copied().unwrap_or_default();
+        out.push_str(&format!("  {}. {label}  (score {score})\n", place + 1));
+    }
+    out.push_str("ballots:\n");
+    for b in &t.ballots {
+        let who = match &b.agent {
+            Some(agent) => format!("{} / agent {agent}", b.voter),
+            None => b.voter.clone(),
+        };
+        let choice = serde_json::to_string(&b.choice).unwrap_or_default();
+        out.push_str(&format!("  {who}: {choice}\n"));
+    }
+    out
+}
+
+/// One line per history record: time, event, details.
+pub fn render_history(result: &pyagent_protocol::api::HistoryResult) -> String {
+    use pyagent_protocol::history::HistoryEvent;
+    let mut out = format!("task {}\n", result.task_id);
+    if result.events.is_empty() {
+        out.push_str("  no records on this node\n");
+    }
+    for record in &result.events {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(record.at_unix_ms);
+        let what = match &record.event {
+            HistoryEvent::Submitted { capability, files, requester } => format!("submitted  {capability}, {files} file(s), by {requester}"),
+            HistoryEvent::Assigned { executor } => format!("assigned   to {executor}"),
+            HistoryEvent::Result { executor, completed: true, detail } => format!("completed  by {executor} ({detail})"),
+            HistoryEvent::Result { executor, completed: false, detail } => format!("failed     at {executor}: {detail}"),
+            HistoryEvent::Done => "done".to_owned(),
+            HistoryEvent::Ballot { voter } => format!("ballot     from {voter}"),
+            HistoryEvent::Tally { winner } => format!("tally      winner {}", winner.as_deref().unwrap_or("none")),
+        };
+        out.push_str(&format!("  {}  {what}\n", humantime::format_rfc3339_millis(at)));
+    }
+    out
+}
+
+
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// `pyagent status` as a table.
+pub fn render_status(s: &StatusResult) -> String {
+    let rows = [
+        ("peer id", s.peer_id.clone()),
+        ("swarm", format!("{}{}", s.swarm, if s.private { " (private: swarm key)" } else { "" })),
+        ("version", format!("{} (protocol {})", s.node_version, s.protocol_version)),
+        ("uptime", duration(s.uptime_secs)),
+        ("transports", if s.quic { "tcp, quic".into() } else { "tcp".into() }),
+        ("mdns", if s.mdns { "on".into() } else { "off".into() }),
+        ("peers", format!("{} members, {} connected", s.members, s.connected_peers)),
+        ("capacity", s.capacity.summary()),
+        (
+            "inference",
+            match &s.capacity.inference {
+                Some(i) => format!(
+                    "model {} ({} MB), prefill {} / decode {} tokens/s{}",
+                    i.model_id.get(..12).unwrap_or(&i.model_id),
+                    i.model_bytes >> 20,
+                    i.prefill_tokens_per_s,
+                    i.decode_tokens_per_s,
+                    if i.fits { "" } else { ", does NOT fit in free RAM" }
+                ),
+                None => "off".into(),
+            },
+        ),
+        ("agents", if s.agents.is_empty() { "-".into() } else { s.agents.join(", ") }),
+        ("tasks", format!("{} submitted, {} running, {} executed", s.tasks.submitted, s.tasks.running, s.tasks.executed)),
+        ("data dir", s.data_dir.clone()),
+        ("listening", s.listen_addrs.join("\n            ")),
+    ];
+    rows.iter().map(|(k, v)| format!("{k:<11} {v}\n")).collect()
+}
+
+/// `pyagent peers` as a table.
+pub fn render_peers(p: &PeersResult) -> String {
+    if p.peers.is_empty() {
+        return "no peers in view\n".into();
+    }
+    let agents = |a: &[String]| if a.is_empty() { "-".to_owned() } else { a.join(",") };
+    let width = p.peers.iter().map(|peer| agents(&peer.agents).len()).max().unwrap_or(0).max("AGENTS".len());
+    let mut out = format!(
+        "{:<52}  {:<4}  {:>5}  {:>8}  {:>9}  {:<26}  {:<width$}  {}\n",
+        "PEER ID", "CONN", "PROTO", "UPTIME", "LAST SEEN", "CAPACITY", "AGENTS", "ADDRESS"
+    );
+    for peer in &p.peers {
+        out.push_str(&format!(
+            "{:<52}  {:<4}  {:>5}  {:>8}  {:>8}s  {:<26}  {:<width$}  {}\n",
+            peer.peer_id,
+            if peer.connected { "yes" } else { "no" },
+            peer.protocol_version,
+            duration(peer.uptime_secs),
+            peer.last_seen_ms / 1000,
+            peer.capacity.summary(),
+            agents(&peer.agents),
+            peer.listen_addrs.first().map(String::as_str).unwrap_or("-"),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_table_shows_agents() {
+        let peer = pyagent_protocol::api::PeerInfo {
+            peer_id: "12D3KooWTest".into(),
+            node_version: "pyagent/0".into(),
+            protocol_version: 7,
+            connected: true,
+            listen_addrs: vec!["/ip4/10.77.0.11/tcp/7760".into()],
+            agents: vec!["tokens".into()],
+            capacity: Default::default(),
+            uptime_secs: 5,
+            last_seen_ms: 1200,
+        };
+        let table = render_peers(&PeersResult { peers: vec![peer] });
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].contains("AGENTS") && lines[0].contains("PROTO"), "{table}");
+        assert!(lines[1].contains("tokens") && lines[1].contains("/ip4/10.77.0.11/tcp/7760"), "{table}");
+        let proto_at = lines[0].find("PROTO").unwrap();
+        assert_eq!(lines[1][proto_at..proto_at + 5].trim(), "7", "{table}");
+    }
+
+    #[test]
+    fn duration_is_compact() {
+        assert_eq!(duration(5), "5s");
+        assert_eq!(duration(65), "1m05s");
+        assert_eq!(duration(7300), "2h01m");
+    }
+}

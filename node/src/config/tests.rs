@@ -1,0 +1,154 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Overrides {
+    Overrides::from_env(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
+}
+
+#[test]
+fn defaults_validate() {
+    let c = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
+    let s = c.validate().unwrap();
+    assert_eq!(s.p2p_port, 7760);
+    assert_eq!(s.api_bind.port(), 7761);
+    assert_eq!(s.events_bind.port(), 7762);
+    assert_eq!(s.namespace.name(), "default");
+    assert!(s.quic && s.mdns && s.swarm_key.is_none());
+}
+
+#[test]
+fn precedence_is_defaults_file_env_flags() {
+    let mut c = Config::from_toml("swarm = \"file\"\n[p2p]\nport = 1000\nquic = false\n").unwrap();
+    assert_eq!((c.swarm.as_str(), c.p2p.port, c.p2p.quic), ("file", 1000, false));
+    // Untouched by the file: default.
+    assert_eq!(c.api.bind.port(), 7761);
+    c.apply(env(&[("PYAGENT_P2P_PORT", "2000"), ("PYAGENT_SWARM", "env")]));
+    assert_eq!((c.swarm.as_str(), c.p2p.port), ("env", 2000));
+    c.apply(Overrides { p2p_port: Some(3000), ..Default::default() });
+    assert_eq!((c.swarm.as_str(), c.p2p.port, c.p2p.quic), ("env", 3000, false));
+}
+
+#[test]
+fn unknown_file_key_is_named() {
+    let err = Config::from_toml("[p2p]\nprot = 1\n").unwrap_err();
+    assert!(err.contains("prot"), "{err}");
+}
+
+#[test]
+fn wrong_type_is_named() {
+    let err = Config::from_toml("[p2p]\nport = \"many\"\n").unwrap_err();
+    assert!(err.contains("port"), "{err}");
+    let err = Config::from_toml("[api]\nbind = \"localhost\"\n").unwrap_err();
+    assert!(err.contains("bind"), "{err}");
+}
+
+#[test]
+fn bad_env_value_names_the_variable() {
+    let err = Overrides::from_env([("PYAGENT_P2P_PORT".to_string(), "70000".to_string())]).unwrap_err();
+    assert!(err.to_string().contains("PYAGENT_P2P_PORT"), "{err}");
+    let err = Overrides::from_env([("PYAGENT_MDNS".to_string(), "maybe".to_string())]).unwrap_err();
+    assert!(err.to_string().contains("PYAGENT_MDNS"), "{err}");
+}
+
+#[test]
+fn unknown_env_vars_are_reported() {
+    let vars = [("PYAGENT_P2P_PROT", "1"), ("PYAGENT_SWARM", "x"), ("PYAGENT_CONFIG", "f"), ("HOME", "/root")];
+    let unknown = unknown_env_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    assert_eq!(unknown, vec!["PYAGENT_P2P_PROT".to_string()]);
+}
+
+#[test]
+fn env_lists_split_on_commas() {
+    let o = env(&[("PYAGENT_MDNS_INTERFACES", "eth0, eth1,"), ("PYAGENT_QUIC", "off")]);
+    assert_eq!(o.mdns_interfaces, Some(vec!["eth0".to_string(), "eth1".to_string()]));
+    assert_eq!(o.quic, Some(false));
+}
+
+fn validate_err(c: &Config) -> String {
+    match c.validate() {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn validation_names_the_field() {
+    let mut c = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
+    c.swarm = "bad name".into();
+    assert!(validate_err(&c).starts_with("swarm:"));
+    let mut c = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
+    c.bootstrap = vec!["not-an-addr".into()];
+    assert!(validate_err(&c).starts_with("bootstrap:"));
+    let mut c = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
+    c.membership.peer_ttl_ms = 100;
+    assert!(validate_err(&c).starts_with("membership.peer_ttl_ms:"));
+    let mut c = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
+    c.swarm_key = Some("/nonexistent/swarm.key".into());
+    assert!(validate_err(&c).starts_with("swarm_key:"));
+    c.swarm_key = Some("/dev/zero".into());
+    assert!(validate_err(&c).contains("not a swarm key file"), "a device is read bounded and refused");
+}
+
+#[test]
+fn agents_default_to_all_builtin_and_can_be_narrowed_or_none() {
+    let base = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
+    let all: Vec<String> = pyagent_agents::builtin().iter().map(ToString::to_string).collect();
+    assert_eq!(base.validate().unwrap().agents, all);
+    let none = Config { agents: vec!["none".into()], ..base.clone() };
+    assert!(none.validate().unwrap().agents.is_empty());
+    let tokens = Config { agents: vec!["tokens".into()], ..base.clone() };
+    assert_eq!(tokens.validate().unwrap().agents, vec!["tokens".to_string()]);
+    let unknown = Config { agents: vec!["tokens".into(), "astrology".into()], ..base.clone() };
+    let err = validate_err(&unknown);
+    assert!(err.starts_with("agents:") && err.contains("astrology") && err.contains("tokens"), "{err}");
+    let bad = Config { agents: vec!["Not A Name".into()], ..base };
+    assert!(validate_err(&bad).starts_with("agents:"));
+}
+
+#[test]
+fn non_loopback_api_needs_explicit_permission() {
+    let mut c = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
+    c.api.bind = "0.0.0.0:7761".parse().unwrap();
+    assert!(validate_err(&c).starts_with("api.bind:"));
+    c.api.allow_non_loopback = true;
+    assert!(c.validate().is_ok());
+}
+
+#[test]
+fn swarm_key_turns_quic_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("swarm.key");
+    let key = PreSharedKey::new([7; 32]);
+    std::fs::write(&path, key.to_string()).unwrap();
+    let c = Config { data_dir: Some("/tmp/x".into()), swarm_key: Some(path), ..Default::default() };
+    let s = c.validate().unwrap();
+    assert!(!s.quic && s.quic_disabled_by_key);
+    assert_eq!(s.swarm_key.unwrap().fingerprint().to_string(), key.fingerprint().to_string());
+}
+
+#[test]
+fn corrupt_swarm_key_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("swarm.key");
+    std::fs::write(&path, "/key/swarm/psk/1.0.0/\n/base16/\nnothex").unwrap();
+    let c = Config { data_dir: Some("/tmp/x".into()), swarm_key: Some(path), ..Default::default() };
+    assert!(validate_err(&c).starts_with("swarm_key:"));
+}
+
+#[test]
+fn printed_config_parses_back() {
+    let c = Config { bootstrap: vec!["/ip4/10.0.0.1/tcp/7760".into()], ..Default::default() };
+    let text = c.to_toml();
+    let back = Config::from_toml(&text).unwrap();
+    assert_eq!(back.bootstrap, c.bootstrap);
+    assert_eq!(back.p2p, c.p2p);
+}
+
+
+#[test]
+fn shipped_example_config_is_valid() {
+    let text = include_str!("../../../scripts/config.example.toml");
+    let c = Config::from_toml(text).unwrap();
+    assert_eq!(c.data_dir.as_deref(), Some(Path::new("/var/lib/pyagent")));
+    let s = c.validate().unwrap();
+    assert_eq!((s.p2p_port, s.api_bind.port(), s.events_bind.port()), (7760, 7761, 7762));
+}

@@ -1,0 +1,51 @@
+//! The model-serving worker: a node with a model keeps its engine in a worker actor after
+//! the start-up measurement, serves generations from it, and refuses work beyond its
+//! bounded queue at once.
+
+use std::path::{Path, PathBuf};
+
+use pyagent_engine::infer::GenerateOptions;
+use pyagent_node::serving::ServeError;
+
+use crate::support::{self, Opts};
+
+fn tiny_model() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let model = root.join("target/models/tiny");
+    if model.join("model.onnx").exists() && root.join(".venv-models").exists() {
+        return Some(model);
+    }
+    assert!(std::env::var_os("CI").is_none(), "CI must prepare the tiny model (scripts/test.sh does)");
+    eprintln!("\n!!!!! SKIPPED model-serving worker test: run scripts/prepare-model.sh tiny target/models/tiny !!!!!\n");
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_keeps_the_engine_serves_and_refuses_beyond_its_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::test_config(dir.path(), &Opts::default());
+    let Some(model) = tiny_model() else { return };
+    config.inference.model = Some(model);
+    let node = pyagent_node::Node::start(config.validate().unwrap()).await.unwrap();
+    let worker = node.model().expect("the node serves its model").clone();
+    let advertised = node.client().status().await.unwrap().capacity.inference.expect("inference on");
+    assert_eq!(&advertised, worker.capacity());
+
+    let prompt: Vec<u32> = (1..20).collect();
+    let options = GenerateOptions { max_tokens: 4, ..Default::default() };
+    let first = worker.generate(prompt.clone(), options.clone()).await.unwrap();
+    assert_eq!(first.tokens.len(), 4);
+    let again = worker.generate(prompt.clone(), options.clone()).await.unwrap();
+    assert_eq!(again.tokens, first.tokens, "greedy output is the same from the same engine");
+    assert!(again.cached_tokens > 0, "the second run reuses the KV blocks the engine kept: {}", again.cached_tokens);
+
+    // Far more requests at once than the queue holds: the excess is refused at once.
+    let long = GenerateOptions { max_tokens: 32, ..Default::default() };
+    let burst = (0..pyagent_node::serving::SERVE_QUEUE * 3).map(|_| worker.generate(prompt.clone(), long.clone()));
+    let results = futures::future::join_all(burst).await;
+    let overloaded = results.iter().filter(|r| matches!(r, Err(ServeError::Overloaded))).count();
+    let served = results.iter().filter(|r| r.is_ok()).count();
+    assert!(overloaded > 0 && served > 0, "served {served}, overloaded {overloaded}");
+    assert_eq!(served + overloaded, results.len(), "nothing else fails");
+    node.shutdown().await;
+}
