@@ -188,8 +188,7 @@ impl TaskEngine {
             .copied()
             .collect();
         for task in renew {
-            self.last_claim.insert(task, now);
-            fx.push(Effect::PublishTask(TaskMessage::Claim { task, executor: self.me.to_string() }));
+            self.publish_claim(task, now, fx);
         }
         self.requester_tick(view, now, fx);
         let (requested, scheduler) = (&self.requested, &self.scheduler);
@@ -236,9 +235,19 @@ impl TaskEngine {
         let Some(spec) = self.scheduler.spec(&task).cloned() else { return };
         tracing::debug!(%task, capability = %spec.capability, "executing");
         self.record_assigned(task, self.me, fx);
-        self.last_claim.insert(task, now);
-        fx.push(Effect::PublishTask(TaskMessage::Claim { task, executor: self.me.to_string() }));
+        self.publish_claim(task, now, fx);
         self.fetch_or_run(task, spec, true, now, fx);
+    }
+
+    /// Claims (or renews the claim on) a task this node executes. Gossip does not bring a
+    /// node its own messages, so when this node is also the task's requester the claim is
+    /// noted on the request here: it reports "running", and is not submitted again.
+    fn publish_claim(&mut self, task: TaskId, now: Instant, fx: &mut Effects) {
+        self.last_claim.insert(task, now);
+        if let Some(request) = self.requested.get_mut(&task) {
+            request.claim = Some((self.me, now));
+        }
+        fx.push(Effect::PublishTask(TaskMessage::Claim { task, executor: self.me.to_string() }));
     }
 
     /// Runs the task if every blob is here, else asks the requester for the missing ones

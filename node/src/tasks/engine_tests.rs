@@ -123,6 +123,7 @@ fn an_executor_fetches_missing_blobs_verifies_them_and_delivers_to_the_requester
     let task_spec = spec(requester, text, CAP);
     let id = task_spec.id().unwrap();
     let t0 = Instant::now();
+    member(&mut f.view, requester, &[], t0);
     let mut fx = Effects::new();
     f.engine.on_message(&f.view, requester, TaskMessage::Submit(task_spec), t0, &mut fx);
     assert_eq!(published(&fx), vec!["claim"], "the only candidate claims at once");
@@ -133,6 +134,7 @@ fn an_executor_fetches_missing_blobs_verifies_them_and_delivers_to_the_requester
     fx.clear();
     let forged = BlobsResponse::Blobs(vec![BlobData { id: BlobId::of(text), bytes: b"forged".to_vec() }]);
     let mut other = fixture(me, true);
+    member(&mut other.view, requester, &[], t0);
     other.engine.on_message(&other.view, requester, TaskMessage::Submit(spec(requester, text, CAP)), t0, &mut Effects::new());
     other.engine.on_blobs(id, requester, forged, t0, &mut fx);
     let delivered = fx.iter().find_map(|e| if let Effect::DeliverResult { outcome, .. } = e { Some(outcome.clone()) } else { None });
@@ -156,6 +158,7 @@ fn claims_are_renewed_every_third_of_the_lease_until_a_failed_fetch_gives_the_ta
     let task_spec = spec(requester, b"z", CAP);
     let id = task_spec.id().unwrap();
     let t0 = Instant::now();
+    member(&mut f.view, requester, &[], t0);
     let mut fx = Effects::new();
     f.engine.on_message(&f.view, requester, TaskMessage::Submit(task_spec), t0, &mut fx);
     fx.clear();
