@@ -4,7 +4,10 @@
 #   - start-up: process spawn -> "node started" log line (per node; median and max)
 #   - full mesh: first spawn -> the moment every node has all N-1 peers in its view
 #     (from each node's own "peer joined" log timestamps; confirmed with `pyagent peers`)
-#   - idle RSS per node, 5 s after the mesh formed
+#   - idle RSS per node, 5 s after the mesh formed, split into file-backed pages (code),
+#     anonymous memory and transparent huge pages (from /proc/PID/smaps_rollup)
+#   - the allocator's own statistics (mimalloc, MIMALLOC_SHOW_STATS=1, printed by node 1
+#     as it exits): what it committed and purged, its threads, its peak RSS
 # Usage: scripts/bench-discovery.sh [N...]     (release build; results in target/bench/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +17,7 @@ cargo build --release --locked --bin pyagent >&2
 BIN="$PWD/target/release/pyagent"
 export LAB_PREFIX="pyabench"
 out="$PWD/target/bench"; mkdir -p "$out"
+scripts/machine.sh
 
 for n in "${sizes[@]}"; do
     scripts/lab.sh down >/dev/null
@@ -22,7 +26,7 @@ for n in "${sizes[@]}"; do
     : > "$work/spawn.txt"
     for i in $(seq 1 "$n"); do
         echo "$i $(date +%s.%N)" >> "$work/spawn.txt"
-        RUST_LOG=info ip netns exec "$LAB_PREFIX-$i" "$BIN" node --data-dir "$work/d$i" --log-format json \
+        MIMALLOC_SHOW_STATS=1 RUST_LOG=info ip netns exec "$LAB_PREFIX-$i" "$BIN" node --data-dir "$work/d$i" --log-format json \
             > /dev/null 2> "$work/n$i.log" &
         echo $! > "$work/n$i.pid"
     done
@@ -40,7 +44,9 @@ for n in "${sizes[@]}"; do
     done
     sleep 5
     for i in $(seq 1 "$n"); do
-        echo "$i $(awk '/VmRSS/ {print $2}' /proc/"$(cat "$work/n$i.pid")"/status)" >> "$work/rss.txt"
+        pid=$(cat "$work/n$i.pid")
+        # kB: total RSS, anonymous, anonymous in huge pages
+        echo "$i $(awk '/^Rss:/ {r=$2} /^Anonymous:/ {a=$2} /^AnonHugePages:/ {h=$2} END {print r, a, h}' /proc/"$pid"/smaps_rollup)" >> "$work/rss.txt"
     done
     python3 - "$work" "$n" <<'PY' | tee "$out/discovery-$n.txt"
 import json, statistics, sys, datetime, pathlib
@@ -67,15 +73,23 @@ for i in range(1, n + 1):
                 done = ts(e["timestamp"])
     startup.append((started - spawn[i]) * 1000 if started else float("nan"))
     mesh.append((done - t0) if done else float("nan"))
-rss = [int(l.split()[1]) / 1024 for l in (work / "rss.txt").read_text().splitlines()]
+mem = [[int(x) / 1024 for x in l.split()[1:]] for l in (work / "rss.txt").read_text().splitlines()]
+rss = [m[0] for m in mem]
 print(f"N={n} nodes (mDNS only, lab namespaces)")
 print(f"  start-up (spawn -> node started): median {statistics.median(startup):.0f} ms, max {max(startup):.0f} ms")
 print(f"  full mesh (first spawn -> every view complete): {max(mesh):.2f} s (first node complete at {min(mesh):.2f} s)")
 print(f"  spawning all {n} processes took {(max(spawn.values()) - t0) * 1000:.0f} ms")
 print(f"  idle RSS per node: median {statistics.median(rss):.1f} MB, max {max(rss):.1f} MB")
+med = lambda k: statistics.median(m[k] for m in mem)
+print(f"    of which (medians): file-backed {statistics.median(m[0] - m[1] for m in mem):.1f} MB, "
+      f"anonymous {med(1):.1f} MB, in transparent huge pages {med(2):.1f} MB")
 PY
     for i in $(seq 1 "$n"); do kill -TERM "$(cat "$work/n$i.pid")" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    # mimalloc's statistics, which node 1 printed to stderr on exit (not JSON log lines).
+    echo "  allocator (mimalloc) of node 1 at exit:" | tee -a "$out/discovery-$n.txt"
+    grep -E '^ *(committed|purged|theaps|threads|process) *:' "$work/n1.log" | sed 's/^ */    /' | tee -a "$out/discovery-$n.txt" \
+        || echo "    (no statistics printed)" | tee -a "$out/discovery-$n.txt"
     rm -rf "$work"
 done
 scripts/lab.sh down >/dev/null
