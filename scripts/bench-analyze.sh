@@ -15,6 +15,7 @@ tree=${1:-$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])
 cargo build --release --locked --bin pyagent >&2
 BIN="$PWD/target/release/pyagent"
 out="$PWD/target/bench"; mkdir -p "$out"
+scripts/machine.sh
 work=$(mktemp -d)
 node_pid=""
 cleanup() {

@@ -38,6 +38,7 @@ case "$which" in
 esac
 cargo build --release --locked --bin pyagent >&2
 mkdir -p target/bench
+scripts/machine.sh | tee "target/bench/machine.txt"
 name=$(basename "$model")
 args=(--bin "$PWD/target/release/pyagent" --model "$model" --threads "$threads" --out "target/bench/engine-$name.json")
 [ -z "$gguf" ] || args+=(--llama-python "$PWD/$LLAMA_VENV/bin/python" --gguf "$gguf")
