@@ -27,6 +27,7 @@ use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 pub mod admission;
 pub mod agents;
 pub mod client;
+mod replies;
 pub mod tasks;
 pub mod votes;
 

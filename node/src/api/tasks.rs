@@ -5,29 +5,18 @@
 use std::time::Duration;
 
 use pyagent_protocol::api::{
-    self, ApiError, HistoryParams, HistoryResult, MAX_SUBMIT_TEXT_BYTES, MAX_WAIT_IDS, MAX_WAIT_MS, TaskSubmitParams, TaskSubmitResult, TaskWaitParams,
-    TaskWaitResult, code,
+    self, HistoryParams, HistoryResult, MAX_SUBMIT_TEXT_BYTES, MAX_WAIT_IDS, MAX_WAIT_MS, TaskSubmitParams, TaskSubmitResult, TaskWaitParams,
+    TaskWaitResult,
 };
 use pyagent_protocol::task::{BlobId, FileRef, MAX_BLOB_BYTES, MAX_LEASE_MS, TaskId, check_path};
 use serde_json::Value;
 
 use crate::api::ApiContext;
+use super::replies::{internal, invalid, unavailable};
 
 /// Lease of a submitted task unless the request says otherwise.
 pub const DEFAULT_LEASE_MS: u32 = 3_000;
 const DEFAULT_WAIT_MS: u64 = 1_000;
-
-fn invalid(id: &Value, message: impl Into<String>) -> Vec<u8> {
-    ApiError::new(id.clone(), code::INVALID_PARAMS, message).to_reply()
-}
-
-fn unavailable(id: &Value, message: impl Into<String>) -> Vec<u8> {
-    ApiError::new(id.clone(), code::UNAVAILABLE, message).to_reply()
-}
-
-fn internal(id: &Value, message: impl Into<String>) -> Vec<u8> {
-    ApiError::new(id.clone(), code::INTERNAL_ERROR, message).to_reply()
-}
 
 /// Why storing a request's files failed: the client's fault, or the node's.
 #[derive(Debug)]
@@ -171,6 +160,7 @@ pub async fn wait(id: &Value, ctx: &ApiContext, params: TaskWaitParams) -> Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pyagent_protocol::api::code;
 
     #[test]
     fn disk_failures_are_internal_errors_and_unknown_blobs_bad_params() {

@@ -1,29 +1,18 @@
 //! The vote methods of the local API: `vote.propose`, `vote.ballot` (options by label),
 //! `vote.tally`. See [`crate::votes`].
 
-use pyagent_protocol::api::{self, ApiError, VoteBallotParams, VoteBallotResult, VoteProposeParams, VoteProposeResult, VoteTallyParams, code};
+use pyagent_protocol::api::{self, VoteBallotParams, VoteBallotResult, VoteProposeParams, VoteProposeResult, VoteTallyParams};
 use pyagent_protocol::vote::{ProposalId, ProposalKind, ProposalSpec, VoteChoice, VoteMethod};
 use serde_json::Value;
 
 use crate::api::ApiContext;
 use crate::votes::VotesError;
+use super::replies::{internal, invalid, unavailable};
 
 /// Default voting window.
 pub const DEFAULT_DEADLINE_SECS: u64 = 300;
 /// Longest voting window.
 pub const MAX_DEADLINE_SECS: u64 = 30 * 24 * 3600;
-
-fn invalid(id: &Value, message: impl Into<String>) -> Vec<u8> {
-    ApiError::new(id.clone(), code::INVALID_PARAMS, message).to_reply()
-}
-
-fn unavailable(id: &Value, message: impl Into<String>) -> Vec<u8> {
-    ApiError::new(id.clone(), code::UNAVAILABLE, message).to_reply()
-}
-
-fn internal(id: &Value, message: impl Into<String>) -> Vec<u8> {
-    ApiError::new(id.clone(), code::INTERNAL_ERROR, message).to_reply()
-}
 
 /// A refusal from the vote book: bad input is invalid params, the node's own failure
 /// (signing) an internal error.
