@@ -5,7 +5,8 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use libp2p::identity::Keypair;
+use libp2p::PeerId;
+use libp2p::identity::{Keypair, PublicKey};
 
 /// Why the identity could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +19,16 @@ pub enum IdentityError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("cannot encode the new identity: {0}")]
     Encode(String),
+}
+
+/// The public key inside an ed25519 PeerId (identity multihash), to check signatures of
+/// ballots and history entries against their author.
+pub fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
+    let hash: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    if hash.code() != 0 {
+        return None;
+    }
+    PublicKey::try_decode_protobuf(hash.digest()).ok()
 }
 
 /// Loads the keypair at `path`, or creates one (mode 0600) when the file does not exist.

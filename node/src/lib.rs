@@ -29,6 +29,7 @@ pub mod config;
 pub mod discovery;
 pub mod effects;
 pub mod external;
+pub mod history;
 pub mod identity;
 pub mod logging;
 pub mod membership;

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         CliCommand::Call(args) => return runtime.block_on(call(args)),
         CliCommand::Analyze(args) => return runtime.block_on(analyze(args)),
         CliCommand::History(args) => runtime.block_on(history(args)),
+        CliCommand::Shards(args) => runtime.block_on(shards(args)),
         CliCommand::Propose(args) => runtime.block_on(propose(args)),
         CliCommand::Ballot(args) => runtime.block_on(ballot(args)),
         CliCommand::Tally(args) => runtime.block_on(tally(args)),
@@ -241,13 +242,25 @@ async fn tally(args: cli::TallyArgs) -> anyhow::Result<()> {
 }
 
 async fn history(args: cli::HistoryArgs) -> anyhow::Result<()> {
-    let params = serde_json::json!({ "task_id": args.task_id });
+    let params = pyagent_protocol::api::HistoryParams { id: args.id, shard: args.shard, after: args.after, limit: args.limit };
+    let params = serde_json::to_value(params)?;
     let result: pyagent_protocol::api::HistoryResult =
         api_client::call_with(&args.api.api, "history", params, args.api.timeout()).await.context("history")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         print!("{}", cli::render_history(&result));
+    }
+    Ok(())
+}
+
+async fn shards(args: cli::ShardsArgs) -> anyhow::Result<()> {
+    let result: pyagent_protocol::api::ShardsResult =
+        api_client::call_with(&args.api.api, "shards", serde_json::json!({}), args.api.timeout()).await.context("shards")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", cli::render_shards(&result));
     }
     Ok(())
 }

@@ -54,6 +54,8 @@ pub enum StartError {
     Discovery(#[from] DiscoveryError),
     #[error(transparent)]
     Api(#[from] ApiStartError),
+    #[error("cannot start the history writer thread: {0}")]
+    History(std::io::Error),
 }
 
 /// A running node.
@@ -210,7 +212,9 @@ impl Node {
         let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (event_tx, _) = broadcast::channel(EVENT_QUEUE);
         let (results_tx, results_rx) = watch::channel(0u64);
-        let client = NodeClient::new(command_tx, event_tx.clone(), results_rx);
+        let (history_tx, history_rx) = mpsc::channel(crate::history::actor::HISTORY_INBOX);
+        let history = crate::history::History::start(keypair.clone(), settings.history, store.clone(), history_tx).map_err(StartError::History)?;
+        let client = NodeClient::new(command_tx, event_tx.clone(), results_rx, history.clone());
         let registry = hosted_agents(&settings.agents);
         let external = Arc::new(crate::external::ExternalAgents::default());
         let (executed_tx, executed_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -243,8 +247,8 @@ impl Node {
             tasks: libp2p::gossipsub::IdentTopic::new(settings.namespace.task_topic()),
             votes: libp2p::gossipsub::IdentTopic::new(settings.namespace.vote_topic()),
         };
-        let channels = Channels { commands: command_rx, executed: executed_rx, events: event_tx, results: results_tx };
-        let domain = Domain { membership, tasks, votes, runner };
+        let channels = Channels { commands: command_rx, executed: executed_rx, events: event_tx, results: results_tx, history: history_rx };
+        let domain = Domain { membership, tasks, votes, runner, history };
         let task = Router::new(swarm, channels, topics, facts, store.clone(), probe, domain).map_err(|e| StartError::Subscribe(e.to_string()))?;
         let capacity_summary = task.capacity_summary();
         let p2p_addrs = task.listen_addrs();

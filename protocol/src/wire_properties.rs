@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::advert::{Advert, Capacity, GpuInfo, InferenceCapacity, MAX_ADVERT_BYTES};
 use crate::codec::{self, MAX_FRAME_BYTES};
-use crate::history::{HistoryEvent, HistoryRecord};
+use crate::history::{Entry, EntryBody, HistoryEvent};
 use crate::rpc::{BlobData, BlobsResponse, GetBlobs, HelloRequest, HelloResponse, MemberAddrs, ResultAck, TaskResult};
 use crate::swarm::VersionRange;
 use crate::task::{BlobId, FileRef, TaskId, TaskMessage, TaskOutcome, TaskSpec};
@@ -132,27 +132,34 @@ fn vote_message() -> impl Strategy<Value = VoteMessage> {
             nonce,
         },
     );
+    prop_oneof![spec.prop_map(VoteMessage::Propose), ballot().prop_map(VoteMessage::Ballot)]
+}
+
+fn ballot() -> impl Strategy<Value = Ballot> {
     let choice = prop_oneof![
         vec(any::<u16>(), 0..4).prop_map(VoteChoice::Ranking),
         vec(any::<u16>(), 0..4).prop_map(VoteChoice::Approval),
         vec((any::<u16>(), any::<u64>()), 0..4).prop_map(VoteChoice::Quadratic),
     ];
-    let ballot = (hash(), text(), option::of(text()), choice, any::<u64>(), vec(any::<u8>(), 0..64)).prop_map(
+    (hash(), text(), option::of(text()), choice, any::<u64>(), vec(any::<u8>(), 0..64)).prop_map(
         |(p, voter, agent, choice, cast_unix_ms, signature)| Ballot { proposal: TaskId(p), voter, agent, choice, cast_unix_ms, signature },
-    );
-    prop_oneof![spec.prop_map(VoteMessage::Propose), ballot.prop_map(VoteMessage::Ballot)]
+    )
 }
 
-fn history_record() -> impl Strategy<Value = HistoryRecord> {
+fn history_entry() -> impl Strategy<Value = Entry> {
     let event = prop_oneof![
         (text(), any::<usize>(), text()).prop_map(|(capability, files, requester)| HistoryEvent::Submitted { capability, files, requester }),
         text().prop_map(|executor| HistoryEvent::Assigned { executor }),
         (text(), any::<bool>(), text()).prop_map(|(executor, completed, detail)| HistoryEvent::Result { executor, completed, detail }),
         Just(HistoryEvent::Done),
-        text().prop_map(|voter| HistoryEvent::Ballot { voter }),
+        ballot().prop_map(|b| HistoryEvent::Ballot(Box::new(b))),
         option::of(text()).prop_map(|winner| HistoryEvent::Tally { winner }),
+        (text(), text()).prop_map(|(model, detail)| HistoryEvent::Inference { model, detail }),
     ];
-    (any::<u64>(), event).prop_map(|(at_unix_ms, event)| HistoryRecord { at_unix_ms, event })
+    (text(), any::<u64>(), hash(), event, vec(any::<u8>(), 0..80)).prop_map(|(author, author_unix_ms, subject, event, signature)| Entry {
+        body: EntryBody { author, author_unix_ms, subject: TaskId(subject), event },
+        signature,
+    })
 }
 
 fn round_trips<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: &T, limit: usize) -> Result<(), TestCaseError> {
@@ -192,7 +199,7 @@ proptest! {
     }
 
     #[test]
-    fn history_records_round_trip(r in history_record()) { round_trips(&r, MAX_FRAME_BYTES)?; }
+    fn history_entries_round_trip(r in history_entry()) { round_trips(&r, MAX_FRAME_BYTES)?; }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..512)) {
@@ -205,7 +212,7 @@ proptest! {
             let _ = codec::decode::<TaskResult>(&frame, MAX_FRAME_BYTES);
             let _ = codec::decode::<HelloResponse>(&frame, MAX_FRAME_BYTES);
             let _ = codec::decode::<BlobsResponse>(&frame, MAX_FRAME_BYTES);
-            let _ = codec::decode::<HistoryRecord>(&frame, MAX_FRAME_BYTES);
+            let _ = codec::decode::<Entry>(&frame, MAX_FRAME_BYTES);
         }
     }
 

@@ -27,6 +27,7 @@ use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 pub mod admission;
 pub mod agents;
 pub mod client;
+pub mod history;
 mod replies;
 pub mod tasks;
 pub mod votes;
@@ -249,7 +250,9 @@ pub async fn handle_request(payload: &[u8], ctx: &ApiContext, caller: &[u8]) -> 
         Method::Peers => answer(id, async { client.peers().await.map(|peers| PeersResult { peers }) }).await,
         Method::TaskSubmit(params) => crate::api::tasks::submit(id, ctx, params).await,
         Method::TaskWait(params) => crate::api::tasks::wait(id, ctx, params).await,
-        Method::History(params) => crate::api::tasks::history(id, ctx, params).await,
+        Method::History(params) => crate::api::history::history(id, ctx, params).await,
+        Method::HistoryAppend(params) => crate::api::history::append(id, ctx, params).await,
+        Method::Shards => crate::api::history::shards(id, ctx).await,
         Method::AgentRegister(params) => crate::api::agents::register(id, ctx, caller, params),
         Method::AgentNext(params) => crate::api::agents::next(id, ctx, params).await,
         Method::AgentResult(params) => crate::api::agents::result(id, ctx, params),

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use pyagent_protocol::api::{
-    self, HistoryParams, HistoryResult, MAX_SUBMIT_TEXT_BYTES, MAX_WAIT_IDS, MAX_WAIT_MS, TaskSubmitParams, TaskSubmitResult, TaskWaitParams,
+    self, MAX_SUBMIT_TEXT_BYTES, MAX_WAIT_IDS, MAX_WAIT_MS, TaskSubmitParams, TaskSubmitResult, TaskWaitParams,
     TaskWaitResult,
 };
 use pyagent_protocol::task::{BlobId, FileRef, MAX_BLOB_BYTES, MAX_LEASE_MS, TaskId, check_path};
@@ -107,19 +107,6 @@ pub async fn submit(id: &Value, ctx: &ApiContext, params: TaskSubmitParams) -> V
         Ok(Err(e)) if e.is_bad_input() => invalid(id, format!("task.submit: {e}")),
         Ok(Err(e)) => internal(id, format!("task.submit: {e}")),
         Err(e) => unavailable(id, e.to_string()),
-    }
-}
-
-pub async fn history(id: &Value, ctx: &ApiContext, params: HistoryParams) -> Vec<u8> {
-    let task = match params.task_id.parse::<TaskId>() {
-        Ok(t) => t,
-        Err(e) => return invalid(id, format!("history: {e}")),
-    };
-    let store = ctx.store.clone();
-    match tokio::task::spawn_blocking(move || store.history(&task)).await {
-        Ok(Ok(events)) => api::result_reply(id, &HistoryResult { task_id: task.to_string(), events }),
-        Ok(Err(e)) => internal(id, format!("history: the node's database failed: {e}")),
-        Err(e) => internal(id, format!("history: {e}")),
     }
 }
 

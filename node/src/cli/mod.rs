@@ -12,7 +12,7 @@ use crate::config::{Config, LogFormat, Overrides};
 
 mod render;
 
-pub use render::{render_history, render_peers, render_status, render_tally};
+pub use render::{render_history, render_peers, render_shards, render_status, render_tally};
 
 #[derive(Debug, Parser)]
 #[command(name = "pyagent", version, about = "PyAgent Swarm: a peer-to-peer swarm of agents for LAN machines and server fleets")]
@@ -36,8 +36,11 @@ pub enum CliCommand {
     Call(CallArgs),
     /// Analyse a Python tree with the swarm's agents (complexity, import cycles, tokens).
     Analyze(crate::analyze::AnalyzeArgs),
-    /// Show what the local node recorded about a task (submitted, assigned, result, done).
+    /// Show the history of a task, proposal or request, or a page of one shard, as the
+    /// swarm holds it (read from the shard's owners).
     History(HistoryArgs),
+    /// Show the history shards: owners, local entries and digests, and a summary.
+    Shards(ShardsArgs),
     /// Open a proposal: a question with options, or a review of candidate rewrites.
     Propose(ProposeArgs),
     /// Cast this node's ballot on a proposal.
@@ -231,9 +234,29 @@ pub fn ballot_params(args: &BallotArgs) -> Result<serde_json::Value, String> {
 pub struct HistoryArgs {
     #[command(flatten)]
     pub api: ApiArgs,
-    /// The task id (64 hex digits, as `task.submit` and `pyagent analyze --json` give it).
-    pub task_id: String,
+    /// A task, proposal or request id (64 hex digits, as `task.submit`, `pyagent analyze
+    /// --json` and `pyagent propose` give it).
+    #[arg(required_unless_present = "shard", conflicts_with = "shard")]
+    pub id: Option<String>,
+    /// A shard (0..1023) instead: its entries in key order, a page at a time.
+    #[arg(long)]
+    pub shard: Option<u16>,
+    /// With --shard: continue after this key (printed at the end of a page).
+    #[arg(long, requires = "shard")]
+    pub after: Option<String>,
+    /// With --shard: entries per page.
+    #[arg(long, requires = "shard")]
+    pub limit: Option<u32>,
     /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShardsArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Print JSON (every shard: owners, local count, digest) instead of the summary.
     #[arg(long)]
     pub json: bool,
 }

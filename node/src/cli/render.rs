@@ -35,14 +35,22 @@ pub fn render_tally(t: &TallyResult) -> String {
     out
 }
 
-/// One line per history record: time, event, details.
+/// One line per history entry: time, kind, details, author.
 pub fn render_history(result: &pyagent_protocol::api::HistoryResult) -> String {
     use pyagent_protocol::history::HistoryEvent;
-    let mut out = format!("task {}\n", result.task_id);
-    if result.events.is_empty() {
-        out.push_str("  no records on this node\n");
+    let mut out = match &result.subject {
+        Some(subject) => format!("{subject} (shard {})\n", result.shard),
+        None => format!("shard {}\n", result.shard),
+    };
+    out.push_str(&format!("  owners answered: {} of {} asked (this node aside)", result.owners_answered, result.owners_asked));
+    if result.rejected > 0 {
+        out.push_str(&format!("; {} entries failed verification and were left out", result.rejected));
     }
-    for record in &result.events {
+    out.push('\n');
+    if result.entries.is_empty() {
+        out.push_str("  no entries\n");
+    }
+    for record in &result.entries {
         let at = std::time::UNIX_EPOCH + Duration::from_millis(record.at_unix_ms);
         let what = match &record.event {
             HistoryEvent::Submitted { capability, files, requester } => format!("submitted  {capability}, {files} file(s), by {requester}"),
@@ -50,14 +58,45 @@ pub fn render_history(result: &pyagent_protocol::api::HistoryResult) -> String {
             HistoryEvent::Result { executor, completed: true, detail } => format!("completed  by {executor} ({detail})"),
             HistoryEvent::Result { executor, completed: false, detail } => format!("failed     at {executor}: {detail}"),
             HistoryEvent::Done => "done".to_owned(),
-            HistoryEvent::Ballot { voter } => format!("ballot     from {voter}"),
+            HistoryEvent::Proposal(spec) => format!("proposal   {:?}, {} options, {}", spec.title, spec.options.len(), spec.method.name()),
+            HistoryEvent::Ballot(b) => format!("ballot     from {}", b.voter_key()),
             HistoryEvent::Tally { winner } => format!("tally      winner {}", winner.as_deref().unwrap_or("none")),
+            HistoryEvent::Inference { model, detail } => format!("inference  {model} {detail}"),
         };
-        out.push_str(&format!("  {}  {what}\n", humantime::format_rfc3339_millis(at)));
+        let subject = if result.subject.is_none() { format!("{}… ", &record.id[..12]) } else { String::new() };
+        out.push_str(&format!("  {}  {subject}{what}  [{}…]\n", humantime::format_rfc3339_millis(at), record.author.chars().take(16).collect::<String>()));
+    }
+    if let Some(next) = &result.next_after {
+        out.push_str(&format!("  more: --after {next}\n"));
     }
     out
 }
 
+/// The shard summary for people, and the shards that need attention.
+pub fn render_shards(result: &pyagent_protocol::api::ShardsResult) -> String {
+    let mut out = format!(
+        "{} members, R = {}, W = {}\nthis node: owns {} of {} shards, holds {} entries\n",
+        result.members,
+        result.replicas,
+        result.write_quorum,
+        result.owned_here,
+        result.shards.len(),
+        result.entries_here
+    );
+    out.push_str(&format!(
+        "under-replicated shards: {}{}\n",
+        result.under_replicated,
+        if result.under_replicated > 0 { " (fewer live members than R)" } else { "" }
+    ));
+    out.push_str(&format!("shards differing from a co-owner at the last comparison: {}\n", result.differing.len()));
+    out.push_str(&format!("hints pending: {}\n", result.hints_pending));
+    let s = &result.sync;
+    out.push_str(&format!(
+        "anti-entropy: {} digest rounds, {} reconcile rounds, {} entries fetched, {} pushed, {} B sent, {} B received; last in-sync round {} B\n",
+        s.digest_rounds, s.reconcile_rounds, s.entries_fetched, s.entries_pushed, s.bytes_sent, s.bytes_received, s.last_in_sync_round_bytes
+    ));
+    out
+}
 
 fn duration(secs: u64) -> String {
     match secs {

@@ -43,7 +43,42 @@ pub struct Config {
     pub api: ApiConfig,
     pub membership: MembershipConfig,
     pub inference: InferenceConfig,
+    pub history: HistoryConfig,
     pub log: LogConfig,
+}
+
+/// The history DHT: replicas per shard, acknowledgements per write, anti-entropy period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Owners of each shard (R).
+    pub replicas: usize,
+    /// Owners that must hold an entry durably before it is acknowledged (W ≤ R).
+    pub write_quorum: usize,
+    /// How often co-owners compare shard fingerprints.
+    pub sync_interval_ms: u64,
+}
+
+/// How many owners hold each shard, how many must acknowledge a write, how often
+/// co-owners compare digests (validated [`HistoryConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistorySettings {
+    pub replicas: usize,
+    pub write_quorum: usize,
+    pub sync_interval: Duration,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        Self { replicas: 3, write_quorum: 2, sync_interval: Duration::from_secs(2) }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        let d = HistorySettings::default();
+        Self { replicas: d.replicas, write_quorum: d.write_quorum, sync_interval_ms: d.sync_interval.as_millis() as u64 }
+    }
 }
 
 /// Inference: the model this node serves, if any.
@@ -132,6 +167,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             membership: MembershipConfig::default(),
             inference: InferenceConfig::default(),
+            history: HistoryConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -291,8 +327,23 @@ impl Config {
         if !(1..=1_048_576).contains(&self.inference.kv_host_mb) {
             return Err(invalid("inference.kv_host_mb", "must be between 1 and 1048576"));
         }
+        let h = &self.history;
+        if !(1..=16).contains(&h.replicas) {
+            return Err(invalid("history.replicas", "must be between 1 and 16"));
+        }
+        if !(1..=h.replicas).contains(&h.write_quorum) {
+            return Err(invalid("history.write_quorum", format!("must be between 1 and history.replicas ({})", h.replicas)));
+        }
+        if !(100..=60_000).contains(&h.sync_interval_ms) {
+            return Err(invalid("history.sync_interval_ms", "must be between 100 and 60000"));
+        }
         let quic = self.p2p.quic && swarm_key.is_none();
         Ok(Settings {
+            history: HistorySettings {
+                replicas: h.replicas,
+                write_quorum: h.write_quorum,
+                sync_interval: Duration::from_millis(h.sync_interval_ms),
+            },
             model: self.inference.model.clone(),
             ort_lib: self.inference.ort_lib.clone(),
             kv_host_bytes: self.inference.kv_host_mb << 20,
@@ -377,6 +428,8 @@ pub struct Settings {
     pub model: Option<PathBuf>,
     pub ort_lib: Option<PathBuf>,
     pub kv_host_bytes: u64,
+    /// The history DHT's replication.
+    pub history: HistorySettings,
     /// Peer protocol versions this node speaks: always [`VersionRange::SUPPORTED`] outside
     /// tests (which run nodes of two versions in one process).
     pub protocol_versions: VersionRange,

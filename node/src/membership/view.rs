@@ -136,6 +136,11 @@ impl MembershipView {
         self.members.is_empty()
     }
 
+    /// Every member's PeerId (any order).
+    pub fn peer_ids(&self) -> Vec<PeerId> {
+        self.members.keys().copied().collect()
+    }
+
     pub fn contains(&self, peer: &PeerId) -> bool {
         self.members.contains_key(peer)
     }

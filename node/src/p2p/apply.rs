@@ -86,8 +86,8 @@ impl Router {
                 let _ = self.channels.events.send(event);
             }
             Effect::Record { subject, event } => {
-                if let Err(e) = self.store.record(&subject, event) {
-                    tracing::warn!(%subject, "history not recorded: {e}");
+                if self.domain.history.try_send(crate::history::HistoryInput::Record { subject, event }).is_err() {
+                    tracing::warn!(%subject, "history entry not recorded: the history service is overloaded or stopped");
                 }
             }
         }

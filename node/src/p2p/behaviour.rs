@@ -5,6 +5,7 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, kad, ping, request_response};
+use pyagent_protocol::history::HistoryRpc;
 use pyagent_protocol::rpc::{Blobs, Hello, RequestResponse, TaskResults};
 use pyagent_protocol::{SwarmNamespace, VersionRange};
 
@@ -35,6 +36,8 @@ pub struct Behaviour {
     pub hello: request_response::Behaviour<FrameCodec<Hello>>,
     pub blobs: request_response::Behaviour<FrameCodec<Blobs>>,
     pub results: request_response::Behaviour<FrameCodec<TaskResults>>,
+    /// History replication: writes, reads, anti-entropy (`pyagent_protocol::history`).
+    pub history: request_response::Behaviour<FrameCodec<HistoryRpc>>,
 }
 
 /// A request-response behaviour for protocol `P`.
@@ -97,6 +100,7 @@ impl Behaviour {
             // Up to 4 MiB of blobs per answer.
             blobs: request_response::<Blobs>(Duration::from_secs(30)),
             results: request_response::<TaskResults>(Duration::from_secs(10)),
+            history: request_response::<HistoryRpc>(Duration::from_secs(10)),
         })
     }
 }

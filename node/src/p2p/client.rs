@@ -55,11 +55,22 @@ pub struct NodeClient {
     events: broadcast::Sender<Event>,
     /// Bumped whenever a submitted task gets its outcome.
     results: watch::Receiver<u64>,
+    history: crate::history::History,
 }
 
 impl NodeClient {
-    pub(crate) fn new(commands: mpsc::Sender<Command>, events: broadcast::Sender<Event>, results: watch::Receiver<u64>) -> Self {
-        Self { commands, events, results }
+    pub(crate) fn new(commands: mpsc::Sender<Command>, events: broadcast::Sender<Event>, results: watch::Receiver<u64>, history: crate::history::History) -> Self {
+        Self { commands, events, results, history }
+    }
+
+    /// This node's PeerId (as the history knows it).
+    pub fn history_peer(&self) -> PeerId {
+        self.history.peer()
+    }
+
+    /// The history DHT (append, read, shards).
+    pub fn history(&self) -> &crate::history::History {
+        &self.history
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ClientError> {
@@ -101,8 +112,32 @@ impl NodeClient {
         self.ask(|reply| Command::Ballot { proposal, choice, reply }).await
     }
 
-    pub async fn tally(&self, proposal: ProposalId) -> Result<Result<TallyResult, VotesError>, ClientError> {
+    /// The tally of the ballots this node has seen live.
+    pub async fn live_tally(&self, proposal: ProposalId) -> Result<Result<TallyResult, VotesError>, ClientError> {
         self.ask(|reply| Command::Tally { proposal, reply }).await
+    }
+
+    /// The tally replayed from the history DHT (the same on every node that reads the
+    /// same entries); a proposal not in history yet is tallied live. A final tally is
+    /// recorded once by this node.
+    pub async fn tally(&self, proposal: ProposalId) -> Result<Result<TallyResult, VotesError>, ClientError> {
+        use pyagent_protocol::history::HistoryEvent;
+        let report = self.history.read(proposal).await.map_err(|_| ClientError::Stopped)?;
+        let result = match crate::votes::replay::tally(&proposal, &report.entries, crate::store::now_unix_ms()) {
+            Err(VotesError::UnknownProposal(_)) => return self.live_tally(proposal).await,
+            other => other,
+        };
+        if let Ok(t) = &result {
+            let me = self.status().await?.peer_id;
+            let recorded = report.entries.iter().any(|(_, e)| e.body.author == me && matches!(e.body.event, HistoryEvent::Tally { .. }));
+            if t.is_final && !recorded {
+                let tally = HistoryEvent::Tally { winner: t.winner.clone() };
+                if let Err(e) = self.history.append(vec![(proposal, tally)]).await {
+                    tracing::warn!(%proposal, "final tally not recorded: {e}");
+                }
+            }
+        }
+        Ok(result)
     }
 
     pub async fn shutdown(&self) -> Result<(), ClientError> {

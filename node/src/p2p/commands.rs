@@ -43,7 +43,7 @@ impl Router {
                 let _ = reply.send(domain.votes.cast(proposal, choice, None, now_unix_ms(), fx));
             }
             Command::Tally { proposal, reply } => {
-                let _ = reply.send(domain.votes.tally(&proposal, now_unix_ms(), fx));
+                let _ = reply.send(domain.votes.tally(&proposal, now_unix_ms()));
             }
             Command::Shutdown(reply) => {
                 // The loop handles shutdown before calling here; answering is harmless.

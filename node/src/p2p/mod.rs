@@ -7,7 +7,8 @@
 //!  API server ─┐                        ┌─ gossipsub: adverts, tasks, votes
 //!  mDNS ───────┼─ Command ─► router ────┼─ request-response, one per concern:
 //!  Node ───────┘   (mpsc)    │  ▲       │    /pyagent/hello/1, /pyagent/blobs/1,
-//!                            │  │       │    /pyagent/task-result/1
+//!                            │  │       │    /pyagent/task-result/1, /pyagent/history/1
+//!                            │  │       │    (history: to and from the history actor)
 //!             events in ─────┘  │       └─ identify / kad / ping / limits
 //!             effects out ──────┘
 //!                            └─ Event (broadcast) ─► API PUB socket, tests
@@ -20,7 +21,8 @@
 //!   protocols (each with its own name and limits).
 //! - [`client`]: [`NodeClient`] and [`Command`]; [`facts`]: what the node is.
 //! - [`router`]: the event loop; [`apply`]: effects carried out; [`commands`]: answers
-//!   to commands; [`addrs`]: multiaddr helpers.
+//!   to commands; `history`: the history protocol routed to and from the history
+//!   actor; [`addrs`]: multiaddr helpers.
 
 pub mod addrs;
 mod apply;
@@ -29,6 +31,7 @@ pub mod client;
 pub mod codec;
 mod commands;
 pub mod facts;
+mod history;
 pub mod pending_limit;
 pub mod router;
 pub mod transport;

@@ -54,6 +54,8 @@ pub struct Channels {
     pub events: broadcast::Sender<Event>,
     /// Bumped whenever a task this node submitted gets its outcome.
     pub results: watch::Sender<u64>,
+    /// Requests and answers of the history actor, to carry out on the swarm.
+    pub history: mpsc::Receiver<crate::history::ToRouter>,
 }
 
 /// The domain state machines the router feeds.
@@ -63,6 +65,8 @@ pub struct Domain {
     pub tasks: TaskEngine,
     pub votes: VoteBook,
     pub runner: TaskRunner,
+    /// The history actor (the router forwards its peers' requests and its answers).
+    pub history: crate::history::History,
 }
 
 /// The router's state.
@@ -79,6 +83,12 @@ pub struct Router {
     /// Outstanding blob fetches and result deliveries, by request.
     pub(super) fetches: HashMap<OutboundRequestId, TaskId>,
     pub(super) deliveries: HashMap<OutboundRequestId, TaskId>,
+    /// History: outbound requests by id, inbound ones waiting for the actor's answer,
+    /// and the members last told to the actor.
+    pub(super) history_requests: HashMap<OutboundRequestId, u64>,
+    pub(super) history_channels: HashMap<u64, request_response::ResponseChannel<pyagent_protocol::history::HistoryResponse>>,
+    pub(super) next_history_channel: u64,
+    pub(super) history_members: Vec<PeerId>,
 }
 
 impl std::fmt::Debug for Router {
@@ -113,6 +123,10 @@ impl Router {
             domain,
             fetches: HashMap::new(),
             deliveries: HashMap::new(),
+            history_requests: HashMap::new(),
+            history_channels: HashMap::new(),
+            next_history_channel: 0,
+            history_members: Vec::new(),
         })
     }
 
@@ -154,10 +168,12 @@ impl Router {
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event, now, &mut fx),
                 Some(executed) = self.channels.executed.recv() => self.domain.tasks.on_executed(executed, now, &mut fx),
+                Some(out) = self.channels.history.recv() => self.on_history_out(out),
                 _ = advert_tick.tick() => self.domain.membership.on_advert_tick(now, &mut fx),
                 _ = sweep_tick.tick() => {
                     self.domain.membership.on_sweep(now, &mut fx);
                     self.domain.tasks.tick(self.domain.membership.view(), now, &mut fx);
+                    self.tell_history_members();
                 }
                 _ = redial_tick.tick() => self.domain.membership.on_redial_tick(now, &mut fx),
                 _ = kad_tick.tick() => {
@@ -223,6 +239,7 @@ impl Router {
             BehaviourEvent::Hello(event) => self.on_hello(event, now, fx),
             BehaviourEvent::Blobs(event) => self.on_blobs(event, now, fx),
             BehaviourEvent::Results(event) => self.on_results(event, now, fx),
+            BehaviourEvent::History(event) => self.on_history(event),
             _ => {}
         }
     }

@@ -5,30 +5,32 @@
 //!
 //! - `blob_times`: BLAKE3 id → when the blob was last stored (unix ms, big-endian), so
 //!   that blobs no live task needs are swept after [`BLOB_TTL_MS`].
-//! - `history`: task id ‖ time ‖ sequence → [`HistoryRecord`]: what this node saw happen
-//!   to each task (the history DHT issue will replicate it).
+//! - `hist_entries`, `hist_digests`, `hist_hints`: this node's replicas of history
+//!   shards, their fingerprints, and hints ([`history`]).
+//!
+//! The `history` column family of earlier versions (unsigned, local-only records) is
+//! dropped at open: its records cannot be signed after the fact.
 
 pub mod data_dir;
+pub mod history;
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use libp2p::{Multiaddr, PeerId};
 use rocksdb::{ColumnFamilyDescriptor, DB, Options};
-use pyagent_protocol::history::{HistoryEvent, HistoryRecord};
-use pyagent_protocol::task::{BlobId, TaskId};
+use pyagent_protocol::task::BlobId;
 use serde::{Deserialize, Serialize};
 
 const CF_PEERS: &str = "peers";
 const CF_BLOBS: &str = "blobs";
-const CF_HISTORY: &str = "history";
+/// The local-only history of earlier versions, dropped at open.
+const CF_LEGACY_HISTORY: &str = "history";
 const CF_BLOB_TIMES: &str = "blob_times";
 /// Blobs not stored again for this long, and needed by no live task, are deleted.
 pub const BLOB_TTL_MS: u64 = 3600 * 1000;
-/// Largest history record read back.
-const MAX_HISTORY_RECORD: usize = 64 * 1024;
-/// Most history records returned for one task.
-pub const MAX_HISTORY_PER_TASK: usize = 10_000;
+/// Most history entries returned for one subject.
+pub const MAX_HISTORY_PER_SUBJECT: usize = 10_000;
 /// Most addresses remembered per peer.
 const MAX_ADDRS_PER_PEER: usize = 16;
 
@@ -43,6 +45,8 @@ pub enum StoreError {
     MissingColumnFamily(&'static str),
     #[error("record encoding: {0}")]
     Codec(#[from] pyagent_protocol::CodecError),
+    #[error("a thread panicked while holding the history digests")]
+    Poisoned,
 }
 
 /// A peer this node has been connected to.
@@ -56,8 +60,8 @@ pub struct KnownPeer {
 #[derive(Debug)]
 pub struct Store {
     db: DB,
-    /// Tells apart records written in the same millisecond.
-    history_seq: std::sync::atomic::AtomicU32,
+    /// The fingerprint of each history shard, as on disk (see [`history`]).
+    digests: std::sync::Mutex<Vec<pyagent_protocol::history::Fingerprint>>,
 }
 
 /// Wall-clock time in unix milliseconds (0 if the clock is before 1970).
@@ -82,15 +86,28 @@ impl Store {
         // A swarm node's database is small; keep RocksDB's memory use small too.
         opts.set_write_buffer_size(4 << 20);
         opts.set_max_background_jobs(2);
-        let cfs = vec![
+        let legacy = DB::list_cf(&opts, path).unwrap_or_default().iter().any(|n| n == CF_LEGACY_HISTORY);
+        let mut cfs = vec![
             ColumnFamilyDescriptor::new(CF_PEERS, Options::default()),
             ColumnFamilyDescriptor::new(CF_BLOBS, blob_options()),
-            ColumnFamilyDescriptor::new(CF_HISTORY, Options::default()),
             ColumnFamilyDescriptor::new(CF_BLOB_TIMES, Options::default()),
+            ColumnFamilyDescriptor::new(history::CF_ENTRIES, Options::default()),
+            ColumnFamilyDescriptor::new(history::CF_DIGESTS, Options::default()),
+            ColumnFamilyDescriptor::new(history::CF_HINTS, Options::default()),
         ];
-        let db = DB::open_cf_descriptors(&opts, path, cfs)
+        if legacy {
+            cfs.push(ColumnFamilyDescriptor::new(CF_LEGACY_HISTORY, Options::default()));
+        }
+        let mut db = DB::open_cf_descriptors(&opts, path, cfs)
             .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
-        Ok(Self { db, history_seq: std::sync::atomic::AtomicU32::new(0) })
+        if legacy {
+            tracing::info!("dropping the local-only history of an earlier version");
+            db.drop_cf(CF_LEGACY_HISTORY).map_err(|source| StoreError::Db { op: "drop legacy history", source })?;
+        }
+        let store = Self { db, digests: std::sync::Mutex::new(Vec::new()) };
+        let digests = store.load_digests()?;
+        *store.digests.lock().map_err(|_| StoreError::Poisoned)? = digests;
+        Ok(store)
     }
 
     fn blobs_cf(&self) -> Result<&rocksdb::ColumnFamily, StoreError> {
@@ -153,41 +170,6 @@ impl Store {
         Ok(self.db.get_pinned_cf(cf, id.0).map_err(|source| StoreError::Db { op: "read blob", source })?.is_some())
     }
 
-    fn history_cf(&self) -> Result<&rocksdb::ColumnFamily, StoreError> {
-        self.db.cf_handle(CF_HISTORY).ok_or(StoreError::MissingColumnFamily(CF_HISTORY))
-    }
-
-    /// Appends a history record for `task`.
-    pub fn record(&self, task: &TaskId, event: HistoryEvent) -> Result<(), StoreError> {
-        let cf = self.history_cf()?;
-        let at_unix_ms = now_unix_ms();
-        let seq = self.history_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut key = Vec::with_capacity(44);
-        key.extend_from_slice(&task.0);
-        key.extend_from_slice(&at_unix_ms.to_be_bytes());
-        key.extend_from_slice(&seq.to_be_bytes());
-        let bytes = pyagent_protocol::encode(&HistoryRecord { at_unix_ms, event })?;
-        self.db.put_cf(cf, key, bytes).map_err(|source| StoreError::Db { op: "write history", source })
-    }
-
-    /// The history of `task`, oldest first.
-    pub fn history(&self, task: &TaskId) -> Result<Vec<HistoryRecord>, StoreError> {
-        let cf = self.history_cf()?;
-        let mut out = Vec::new();
-        let iter = self.db.iterator_cf(cf, rocksdb::IteratorMode::From(&task.0, rocksdb::Direction::Forward));
-        for item in iter {
-            let (key, value) = item.map_err(|source| StoreError::Db { op: "scan history", source })?;
-            if !key.starts_with(&task.0) || out.len() >= MAX_HISTORY_PER_TASK {
-                break;
-            }
-            match pyagent_protocol::decode::<HistoryRecord>(&value, MAX_HISTORY_RECORD) {
-                Ok(record) => out.push(record),
-                Err(e) => tracing::warn!(%task, "skipping a corrupt history record: {e}"),
-            }
-        }
-        Ok(out)
-    }
-
     fn peers_cf(&self) -> Result<&rocksdb::ColumnFamily, StoreError> {
         self.db.cf_handle(CF_PEERS).ok_or(StoreError::MissingColumnFamily(CF_PEERS))
     }
@@ -241,7 +223,11 @@ impl Store {
         self.db.flush_wal(true).map_err(|source| StoreError::Db { op: "flush WAL", source })?;
         self.db.flush_cf(self.peers_cf()?).map_err(|source| StoreError::Db { op: "flush", source })?;
         self.db.flush_cf(self.blobs_cf()?).map_err(|source| StoreError::Db { op: "flush", source })?;
-        self.db.flush_cf(self.history_cf()?).map_err(|source| StoreError::Db { op: "flush", source })
+        for cf in [history::CF_ENTRIES, history::CF_DIGESTS, history::CF_HINTS] {
+            let cf = self.db.cf_handle(cf).ok_or(StoreError::MissingColumnFamily(cf))?;
+            self.db.flush_cf(cf).map_err(|source| StoreError::Db { op: "flush", source })?;
+        }
+        Ok(())
     }
 }
 
@@ -300,28 +286,6 @@ mod tests {
         // Storing a blob again renews it.
         store.put_blob(&kept, b"kept").unwrap();
         assert_eq!(store.sweep_blobs(5_000, &Default::default()).unwrap(), 0);
-    }
-
-    #[test]
-    fn history_is_kept_per_task_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (TaskId([1; 32]), TaskId([2; 32]));
-        {
-            let store = Store::open(dir.path()).unwrap();
-            store.record(&a, HistoryEvent::Submitted { capability: "python.tokens".into(), files: 1, requester: "r".into() }).unwrap();
-            store.record(&b, HistoryEvent::Done).unwrap();
-            store.record(&a, HistoryEvent::Assigned { executor: "x".into() }).unwrap();
-            store.record(&a, HistoryEvent::Done).unwrap();
-            store.flush().unwrap();
-        }
-        let store = Store::open(dir.path()).unwrap();
-        let events: Vec<HistoryEvent> = store.history(&a).unwrap().into_iter().map(|r| r.event).collect();
-        assert_eq!(events.len(), 3);
-        assert!(matches!(events[0], HistoryEvent::Submitted { .. }));
-        assert_eq!(events[1], HistoryEvent::Assigned { executor: "x".into() });
-        assert_eq!(events[2], HistoryEvent::Done);
-        assert_eq!(store.history(&b).unwrap().len(), 1);
-        assert!(store.history(&TaskId([3; 32])).unwrap().is_empty());
     }
 
     #[test]

@@ -145,26 +145,20 @@ impl TaskEngine {
                     return;
                 }
                 let order = placement::order(&id.0, self.candidates(view, &spec.capability));
-                let event = HistoryEvent::Submitted { capability: spec.capability.clone(), files: spec.files.len(), requester: source.to_string() };
+                // History is recorded by whoever did the thing: the requester records the
+                // submission, each executor its own claim and result.
                 if self.scheduler.track(id, spec, source, order, now) {
-                    fx.push(Effect::Record { subject: id, event });
                     tracing::debug!(task = %id, requester = %source, "task seen");
                     self.poll(view, now, fx);
                 }
             }
             TaskMessage::Claim { task, .. } => {
-                if self.requested.contains_key(&task) || self.scheduler.spec(&task).is_some() {
-                    self.record_assigned(task, source, fx);
-                }
                 self.scheduler.claimed(&task, source, now);
                 if let Some(request) = self.requested.get_mut(&task) {
                     request.claim = Some((source, now));
                 }
             }
             TaskMessage::Done { task, .. } => {
-                if self.scheduler.spec(&task).is_some() {
-                    fx.push(Effect::Record { subject: task, event: HistoryEvent::Done });
-                }
                 self.scheduler.done(&task);
                 self.last_claim.remove(&task);
                 self.assigned.remove(&task);

@@ -8,7 +8,7 @@ use pyagent_protocol::api::TaskReport;
 use pyagent_protocol::history::HistoryEvent;
 use pyagent_protocol::task::{BlobId, TaskError, TaskId, TaskMessage, TaskOutcome, TaskSpec};
 
-use super::engine::{TaskEngine, result_event};
+use super::engine::TaskEngine;
 use crate::effects::{Effect, Effects};
 use crate::membership::MembershipView;
 use crate::placement;
@@ -99,7 +99,7 @@ impl TaskEngine {
             return;
         }
         tracing::debug!(%task, executor = %from, "result received");
-        fx.push(Effect::Record { subject: task, event: result_event(from, &outcome) });
+        // The executor recorded its result; the requester records that the task is done.
         fx.push(Effect::Record { subject: task, event: HistoryEvent::Done });
         let outcome = match outcome {
             TaskOutcome::Completed { result_json } => match serde_json::value::RawValue::from_string(result_json) {

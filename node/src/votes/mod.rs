@@ -11,10 +11,11 @@
 //! proposal, each built-in agent of every node that sees it ranks the candidates by its
 //! own criterion and casts its ballot.
 //!
-//! Proposals and ballots live in memory (and in the history column family as events); a
-//! node that joins later does not see earlier ballots — the history DHT issue will
-//! replicate them.
+//! Proposals and ballots live in memory for the live vote, and in the history DHT: the
+//! proposer records the proposal and each voter its signed ballot, so a node that joins
+//! later, or restarts, replays the same tally from history alone ([`replay`]).
 
+pub mod replay;
 pub mod signing;
 pub mod tally;
 
@@ -88,8 +89,9 @@ impl VoteBook {
     pub fn propose(&mut self, mut spec: ProposalSpec, now_ms: u64, fx: &mut Effects) -> Result<ProposalId, VotesError> {
         spec.proposer = self.me.to_string();
         spec.validate(&spec.proposer.clone())?;
-        let id = self.add_proposal(spec.clone(), now_ms, fx)?;
-        fx.push(Effect::PublishVote(VoteMessage::Propose(spec)));
+        let id = self.add_proposal(spec.clone(), now_ms)?;
+        fx.push(Effect::PublishVote(VoteMessage::Propose(spec.clone())));
+        fx.push(Effect::Record { subject: id, event: HistoryEvent::Proposal(Box::new(spec)) });
         self.agents_vote(id, now_ms, fx);
         Ok(id)
     }
@@ -98,11 +100,11 @@ impl VoteBook {
     pub fn on_message(&mut self, message: VoteMessage, now_ms: u64, fx: &mut Effects) -> Result<(), VotesError> {
         match message {
             VoteMessage::Propose(spec) => {
-                let id = self.add_proposal(spec, now_ms, fx)?;
+                let id = self.add_proposal(spec, now_ms)?;
                 self.agents_vote(id, now_ms, fx);
                 Ok(())
             }
-            VoteMessage::Ballot(ballot) => self.accept(ballot, fx),
+            VoteMessage::Ballot(ballot) => self.accept(ballot),
         }
     }
 
@@ -113,7 +115,8 @@ impl VoteBook {
         }
         let mut ballot = Ballot { proposal, voter: self.me.to_string(), agent, choice, cast_unix_ms: now_ms, signature: Vec::new() };
         signing::sign(&self.keypair, &mut ballot)?;
-        self.accept(ballot.clone(), fx)?;
+        self.accept(ballot.clone())?;
+        fx.push(Effect::Record { subject: proposal, event: HistoryEvent::Ballot(Box::new(ballot.clone())) });
         fx.push(Effect::PublishVote(VoteMessage::Ballot(ballot)));
         Ok(())
     }
@@ -123,17 +126,14 @@ impl VoteBook {
         Ok(self.proposals.get(id).ok_or(VotesError::UnknownProposal(*id))?.spec.options.clone())
     }
 
-    /// The tally and every ballot; a final tally is recorded in the history.
-    pub fn tally(&self, id: &ProposalId, now_ms: u64, fx: &mut Effects) -> Result<TallyResult, VotesError> {
+    /// The tally of the ballots this node has seen (the API prefers the replay of the
+    /// history, [`replay`], which every node computes the same).
+    pub fn tally(&self, id: &ProposalId, now_ms: u64) -> Result<TallyResult, VotesError> {
         let entry = self.proposals.get(id).ok_or(VotesError::UnknownProposal(*id))?;
-        let result = tally::tally(id, &entry.spec, &entry.ballot_box, &entry.ballots, now_ms);
-        if result.is_final {
-            fx.push(Effect::Record { subject: *id, event: HistoryEvent::Tally { winner: result.winner.clone() } });
-        }
-        Ok(result)
+        Ok(tally::tally(id, &entry.spec, &entry.ballot_box, &entry.ballots, now_ms))
     }
 
-    fn add_proposal(&mut self, spec: ProposalSpec, now_ms: u64, fx: &mut Effects) -> Result<ProposalId, VotesError> {
+    fn add_proposal(&mut self, spec: ProposalSpec, now_ms: u64) -> Result<ProposalId, VotesError> {
         let id = spec.id()?;
         if self.proposals.contains_key(&id) {
             return Ok(id);
@@ -149,7 +149,7 @@ impl VoteBook {
         let (mine, rest): (Vec<Ballot>, Vec<Ballot>) = std::mem::take(&mut self.early).into_iter().partition(|b| b.proposal == id);
         self.early = rest;
         for ballot in mine {
-            if let Err(e) = self.accept(ballot, fx) {
+            if let Err(e) = self.accept(ballot) {
                 tracing::info!(proposal = %id, "early ballot rejected: {e}");
             }
         }
@@ -174,7 +174,7 @@ impl VoteBook {
     }
 
     /// Puts a ballot into its box (signature, deadline, one per voter).
-    fn accept(&mut self, ballot: Ballot, fx: &mut Effects) -> Result<(), VotesError> {
+    fn accept(&mut self, ballot: Ballot) -> Result<(), VotesError> {
         signing::verify(&ballot)?;
         let id = ballot.proposal;
         let Some(entry) = self.proposals.get_mut(&id) else {
@@ -191,8 +191,7 @@ impl VoteBook {
             .ballot_box
             .cast(voting::Ballot { voter: key.clone(), choice: (&ballot.choice).into() })
             .map_err(|e| VotesError::Rejected(e.to_string()))?;
-        entry.ballots.insert(key.clone(), ballot);
-        fx.push(Effect::Record { subject: id, event: HistoryEvent::Ballot { voter: key } });
+        entry.ballots.insert(key, ballot);
         Ok(())
     }
 }

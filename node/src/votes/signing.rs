@@ -2,19 +2,12 @@
 //! inside the voter's PeerId wherever a ballot arrives, whoever relayed it.
 
 use libp2p::PeerId;
-use libp2p::identity::{Keypair, PublicKey};
+use libp2p::identity::Keypair;
 use pyagent_protocol::vote::Ballot;
 
 use super::VotesError;
 
-/// The public key inside an ed25519 PeerId (identity multihash).
-fn public_key(peer: &PeerId) -> Option<PublicKey> {
-    let hash: &libp2p::multihash::Multihash<64> = peer.as_ref();
-    if hash.code() != 0 {
-        return None;
-    }
-    PublicKey::try_decode_protobuf(hash.digest()).ok()
-}
+use crate::identity::public_key_of as public_key;
 
 /// Signs `ballot` with this node's key.
 pub fn sign(keypair: &Keypair, ballot: &mut Ballot) -> Result<(), VotesError> {

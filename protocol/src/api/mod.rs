@@ -60,8 +60,12 @@ pub enum Method {
     TaskSubmit(TaskSubmitParams),
     /// Wait until one of the tasks finishes (or the timeout passes), and report them all.
     TaskWait(TaskWaitParams),
-    /// What this node recorded about a task.
+    /// History entries of a subject, or a page of a shard, through the DHT.
     History(HistoryParams),
+    /// Append inference entries.
+    HistoryAppend(HistoryAppendParams),
+    /// Shard owners, local counts and digests.
+    Shards,
     /// An external agent announces itself and the capabilities it serves.
     AgentRegister(AgentRegisterParams),
     /// An external agent asks for its next job (long poll; also its heartbeat).
@@ -154,6 +158,8 @@ pub fn parse_request(frame: &[u8]) -> Result<Request, ApiError> {
         "task.submit" => Method::TaskSubmit(typed_params(&id, &method, params)?),
         "task.wait" => Method::TaskWait(typed_params(&id, &method, params)?),
         "history" => Method::History(typed_params(&id, &method, params)?),
+        "history.append" => Method::HistoryAppend(typed_params(&id, &method, params)?),
+        "shards" => no_params(&id, &method, params).map(|()| Method::Shards)?,
         "agent.register" => Method::AgentRegister(typed_params(&id, &method, params)?),
         "agent.next" => Method::AgentNext(typed_params(&id, &method, params)?),
         "agent.result" => Method::AgentResult(typed_params(&id, &method, params)?),

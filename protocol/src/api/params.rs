@@ -90,14 +90,58 @@ pub struct AgentResultParams {
 }
 
 /// Method names, as written on the wire.
-pub const METHODS: &[&str] =
-    &["status", "peers", "task.submit", "task.wait", "history", "agent.register", "agent.next", "agent.result", "vote.propose", "vote.ballot", "vote.tally"];
+pub const METHODS: &[&str] = &[
+    "status",
+    "peers",
+    "task.submit",
+    "task.wait",
+    "history",
+    "history.append",
+    "shards",
+    "agent.register",
+    "agent.next",
+    "agent.result",
+    "vote.propose",
+    "vote.ballot",
+    "vote.tally",
+];
 
-/// Parameters of `history`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Parameters of `history`: a subject's entries (`id`: a task, proposal or request id;
+/// `task_id` is accepted too), or a page of one shard (`shard`, then `after` the last
+/// key of the previous page, at most `limit` entries).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryParams {
-    pub task_id: String,
+    #[serde(default, alias = "task_id", skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// Most entries of one `history.append`.
+pub const MAX_APPEND_ENTRIES: usize = 10_000;
+
+/// One inference entry to append.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendEntry {
+    /// The request id (64 hex digits).
+    pub subject: String,
+    pub model: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// Parameters of `history.append`: inference entries recorded by this node (tasks and
+/// votes record their own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryAppendParams {
+    pub entries: Vec<AppendEntry>,
 }
 
 /// A file of `task.submit`: its text (stored by the node as a blob), or a blob the node

@@ -40,11 +40,85 @@ pub struct AgentResultResult {
     pub accepted: bool,
 }
 
-/// The result of `history`: this node's records of the task, oldest first.
+/// The result of `history`: entries gathered from the shard's owners, deduplicated and
+/// verified; by (author time, id) for a subject, in key order for a shard page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryResult {
-    pub task_id: String,
-    pub events: Vec<crate::history::HistoryRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    pub shard: u16,
+    pub entries: Vec<crate::history::HistoryRecord>,
+    /// Owners asked (this node aside) and how many answered.
+    pub owners_asked: usize,
+    pub owners_answered: usize,
+    /// Entries an owner sent that failed verification (left out).
+    pub rejected: usize,
+    /// A shard page was cut short: pass `next_after` as `after`.
+    pub more: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
+/// One appended entry: its id, shard, and how many owners hold it durably.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendedEntry {
+    pub id: String,
+    pub shard: u16,
+    pub copies: usize,
+}
+
+/// The result of `history.append`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryAppendResult {
+    pub entries: Vec<AppendedEntry>,
+    /// Entries durable on W owners (W as configured, or every owner of a smaller swarm).
+    pub acknowledged: usize,
+    /// Entries durable on fewer: kept by this node as hints until their owners take them.
+    pub hinted: usize,
+    pub write_quorum: usize,
+}
+
+/// One shard as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub shard: u16,
+    pub owners: Vec<String>,
+    pub owned_here: bool,
+    /// Entries this node holds, and their fingerprint (`count:first 16 hex digits`).
+    pub count: u64,
+    pub digest: String,
+}
+
+/// Anti-entropy counters of this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncCounters {
+    pub digest_rounds: u64,
+    pub reconcile_rounds: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub entries_pushed: u64,
+    pub entries_fetched: u64,
+    pub last_in_sync_round_bytes: u64,
+    pub shards_handed_off: u64,
+}
+
+/// The result of `shards`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardsResult {
+    pub replicas: usize,
+    pub write_quorum: usize,
+    /// Live members, this node included.
+    pub members: usize,
+    pub shards: Vec<ShardInfo>,
+    pub owned_here: usize,
+    pub entries_here: u64,
+    /// Shards with fewer live owners than `replicas` (a swarm smaller than R).
+    pub under_replicated: usize,
+    /// Shards whose fingerprint differed from a co-owner's at the last comparison.
+    pub differing: Vec<u16>,
+    pub hints_pending: usize,
+    pub appends_in_flight: usize,
+    pub sync: SyncCounters,
 }
 
 /// The result of `task.submit`.

@@ -1,0 +1,70 @@
+//! Signing and checking history entries: the author signs [`EntryId::signed_bytes`]
+//! with its node key; anyone checks it against the key inside the author's PeerId.
+
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
+use pyagent_protocol::history::{Entry, EntryBody, EntryError, EntryKey, HistoryEvent, SubjectId};
+
+/// A signed entry by this node about `subject`.
+pub fn sign(keypair: &Keypair, subject: SubjectId, event: HistoryEvent, now_unix_ms: u64) -> Result<(Entry, EntryKey), EntryError> {
+    let body = EntryBody { author: keypair.public().to_peer_id().to_string(), author_unix_ms: now_unix_ms, subject, event };
+    let id = body.id()?;
+    let signature = keypair.sign(&id.signed_bytes()).map_err(|e| EntryError::Codec(format!("cannot sign: {e}")))?;
+    Ok((Entry { body, signature }, EntryKey { subject, id }))
+}
+
+/// Checks an entry from outside: bounds, then the author's signature. Returns its key.
+pub fn verify(entry: &Entry) -> Result<EntryKey, EntryError> {
+    let key = entry.validate()?;
+    let bad = || EntryError::BadSignature { author: entry.body.author.chars().take(64).collect() };
+    let author: PeerId = entry.body.author.parse().map_err(|_| bad())?;
+    let public = crate::identity::public_key_of(&author).ok_or_else(bad)?;
+    if !public.verify(&key.id.signed_bytes(), &entry.signature) {
+        return Err(bad());
+    }
+    if let HistoryEvent::Ballot(ballot) = &entry.body.event {
+        // The ballot inside carries its voter's own signature.
+        crate::votes::signing::verify(ballot).map_err(|e| EntryError::Field { field: "ballot", reason: e.to_string() })?;
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pyagent_protocol::history::{MAX_DETAIL_LEN, shard_of};
+    use pyagent_protocol::task::TaskId;
+
+    fn signed() -> Entry {
+        let kp = Keypair::generate_ed25519();
+        sign(&kp, TaskId([3; 32]), HistoryEvent::Inference { model: "m".into(), detail: "d".into() }, 7).unwrap().0
+    }
+
+    #[test]
+    fn a_signed_entry_verifies_and_any_change_is_refused() {
+        let entry = signed();
+        let key = verify(&entry).unwrap();
+        assert_eq!(key.id, entry.body.id().unwrap());
+        assert_eq!(shard_of(&key.subject), entry.shard());
+
+        let mut forged = entry.clone();
+        forged.body.author_unix_ms += 1; // a new id the signature does not cover
+        assert!(matches!(verify(&forged), Err(EntryError::BadSignature { .. })));
+
+        let mut other_author = entry.clone();
+        other_author.body.author = PeerId::random().to_string();
+        assert!(matches!(verify(&other_author), Err(EntryError::BadSignature { .. })));
+
+        let mut corrupted = entry.clone();
+        corrupted.signature[0] ^= 1;
+        assert!(matches!(verify(&corrupted), Err(EntryError::BadSignature { .. })));
+
+        let mut short = entry.clone();
+        short.signature.truncate(10);
+        assert!(verify(&short).unwrap_err().to_string().contains("signature"));
+
+        let mut oversized = entry;
+        oversized.body.event = HistoryEvent::Inference { model: "m".into(), detail: "x".repeat(MAX_DETAIL_LEN + 1) };
+        assert!(verify(&oversized).unwrap_err().to_string().contains("detail"));
+    }
+}

@@ -1,0 +1,302 @@
+//! Anti-entropy and hand-off. Every `sync_interval` this node sends each peer it shares
+//! shards with its fingerprints of those shards ([`HistoryRequest::Digests`], about 26 KB
+//! for all 1,024); the peer answers with its own for those that differ, and each
+//! differing shard is reconciled by ranges ([`super::reconcile`]), then the missing
+//! entries are fetched and pushed. Both sides run this, so either one brings both up to
+//! date.
+//!
+//! Hand-off: a shard this node holds but no longer owns (the view changed, and has been
+//! stable for [`HANDOFF_STABLE`]) is offered to its owners the same way; once every
+//! owner's fingerprint equals this node's, it is dropped here.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use pyagent_protocol::history::{
+    EntryKey, Fingerprint, HistoryRequest, HistoryResponse, KeyRange, MAX_FETCH_KEYS, RangeItem, ShardId, shard_of,
+};
+
+use super::book::{HistoryBook, Out, Pending, WritePending};
+use super::reconcile::{self, Learned, MAX_INITIATOR_RANGES, ShardKeys};
+use crate::store::{Store, StoreError};
+
+/// A shard no longer owned is handed off once the view has been stable this long.
+pub const HANDOFF_STABLE: Duration = Duration::from_secs(10);
+/// Most shards reconciled with one peer at a time.
+const MAX_SESSIONS_PER_PEER: usize = 128;
+
+/// One shard of this node's store, for reconciliation.
+struct StoreShard<'a> {
+    store: &'a Store,
+    shard: ShardId,
+}
+
+impl ShardKeys for StoreShard<'_> {
+    type Error = StoreError;
+
+    fn scan(&self, range: &KeyRange, f: &mut dyn FnMut(EntryKey) -> bool) -> Result<(), StoreError> {
+        self.store.scan_keys(self.shard, range, f)
+    }
+}
+
+pub(super) enum SyncPending {
+    Digests { peer: PeerId, shards: Vec<ShardId>, bytes: usize },
+    Reconcile { peer: PeerId, shard: ShardId },
+    Fetch { peer: PeerId, shard: ShardId },
+    Push { peer: PeerId },
+}
+
+impl SyncPending {
+    fn peer(&self) -> PeerId {
+        match self {
+            Self::Digests { peer, .. } | Self::Reconcile { peer, .. } | Self::Fetch { peer, .. } | Self::Push { peer } => *peer,
+        }
+    }
+}
+
+/// Counters of the anti-entropy traffic this node took part in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    pub digest_rounds: u64,
+    pub reconcile_rounds: u64,
+    /// Bytes of history sync messages (digests, reconciliation, repair fetches and pushes)
+    /// sent and received, as encoded.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub entries_pushed: u64,
+    pub entries_fetched: u64,
+    /// Bytes of the last digest round that found every shared shard equal (both ways).
+    pub last_in_sync_round_bytes: u64,
+    pub shards_handed_off: u64,
+}
+
+struct Session {
+    queue: VecDeque<RangeItem>,
+    learned: Learned,
+}
+
+#[derive(Default)]
+pub(super) struct SyncState {
+    last_round: Option<Instant>,
+    /// Sync requests in flight per peer: a peer is synced again once all are answered.
+    inflight: HashMap<PeerId, usize>,
+    sessions: HashMap<(PeerId, ShardId), Session>,
+    /// Owners whose fingerprint of a shard this node no longer owns equals this node's.
+    confirmed: HashMap<ShardId, BTreeSet<PeerId>>,
+    /// Shards whose fingerprints differed at the last comparison with each peer.
+    differing: HashMap<PeerId, BTreeSet<ShardId>>,
+    pub(super) stats: SyncStats,
+}
+
+impl SyncState {
+    pub(super) fn view_changed(&mut self, members: &[PeerId]) {
+        self.confirmed.clear();
+        self.differing.retain(|p, _| members.contains(p));
+    }
+}
+
+fn wire_len<T: serde::Serialize>(message: &T) -> u64 {
+    pyagent_protocol::encode(message).map(|b| b.len() as u64).unwrap_or(0)
+}
+
+impl HistoryBook {
+    pub fn sync_stats(&self) -> SyncStats {
+        self.sync.stats
+    }
+
+    /// Shards whose fingerprint differed from a co-owner's at the last comparison.
+    pub fn differing_shards(&self) -> Vec<ShardId> {
+        let all: BTreeSet<ShardId> = self.sync.differing.values().flatten().copied().collect();
+        all.into_iter().collect()
+    }
+
+    fn send_sync(&mut self, peer: PeerId, request: HistoryRequest, pending: SyncPending, out: &mut Vec<Out>) {
+        self.sync.stats.bytes_sent += wire_len(&request);
+        *self.sync.inflight.entry(peer).or_default() += 1;
+        let token = self.token();
+        self.pending.insert(token, Pending::Sync(pending));
+        out.push(Out::Send { token, peer, request });
+    }
+
+    /// Shards to compare with `peer`: those both own, and those this node holds but no
+    /// longer owns while `peer` does (hand-off, once the view is stable).
+    fn shards_to_compare(&self, peer: &PeerId, now: Instant) -> Vec<ShardId> {
+        let stable = now.duration_since(self.view_changed_at) >= HANDOFF_STABLE;
+        let digests = self.store.digests().unwrap_or_default();
+        ShardId::all()
+            .filter(|s| {
+                let theirs = self.owners.owns(peer, *s);
+                let mine = self.owners.owns(&self.me, *s);
+                let held = digests.get(usize::from(s.0)).is_some_and(|fp| fp.count > 0);
+                theirs && (mine || (stable && held))
+            })
+            .collect()
+    }
+
+    pub(super) fn sync_tick(&mut self, now: Instant, out: &mut Vec<Out>) {
+        if self.sync.last_round.is_some_and(|t| now.duration_since(t) < self.settings.sync_interval) {
+            return;
+        }
+        self.sync.last_round = Some(now);
+        let peers: Vec<PeerId> = self.owners.members().iter().filter(|p| **p != self.me).copied().collect();
+        for peer in peers {
+            if self.sync.inflight.get(&peer).is_some_and(|n| *n > 0) {
+                continue;
+            }
+            let shards = self.shards_to_compare(&peer, now);
+            if shards.is_empty() {
+                continue;
+            }
+            let digests = self.store.digests().unwrap_or_default();
+            let list: Vec<(ShardId, Fingerprint)> = shards.iter().map(|s| (*s, digests[usize::from(s.0)])).collect();
+            let request = HistoryRequest::Digests(list);
+            let bytes = wire_len(&request) as usize;
+            self.sync.stats.digest_rounds += 1;
+            self.send_sync(peer, request, SyncPending::Digests { peer, shards, bytes }, out);
+        }
+    }
+
+    /// A peer's fingerprints: answered with this node's for the shards that differ.
+    pub(super) fn answer_digests(&mut self, _peer: &PeerId, theirs: &[(ShardId, Fingerprint)]) -> HistoryResponse {
+        self.sync.stats.bytes_received += wire_len(&theirs);
+        let digests = match self.store.digests() {
+            Ok(d) => d,
+            Err(e) => return HistoryResponse::Error(format!("cannot read digests: {e}")),
+        };
+        let differ = theirs.iter().filter(|(s, fp)| digests[usize::from(s.0)] != *fp).map(|(s, _)| (*s, digests[usize::from(s.0)])).collect();
+        let response = HistoryResponse::Digests(differ);
+        self.sync.stats.bytes_sent += wire_len(&response);
+        response
+    }
+
+    /// One round of a peer's reconciliation of `shard`.
+    pub(super) fn answer_reconcile(&mut self, shard: ShardId, ranges: &[RangeItem]) -> HistoryResponse {
+        self.sync.stats.bytes_received += wire_len(&ranges);
+        let response = match reconcile::respond(&StoreShard { store: &self.store, shard }, ranges) {
+            Ok(answer) => HistoryResponse::Reconcile(answer),
+            Err(e) => HistoryResponse::Error(format!("cannot reconcile shard {shard}: {e}")),
+        };
+        self.sync.stats.bytes_sent += wire_len(&response);
+        response
+    }
+
+    pub(super) fn on_sync_response(&mut self, pending: SyncPending, response: Result<HistoryResponse, String>, now: Instant, out: &mut Vec<Out>) {
+        let peer = pending.peer();
+        if let Some(n) = self.sync.inflight.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+        }
+        if let Ok(r) = &response {
+            self.sync.stats.bytes_received += wire_len(r);
+        }
+        match (pending, response) {
+            (SyncPending::Digests { peer, shards, bytes }, Ok(HistoryResponse::Digests(differ))) => {
+                self.on_digests(peer, &shards, bytes, differ, now, out);
+            }
+            (SyncPending::Reconcile { peer, shard }, Ok(HistoryResponse::Reconcile(ranges))) => {
+                self.sync.stats.reconcile_rounds += 1;
+                self.on_reconcile(peer, shard, &ranges, out);
+            }
+            (SyncPending::Fetch { shard, .. }, Ok(HistoryResponse::Entries { entries, .. })) => {
+                let wrong = entries.iter().filter(|e| e.shard() != shard).count();
+                if wrong > 0 {
+                    tracing::warn!(%peer, %shard, wrong, "repair: entries of another shard refused");
+                }
+                let entries: Vec<_> = entries.into_iter().filter(|e| e.shard() == shard).collect();
+                if !entries.is_empty() {
+                    let token = self.token();
+                    self.writes.insert(token, WritePending::Repair);
+                    out.push(Out::Write { token, entries, verify: true, hints: false });
+                }
+            }
+            (SyncPending::Push { .. }, Ok(HistoryResponse::Stored { .. })) => {}
+            (SyncPending::Reconcile { peer, shard }, other) => {
+                self.sync.sessions.remove(&(peer, shard));
+                tracing::debug!(%peer, %shard, "reconciliation ended early: {other:?}");
+            }
+            (_, other) => tracing::debug!(%peer, "history sync request failed: {other:?}"),
+        }
+    }
+
+    fn on_digests(&mut self, peer: PeerId, asked: &[ShardId], request_bytes: usize, differ: Vec<(ShardId, Fingerprint)>, now: Instant, out: &mut Vec<Out>) {
+        if differ.is_empty() {
+            self.sync.stats.last_in_sync_round_bytes = (request_bytes + wire_len(&HistoryResponse::Digests(Vec::new())) as usize) as u64;
+        }
+        let differing: BTreeSet<ShardId> = differ.iter().map(|(s, _)| *s).collect();
+        self.sync.differing.insert(peer, differing.clone());
+        for shard in asked.iter().filter(|s| !differing.contains(s)) {
+            if self.owners.owns(&self.me, *shard) {
+                continue;
+            }
+            // A shard handed off: drop it once every owner holds what this node holds.
+            let owners: BTreeSet<PeerId> = self.owners.of(*shard).iter().copied().collect();
+            let confirmed = self.sync.confirmed.entry(*shard).or_default();
+            confirmed.insert(peer);
+            if owners.is_subset(confirmed) && now.duration_since(self.view_changed_at) >= HANDOFF_STABLE {
+                self.sync.confirmed.remove(shard);
+                match self.store.drop_shard(*shard) {
+                    Ok(()) => {
+                        self.sync.stats.shards_handed_off += 1;
+                        tracing::info!(%shard, "shard handed off to its owners and dropped here");
+                    }
+                    Err(e) => tracing::warn!(%shard, "cannot drop a handed-off shard: {e}"),
+                }
+            }
+        }
+        for (shard, _) in differ.into_iter().take(MAX_SESSIONS_PER_PEER) {
+            if self.sync.sessions.contains_key(&(peer, shard)) {
+                continue;
+            }
+            let first = match reconcile::initiate(&StoreShard { store: &self.store, shard }) {
+                Ok(first) => first,
+                Err(e) => {
+                    tracing::warn!(%shard, "cannot start reconciliation: {e}");
+                    continue;
+                }
+            };
+            self.sync.sessions.insert((peer, shard), Session { queue: first.into(), learned: Learned::default() });
+            self.next_round(peer, shard, out);
+        }
+    }
+
+    fn next_round(&mut self, peer: PeerId, shard: ShardId, out: &mut Vec<Out>) {
+        let Some(session) = self.sync.sessions.get_mut(&(peer, shard)) else { return };
+        if !session.queue.is_empty() {
+            let n = session.queue.len().min(MAX_INITIATOR_RANGES);
+            let ranges: Vec<RangeItem> = session.queue.drain(..n).collect();
+            self.send_sync(peer, HistoryRequest::Reconcile { shard, ranges }, SyncPending::Reconcile { peer, shard }, out);
+            return;
+        }
+        let Some(session) = self.sync.sessions.remove(&(peer, shard)) else { return };
+        let Learned { need, give } = session.learned;
+        for keys in need.chunks(MAX_FETCH_KEYS) {
+            let keys: Vec<EntryKey> = keys.iter().filter(|k| shard_of(&k.subject) == shard).copied().collect();
+            self.send_sync(peer, HistoryRequest::Fetch { shard, keys }, SyncPending::Fetch { peer, shard }, out);
+        }
+        for keys in give.chunks(1024) {
+            match self.store.entries_by_key(keys) {
+                Ok(entries) if !entries.is_empty() => {
+                    let (entries, _) = super::book::fit(entries);
+                    self.sync.stats.entries_pushed += entries.len() as u64;
+                    self.send_sync(peer, HistoryRequest::Store(entries), SyncPending::Push { peer }, out);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%shard, "cannot read entries to push: {e}"),
+            }
+        }
+    }
+
+    fn on_reconcile(&mut self, peer: PeerId, shard: ShardId, ranges: &[RangeItem], out: &mut Vec<Out>) {
+        let store = self.store.clone();
+        let Some(session) = self.sync.sessions.get_mut(&(peer, shard)) else { return };
+        match reconcile::on_answer(&StoreShard { store: &store, shard }, ranges, &mut session.learned) {
+            Ok(next) => session.queue.extend(next),
+            Err(e) => {
+                tracing::warn!(%shard, "reconciliation failed: {e}");
+                self.sync.sessions.remove(&(peer, shard));
+                return;
+            }
+        }
+        self.next_round(peer, shard, out);
+    }
+}
