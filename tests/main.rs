@@ -8,6 +8,7 @@ mod support;
 
 mod adversary;
 mod cli;
+mod history;
 mod hostile;
 mod in_process;
 mod lab;

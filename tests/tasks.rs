@@ -89,30 +89,35 @@ async fn tasks_run_once_on_capable_peers_and_results_come_back() {
     assert_eq!(status(&requester).await.tasks.submitted, 16);
     assert_eq!(status(&requester).await.tasks.executed, 0);
 
-    // History: the requester saw it submitted, assigned, completed and done; the executor
-    // recorded the same task from its side.
+    // History, through the DHT: the requester recorded the submission and that it is
+    // done, the executor its claim and its result; every node reads the same four entries.
     let first = &ids[0];
     let executor_id = done[first]["executor"].as_str().unwrap().to_owned();
-    let history = call(&requester, "history", json!({ "task_id": first })).await;
-    let kinds: Vec<String> = history["result"]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| match &r["event"] {
-            Value::String(s) => s.clone(),
-            Value::Object(o) => o.keys().next().unwrap().clone(),
-            other => panic!("odd event {other}"),
-        })
-        .collect();
-    assert_eq!(kinds, vec!["submitted", "assigned", "result", "done"], "{history}");
-    assert_eq!(history["result"]["events"][1]["event"]["assigned"]["executor"], executor_id.as_str());
-    assert_eq!(history["result"]["events"][2]["event"]["result"]["completed"], true);
+    let kinds_of = |history: &Value| -> Vec<String> {
+        let mut kinds: Vec<String> = history["result"]["entries"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap().to_owned()).collect();
+        kinds.sort();
+        kinds
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let history = loop {
+        let history = call(&requester, "history", json!({ "task_id": first })).await;
+        if history["result"]["entries"].as_array().is_some_and(|e| e.len() == 4) || std::time::Instant::now() > deadline {
+            break history;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(kinds_of(&history), vec!["assigned", "done", "result", "submitted"], "{history}");
+    let entries = history["result"]["entries"].as_array().unwrap();
+    let by_kind = |k: &str| entries.iter().find(|r| r["kind"] == k).unwrap().clone();
+    assert_eq!(by_kind("assigned")["event"]["assigned"]["executor"], executor_id.as_str());
+    assert_eq!(by_kind("assigned")["author"], executor_id.as_str(), "the executor records its own claim");
+    assert_eq!(by_kind("result")["event"]["result"]["completed"], true);
+    assert_eq!(by_kind("submitted")["author"], requester.peer_id().to_string());
     let worker = if executor_id == id1 { &w1 } else { &w2 };
     let theirs = call(worker, "history", json!({ "task_id": first })).await;
-    let events = theirs["result"]["events"].as_array().unwrap();
-    assert!(events.iter().any(|r| r["event"]["result"]["executor"] == executor_id.as_str()), "{theirs}");
+    assert_eq!(kinds_of(&theirs), kinds_of(&history), "{theirs}");
     let unknown = call(&requester, "history", json!({ "task_id": "ab".repeat(32) })).await;
-    assert_eq!(unknown["result"]["events"], json!([]));
+    assert_eq!(unknown["result"]["entries"], json!([]));
     let out = tokio::process::Command::new(PYAGENT)
         .args(["history", "--api", requester.api_endpoint(), first])
         .output()

@@ -99,9 +99,11 @@ async fn ballots_travel_signed_one_per_voter_and_every_node_tallies_alike() {
         assert_eq!((&t["winner"], &t["ranking"], &t["rounds"]), (&t0["winner"], &t0["ranking"], &t0["rounds"]));
     }
 
-    // Ballots are history too.
-    let history = call(&nodes[2], "history", json!({ "task_id": id })).await;
-    assert_eq!(history["result"]["events"].as_array().unwrap().len(), 3, "{history}");
+    // The proposal and the ballots are history too, whole: read from any node.
+    let history = call(&nodes[2], "history", json!({ "id": id })).await;
+    let entries = history["result"]["entries"].as_array().unwrap();
+    assert_eq!(entries.iter().filter(|e| e["kind"] == "ballot").count(), 3, "{history}");
+    assert_eq!(entries.iter().filter(|e| e["kind"] == "proposal").count(), 1, "{history}");
     for n in nodes {
         n.shutdown().await;
     }

@@ -334,6 +334,12 @@ impl Node {
             Err(_) => tracing::warn!("network task did not stop in time"),
         }
         let _ = tokio::time::timeout(Duration::from_millis(200), router_task).await;
+        // Queued history writes become durable; then the actor and its writer let go of
+        // the database.
+        match tokio::time::timeout(Duration::from_millis(1000), client.history().shutdown()).await {
+            Ok(_) => {}
+            Err(_) => tracing::warn!("history service did not stop in time"),
+        }
         if let Err(e) = store.flush() {
             tracing::error!("database flush failed: {e}");
         }

@@ -289,7 +289,7 @@ impl Entry {
 /// of the first 16 bytes of their ids (little-endian). Adding or removing one entry
 /// updates it in O(1); two sets with equal fingerprints are equal but for a 2^-128 chance
 /// (ids are BLAKE3 hashes an author cannot aim).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Fingerprint {
     pub count: u64,
     pub sum: u128,

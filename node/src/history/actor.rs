@@ -48,6 +48,8 @@ pub enum HistoryInput {
     Read { subject: SubjectId, reply: oneshot::Sender<ReadReport> },
     ReadShard { shard: ShardId, after: Option<EntryKey>, limit: usize, reply: oneshot::Sender<ReadReport> },
     Shards { reply: oneshot::Sender<ShardsReport> },
+    /// Hand the queued writes to the writer, wait until it has written them, and stop.
+    Shutdown(oneshot::Sender<()>),
 }
 
 /// What the actor asks of the router.
@@ -83,11 +85,12 @@ impl History {
     pub fn start(keypair: Keypair, settings: HistorySettings, store: Arc<Store>, to_router: mpsc::Sender<ToRouter>) -> std::io::Result<Self> {
         let (inbox, rx) = mpsc::channel(HISTORY_INBOX);
         let (done_tx, done_rx) = mpsc::channel(2 * writer::WRITER_INBOX + 64);
-        let writer = writer::start(store.clone(), done_tx)?;
+        let (finished_tx, finished_rx) = oneshot::channel();
+        let writer = writer::start(store.clone(), done_tx, finished_tx)?;
         let me = keypair.public().to_peer_id();
         let book = HistoryBook::new(me, settings, store.clone(), Instant::now());
         let actor = Actor { keypair, book, store, to_router, writer, backlog: VecDeque::new() };
-        tokio::spawn(actor.run(rx, done_rx));
+        tokio::spawn(actor.run(rx, done_rx, finished_rx));
         Ok(Self { inbox, me })
     }
 
@@ -125,6 +128,11 @@ impl History {
     pub async fn shards(&self) -> Result<ShardsReport, HistoryError> {
         self.ask(|reply| HistoryInput::Shards { reply }).await
     }
+
+    /// Stops the actor once its queued writes are durable (at node shutdown).
+    pub async fn shutdown(&self) -> Result<(), HistoryError> {
+        self.ask(HistoryInput::Shutdown).await
+    }
 }
 
 struct Actor {
@@ -137,15 +145,20 @@ struct Actor {
 }
 
 impl Actor {
-    async fn run(mut self, mut inbox: mpsc::Receiver<HistoryInput>, mut done: mpsc::Receiver<Written>) {
+    async fn run(mut self, mut inbox: mpsc::Receiver<HistoryInput>, mut done: mpsc::Receiver<Written>, finished: oneshot::Receiver<()>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop_reply = None;
         loop {
             let mut out = Vec::new();
             let now = Instant::now();
             let writer = self.writer.clone();
             tokio::select! {
                 input = inbox.recv(), if self.backlog.len() < MAX_BACKLOG => match input {
+                    Some(HistoryInput::Shutdown(reply)) => {
+                        stop_reply = Some(reply);
+                        break;
+                    }
                     Some(input) => self.on_input(input, now, &mut out),
                     None => break,
                 },
@@ -160,7 +173,22 @@ impl Actor {
                 break;
             }
         }
+        // The writes still queued here go to the writer; it writes them and ends once the
+        // last sender (this one) is dropped.
+        let Self { writer, backlog, book, .. } = self;
+        drop(book);
+        for job in backlog {
+            if writer.send(job).await.is_err() {
+                break;
+            }
+        }
+        drop(writer);
+        drop(inbox);
+        let _ = finished.await;
         tracing::debug!("history actor stopped");
+        if let Some(reply) = stop_reply {
+            let _ = reply.send(());
+        }
     }
 
     fn sign_all(&self, events: Vec<(SubjectId, HistoryEvent)>) -> Result<Vec<(pyagent_protocol::history::Entry, EntryKey)>, HistoryError> {
@@ -197,6 +225,9 @@ impl Actor {
             HistoryInput::ReadShard { shard, after, limit, reply } => self.book.read_shard(shard, after, limit, reply, now, out),
             HistoryInput::Shards { reply } => {
                 let _ = reply.send(self.report());
+            }
+            HistoryInput::Shutdown(reply) => {
+                let _ = reply.send(());
             }
         }
     }

@@ -37,10 +37,12 @@ pub struct Written {
     pub result: Result<usize, String>,
 }
 
-/// Starts the writer thread; it stops when the inbox's senders are gone.
-pub fn start(store: Arc<Store>, done: mpsc::Sender<Written>) -> std::io::Result<mpsc::Sender<WriteJob>> {
+/// Starts the writer thread; it stops when the inbox's senders are gone, after writing
+/// what was queued, and then fires `finished`.
+pub fn start(store: Arc<Store>, done: mpsc::Sender<Written>, finished: tokio::sync::oneshot::Sender<()>) -> std::io::Result<mpsc::Sender<WriteJob>> {
     let (tx, mut rx) = mpsc::channel::<WriteJob>(WRITER_INBOX);
     std::thread::Builder::new().name("history-writer".into()).spawn(move || {
+        let _finished = Finished(Some(finished));
         while let Some(first) = rx.blocking_recv() {
             let mut jobs = vec![first];
             let mut n = jobs[0].entries.len();
@@ -54,14 +56,24 @@ pub fn start(store: Arc<Store>, done: mpsc::Sender<Written>) -> std::io::Result<
                 }
             }
             for written in commit(&store, jobs) {
-                if done.blocking_send(written).is_err() {
-                    return;
-                }
+                // The actor may be gone (shutting down): the entries are written anyway.
+                let _ = done.try_send(written);
             }
         }
         tracing::debug!("history writer stopped");
     })?;
     Ok(tx)
+}
+
+/// Fires when the writer thread ends, however it ends.
+struct Finished(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// Checks and encodes one job's entries; `Err` holds the first refusal.
