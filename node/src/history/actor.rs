@@ -33,6 +33,10 @@ pub enum HistoryError {
     Stopped,
 }
 
+/// The history actor's inbox is full, or it has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
 /// What the router and the API ask of the history.
 #[derive(Debug)]
 pub enum HistoryInput {
@@ -99,11 +103,10 @@ impl History {
         self.me
     }
 
-    /// For the router: never waits; `Err` gives the input back when the inbox is full.
-    pub fn try_send(&self, input: HistoryInput) -> Result<(), HistoryInput> {
-        self.inbox.try_send(input).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => i,
-        })
+    /// For the router: never waits; `Err` when the inbox is full or the actor stopped
+    /// (the input is dropped: the caller answers or times out instead).
+    pub fn try_send(&self, input: HistoryInput) -> Result<(), Busy> {
+        self.inbox.try_send(input).map_err(|_| Busy)
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> HistoryInput) -> Result<T, HistoryError> {

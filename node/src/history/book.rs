@@ -142,7 +142,7 @@ impl std::fmt::Debug for HistoryBook {
 
 /// Entries sorted for display: (author time, id).
 pub fn display_order(entries: &mut [(EntryId, Entry)]) {
-    entries.sort_by(|a, b| (a.1.body.author_unix_ms, a.0).cmp(&(b.1.body.author_unix_ms, b.0)));
+    entries.sort_by_key(|(id, e)| (e.body.author_unix_ms, *id));
 }
 
 impl HistoryBook {
@@ -263,10 +263,10 @@ impl HistoryBook {
         if a.from_hints {
             self.hint_op = None;
             for (i, key) in a.keys.iter().enumerate() {
-                if a.acked[i] >= a.required[i] {
-                    if let Err(e) = self.store.remove_hint(key) {
-                        tracing::warn!("cannot remove a delivered hint: {e}");
-                    }
+                if a.acked[i] >= a.required[i]
+                    && let Err(e) = self.store.remove_hint(key)
+                {
+                    tracing::warn!("cannot remove a delivered hint: {e}");
                 }
             }
             if !short.is_empty() {

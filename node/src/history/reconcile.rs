@@ -66,7 +66,7 @@ pub trait ShardKeys {
         let mut bounds = Vec::new();
         let mut i = 0u64;
         self.scan(range, &mut |k| {
-            if i > 0 && i % step == 0 {
+            if i > 0 && i.is_multiple_of(step) {
                 bounds.push(k);
             }
             i += 1;

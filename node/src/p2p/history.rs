@@ -27,12 +27,12 @@ impl Router {
             }
             request_response::Event::Message { message: request_response::Message::Response { request_id, response }, .. } => {
                 if let Some(token) = self.history_requests.remove(&request_id) {
-                    self.to_history(token, Ok(response));
+                    self.answer_history(token, Ok(response));
                 }
             }
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 if let Some(token) = self.history_requests.remove(&request_id) {
-                    self.to_history(token, Err(format!("{peer}: {error}")));
+                    self.answer_history(token, Err(format!("{peer}: {error}")));
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => tracing::debug!(%peer, "inbound history request failed: {error}"),
@@ -40,7 +40,7 @@ impl Router {
         }
     }
 
-    fn to_history(&mut self, token: u64, result: Result<HistoryResponse, String>) {
+    fn answer_history(&mut self, token: u64, result: Result<HistoryResponse, String>) {
         if self.domain.history.try_send(HistoryInput::Response { token, result }).is_err() {
             // The actor times the request out.
             tracing::debug!("history answer dropped: the history service is busy");
@@ -54,10 +54,10 @@ impl Router {
                 self.history_requests.insert(id, token);
             }
             ToRouter::Respond { channel, response } => {
-                if let Some(channel) = self.history_channels.remove(&channel) {
-                    if self.swarm.behaviour_mut().history.send_response(channel, response).is_err() {
-                        tracing::debug!("history answer not sent: the stream closed");
-                    }
+                if let Some(channel) = self.history_channels.remove(&channel)
+                    && self.swarm.behaviour_mut().history.send_response(channel, response).is_err()
+                {
+                    tracing::debug!("history answer not sent: the stream closed");
                 }
             }
         }

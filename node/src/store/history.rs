@@ -72,12 +72,11 @@ impl Store {
         let mut digests = vec![Fingerprint::default(); SHARDS as usize];
         let mut complete = true;
         for shard in ShardId::all() {
-            match self.db.get_cf(cf, shard_prefix(shard)).map_err(|source| StoreError::Db { op: "read digest", source })? {
-                Some(bytes) => match decode_fp(&bytes) {
+            if let Some(bytes) = self.db.get_cf(cf, shard_prefix(shard)).map_err(|source| StoreError::Db { op: "read digest", source })? {
+                match decode_fp(&bytes) {
                     Some(fp) => digests[usize::from(shard.0)] = fp,
                     None => complete = false,
-                },
-                None => {}
+                }
             }
         }
         if complete {
@@ -177,10 +176,10 @@ impl Store {
             if !raw.starts_with(&prefix) {
                 break;
             }
-            if let Some(key) = EntryKey::from_bytes(&raw[2..]) {
-                if range.upper.is_some_and(|u| key >= u) || !f(key) {
-                    return Ok(());
-                }
+            if let Some(key) = EntryKey::from_bytes(&raw[2..])
+                && (range.upper.is_some_and(|u| key >= u) || !f(key))
+            {
+                return Ok(());
             }
             iter.next();
         }

@@ -31,7 +31,7 @@ pub fn tally(id: &ProposalId, entries: &[(EntryId, Entry)], now_ms: u64) -> Resu
             _ => None,
         })
         .collect();
-    ordered.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    ordered.sort_by_key(|(at, id, _)| (*at, *id));
     let mut ballots: BTreeMap<String, Ballot> = BTreeMap::new();
     for (_, _, ballot) in ordered {
         let key = ballot.voter_key();
