@@ -5,6 +5,10 @@
 #   scripts/lab.sh exec I CMD... run CMD inside machine I
 #   scripts/lab.sh addr I        print machine I's address
 #   scripts/lab.sh status        list the lab's namespaces
+#   scripts/lab.sh cut I J...    partition: machine I and machines J... no longer reach
+#                                each other (blackhole routes both ways); mDNS multicast
+#                                still flows, unicast (libp2p, the API) does not
+#   scripts/lab.sh heal          remove every cut
 #   scripts/lab.sh down          remove the whole lab
 #
 # Layout: namespace "$LAB_PREFIX-hub" holds bridge br0; each machine "$LAB_PREFIX-I" has
@@ -93,6 +97,29 @@ cmd_down() {
     echo "lab '$PREFIX' down"
 }
 
+cmd_cut() {
+    local i=${1:-} j
+    check_index "$i"
+    shift
+    [ $# -gt 0 ] || die "usage: lab.sh cut I J..."
+    need_root
+    for j in "$@"; do
+        check_index "$j"
+        ip -n "$(node_ns "$i")" route replace blackhole "$(node_addr "$j")/32"
+        ip -n "$(node_ns "$j")" route replace blackhole "$(node_addr "$i")/32"
+    done
+}
+
+cmd_heal() {
+    need_root
+    local ns r
+    for ns in $(ip netns list | awk '{print $1}' | grep -E "^$PREFIX-[0-9]+$" || true); do
+        for r in $(ip -n "$ns" route show type blackhole | awk '{print $2}'); do
+            ip -n "$ns" route del blackhole "$r"
+        done
+    done
+}
+
 cmd_status() {
     ip netns list | awk '{print $1}' | grep -E "^$PREFIX-([0-9]+|hub)$" || echo "lab '$PREFIX' is down"
 }
@@ -103,5 +130,7 @@ case "${1:-}" in
     addr) check_index "${2:-}"; node_addr "$2" ;;
     down) cmd_down ;;
     status) cmd_status ;;
-    *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    cut) shift; cmd_cut "$@" ;;
+    heal) cmd_heal ;;
+    *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

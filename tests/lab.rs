@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use support::lab::{Lab, wait_for};
 
 /// One lab at a time: they are CPU-hungry on a 2-core machine.
-static SERIAL: Mutex<()> = Mutex::new(());
+pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
 
 const READY: Duration = Duration::from_secs(20);
 const MESH: Duration = Duration::from_secs(20);

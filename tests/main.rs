@@ -12,6 +12,7 @@ mod history;
 mod hostile;
 mod in_process;
 mod lab;
+mod lab_history;
 mod serving;
 mod tasks;
 mod votes;

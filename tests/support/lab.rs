@@ -87,6 +87,20 @@ impl Lab {
             .expect("spawn pyagent")
     }
 
+    /// Partitions machine `i` from machines `others` (both ways; `lab.sh cut`).
+    pub fn cut(&self, i: usize, others: &[usize]) {
+        let mut cmd = lab_cmd(&self.prefix);
+        cmd.arg("cut").arg(i.to_string()).args(others.iter().map(ToString::to_string));
+        let out = cmd.output().expect("run lab.sh cut");
+        assert!(out.status.success(), "lab.sh cut: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Removes every cut (`lab.sh heal`).
+    pub fn heal(&self) {
+        let out = lab_cmd(&self.prefix).arg("heal").output().expect("run lab.sh heal");
+        assert!(out.status.success(), "lab.sh heal: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// `pyagent status --json` in machine `i`, once it answers.
     pub fn status(&self, i: usize) -> Option<serde_json::Value> {
         let out = self.pyagent(i, &["status", "--json", "--timeout-ms", "1500"]);
@@ -135,6 +149,13 @@ impl LabNode {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) to the node process.
+    pub fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("running");
+        let status = Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().expect("kill");
+        assert!(status.success(), "kill -{sig}");
     }
 
     /// SIGTERM, then wait; returns the exit status and how long the exit took.
