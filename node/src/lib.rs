@@ -3,7 +3,7 @@
 //! Layout (one folder or file per concern):
 //! - [`config`]: defaults, TOML file, `PYAGENT_*` environment, flags → validated
 //!   [`config::Settings`].
-//! - [`store`]: RocksDB (known peers, blobs, history) and the locked data directory;
+//! - [`store`]: RocksDB (known peers, blobs, history shards) and the locked data directory;
 //!   [`identity`]: the persistent ed25519 key.
 //! - [`p2p`]: libp2p transport and behaviours, and the router: the one task that owns the
 //!   `Swarm`, routes events into the state machines below and carries out their
@@ -12,8 +12,10 @@
 //! - [`tasks`]: tasks across the swarm (executor choice, leases, failover, blobs,
 //!   results) as a pure state machine, and the runner actor that executes them.
 //! - [`votes`]: proposals and signed ballots; typed tallies; pure.
-//! - [`placement`]: rendezvous hashing, the one placement order (task executors today;
-//!   shard replicas and inference next).
+//! - [`placement`]: rendezvous hashing, the one placement order (task executors and
+//!   history shard owners; inference next).
+//! - [`history`]: the history DHT (1,024 replicated shards of signed entries; writes
+//!   acknowledged at W owners, hints, reads, anti-entropy, hand-off) and its actor.
 //! - [`serving`]: the model-serving worker actor that owns the inference engine.
 //! - [`discovery`]: mDNS announcement and browsing.
 //! - [`external`]: external agents (any language) serving capabilities over the API.

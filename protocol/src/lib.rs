@@ -9,7 +9,8 @@
 //! - [`rpc`]: request-response messages exchanged directly between two peers.
 //! - [`task`]: tasks, blobs and the task topic's messages (content-addressed, BLAKE3).
 //! - [`vote`]: proposals and signed ballots on the vote topic.
-//! - [`history`]: history records of tasks (stored locally today).
+//! - [`history`]: the history DHT's signed entries, shards, fingerprints and its
+//!   request-response protocol (`/pyagent/history/1`).
 //! - [`api`]: the JSON schema of the local ZeroMQ API (requests, replies, events).
 
 pub mod advert;

@@ -9,6 +9,7 @@
 //! | [`Hello`] `/pyagent/hello/1` | [`HelloRequest`] | [`HelloResponse`] | 64 B / 543 KiB |
 //! | [`Blobs`] `/pyagent/blobs/1` | [`GetBlobs`] | [`BlobsResponse`] | 160 KiB / 4 MiB |
 //! | [`TaskResults`] `/pyagent/task-result/1` | [`TaskResult`] | [`ResultAck`] | 4 MiB / 64 B |
+//! | [`crate::history::HistoryRpc`] `/pyagent/history/1` | `HistoryRequest` | `HistoryResponse` | 4 MiB / 4 MiB |
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

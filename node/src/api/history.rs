@@ -169,6 +169,8 @@ pub async fn shards(id: &Value, ctx: &ApiContext) -> Vec<u8> {
             entries_fetched: s.entries_fetched,
             last_in_sync_round_bytes: s.last_in_sync_round_bytes,
             shards_handed_off: s.shards_handed_off,
+            entries_written: report.written.0,
+            entry_bytes_written: report.written.1,
         },
     };
     api::result_reply(id, &result)

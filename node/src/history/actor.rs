@@ -75,6 +75,8 @@ pub struct ShardsReport {
     pub hints_pending: usize,
     pub appends_in_flight: usize,
     pub sync: SyncStats,
+    /// Entries written new since start, and their encoded bytes.
+    pub written: (u64, u64),
 }
 
 /// Handle to the history actor.
@@ -187,6 +189,7 @@ impl Actor {
         }
         drop(writer);
         drop(inbox);
+        drop(done);
         let _ = finished.await;
         tracing::debug!("history actor stopped");
         if let Some(reply) = stop_reply {
@@ -246,6 +249,7 @@ impl Actor {
             hints_pending: self.store.hint_count().unwrap_or(0),
             appends_in_flight: self.book.appends_in_flight(),
             sync: self.book.sync_stats(),
+            written: self.store.history_written(),
         }
     }
 

@@ -91,6 +91,8 @@ pub(super) struct SyncState {
 
 impl SyncState {
     pub(super) fn view_changed(&mut self, members: &[PeerId]) {
+        // Compare with the new owners at the next tick, not a whole interval later.
+        self.last_round = None;
         self.confirmed.clear();
         self.differing.retain(|p, _| members.contains(p));
     }

@@ -56,8 +56,9 @@ pub fn start(store: Arc<Store>, done: mpsc::Sender<Written>, finished: tokio::sy
                 }
             }
             for written in commit(&store, jobs) {
-                // The actor may be gone (shutting down): the entries are written anyway.
-                let _ = done.try_send(written);
+                // The actor never waits on the writer, so this wait is short; once the
+                // actor is gone (shutting down) the rest is still written.
+                let _ = done.blocking_send(written);
             }
         }
         tracing::debug!("history writer stopped");

@@ -110,12 +110,14 @@ impl Store {
         let mut batch = WriteBatch::default();
         let mut touched = std::collections::BTreeMap::new();
         let mut seen = std::collections::HashSet::new();
+        let mut new_bytes = 0u64;
         for ((entry, key), present) in entries.iter().zip(&keys).zip(present) {
             let present = present.map_err(|source| StoreError::Db { op: "read history", source })?;
             if present.is_some() || !seen.insert(*key) {
                 continue;
             }
             batch.put_cf(cf, key, &entry.bytes);
+            new_bytes += entry.bytes.len() as u64;
             let shard = shard_of(&entry.key.subject);
             let fp = touched.entry(shard).or_insert(digests[usize::from(shard.0)]);
             fp.add(&entry.key.id);
@@ -130,7 +132,16 @@ impl Store {
         for (shard, fp) in touched {
             digests[usize::from(shard.0)] = fp;
         }
+        use std::sync::atomic::Ordering::Relaxed;
+        self.history_written[0].fetch_add(new as u64, Relaxed);
+        self.history_written[1].fetch_add(new_bytes, Relaxed);
         Ok(new)
+    }
+
+    /// History entries written new since this node started, and their encoded bytes.
+    pub fn history_written(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.history_written[0].load(Relaxed), self.history_written[1].load(Relaxed))
     }
 
     /// The fingerprint of every shard, as held now.

@@ -62,6 +62,9 @@ pub struct Store {
     db: DB,
     /// The fingerprint of each history shard, as on disk (see [`history`]).
     digests: std::sync::Mutex<Vec<pyagent_protocol::history::Fingerprint>>,
+    /// History entries written new since start, and their encoded bytes (benchmarks:
+    /// repair traffic against the size of what was missing).
+    history_written: [std::sync::atomic::AtomicU64; 2],
 }
 
 /// Wall-clock time in unix milliseconds (0 if the clock is before 1970).
@@ -104,7 +107,7 @@ impl Store {
             tracing::info!("dropping the local-only history of an earlier version");
             db.drop_cf(CF_LEGACY_HISTORY).map_err(|source| StoreError::Db { op: "drop legacy history", source })?;
         }
-        let store = Self { db, digests: std::sync::Mutex::new(Vec::new()) };
+        let store = Self { db, digests: std::sync::Mutex::new(Vec::new()), history_written: Default::default() };
         let digests = store.load_digests()?;
         *store.digests.lock().map_err(|_| StoreError::Poisoned)? = digests;
         Ok(store)

@@ -100,6 +100,10 @@ pub struct SyncCounters {
     pub entries_fetched: u64,
     pub last_in_sync_round_bytes: u64,
     pub shards_handed_off: u64,
+    /// Entries this node wrote new since it started (its own, replicas, repairs), and
+    /// their encoded bytes.
+    pub entries_written: u64,
+    pub entry_bytes_written: u64,
 }
 
 /// The result of `shards`.

@@ -1,5 +1,5 @@
 //! Every peer-to-peer message decoder (gossip: adverts, tasks, votes; request-response;
-//! history records as stored): arbitrary bytes never panic, and whatever decodes is
+//! history entries, stored and on the wire, and the history protocol): arbitrary bytes never panic, and whatever decodes is
 //! validated and survives a round trip (encode, decode: the same value). The codec's
 //! varints accept non-minimal forms, so equal values need not come from equal bytes; ids
 //! are always hashed over the re-encoded value, never over received bytes.
@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use pyagent_protocol::codec::MAX_FRAME_BYTES;
-use pyagent_protocol::history::HistoryRecord;
+use pyagent_protocol::history::{Entry, HistoryRequest, HistoryResponse};
 use pyagent_protocol::rpc::{BlobsResponse, GetBlobs, HelloResponse, ResultAck, TaskResult};
 use pyagent_protocol::task::TaskMessage;
 use pyagent_protocol::vote::VoteMessage;
@@ -37,5 +37,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = round_trip::<HelloResponse>(data);
     let _ = round_trip::<BlobsResponse>(data);
     let _ = round_trip::<ResultAck>(data);
-    let _ = round_trip::<HistoryRecord>(data);
+    if let Some(entry) = round_trip::<Entry>(data) {
+        let _ = entry.validate();
+    }
+    if let Some(request) = round_trip::<HistoryRequest>(data) {
+        let _ = request.validate();
+    }
+    let _ = round_trip::<HistoryResponse>(data);
 });
