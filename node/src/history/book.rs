@@ -551,3 +551,7 @@ pub(super) fn dedup(entries: Vec<Entry>) -> Vec<Entry> {
     let mut seen = HashSet::new();
     entries.into_iter().filter(|e| e.body.id().map(|id| seen.insert(id)).unwrap_or(false)).collect()
 }
+
+#[cfg(test)]
+#[path = "book_tests.rs"]
+mod tests;
