@@ -101,6 +101,12 @@ mod tests {
             assert_eq!(moved, to_newcomer, "only the newcomer gains replicas");
             let expected = 1024.0 * 3.0 / (n as f64 + 1.0);
             let ratio = moved as f64 / expected;
+            eprintln!(
+                "join {n} -> {}: {moved} of 3072 replicas moved, one in each of {:.1}% of the shards (R/(N+1) = {:.1}%)",
+                n + 1,
+                100.0 * moved as f64 / 1024.0,
+                300.0 / (n as f64 + 1.0)
+            );
             assert!((0.8..1.2).contains(&ratio), "n={n}: {moved} moved, expected about {expected:.0}");
         }
     }
