@@ -86,15 +86,16 @@ done
 t_equal=$(date +%s.%N)
 [ "$(digests 3)" = "$want" ] || { echo "bench-history: node 3 did not converge in 30 s" >&2; exit 1; }
 rx1=$(in_ns 3 cat /sys/class/net/eth0/statistics/rx_bytes); tx1=$(in_ns 3 cat /sys/class/net/eth0/statistics/tx_bytes)
-s3=$(shards 3)
+shards 3 > "$work/s3.json"
 
 echo "5. one in-sync round" >&2
 sleep 5
-s1=$(shards 1)
+shards 1 > "$work/s1.json"
 
-python3 - "$single" "$replicated" "$reads" "$down" "$s3" "$s1" "$t_restart" "$t_ready" "$t_equal" "$rx0" "$tx0" "$rx1" "$tx1" "$out/history.json" <<'PY'
+python3 - "$single" "$replicated" "$reads" "$down" "$work/s3.json" "$work/s1.json" "$t_restart" "$t_ready" "$t_equal" "$rx0" "$tx0" "$rx1" "$tx1" "$out/history.json" <<'PY'
 import json, sys
-single, repl, reads, down, s3, s1 = (json.loads(a) for a in sys.argv[1:7])
+single, repl, reads, down = (json.loads(a) for a in sys.argv[1:5])
+s3, s1 = (json.load(open(a)) for a in sys.argv[5:7])
 t_restart, t_ready, t_equal = (float(a) for a in sys.argv[7:10])
 rx0, tx0, rx1, tx1 = (int(a) for a in sys.argv[10:14])
 sync3 = s3["sync"]

@@ -74,12 +74,19 @@ fn shards(lab: &Lab, i: usize) -> Option<Value> {
 }
 
 /// Whether every shard's owners (as each owner sees them) hold equal digests, all five
-/// nodes agreeing on the membership.
+/// nodes agreeing on the membership, with no hint left to deliver and no former owner
+/// holding entries the owners lack.
 fn digests_equal(lab: &Lab) -> bool {
     let mut by_shard: Vec<BTreeSet<String>> = vec![BTreeSet::new(); 1024];
+    if std::env::var_os("LAB_HISTORY_DEBUG").is_some() {
+        let states: Vec<String> = (1..=5)
+            .map(|i| shards(lab, i).map_or("-".into(), |s| format!("m{} h{} o{} d{}", s["members"], s["hints_pending"], s["handoff_pending"], s["differing"].as_array().map_or(0, |d| d.len()))))
+            .collect();
+        eprintln!("{states:?}");
+    }
     for i in 1..=5 {
         let Some(s) = shards(lab, i) else { return false };
-        if s["members"] != 5 {
+        if s["members"] != 5 || s["hints_pending"] != 0 || s["handoff_pending"] != 0 {
             return false;
         }
         for shard in s["shards"].as_array().into_iter().flatten() {

@@ -158,6 +158,7 @@ pub async fn shards(id: &Value, ctx: &ApiContext) -> Vec<u8> {
         under_replicated: shards.iter().filter(|s| s.owners.len() < replicas).count(),
         differing: report.differing.iter().map(|s| s.0).collect(),
         hints_pending: report.hints_pending,
+        handoff_pending: report.handoff_pending,
         appends_in_flight: report.appends_in_flight,
         shards,
         sync: SyncCounters {

@@ -90,6 +90,7 @@ pub fn render_shards(result: &pyagent_protocol::api::ShardsResult) -> String {
     ));
     out.push_str(&format!("shards differing from a co-owner at the last comparison: {}\n", result.differing.len()));
     out.push_str(&format!("hints pending: {}\n", result.hints_pending));
+    out.push_str(&format!("shards being handed off (held here, not owned): {}\n", result.handoff_pending));
     let s = &result.sync;
     out.push_str(&format!(
         "anti-entropy: {} digest rounds, {} reconcile rounds, {} entries fetched, {} pushed, {} B sent, {} B received; last in-sync round {} B\n",

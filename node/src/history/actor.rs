@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
-use pyagent_protocol::history::{EntryKey, HistoryEvent, HistoryRequest, HistoryResponse, ShardId, SubjectId};
+use pyagent_protocol::history::{Entry, EntryKey, HistoryEvent, HistoryRequest, HistoryResponse, ShardId, SubjectId};
 use tokio::sync::{mpsc, oneshot};
 
+use super::entry::Signer;
 use super::book::{AppendReport, ChannelId, HistoryBook, HistorySettings, Out, ReadReport, Token};
 use super::sync::SyncStats;
 use super::writer::{self, WriteJob, Written};
@@ -48,7 +49,8 @@ pub enum HistoryInput {
     Response { token: Token, result: Result<HistoryResponse, String> },
     /// Record an event of this node (signed here; no one waits).
     Record { subject: SubjectId, event: HistoryEvent },
-    Append { events: Vec<(SubjectId, HistoryEvent)>, reply: oneshot::Sender<Result<AppendReport, HistoryError>> },
+    /// Append entries this node signed (the caller signs, off the actor).
+    Append { entries: Vec<(Entry, EntryKey)>, reply: oneshot::Sender<AppendReport> },
     Read { subject: SubjectId, reply: oneshot::Sender<ReadReport> },
     ReadShard { shard: ShardId, after: Option<EntryKey>, limit: usize, reply: oneshot::Sender<ReadReport> },
     Shards { reply: oneshot::Sender<ShardsReport> },
@@ -73,6 +75,8 @@ pub struct ShardsReport {
     /// Shards whose fingerprint differed from a co-owner's at the last comparison.
     pub differing: Vec<ShardId>,
     pub hints_pending: usize,
+    /// Shards held here, not owned, whose owners may still lack some of their entries.
+    pub handoff_pending: usize,
     pub appends_in_flight: usize,
     pub sync: SyncStats,
     /// Entries written new since start, and their encoded bytes.
@@ -84,6 +88,7 @@ pub struct ShardsReport {
 pub struct History {
     inbox: mpsc::Sender<HistoryInput>,
     me: PeerId,
+    signer: Signer,
 }
 
 impl History {
@@ -94,10 +99,11 @@ impl History {
         let (finished_tx, finished_rx) = oneshot::channel();
         let writer = writer::start(store.clone(), done_tx, finished_tx)?;
         let me = keypair.public().to_peer_id();
+        let signer = Signer::new(keypair.clone());
         let book = HistoryBook::new(me, settings, store.clone(), Instant::now());
-        let actor = Actor { keypair, book, store, to_router, writer, backlog: VecDeque::new() };
+        let actor = Actor { signer: signer.clone(), book, store, to_router, writer, backlog: VecDeque::new() };
         tokio::spawn(actor.run(rx, done_rx, finished_rx));
-        Ok(Self { inbox, me })
+        Ok(Self { inbox, me, signer })
     }
 
     /// This node's PeerId.
@@ -117,9 +123,16 @@ impl History {
         rx.await.map_err(|_| HistoryError::Stopped)
     }
 
-    /// Appends events of this node; the report says how many owners hold each.
+    /// Appends events of this node (signed here, on the blocking pool and every core);
+    /// the report says how many owners hold each.
     pub async fn append(&self, events: Vec<(SubjectId, HistoryEvent)>) -> Result<AppendReport, HistoryError> {
-        self.ask(|reply| HistoryInput::Append { events, reply }).await?
+        let signer = self.signer.clone();
+        let now_ms = crate::store::now_unix_ms();
+        let entries = tokio::task::spawn_blocking(move || signer.sign_all(events, now_ms))
+            .await
+            .map_err(|e| HistoryError::Sign(e.to_string()))?
+            .map_err(|e| HistoryError::Sign(e.to_string()))?;
+        self.ask(|reply| HistoryInput::Append { entries, reply }).await
     }
 
     pub async fn read(&self, subject: SubjectId) -> Result<ReadReport, HistoryError> {
@@ -141,7 +154,7 @@ impl History {
 }
 
 struct Actor {
-    keypair: Keypair,
+    signer: Signer,
     book: HistoryBook,
     store: Arc<Store>,
     to_router: mpsc::Sender<ToRouter>,
@@ -197,36 +210,17 @@ impl Actor {
         }
     }
 
-    fn sign_all(&self, events: Vec<(SubjectId, HistoryEvent)>) -> Result<Vec<(pyagent_protocol::history::Entry, EntryKey)>, HistoryError> {
-        let now_ms = crate::store::now_unix_ms();
-        events
-            .into_iter()
-            .map(|(subject, event)| super::entry::sign(&self.keypair, subject, event, now_ms).map_err(|e| HistoryError::Sign(e.to_string())))
-            .collect()
-    }
 
     fn on_input(&mut self, input: HistoryInput, now: Instant, out: &mut Vec<Out>) {
         match input {
             HistoryInput::Members(members) => self.book.set_members(members, now),
             HistoryInput::Request { peer, channel, request } => self.book.on_request(peer, channel, request, out),
             HistoryInput::Response { token, result } => self.book.on_response(token, result, now, out),
-            HistoryInput::Record { subject, event } => match self.sign_all(vec![(subject, event)]) {
-                Ok(entries) => self.book.append(entries, None, false, now, out),
+            HistoryInput::Record { subject, event } => match self.signer.sign(subject, event, crate::store::now_unix_ms()) {
+                Ok(entry) => self.book.append(vec![entry], None, false, now, out),
                 Err(e) => tracing::error!(%subject, "history not recorded: {e}"),
             },
-            HistoryInput::Append { events, reply } => match self.sign_all(events) {
-                Ok(entries) => {
-                    let (tx, rx) = oneshot::channel();
-                    self.book.append(entries, Some(tx), false, now, out);
-                    tokio::spawn(async move {
-                        let report = rx.await.map_err(|_| HistoryError::Stopped);
-                        let _ = reply.send(report);
-                    });
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
+            HistoryInput::Append { entries, reply } => self.book.append(entries, Some(reply), false, now, out),
             HistoryInput::Read { subject, reply } => self.book.read(subject, reply, now, out),
             HistoryInput::ReadShard { shard, after, limit, reply } => self.book.read_shard(shard, after, limit, reply, now, out),
             HistoryInput::Shards { reply } => {
@@ -247,6 +241,7 @@ impl Actor {
             shards: ShardId::all().map(|s| (s, owners.of(s).to_vec(), digests.get(usize::from(s.0)).copied().unwrap_or_default())).collect(),
             differing: self.book.differing_shards(),
             hints_pending: self.store.hint_count().unwrap_or(0),
+            handoff_pending: self.book.handoff_pending(),
             appends_in_flight: self.book.appends_in_flight(),
             sync: self.book.sync_stats(),
             written: self.store.history_written(),

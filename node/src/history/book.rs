@@ -114,7 +114,7 @@ pub(super) enum WritePending {
     Append { op: u64, idx: Vec<usize> },
     Hints { op: u64 },
     Inbound { channel: ChannelId },
-    Repair,
+    Repair { shard: ShardId },
 }
 
 /// The history of the swarm as this node takes part in it.
@@ -313,7 +313,8 @@ impl HistoryBook {
                 };
                 out.push(Out::Respond { channel, response });
             }
-            WritePending::Repair => {
+            WritePending::Repair { shard } => {
+                self.fetched(shard);
                 if let Ok(new) = result {
                     self.sync.stats.entries_fetched += new as u64;
                 }
@@ -437,6 +438,11 @@ impl HistoryBook {
         }
         let response = match request {
             HistoryRequest::Store(entries) => {
+                for e in &entries {
+                    if !self.owners.owns(&self.me, e.shard()) {
+                        self.touched(e.shard());
+                    }
+                }
                 let token = self.token();
                 self.writes.insert(token, WritePending::Inbound { channel });
                 out.push(Out::Write { token, entries, verify: true, hints: false });

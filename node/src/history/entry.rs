@@ -7,10 +7,52 @@ use pyagent_protocol::history::{Entry, EntryBody, EntryError, EntryKey, HistoryE
 
 /// A signed entry by this node about `subject`.
 pub fn sign(keypair: &Keypair, subject: SubjectId, event: HistoryEvent, now_unix_ms: u64) -> Result<(Entry, EntryKey), EntryError> {
-    let body = EntryBody { author: keypair.public().to_peer_id().to_string(), author_unix_ms: now_unix_ms, subject, event };
-    let id = body.id()?;
-    let signature = keypair.sign(&id.signed_bytes()).map_err(|e| EntryError::Codec(format!("cannot sign: {e}")))?;
-    Ok((Entry { body, signature }, EntryKey { subject, id }))
+    Signer::new(keypair.clone()).sign(subject, event, now_unix_ms)
+}
+
+/// Signs this node's entries (its PeerId text computed once, not per entry).
+#[derive(Debug, Clone)]
+pub struct Signer {
+    keypair: Keypair,
+    author: String,
+}
+
+impl Signer {
+    pub fn new(keypair: Keypair) -> Self {
+        let author = keypair.public().to_peer_id().to_string();
+        Self { keypair, author }
+    }
+
+    pub fn sign(&self, subject: SubjectId, event: HistoryEvent, now_unix_ms: u64) -> Result<(Entry, EntryKey), EntryError> {
+        let body = EntryBody { author: self.author.clone(), author_unix_ms: now_unix_ms, subject, event };
+        let id = body.id()?;
+        let signature = self.keypair.sign(&id.signed_bytes()).map_err(|e| EntryError::Codec(format!("cannot sign: {e}")))?;
+        Ok((Entry { body, signature }, EntryKey { subject, id }))
+    }
+
+    /// Signs many entries on every core (ed25519 signing is most of an append's cost).
+    pub fn sign_all(&self, events: Vec<(SubjectId, HistoryEvent)>, now_unix_ms: u64) -> Result<Vec<(Entry, EntryKey)>, EntryError> {
+        par_map(events, |(subject, event)| self.sign(subject, event, now_unix_ms)).into_iter().collect()
+    }
+}
+
+/// `f` over `items` on up to every core, in order; small inputs stay on this thread.
+pub fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if threads < 2 || items.len() < 64 {
+        return items.into_iter().map(f).collect();
+    }
+    let per = items.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<T>> = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        chunks.push(items.by_ref().take(per).collect());
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks.into_iter().map(|chunk| scope.spawn(move || chunk.into_iter().map(f).collect::<Vec<R>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    })
 }
 
 /// Checks an entry from outside: bounds, then the author's signature. Returns its key.

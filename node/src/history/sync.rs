@@ -1,15 +1,18 @@
-//! Anti-entropy and hand-off. Every `sync_interval` this node sends each peer it shares
-//! shards with its fingerprints of those shards ([`HistoryRequest::Digests`], about 26 KB
-//! for all 1,024); the peer answers with its own for those that differ, and each
-//! differing shard is reconciled by ranges ([`super::reconcile`]), then the missing
-//! entries are fetched and pushed. Both sides run this, so either one brings both up to
-//! date.
+//! Anti-entropy and hand-off. Every `sync_interval` (and at once when the view changes)
+//! this node sends each peer it shares shards with its fingerprints of those shards
+//! ([`HistoryRequest::Digests`], about 22 KB for all 1,024); the peer answers with its own
+//! for those that differ, and each differing shard is reconciled by ranges
+//! ([`super::reconcile`]). Between co-owners repair is pull-only: the side with fewer
+//! entries (or as many) pulls what it lacks; the other side's own round pulls the rest.
+//! A shard is reconciled with one peer at a time (at most [`MAX_SESSIONS`] shards at once,
+//! the rest queued), and not again while its fetched entries are being written, so a node
+//! that missed entries receives each of them once, not once per peer.
 //!
 //! Hand-off: a shard this node holds but no longer owns (the view changed, and has been
-//! stable for [`HANDOFF_STABLE`]) is offered to its owners the same way; once every
-//! owner's fingerprint equals this node's, it is dropped here.
+//! stable for [`HANDOFF_STABLE`]) is offered to its owners the same way, pushing what they
+//! lack; once every owner's fingerprint equals this node's, it is dropped here.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
@@ -23,8 +26,8 @@ use crate::store::{Store, StoreError};
 
 /// A shard no longer owned is handed off once the view has been stable this long.
 pub const HANDOFF_STABLE: Duration = Duration::from_secs(10);
-/// Most shards reconciled with one peer at a time.
-const MAX_SESSIONS_PER_PEER: usize = 128;
+/// Most shards being reconciled at once (with all peers together).
+pub const MAX_SESSIONS: usize = 64;
 
 /// One shard of this node's store, for reconciliation.
 struct StoreShard<'a> {
@@ -72,6 +75,8 @@ pub struct SyncStats {
 }
 
 struct Session {
+    /// Hand-off: push what the owner lacks (else pull what this node lacks).
+    push: bool,
     queue: VecDeque<RangeItem>,
     learned: Learned,
 }
@@ -79,9 +84,16 @@ struct Session {
 #[derive(Default)]
 pub(super) struct SyncState {
     last_round: Option<Instant>,
-    /// Sync requests in flight per peer: a peer is synced again once all are answered.
-    inflight: HashMap<PeerId, usize>,
-    sessions: HashMap<(PeerId, ShardId), Session>,
+    /// Peers whose digest round is unanswered: not asked again until it is.
+    digests_asked: HashSet<PeerId>,
+    /// Reconciliations in progress, by shard and peer: at most one pull per shard (with
+    /// any peer), pushes (hand-off) to every owner at once.
+    sessions: HashMap<(ShardId, PeerId), Session>,
+    /// Shards waiting for a session: (peer, shard, push).
+    queued: VecDeque<(PeerId, ShardId, bool)>,
+    queued_shards: HashSet<(ShardId, PeerId)>,
+    /// Shards whose fetched entries are on their way to disk.
+    fetching: HashSet<ShardId>,
     /// Owners whose fingerprint of a shard this node no longer owns equals this node's.
     confirmed: HashMap<ShardId, BTreeSet<PeerId>>,
     /// Shards whose fingerprints differed at the last comparison with each peer.
@@ -115,25 +127,68 @@ impl HistoryBook {
 
     fn send_sync(&mut self, peer: PeerId, request: HistoryRequest, pending: SyncPending, out: &mut Vec<Out>) {
         self.sync.stats.bytes_sent += wire_len(&request);
-        *self.sync.inflight.entry(peer).or_default() += 1;
+        if matches!(pending, SyncPending::Digests { .. }) {
+            self.sync.digests_asked.insert(peer);
+        }
         let token = self.token();
         self.pending.insert(token, Pending::Sync(pending));
         out.push(Out::Send { token, peer, request });
     }
 
-    /// Shards to compare with `peer`: those both own, and those this node holds but no
-    /// longer owns while `peer` does (hand-off, once the view is stable).
-    fn shards_to_compare(&self, peer: &PeerId, now: Instant) -> Vec<ShardId> {
-        let stable = now.duration_since(self.view_changed_at) >= HANDOFF_STABLE;
+    /// Shards to compare with `peer`: those both own, and those this node holds but does
+    /// not own while `peer` does (hand-off: pushed at once, dropped only once the view has
+    /// been stable for [`HANDOFF_STABLE`]).
+    fn shards_to_compare(&self, peer: &PeerId) -> Vec<ShardId> {
         let digests = self.store.digests().unwrap_or_default();
         ShardId::all()
             .filter(|s| {
                 let theirs = self.owners.owns(peer, *s);
                 let mine = self.owners.owns(&self.me, *s);
                 let held = digests.get(usize::from(s.0)).is_some_and(|fp| fp.count > 0);
-                theirs && (mine || (stable && held))
+                theirs && (mine || held)
             })
             .collect()
+    }
+
+    /// Shards held here but not owned whose owners have not all been seen to hold
+    /// everything this node holds of them.
+    pub fn handoff_pending(&self) -> usize {
+        let digests = self.store.digests().unwrap_or_default();
+        ShardId::all()
+            .filter(|s| digests[usize::from(s.0)].count > 0 && !self.owners.owns(&self.me, *s) && !self.handed_off(*s))
+            .count()
+    }
+
+    fn handed_off(&self, shard: ShardId) -> bool {
+        let confirmed = self.sync.confirmed.get(&shard);
+        self.owners.of(shard).iter().all(|o| confirmed.is_some_and(|c| c.contains(o)))
+    }
+
+    /// This node wrote entries of `shard` that came from outside: confirmations that its
+    /// owners hold everything of it are stale.
+    pub(super) fn touched(&mut self, shard: ShardId) {
+        self.sync.confirmed.remove(&shard);
+    }
+
+    /// Drops the shards handed off, once the view has been stable for [`HANDOFF_STABLE`].
+    fn drop_handed_off(&mut self, now: Instant) {
+        if now.duration_since(self.view_changed_at) < HANDOFF_STABLE {
+            return;
+        }
+        let ready: Vec<ShardId> = self.sync.confirmed.keys().copied().filter(|s| !self.owners.owns(&self.me, *s) && self.handed_off(*s)).collect();
+        for shard in ready {
+            self.sync.confirmed.remove(&shard);
+            if self.sync.sessions.keys().any(|(s, _)| *s == shard) || self.sync.fetching.contains(&shard) {
+                continue;
+            }
+            match self.store.drop_shard(shard) {
+                Ok(()) => {
+                    self.sync.stats.shards_handed_off += 1;
+                    tracing::info!(%shard, "shard handed off to its owners and dropped here");
+                }
+                Err(e) => tracing::warn!(%shard, "cannot drop a handed-off shard: {e}"),
+            }
+        }
     }
 
     pub(super) fn sync_tick(&mut self, now: Instant, out: &mut Vec<Out>) {
@@ -141,12 +196,13 @@ impl HistoryBook {
             return;
         }
         self.sync.last_round = Some(now);
+        self.drop_handed_off(now);
         let peers: Vec<PeerId> = self.owners.members().iter().filter(|p| **p != self.me).copied().collect();
         for peer in peers {
-            if self.sync.inflight.get(&peer).is_some_and(|n| *n > 0) {
+            if self.sync.digests_asked.contains(&peer) {
                 continue;
             }
-            let shards = self.shards_to_compare(&peer, now);
+            let shards = self.shards_to_compare(&peer);
             if shards.is_empty() {
                 continue;
             }
@@ -185,8 +241,8 @@ impl HistoryBook {
 
     pub(super) fn on_sync_response(&mut self, pending: SyncPending, response: Result<HistoryResponse, String>, now: Instant, out: &mut Vec<Out>) {
         let peer = pending.peer();
-        if let Some(n) = self.sync.inflight.get_mut(&peer) {
-            *n = n.saturating_sub(1);
+        if matches!(pending, SyncPending::Digests { .. }) {
+            self.sync.digests_asked.remove(&peer);
         }
         if let Ok(r) = &response {
             self.sync.stats.bytes_received += wire_len(r);
@@ -205,16 +261,23 @@ impl HistoryBook {
                     tracing::warn!(%peer, %shard, wrong, "repair: entries of another shard refused");
                 }
                 let entries: Vec<_> = entries.into_iter().filter(|e| e.shard() == shard).collect();
-                if !entries.is_empty() {
+                if entries.is_empty() {
+                    self.sync.fetching.remove(&shard);
+                } else {
                     let token = self.token();
-                    self.writes.insert(token, WritePending::Repair);
+                    self.writes.insert(token, WritePending::Repair { shard });
                     out.push(Out::Write { token, entries, verify: true, hints: false });
                 }
             }
+            (SyncPending::Fetch { shard, .. }, other) => {
+                self.sync.fetching.remove(&shard);
+                tracing::debug!(%peer, %shard, "repair fetch failed: {other:?}");
+            }
             (SyncPending::Push { .. }, Ok(HistoryResponse::Stored { .. })) => {}
             (SyncPending::Reconcile { peer, shard }, other) => {
-                self.sync.sessions.remove(&(peer, shard));
+                self.sync.sessions.remove(&(shard, peer));
                 tracing::debug!(%peer, %shard, "reconciliation ended early: {other:?}");
+                self.fill_sessions(out);
             }
             (_, other) => tracing::debug!(%peer, "history sync request failed: {other:?}"),
         }
@@ -227,27 +290,37 @@ impl HistoryBook {
         let differing: BTreeSet<ShardId> = differ.iter().map(|(s, _)| *s).collect();
         self.sync.differing.insert(peer, differing.clone());
         for shard in asked.iter().filter(|s| !differing.contains(s)) {
-            if self.owners.owns(&self.me, *shard) {
-                continue;
-            }
-            // A shard handed off: drop it once every owner holds what this node holds.
-            let owners: BTreeSet<PeerId> = self.owners.of(*shard).iter().copied().collect();
-            let confirmed = self.sync.confirmed.entry(*shard).or_default();
-            confirmed.insert(peer);
-            if owners.is_subset(confirmed) && now.duration_since(self.view_changed_at) >= HANDOFF_STABLE {
-                self.sync.confirmed.remove(shard);
-                match self.store.drop_shard(*shard) {
-                    Ok(()) => {
-                        self.sync.stats.shards_handed_off += 1;
-                        tracing::info!(%shard, "shard handed off to its owners and dropped here");
-                    }
-                    Err(e) => tracing::warn!(%shard, "cannot drop a handed-off shard: {e}"),
-                }
+            if !self.owners.owns(&self.me, *shard) {
+                // A shard handed off: this owner holds exactly what this node holds.
+                self.sync.confirmed.entry(*shard).or_default().insert(peer);
             }
         }
-        for (shard, _) in differ.into_iter().take(MAX_SESSIONS_PER_PEER) {
-            if self.sync.sessions.contains_key(&(peer, shard)) {
-                continue;
+        let _ = now;
+        let digests = self.store.digests().unwrap_or_default();
+        for (shard, theirs) in differ {
+            let mine = digests.get(usize::from(shard.0)).copied().unwrap_or_default();
+            let push = !self.owners.owns(&self.me, shard);
+            // Co-owners pull: the side with fewer entries first (it may lack more); the
+            // other side pulls in its own round once it is the smaller or equal one.
+            if (push || theirs.count >= mine.count) && self.sync.queued_shards.insert((shard, peer)) {
+                self.sync.queued.push_back((peer, shard, push));
+            }
+        }
+        self.fill_sessions(out);
+    }
+
+    /// Starts queued reconciliations up to [`MAX_SESSIONS`], one per shard.
+    fn fill_sessions(&mut self, out: &mut Vec<Out>) {
+        while self.sync.sessions.len() < MAX_SESSIONS {
+            let Some((peer, shard, push)) = self.sync.queued.pop_front() else { return };
+            self.sync.queued_shards.remove(&(shard, peer));
+            let busy = if push {
+                self.sync.sessions.contains_key(&(shard, peer))
+            } else {
+                self.sync.fetching.contains(&shard) || self.sync.sessions.iter().any(|((s, _), session)| *s == shard && !session.push)
+            };
+            if busy || !self.owners.members().contains(&peer) {
+                continue; // compared again in a later round
             }
             let first = match reconcile::initiate(&StoreShard { store: &self.store, shard }) {
                 Ok(first) => first,
@@ -256,49 +329,61 @@ impl HistoryBook {
                     continue;
                 }
             };
-            self.sync.sessions.insert((peer, shard), Session { queue: first.into(), learned: Learned::default() });
-            self.next_round(peer, shard, out);
+            self.sync.sessions.insert((shard, peer), Session { push, queue: first.into(), learned: Learned::default() });
+            self.next_round(shard, peer, out);
         }
     }
 
-    fn next_round(&mut self, peer: PeerId, shard: ShardId, out: &mut Vec<Out>) {
-        let Some(session) = self.sync.sessions.get_mut(&(peer, shard)) else { return };
+    fn next_round(&mut self, shard: ShardId, peer: PeerId, out: &mut Vec<Out>) {
+        let Some(session) = self.sync.sessions.get_mut(&(shard, peer)) else { return };
         if !session.queue.is_empty() {
             let n = session.queue.len().min(MAX_INITIATOR_RANGES);
             let ranges: Vec<RangeItem> = session.queue.drain(..n).collect();
             self.send_sync(peer, HistoryRequest::Reconcile { shard, ranges }, SyncPending::Reconcile { peer, shard }, out);
             return;
         }
-        let Some(session) = self.sync.sessions.remove(&(peer, shard)) else { return };
+        let Some(session) = self.sync.sessions.remove(&(shard, peer)) else { return };
         let Learned { need, give } = session.learned;
-        for keys in need.chunks(MAX_FETCH_KEYS) {
-            let keys: Vec<EntryKey> = keys.iter().filter(|k| shard_of(&k.subject) == shard).copied().collect();
+        if session.push && give.is_empty() {
+            // The owner lacks nothing this node holds.
+            self.sync.confirmed.entry(shard).or_default().insert(peer);
+        } else if session.push {
+            for keys in give.chunks(1024) {
+                match self.store.entries_by_key(keys) {
+                    Ok(entries) if !entries.is_empty() => {
+                        let (entries, _) = super::book::fit(entries);
+                        self.sync.stats.entries_pushed += entries.len() as u64;
+                        self.send_sync(peer, HistoryRequest::Store(entries), SyncPending::Push { peer }, out);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(%shard, "cannot read entries to push: {e}"),
+                }
+            }
+        } else if !need.is_empty() {
+            self.sync.fetching.insert(shard);
+            let keys: Vec<EntryKey> = need.into_iter().filter(|k| shard_of(&k.subject) == shard).take(MAX_FETCH_KEYS).collect();
             self.send_sync(peer, HistoryRequest::Fetch { shard, keys }, SyncPending::Fetch { peer, shard }, out);
         }
-        for keys in give.chunks(1024) {
-            match self.store.entries_by_key(keys) {
-                Ok(entries) if !entries.is_empty() => {
-                    let (entries, _) = super::book::fit(entries);
-                    self.sync.stats.entries_pushed += entries.len() as u64;
-                    self.send_sync(peer, HistoryRequest::Store(entries), SyncPending::Push { peer }, out);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(%shard, "cannot read entries to push: {e}"),
-            }
-        }
+        self.fill_sessions(out);
     }
 
     fn on_reconcile(&mut self, peer: PeerId, shard: ShardId, ranges: &[RangeItem], out: &mut Vec<Out>) {
         let store = self.store.clone();
-        let Some(session) = self.sync.sessions.get_mut(&(peer, shard)) else { return };
+        let Some(session) = self.sync.sessions.get_mut(&(shard, peer)) else { return };
         match reconcile::on_answer(&StoreShard { store: &store, shard }, ranges, &mut session.learned) {
             Ok(next) => session.queue.extend(next),
             Err(e) => {
                 tracing::warn!(%shard, "reconciliation failed: {e}");
-                self.sync.sessions.remove(&(peer, shard));
+                self.sync.sessions.remove(&(shard, peer));
+                self.fill_sessions(out);
                 return;
             }
         }
-        self.next_round(peer, shard, out);
+        self.next_round(shard, peer, out);
+    }
+
+    /// Fetched entries of `shard` are on disk: it may be compared again.
+    pub(super) fn fetched(&mut self, shard: ShardId) {
+        self.sync.fetching.remove(&shard);
     }
 }

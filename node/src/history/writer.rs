@@ -77,13 +77,18 @@ impl Drop for Finished {
     }
 }
 
-/// Checks and encodes one job's entries; `Err` holds the first refusal.
+/// Checks (on every core: signature checks are most of a replica's cost) and encodes one
+/// job's entries; the second value is the first refusal.
 fn prepare(job: &WriteJob) -> (Vec<EncodedEntry>, Option<String>) {
-    let mut ok = Vec::with_capacity(job.entries.len());
+    let verify = job.verify;
+    let checked = super::entry::par_map(job.entries.iter().collect(), |entry| {
+        let key = if verify { super::entry::verify(entry) } else { entry.key() };
+        key.map_err(|e| e.to_string()).and_then(|k| EncodedEntry::new(entry, k).map_err(|e| e.to_string()))
+    });
+    let mut ok = Vec::with_capacity(checked.len());
     let mut refused = None;
-    for (i, entry) in job.entries.iter().enumerate() {
-        let key = if job.verify { super::entry::verify(entry) } else { entry.key() };
-        match key.map_err(|e| e.to_string()).and_then(|k| EncodedEntry::new(entry, k).map_err(|e| e.to_string())) {
+    for (i, c) in checked.into_iter().enumerate() {
+        match c {
             Ok(e) => ok.push(e),
             Err(reason) => {
                 refused.get_or_insert_with(|| format!("entry {i} refused: {reason}"));

@@ -30,7 +30,7 @@ use crate::store::KnownPeer;
 /// Members lost this recently are redialed (a network blip must not split the swarm).
 pub const LOST_MEMBER_REDIAL_FOR: Duration = Duration::from_secs(600);
 /// How long to wait before dialing the same peer again on an advert or discovery.
-pub const REDIAL_BACKOFF: Duration = Duration::from_secs(10);
+pub const REDIAL_BACKOFF: Duration = Duration::from_secs(4);
 /// How long a peer of another swarm namespace is not dialed again.
 pub const FOREIGN_BAN: Duration = Duration::from_secs(300);
 /// Least time between two adverts triggered by new gossip neighbours.

@@ -34,7 +34,7 @@ use crate::votes::VoteBook;
 /// How often the expiry sweep (and a deferred advert, and task upkeep) runs.
 const SWEEP: Duration = Duration::from_millis(250);
 /// How often bootstrap addresses and lost members are redialed while disconnected.
-const REDIAL: Duration = Duration::from_secs(5);
+const REDIAL: Duration = Duration::from_secs(2);
 /// How often the DHT refreshes its routing table.
 const KAD_BOOTSTRAP: Duration = Duration::from_secs(60);
 

@@ -121,6 +121,9 @@ pub struct ShardsResult {
     /// Shards whose fingerprint differed from a co-owner's at the last comparison.
     pub differing: Vec<u16>,
     pub hints_pending: usize,
+    /// Shards held here but not owned whose owners may still lack some of their entries
+    /// (being handed off).
+    pub handoff_pending: usize,
     pub appends_in_flight: usize,
     pub sync: SyncCounters,
 }
