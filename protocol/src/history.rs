@@ -318,18 +318,48 @@ impl Fingerprint {
     }
 }
 
-/// A range of entry keys `[lower, upper)` of one shard; `upper = None` is the end.
+/// A range bound: a prefix of a key's 64 bytes (usually 1-3 bytes: the shortest that
+/// separates two neighbouring keys). Keys compare with bounds byte-wise.
+pub type Bound = Vec<u8>;
+/// Longest bound.
+pub const MAX_BOUND_LEN: usize = EntryKey::LEN;
+
+/// How reconciliation names an entry: the first 16 bytes of its id (ids are BLAKE3
+/// hashes; two entries of one range sharing 16 bytes would take 2^64 tries to make).
+pub type IdPrefix = [u8; 16];
+
+impl EntryKey {
+    pub fn id_prefix(&self) -> IdPrefix {
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&self.id.0[..16]);
+        out
+    }
+}
+
+/// The shortest bound `b` with `before < b <= after` (for `before < after`).
+pub fn bound_between(before: &EntryKey, after: &EntryKey) -> Bound {
+    let (x, y) = (before.to_bytes(), after.to_bytes());
+    let i = x.iter().zip(y.iter()).position(|(a, b)| a != b).unwrap_or(EntryKey::LEN - 1);
+    y[..=i].to_vec()
+}
+
+/// A range of entry keys `[lower, upper)` of one shard; `None` is the start or the end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRange {
-    pub lower: Option<EntryKey>,
-    pub upper: Option<EntryKey>,
+    pub lower: Option<Bound>,
+    pub upper: Option<Bound>,
 }
 
 impl KeyRange {
     pub const FULL: KeyRange = KeyRange { lower: None, upper: None };
 
     pub fn contains(&self, key: &EntryKey) -> bool {
-        self.lower.is_none_or(|l| *key >= l) && self.upper.is_none_or(|u| *key < u)
+        let k = key.to_bytes();
+        self.lower.as_ref().is_none_or(|l| k.as_slice() >= l.as_slice()) && self.upper.as_ref().is_none_or(|u| k.as_slice() < u.as_slice())
+    }
+
+    fn bounds_ok(&self) -> bool {
+        [&self.lower, &self.upper].iter().all(|b| b.as_ref().is_none_or(|b| b.len() <= MAX_BOUND_LEN))
     }
 }
 
@@ -339,10 +369,10 @@ pub enum RangeClaim {
     /// "My entries in this range have this fingerprint."
     Fingerprint(Fingerprint),
     /// "These are all my entries in this range."
-    Keys(Vec<EntryKey>),
-    /// The answer to a listing (or to "I have nothing here"): the keys the answering
+    Keys(Vec<IdPrefix>),
+    /// The answer to a listing (or to "I have nothing here"): the entries the answering
     /// side has that the asker lacks, and those it lacks itself. Ends the range.
-    Missing { you_lack: Vec<EntryKey>, i_lack: Vec<EntryKey> },
+    Missing { you_lack: Vec<IdPrefix>, i_lack: Vec<IdPrefix> },
 }
 
 /// One range of a reconciliation round.
@@ -358,7 +388,7 @@ pub const MAX_DIGESTS: usize = SHARDS as usize;
 pub const MAX_RANGES: usize = 256;
 /// Most keys in one reconciliation message, all ranges together.
 pub const MAX_KEYS_PER_MESSAGE: usize = 8192;
-/// Most entries asked for in one [`HistoryRequest::Fetch`].
+/// Most entries asked for in one [`HistoryRequest::Fetch`], all ranges together.
 pub const MAX_FETCH_KEYS: usize = 4096;
 
 /// Requests of the history protocol.
@@ -375,8 +405,9 @@ pub enum HistoryRequest {
     Digests(Vec<(ShardId, Fingerprint)>),
     /// A round of range-based set reconciliation of one shard.
     Reconcile { shard: ShardId, ranges: Vec<RangeItem> },
-    /// "Send me these entries" (keys found missing by reconciliation).
-    Fetch { shard: ShardId, keys: Vec<EntryKey> },
+    /// "Send me these entries": ids found missing by reconciliation, with the range
+    /// each was found in.
+    Fetch { shard: ShardId, wants: Vec<(KeyRange, Vec<IdPrefix>)> },
 }
 
 /// Responses of the history protocol.
@@ -414,6 +445,9 @@ impl HistoryRequest {
             if ranges.len() > MAX_RANGES {
                 return Err(format!("{} ranges, limit {MAX_RANGES}", ranges.len()));
             }
+            if ranges.iter().any(|r| !r.range.bounds_ok()) {
+                return Err(format!("a range bound over {MAX_BOUND_LEN} bytes"));
+            }
             let keys: usize = ranges
                 .iter()
                 .map(|r| match &r.claim {
@@ -441,15 +475,16 @@ impl HistoryRequest {
                 shard_ok(shard)?;
                 ranges_ok(ranges)
             }
-            Self::Fetch { shard, keys } => {
+            Self::Fetch { shard, wants } => {
                 shard_ok(shard)?;
-                if keys.len() > MAX_FETCH_KEYS {
-                    return Err(format!("{} keys, limit {MAX_FETCH_KEYS}", keys.len()));
+                if wants.len() > MAX_RANGES || wants.iter().any(|(r, _)| !r.bounds_ok()) {
+                    return Err(format!("{} ranges (limit {MAX_RANGES}), bounds up to {MAX_BOUND_LEN} bytes", wants.len()));
                 }
-                match keys.iter().find(|k| shard_of(&k.subject) != *shard) {
-                    Some(k) => Err(format!("key of subject {} is not in shard {shard}", k.subject)),
-                    None => Ok(()),
+                let ids: usize = wants.iter().map(|(_, ids)| ids.len()).sum();
+                if ids > MAX_FETCH_KEYS {
+                    return Err(format!("{ids} ids, limit {MAX_FETCH_KEYS}"));
                 }
+                Ok(())
             }
         }
     }
@@ -521,8 +556,15 @@ mod tests {
         assert_eq!(EntryKey::from_bytes(&k1.to_bytes()), Some(k1));
         assert!(k1 < k2 && k1.to_bytes() < k2.to_bytes());
         assert_eq!(EntryKey::from_bytes(&[0; 63]), None);
-        let r = KeyRange { lower: Some(k1), upper: Some(k2) };
+        let b = bound_between(&k1, &k2);
+        assert_eq!(b, vec![2], "one byte separates them");
+        let r = KeyRange { lower: Some(k1.to_bytes().to_vec()), upper: Some(b) };
         assert!(r.contains(&k1) && !r.contains(&k2));
+        let k3 = EntryKey { subject: TaskId([1; 32]), id: EntryId([10; 32]) };
+        let b = bound_between(&k1, &k3);
+        assert_eq!(b.len(), 33, "the first differing byte is the id's first");
+        assert!(KeyRange { lower: None, upper: Some(b.clone()) }.contains(&k1));
+        assert!(KeyRange { lower: Some(b), upper: None }.contains(&k3));
     }
 
     #[test]
@@ -536,14 +578,15 @@ mod tests {
     #[test]
     fn requests_out_of_bounds_are_refused_with_a_reason() {
         assert!(HistoryRequest::Digests(vec![(ShardId(SHARDS), Fingerprint::default())]).validate().unwrap_err().contains("out of range"));
-        let key = EntryKey { subject: TaskId([0; 32]), id: EntryId([0; 32]) };
-        let wrong = HistoryRequest::Fetch { shard: ShardId(5), keys: vec![key] };
-        assert!(wrong.validate().unwrap_err().contains("not in shard"));
-        let right = HistoryRequest::Fetch { shard: shard_of(&key.subject), keys: vec![key] };
-        assert!(right.validate().is_ok());
+        let ids = vec![[0u8; 16]; MAX_FETCH_KEYS + 1];
+        let many_ids = HistoryRequest::Fetch { shard: ShardId(5), wants: vec![(KeyRange::FULL, ids)] };
+        assert!(many_ids.validate().unwrap_err().contains("ids"));
+        let long = KeyRange { lower: Some(vec![0; MAX_BOUND_LEN + 1]), upper: None };
+        assert!(HistoryRequest::Fetch { shard: ShardId(5), wants: vec![(long, vec![])] }.validate().is_err());
+        assert!(HistoryRequest::Fetch { shard: ShardId(5), wants: vec![(KeyRange::FULL, vec![[1; 16]])] }.validate().is_ok());
         let many = HistoryRequest::Reconcile {
             shard: ShardId(0),
-            ranges: vec![RangeItem { range: KeyRange::FULL, claim: RangeClaim::Keys(vec![key; MAX_KEYS_PER_MESSAGE + 1]) }],
+            ranges: vec![RangeItem { range: KeyRange::FULL, claim: RangeClaim::Keys(vec![[0; 16]; MAX_KEYS_PER_MESSAGE + 1]) }],
         };
         assert!(many.validate().is_err());
     }

@@ -461,7 +461,7 @@ impl HistoryBook {
                 }
                 Err(e) => HistoryResponse::Error(format!("cannot read shard {shard}: {e}")),
             },
-            HistoryRequest::Fetch { keys, .. } => match self.store.entries_by_key(&keys) {
+            HistoryRequest::Fetch { shard, wants } => match self.store.entries_in_ranges(shard, &wants) {
                 Ok(entries) => {
                     let (entries, cut) = fit(entries);
                     HistoryResponse::Entries { entries, more: cut }

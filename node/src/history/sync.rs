@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use pyagent_protocol::history::{
-    EntryKey, Fingerprint, HistoryRequest, HistoryResponse, KeyRange, MAX_FETCH_KEYS, RangeItem, ShardId, shard_of,
+    EntryKey, Fingerprint, HistoryRequest, HistoryResponse, KeyRange, MAX_FETCH_KEYS, MAX_RANGES, RangeItem, ShardId,
 };
 
 use super::book::{HistoryBook, Out, Pending, WritePending};
@@ -361,8 +361,17 @@ impl HistoryBook {
             }
         } else if !need.is_empty() {
             self.sync.fetching.insert(shard);
-            let keys: Vec<EntryKey> = need.into_iter().filter(|k| shard_of(&k.subject) == shard).take(MAX_FETCH_KEYS).collect();
-            self.send_sync(peer, HistoryRequest::Fetch { shard, keys }, SyncPending::Fetch { peer, shard }, out);
+            // Within the protocol's bounds; what does not fit is found again next round.
+            let mut wants = Vec::new();
+            let mut ids = 0;
+            for (range, prefixes) in need {
+                if wants.len() >= MAX_RANGES || ids + prefixes.len() > MAX_FETCH_KEYS {
+                    break;
+                }
+                ids += prefixes.len();
+                wants.push((range, prefixes));
+            }
+            self.send_sync(peer, HistoryRequest::Fetch { shard, wants }, SyncPending::Fetch { peer, shard }, out);
         }
         self.fill_sessions(out);
     }

@@ -175,10 +175,10 @@ impl Store {
 
     /// Calls `f` with each key of `shard` in `range`, in order, until it returns false.
     pub fn scan_keys(&self, shard: ShardId, range: &KeyRange, mut f: impl FnMut(EntryKey) -> bool) -> Result<(), StoreError> {
-        let start: Vec<u8> = match &range.lower {
-            Some(l) => db_key(l).to_vec(),
-            None => shard_prefix(shard).to_vec(),
-        };
+        let mut start: Vec<u8> = shard_prefix(shard).to_vec();
+        if let Some(l) = &range.lower {
+            start.extend_from_slice(l);
+        }
         let prefix = shard_prefix(shard);
         let mut iter = self.db.raw_iterator_cf(self.cf(CF_ENTRIES)?);
         iter.seek(&start);
@@ -188,7 +188,7 @@ impl Store {
                 break;
             }
             if let Some(key) = EntryKey::from_bytes(&raw[2..])
-                && (range.upper.is_some_and(|u| key >= u) || !f(key))
+                && (range.upper.as_ref().is_some_and(|u| &raw[2..] >= u.as_slice()) || !f(key))
             {
                 return Ok(());
             }
@@ -213,11 +213,28 @@ impl Store {
         Ok(out)
     }
 
+    /// The entries of `shard` named by id prefix within their ranges (a repair fetch).
+    pub fn entries_in_ranges(&self, shard: ShardId, wants: &[(KeyRange, Vec<pyagent_protocol::history::IdPrefix>)]) -> Result<Vec<Entry>, StoreError> {
+        let mut keys = Vec::new();
+        for (range, ids) in wants {
+            let ids: std::collections::HashSet<&pyagent_protocol::history::IdPrefix> = ids.iter().collect();
+            let mut left = ids.len();
+            self.scan_keys(shard, range, |k| {
+                if ids.contains(&k.id_prefix()) {
+                    keys.push(k);
+                    left = left.saturating_sub(1);
+                }
+                left > 0
+            })?;
+        }
+        self.entries_by_key(&keys)
+    }
+
     /// A page of `shard`'s entries after `after`, in key order; `true` when more follow.
     pub fn shard_page(&self, shard: ShardId, after: Option<EntryKey>, limit: usize) -> Result<(Vec<Entry>, bool), StoreError> {
         let mut keys = Vec::new();
         let mut more = false;
-        self.scan_keys(shard, &KeyRange { lower: after, upper: None }, |k| {
+        self.scan_keys(shard, &KeyRange { lower: after.map(|a| a.to_bytes().to_vec()), upper: None }, |k| {
             if Some(k) == after {
                 return true;
             }
