@@ -155,7 +155,7 @@ impl HistoryBook {
     pub fn handoff_pending(&self) -> usize {
         let digests = self.store.digests().unwrap_or_default();
         ShardId::all()
-            .filter(|s| digests[usize::from(s.0)].count > 0 && !self.owners.owns(&self.me, *s) && !self.handed_off(*s))
+            .filter(|s| digests.get(usize::from(s.0)).is_some_and(|fp| fp.count > 0) && !self.owners.owns(&self.me, *s) && !self.handed_off(*s))
             .count()
     }
 
@@ -207,7 +207,7 @@ impl HistoryBook {
                 continue;
             }
             let digests = self.store.digests().unwrap_or_default();
-            let list: Vec<(ShardId, Fingerprint)> = shards.iter().map(|s| (*s, digests[usize::from(s.0)])).collect();
+            let list: Vec<(ShardId, Fingerprint)> = shards.iter().map(|s| (*s, digests.get(usize::from(s.0)).copied().unwrap_or_default())).collect();
             let request = HistoryRequest::Digests(list);
             let bytes = wire_len(&request) as usize;
             self.sync.stats.digest_rounds += 1;
@@ -222,7 +222,8 @@ impl HistoryBook {
             Ok(d) => d,
             Err(e) => return HistoryResponse::Error(format!("cannot read digests: {e}")),
         };
-        let differ = theirs.iter().filter(|(s, fp)| digests[usize::from(s.0)] != *fp).map(|(s, _)| (*s, digests[usize::from(s.0)])).collect();
+        let mine = |s: &ShardId| digests.get(usize::from(s.0)).copied().unwrap_or_default();
+        let differ = theirs.iter().filter(|(s, fp)| mine(s) != *fp).map(|(s, _)| (*s, mine(s))).collect();
         let response = HistoryResponse::Digests(differ);
         self.sync.stats.bytes_sent += wire_len(&response);
         response
