@@ -4,7 +4,6 @@
 
 use pyagent_protocol::api::{
     self, AppendedEntry, HistoryAppendParams, HistoryAppendResult, HistoryParams, HistoryResult, MAX_APPEND_ENTRIES, ShardInfo, ShardsResult,
-    SyncCounters,
 };
 use pyagent_protocol::history::{EntryKey, HistoryEvent, HistoryRecord, MAX_DETAIL_LEN, SHARDS, ShardId, SubjectId, shard_of};
 use serde_json::Value;
@@ -148,7 +147,6 @@ pub async fn shards(id: &Value, ctx: &ApiContext) -> Vec<u8> {
             digest: fp.short(),
         })
         .collect();
-    let s = report.sync;
     let result = ShardsResult {
         replicas,
         write_quorum: report.settings.write_quorum,
@@ -161,18 +159,7 @@ pub async fn shards(id: &Value, ctx: &ApiContext) -> Vec<u8> {
         handoff_pending: report.handoff_pending,
         appends_in_flight: report.appends_in_flight,
         shards,
-        sync: SyncCounters {
-            digest_rounds: s.digest_rounds,
-            reconcile_rounds: s.reconcile_rounds,
-            bytes_sent: s.bytes_sent,
-            bytes_received: s.bytes_received,
-            entries_pushed: s.entries_pushed,
-            entries_fetched: s.entries_fetched,
-            last_in_sync_round_bytes: s.last_in_sync_round_bytes,
-            shards_handed_off: s.shards_handed_off,
-            entries_written: report.written.0,
-            entry_bytes_written: report.written.1,
-        },
+        sync: report.sync,
     };
     api::result_reply(id, &result)
 }

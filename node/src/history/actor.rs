@@ -78,9 +78,8 @@ pub struct ShardsReport {
     /// Shards held here, not owned, whose owners may still lack some of their entries.
     pub handoff_pending: usize,
     pub appends_in_flight: usize,
+    /// Anti-entropy counters, and the entries written new since start.
     pub sync: SyncStats,
-    /// Entries written new since start, and their encoded bytes.
-    pub written: (u64, u64),
 }
 
 /// Handle to the history actor.
@@ -243,8 +242,11 @@ impl Actor {
             hints_pending: self.store.hint_count().unwrap_or(0),
             handoff_pending: self.book.handoff_pending(),
             appends_in_flight: self.book.appends_in_flight(),
-            sync: self.book.sync_stats(),
-            written: self.store.history_written(),
+            sync: {
+                let mut sync = self.book.sync_stats();
+                (sync.entries_written, sync.entry_bytes_written) = self.store.history_written();
+                sync
+            },
         }
     }
 

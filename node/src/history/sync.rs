@@ -58,21 +58,9 @@ impl SyncPending {
     }
 }
 
-/// Counters of the anti-entropy traffic this node took part in.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SyncStats {
-    pub digest_rounds: u64,
-    pub reconcile_rounds: u64,
-    /// Bytes of history sync messages (digests, reconciliation, repair fetches and pushes)
-    /// sent and received, as encoded.
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    pub entries_pushed: u64,
-    pub entries_fetched: u64,
-    /// Bytes of the last digest round that found every shared shard equal (both ways).
-    pub last_in_sync_round_bytes: u64,
-    pub shards_handed_off: u64,
-}
+/// Counters of the anti-entropy traffic this node took part in (the API's type; the
+/// write counters are filled in from the store when reported).
+pub type SyncStats = pyagent_protocol::api::SyncCounters;
 
 struct Session {
     /// Hand-off: push what the owner lacks (else pull what this node lacks).
@@ -116,7 +104,7 @@ fn wire_len<T: serde::Serialize>(message: &T) -> u64 {
 
 impl HistoryBook {
     pub fn sync_stats(&self) -> SyncStats {
-        self.sync.stats
+        self.sync.stats.clone()
     }
 
     /// Shards whose fingerprint differed from a co-owner's at the last comparison.
@@ -138,8 +126,7 @@ impl HistoryBook {
     /// Shards to compare with `peer`: those both own, and those this node holds but does
     /// not own while `peer` does (hand-off: pushed at once, dropped only once the view has
     /// been stable for [`HANDOFF_STABLE`]).
-    fn shards_to_compare(&self, peer: &PeerId) -> Vec<ShardId> {
-        let digests = self.store.digests().unwrap_or_default();
+    fn shards_to_compare(&self, peer: &PeerId, digests: &[Fingerprint]) -> Vec<ShardId> {
         ShardId::all()
             .filter(|s| {
                 let theirs = self.owners.owns(peer, *s);
@@ -198,15 +185,15 @@ impl HistoryBook {
         self.sync.last_round = Some(now);
         self.drop_handed_off(now);
         let peers: Vec<PeerId> = self.owners.members().iter().filter(|p| **p != self.me).copied().collect();
+        let digests = self.store.digests().unwrap_or_default();
         for peer in peers {
             if self.sync.digests_asked.contains(&peer) {
                 continue;
             }
-            let shards = self.shards_to_compare(&peer);
+            let shards = self.shards_to_compare(&peer, &digests);
             if shards.is_empty() {
                 continue;
             }
-            let digests = self.store.digests().unwrap_or_default();
             let list: Vec<(ShardId, Fingerprint)> = shards.iter().map(|s| (*s, digests.get(usize::from(s.0)).copied().unwrap_or_default())).collect();
             let request = HistoryRequest::Digests(list);
             let bytes = wire_len(&request) as usize;
