@@ -289,12 +289,12 @@ async fn hostile_history_traffic_is_refused_with_a_reason_and_the_node_keeps_ser
     // Sync messages out of bounds: a shard that does not exist, keys of another shard,
     // too many ranges.
     assert!(refused(ask(HistoryRequest::Digests(vec![(ShardId(4096), Fingerprint::default())])).await).contains("out of range"));
-    assert!(refused(ask(HistoryRequest::Fetch { shard: ShardId(1024), wants: vec![] }).await).contains("out of range"));
+    assert!(refused(ask(HistoryRequest::Fetch { shard: ShardId(1024), salt: 0, wants: vec![] }).await).contains("out of range"));
     assert!(refused(ask(HistoryRequest::ReadShard { shard: ShardId(60_000), after: None, limit: 10 }).await).contains("out of range"));
     let long_bound = KeyRange { lower: Some(vec![0; 65]), upper: None };
-    assert!(refused(ask(HistoryRequest::Fetch { shard: ShardId(0), wants: vec![(long_bound, vec![[0; 16]])] }).await).contains("bounds"));
+    assert!(refused(ask(HistoryRequest::Fetch { shard: ShardId(0), salt: 0, wants: vec![(long_bound, vec![[0; 4]])] }).await).contains("bounds"));
     let ranges = vec![RangeItem { range: KeyRange::FULL, claim: RangeClaim::Fingerprint(Fingerprint::default()) }; MAX_RANGES + 1];
-    assert!(refused(ask(HistoryRequest::Reconcile { shard: ShardId(0), ranges }).await).contains("ranges"));
+    assert!(refused(ask(HistoryRequest::Reconcile { shard: ShardId(0), salt: 0, pull: true, ranges }).await).contains("ranges"));
     // Nothing of it was stored: the forged entry is not readable.
     let read = node.client().history().read(s).await.unwrap();
     assert!(read.entries.is_empty(), "{:?}", read.entries);
@@ -304,13 +304,27 @@ async fn hostile_history_traffic_is_refused_with_a_reason_and_the_node_keeps_ser
     let read = node.client().history().read(s).await.unwrap();
     assert_eq!(read.entries.len(), 1);
     assert_eq!(read.entries[0].1, good);
-    let answer = ask(HistoryRequest::Reconcile { shard: shard_of(&s), ranges: vec![RangeItem { range: KeyRange::FULL, claim: RangeClaim::Keys(vec![]) }] }).await;
-    match answer {
-        Ok(HistoryResponse::Reconcile(items)) => {
-            assert!(matches!(&items[0].claim, RangeClaim::Missing { you_lack, .. } if you_lack == &vec![good_key.id_prefix()]), "{items:?}");
+    // A puller that lists nothing is sent the entry with the answer; a pusher that lists
+    // the entry's tag is told nothing is lacking.
+    let pull = ask(HistoryRequest::Reconcile { shard: shard_of(&s), salt: 9, pull: true, ranges: vec![RangeItem { range: KeyRange::FULL, claim: RangeClaim::Tags(vec![]) }] }).await;
+    match pull {
+        Ok(HistoryResponse::Reconcile { ranges, entries }) => {
+            assert!(ranges.is_empty(), "{ranges:?}");
+            assert_eq!(entries, vec![good.clone()]);
         }
         other => panic!("{other:?}"),
     }
+    let claim = RangeClaim::Tags(vec![good_key.tag(9), [1, 2, 3, 4]]);
+    let push = ask(HistoryRequest::Reconcile { shard: shard_of(&s), salt: 9, pull: false, ranges: vec![RangeItem { range: KeyRange::FULL, claim }] }).await;
+    match push {
+        Ok(HistoryResponse::Reconcile { ranges, entries }) => {
+            assert!(entries.is_empty());
+            assert!(matches!(&ranges[..], [RangeItem { claim: RangeClaim::Lacks(tags), .. }] if tags == &vec![[1, 2, 3, 4]]), "{ranges:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let fetched = ask(HistoryRequest::Fetch { shard: shard_of(&s), salt: 9, wants: vec![(KeyRange::FULL, vec![good_key.tag(9)])] }).await;
+    assert!(matches!(fetched, Ok(HistoryResponse::Entries { entries, .. }) if entries == vec![good.clone()]));
     assert!(node.client().status().await.is_ok());
     node.shutdown().await;
 }

@@ -324,14 +324,19 @@ pub type Bound = Vec<u8>;
 /// Longest bound.
 pub const MAX_BOUND_LEN: usize = EntryKey::LEN;
 
-/// How reconciliation names an entry: the first 16 bytes of its id (ids are BLAKE3
-/// hashes; two entries of one range sharing 16 bytes would take 2^64 tries to make).
-pub type IdPrefix = [u8; 16];
+/// How a reconciliation listing names an entry: 4 bytes of BLAKE3(salt ‖ id), with a salt
+/// the initiator draws for each session. Two entries of one listed range share a tag by
+/// chance about once in 2^32 / n; a salted tag cannot be aimed at, and the next session's
+/// salt separates them again, so a collision only delays a repair by one round.
+pub type Tag = [u8; 4];
 
 impl EntryKey {
-    pub fn id_prefix(&self) -> IdPrefix {
-        let mut out = [0u8; 16];
-        out.copy_from_slice(&self.id.0[..16]);
+    pub fn tag(&self, salt: u64) -> Tag {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&salt.to_le_bytes());
+        hasher.update(&self.id.0);
+        let mut out = [0u8; 4];
+        out.copy_from_slice(&hasher.finalize().as_bytes()[..4]);
         out
     }
 }
@@ -368,11 +373,12 @@ impl KeyRange {
 pub enum RangeClaim {
     /// "My entries in this range have this fingerprint."
     Fingerprint(Fingerprint),
-    /// "These are all my entries in this range."
-    Keys(Vec<IdPrefix>),
-    /// The answer to a listing (or to "I have nothing here"): the entries the answering
-    /// side has that the asker lacks, and those it lacks itself. Ends the range.
-    Missing { you_lack: Vec<IdPrefix>, i_lack: Vec<IdPrefix> },
+    /// "These are all my entries in this range" (by tag).
+    Tags(Vec<Tag>),
+    /// The answer to a listing in a push session: the listed entries the answering side
+    /// lacks. Ends the range. (In a pull session the answer carries the entries the asker
+    /// lacks instead.)
+    Lacks(Vec<Tag>),
 }
 
 /// One range of a reconciliation round.
@@ -403,11 +409,13 @@ pub enum HistoryRequest {
     ReadShard { shard: ShardId, after: Option<EntryKey>, limit: u32 },
     /// "My fingerprints of these shards": answered with those that differ.
     Digests(Vec<(ShardId, Fingerprint)>),
-    /// A round of range-based set reconciliation of one shard.
-    Reconcile { shard: ShardId, ranges: Vec<RangeItem> },
-    /// "Send me these entries": ids found missing by reconciliation, with the range
+    /// A round of range-based set reconciliation of one shard. `salt` keys the session's
+    /// tags; `pull`: the asker wants the entries it lacks (sent with the answer), else it
+    /// wants to know what the responder lacks (a hand-off push).
+    Reconcile { shard: ShardId, salt: u64, pull: bool, ranges: Vec<RangeItem> },
+    /// "Send me these entries": tags found missing by reconciliation, with the range
     /// each was found in.
-    Fetch { shard: ShardId, wants: Vec<(KeyRange, Vec<IdPrefix>)> },
+    Fetch { shard: ShardId, salt: u64, wants: Vec<(KeyRange, Vec<Tag>)> },
 }
 
 /// Responses of the history protocol.
@@ -420,8 +428,9 @@ pub enum HistoryResponse {
     /// The responder's fingerprints of the shards whose fingerprints differ from the
     /// asker's.
     Digests(Vec<(ShardId, Fingerprint)>),
-    /// The responder's ranges for the next round; empty when the shard is reconciled.
-    Reconcile(Vec<RangeItem>),
+    /// The responder's ranges for the next round (none: the shard is reconciled), and in a
+    /// pull session the entries the asker was found to lack.
+    Reconcile { ranges: Vec<RangeItem>, entries: Vec<Entry> },
     /// Refused; the text says why.
     Error(String),
 }
@@ -451,8 +460,7 @@ impl HistoryRequest {
             let keys: usize = ranges
                 .iter()
                 .map(|r| match &r.claim {
-                    RangeClaim::Keys(k) => k.len(),
-                    RangeClaim::Missing { you_lack, i_lack } => you_lack.len() + i_lack.len(),
+                    RangeClaim::Tags(k) | RangeClaim::Lacks(k) => k.len(),
                     RangeClaim::Fingerprint(_) => 0,
                 })
                 .sum();
@@ -471,11 +479,11 @@ impl HistoryRequest {
                 }
                 d.iter().try_for_each(|(s, _)| shard_ok(s))
             }
-            Self::Reconcile { shard, ranges } => {
+            Self::Reconcile { shard, ranges, .. } => {
                 shard_ok(shard)?;
                 ranges_ok(ranges)
             }
-            Self::Fetch { shard, wants } => {
+            Self::Fetch { shard, wants, .. } => {
                 shard_ok(shard)?;
                 if wants.len() > MAX_RANGES || wants.iter().any(|(r, _)| !r.bounds_ok()) {
                     return Err(format!("{} ranges (limit {MAX_RANGES}), bounds up to {MAX_BOUND_LEN} bytes", wants.len()));
@@ -578,16 +586,19 @@ mod tests {
     #[test]
     fn requests_out_of_bounds_are_refused_with_a_reason() {
         assert!(HistoryRequest::Digests(vec![(ShardId(SHARDS), Fingerprint::default())]).validate().unwrap_err().contains("out of range"));
-        let ids = vec![[0u8; 16]; MAX_FETCH_KEYS + 1];
-        let many_ids = HistoryRequest::Fetch { shard: ShardId(5), wants: vec![(KeyRange::FULL, ids)] };
+        let ids = vec![[0u8; 4]; MAX_FETCH_KEYS + 1];
+        let many_ids = HistoryRequest::Fetch { shard: ShardId(5), salt: 1, wants: vec![(KeyRange::FULL, ids)] };
         assert!(many_ids.validate().unwrap_err().contains("ids"));
         let long = KeyRange { lower: Some(vec![0; MAX_BOUND_LEN + 1]), upper: None };
-        assert!(HistoryRequest::Fetch { shard: ShardId(5), wants: vec![(long, vec![])] }.validate().is_err());
-        assert!(HistoryRequest::Fetch { shard: ShardId(5), wants: vec![(KeyRange::FULL, vec![[1; 16]])] }.validate().is_ok());
+        assert!(HistoryRequest::Fetch { shard: ShardId(5), salt: 1, wants: vec![(long, vec![])] }.validate().is_err());
+        assert!(HistoryRequest::Fetch { shard: ShardId(5), salt: 1, wants: vec![(KeyRange::FULL, vec![[1; 4]])] }.validate().is_ok());
         let many = HistoryRequest::Reconcile {
             shard: ShardId(0),
-            ranges: vec![RangeItem { range: KeyRange::FULL, claim: RangeClaim::Keys(vec![[0; 16]; MAX_KEYS_PER_MESSAGE + 1]) }],
+            salt: 1,
+            pull: true,
+            ranges: vec![RangeItem { range: KeyRange::FULL, claim: RangeClaim::Tags(vec![[0; 4]; MAX_KEYS_PER_MESSAGE + 1]) }],
         };
-        assert!(many.validate().is_err());
+        assert!(many.validate().unwrap_err().contains("keys"));
+        assert!(HistoryRequest::Reconcile { shard: ShardId(SHARDS), salt: 1, pull: true, ranges: vec![] }.validate().is_err());
     }
 }

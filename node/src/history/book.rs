@@ -461,7 +461,7 @@ impl HistoryBook {
                 }
                 Err(e) => HistoryResponse::Error(format!("cannot read shard {shard}: {e}")),
             },
-            HistoryRequest::Fetch { shard, wants } => match self.store.entries_in_ranges(shard, &wants) {
+            HistoryRequest::Fetch { shard, salt, wants } => match self.store.entries_in_ranges(shard, salt, &wants) {
                 Ok(entries) => {
                     let (entries, cut) = fit(entries);
                     HistoryResponse::Entries { entries, more: cut }
@@ -469,7 +469,7 @@ impl HistoryBook {
                 Err(e) => HistoryResponse::Error(format!("cannot read entries: {e}")),
             },
             HistoryRequest::Digests(theirs) => self.answer_digests(&peer, &theirs),
-            HistoryRequest::Reconcile { shard, ranges } => self.answer_reconcile(shard, &ranges),
+            HistoryRequest::Reconcile { shard, salt, pull, ranges } => self.answer_reconcile(shard, salt, pull, &ranges),
         };
         out.push(Out::Respond { channel, response });
     }

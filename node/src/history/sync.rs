@@ -17,17 +17,17 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use pyagent_protocol::history::{
-    EntryKey, Fingerprint, HistoryRequest, HistoryResponse, KeyRange, MAX_FETCH_KEYS, MAX_RANGES, RangeItem, ShardId,
+    Entry, EntryKey, Fingerprint, HistoryRequest, HistoryResponse, KeyRange, MAX_FETCH_KEYS, MAX_RANGES, RangeItem, ShardId,
 };
 
 use super::book::{HistoryBook, Out, Pending, WritePending};
-use super::reconcile::{self, Learned, MAX_INITIATOR_RANGES, ShardKeys};
+use super::reconcile::{self, Learned, MAX_INITIATOR_RANGES, ShardKeys, Terms};
 use crate::store::{Store, StoreError};
 
 /// A shard no longer owned is handed off once the view has been stable this long.
 pub const HANDOFF_STABLE: Duration = Duration::from_secs(10);
 /// Most shards being reconciled at once (with all peers together).
-pub const MAX_SESSIONS: usize = 64;
+pub const MAX_SESSIONS: usize = 256;
 
 /// One shard of this node's store, for reconciliation.
 struct StoreShard<'a> {
@@ -63,8 +63,9 @@ impl SyncPending {
 pub type SyncStats = pyagent_protocol::api::SyncCounters;
 
 struct Session {
-    /// Hand-off: push what the owner lacks (else pull what this node lacks).
-    push: bool,
+    /// Pull what this node lacks (co-owners), or push what the owner lacks (hand-off);
+    /// and the session's tag salt.
+    terms: Terms,
     queue: VecDeque<RangeItem>,
     learned: Learned,
 }
@@ -80,13 +81,16 @@ pub(super) struct SyncState {
     /// Shards waiting for a session: (peer, shard, push).
     queued: VecDeque<(PeerId, ShardId, bool)>,
     queued_shards: HashSet<(ShardId, PeerId)>,
-    /// Shards whose fetched entries are on their way to disk.
-    fetching: HashSet<ShardId>,
+    /// Shards with repair entries on their way (fetches asked, writes queued), and how
+    /// many such operations each has.
+    fetching: HashMap<ShardId, usize>,
     /// Owners whose fingerprint of a shard this node no longer owns equals this node's.
     confirmed: HashMap<ShardId, BTreeSet<PeerId>>,
     /// Shards whose fingerprints differed at the last comparison with each peer.
     differing: HashMap<PeerId, BTreeSet<ShardId>>,
     pub(super) stats: SyncStats,
+    /// Salts when the OS gives no random numbers (never seen; still distinct per session).
+    fallback_salt: u64,
 }
 
 impl SyncState {
@@ -165,7 +169,7 @@ impl HistoryBook {
         let ready: Vec<ShardId> = self.sync.confirmed.keys().copied().filter(|s| !self.owners.owns(&self.me, *s) && self.handed_off(*s)).collect();
         for shard in ready {
             self.sync.confirmed.remove(&shard);
-            if self.sync.sessions.keys().any(|(s, _)| *s == shard) || self.sync.fetching.contains(&shard) {
+            if self.sync.sessions.keys().any(|(s, _)| *s == shard) || self.sync.fetching.contains_key(&shard) {
                 continue;
             }
             match self.store.drop_shard(shard) {
@@ -216,15 +220,41 @@ impl HistoryBook {
         response
     }
 
-    /// One round of a peer's reconciliation of `shard`.
-    pub(super) fn answer_reconcile(&mut self, shard: ShardId, ranges: &[RangeItem]) -> HistoryResponse {
+    /// One round of a peer's reconciliation of `shard`; a puller gets the entries it was
+    /// found to lack with the answer.
+    pub(super) fn answer_reconcile(&mut self, shard: ShardId, salt: u64, pull: bool, ranges: &[RangeItem]) -> HistoryResponse {
         self.sync.stats.bytes_received += wire_len(&ranges);
-        let response = match reconcile::respond(&StoreShard { store: &self.store, shard }, ranges) {
-            Ok(answer) => HistoryResponse::Reconcile(answer),
+        let response = match reconcile::respond(&StoreShard { store: &self.store, shard }, Terms { salt, pull }, ranges)
+            .map_err(|e| e.to_string())
+            .and_then(|answer| Ok((answer.ranges, self.store.entries_by_key(&answer.send).map_err(|e| e.to_string())?)))
+        {
+            Ok((ranges, entries)) => {
+                // What does not fit in one answer is found missing again next session.
+                let (entries, _) = super::book::fit(entries);
+                self.sync.stats.entries_pushed += entries.len() as u64;
+                HistoryResponse::Reconcile { ranges, entries }
+            }
             Err(e) => HistoryResponse::Error(format!("cannot reconcile shard {shard}: {e}")),
         };
         self.sync.stats.bytes_sent += wire_len(&response);
         response
+    }
+
+    /// Repair entries of `shard` from `peer` (with a reconciliation answer or a fetch):
+    /// written, checked, unless they are of another shard.
+    fn repair_entries(&mut self, peer: PeerId, shard: ShardId, entries: Vec<Entry>, out: &mut Vec<Out>) {
+        let wrong = entries.iter().filter(|e| e.shard() != shard).count();
+        if wrong > 0 {
+            tracing::warn!(%peer, %shard, wrong, "repair: entries of another shard refused");
+        }
+        let entries: Vec<Entry> = entries.into_iter().filter(|e| e.shard() == shard).collect();
+        if entries.is_empty() {
+            return;
+        }
+        *self.sync.fetching.entry(shard).or_default() += 1;
+        let token = self.token();
+        self.writes.insert(token, WritePending::Repair { shard });
+        out.push(Out::Write { token, entries, verify: true, hints: false });
     }
 
     pub(super) fn on_sync_response(&mut self, pending: SyncPending, response: Result<HistoryResponse, String>, now: Instant, out: &mut Vec<Out>) {
@@ -239,27 +269,22 @@ impl HistoryBook {
             (SyncPending::Digests { peer, shards, bytes }, Ok(HistoryResponse::Digests(differ))) => {
                 self.on_digests(peer, &shards, bytes, differ, now, out);
             }
-            (SyncPending::Reconcile { peer, shard }, Ok(HistoryResponse::Reconcile(ranges))) => {
+            (SyncPending::Reconcile { peer, shard }, Ok(HistoryResponse::Reconcile { ranges, entries })) => {
                 self.sync.stats.reconcile_rounds += 1;
+                let pull = self.sync.sessions.get(&(shard, peer)).is_some_and(|s| s.terms.pull);
+                if pull {
+                    self.repair_entries(peer, shard, entries, out);
+                } else if !entries.is_empty() {
+                    tracing::debug!(%peer, %shard, "entries sent to a push session ignored");
+                }
                 self.on_reconcile(peer, shard, &ranges, out);
             }
-            (SyncPending::Fetch { shard, .. }, Ok(HistoryResponse::Entries { entries, .. })) => {
-                let wrong = entries.iter().filter(|e| e.shard() != shard).count();
-                if wrong > 0 {
-                    tracing::warn!(%peer, %shard, wrong, "repair: entries of another shard refused");
+            (SyncPending::Fetch { shard, .. }, response) => {
+                self.fetched(shard);
+                match response {
+                    Ok(HistoryResponse::Entries { entries, .. }) => self.repair_entries(peer, shard, entries, out),
+                    other => tracing::debug!(%peer, %shard, "repair fetch failed: {other:?}"),
                 }
-                let entries: Vec<_> = entries.into_iter().filter(|e| e.shard() == shard).collect();
-                if entries.is_empty() {
-                    self.sync.fetching.remove(&shard);
-                } else {
-                    let token = self.token();
-                    self.writes.insert(token, WritePending::Repair { shard });
-                    out.push(Out::Write { token, entries, verify: true, hints: false });
-                }
-            }
-            (SyncPending::Fetch { shard, .. }, other) => {
-                self.sync.fetching.remove(&shard);
-                tracing::debug!(%peer, %shard, "repair fetch failed: {other:?}");
             }
             (SyncPending::Push { .. }, Ok(HistoryResponse::Stored { .. })) => {}
             (SyncPending::Reconcile { peer, shard }, other) => {
@@ -305,19 +330,25 @@ impl HistoryBook {
             let busy = if push {
                 self.sync.sessions.contains_key(&(shard, peer))
             } else {
-                self.sync.fetching.contains(&shard) || self.sync.sessions.iter().any(|((s, _), session)| *s == shard && !session.push)
+                self.sync.fetching.contains_key(&shard) || self.sync.sessions.iter().any(|((s, _), session)| *s == shard && session.terms.pull)
             };
             if busy || !self.owners.members().contains(&peer) {
                 continue; // compared again in a later round
             }
-            let first = match reconcile::initiate(&StoreShard { store: &self.store, shard }) {
+            // Unpredictable to the peer, so its entries cannot be made to collide with ours.
+            let salt = getrandom::u64().unwrap_or_else(|_| {
+                self.sync.fallback_salt = self.sync.fallback_salt.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                self.sync.fallback_salt
+            });
+            let terms = Terms { salt, pull: !push };
+            let first = match reconcile::initiate(&StoreShard { store: &self.store, shard }, terms.salt) {
                 Ok(first) => first,
                 Err(e) => {
                     tracing::warn!(%shard, "cannot start reconciliation: {e}");
                     continue;
                 }
             };
-            self.sync.sessions.insert((shard, peer), Session { push, queue: first.into(), learned: Learned::default() });
+            self.sync.sessions.insert((shard, peer), Session { terms, queue: first.into(), learned: Learned::default() });
             self.next_round(shard, peer, out);
         }
     }
@@ -327,15 +358,17 @@ impl HistoryBook {
         if !session.queue.is_empty() {
             let n = session.queue.len().min(MAX_INITIATOR_RANGES);
             let ranges: Vec<RangeItem> = session.queue.drain(..n).collect();
-            self.send_sync(peer, HistoryRequest::Reconcile { shard, ranges }, SyncPending::Reconcile { peer, shard }, out);
+            let Terms { salt, pull } = session.terms;
+            self.send_sync(peer, HistoryRequest::Reconcile { shard, salt, pull, ranges }, SyncPending::Reconcile { peer, shard }, out);
             return;
         }
         let Some(session) = self.sync.sessions.remove(&(shard, peer)) else { return };
         let Learned { need, give } = session.learned;
-        if session.push && give.is_empty() {
+        let push = !session.terms.pull;
+        if push && give.is_empty() {
             // The owner lacks nothing this node holds.
             self.sync.confirmed.entry(shard).or_default().insert(peer);
-        } else if session.push {
+        } else if push {
             for keys in give.chunks(1024) {
                 match self.store.entries_by_key(keys) {
                     Ok(entries) if !entries.is_empty() => {
@@ -348,7 +381,7 @@ impl HistoryBook {
                 }
             }
         } else if !need.is_empty() {
-            self.sync.fetching.insert(shard);
+            *self.sync.fetching.entry(shard).or_default() += 1;
             // Within the protocol's bounds; what does not fit is found again next round.
             let mut wants = Vec::new();
             let mut ids = 0;
@@ -359,7 +392,8 @@ impl HistoryBook {
                 ids += prefixes.len();
                 wants.push((range, prefixes));
             }
-            self.send_sync(peer, HistoryRequest::Fetch { shard, wants }, SyncPending::Fetch { peer, shard }, out);
+            let salt = session.terms.salt;
+            self.send_sync(peer, HistoryRequest::Fetch { shard, salt, wants }, SyncPending::Fetch { peer, shard }, out);
         }
         self.fill_sessions(out);
     }
@@ -367,7 +401,7 @@ impl HistoryBook {
     fn on_reconcile(&mut self, peer: PeerId, shard: ShardId, ranges: &[RangeItem], out: &mut Vec<Out>) {
         let store = self.store.clone();
         let Some(session) = self.sync.sessions.get_mut(&(shard, peer)) else { return };
-        match reconcile::on_answer(&StoreShard { store: &store, shard }, ranges, &mut session.learned) {
+        match reconcile::on_answer(&StoreShard { store: &store, shard }, session.terms, ranges, &mut session.learned) {
             Ok(next) => session.queue.extend(next),
             Err(e) => {
                 tracing::warn!(%shard, "reconciliation failed: {e}");
@@ -379,8 +413,14 @@ impl HistoryBook {
         self.next_round(shard, peer, out);
     }
 
-    /// Fetched entries of `shard` are on disk: it may be compared again.
+    /// One repair operation of `shard` (a fetch answered, entries written) is over; with
+    /// none left the shard may be compared again.
     pub(super) fn fetched(&mut self, shard: ShardId) {
-        self.sync.fetching.remove(&shard);
+        if let Some(n) = self.sync.fetching.get_mut(&shard) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.sync.fetching.remove(&shard);
+            }
+        }
     }
 }

@@ -10,7 +10,7 @@
 //! Every scan is streamed with a bound (pages, ranges), so memory does not grow with the
 //! size of the history.
 
-use pyagent_protocol::history::{Entry, EntryKey, Fingerprint, KeyRange, MAX_ENTRY_BYTES, SHARDS, ShardId, SubjectId, shard_of};
+use pyagent_protocol::history::{Entry, EntryKey, Fingerprint, KeyRange, MAX_ENTRY_BYTES, SHARDS, ShardId, SubjectId, Tag, shard_of};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 
 use super::{Store, StoreError};
@@ -213,18 +213,16 @@ impl Store {
         Ok(out)
     }
 
-    /// The entries of `shard` named by id prefix within their ranges (a repair fetch).
-    pub fn entries_in_ranges(&self, shard: ShardId, wants: &[(KeyRange, Vec<pyagent_protocol::history::IdPrefix>)]) -> Result<Vec<Entry>, StoreError> {
+    /// The entries of `shard` named by salted tag within their ranges (a repair fetch).
+    pub fn entries_in_ranges(&self, shard: ShardId, salt: u64, wants: &[(KeyRange, Vec<Tag>)]) -> Result<Vec<Entry>, StoreError> {
         let mut keys = Vec::new();
-        for (range, ids) in wants {
-            let ids: std::collections::HashSet<&pyagent_protocol::history::IdPrefix> = ids.iter().collect();
-            let mut left = ids.len();
+        for (range, tags) in wants {
+            let tags: std::collections::HashSet<&Tag> = tags.iter().collect();
             self.scan_keys(shard, range, |k| {
-                if ids.contains(&k.id_prefix()) {
+                if tags.contains(&k.tag(salt)) {
                     keys.push(k);
-                    left = left.saturating_sub(1);
                 }
-                left > 0
+                true
             })?;
         }
         self.entries_by_key(&keys)
