@@ -31,6 +31,19 @@ pub fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
     PublicKey::try_decode_protobuf(hash.digest()).ok()
 }
 
+/// The raw ed25519 public key inside an identity PeerId, read without decoding the key
+/// (a point decompression): the protobuf `{type: Ed25519, data: 32 bytes}`.
+pub fn ed25519_key_of(peer: &PeerId) -> Option<[u8; 32]> {
+    let hash: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    let digest = hash.digest();
+    if hash.code() != 0 || digest.len() != 36 || digest[..4] != [0x08, 0x01, 0x12, 0x20] {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&digest[4..]);
+    Some(key)
+}
+
 /// Loads the keypair at `path`, or creates one (mode 0600) when the file does not exist.
 pub fn load_or_create(path: &Path) -> Result<Keypair, IdentityError> {
     match std::fs::read(path) {

@@ -105,7 +105,8 @@ pub(super) struct ReadOp {
 }
 
 pub(super) enum Pending {
-    Append { op: u64, idx: Vec<usize> },
+    /// A store sent to `peer` for the entries `idx` of append `op` (their ids in `ids`).
+    Append { op: u64, idx: Vec<usize>, peer: PeerId, ids: Vec<EntryId> },
     Read { op: u64 },
     Sync(super::sync::SyncPending),
 }
@@ -218,7 +219,9 @@ impl HistoryBook {
             for chunk in chunks(&entries, &idx) {
                 let token = self.token();
                 let batch = chunk.iter().map(|&i| entries[i].clone()).collect();
-                self.pending.insert(token, Pending::Append { op, idx: chunk });
+                let ids: Vec<EntryId> = chunk.iter().map(|&i| keys[i].id).collect();
+                self.sync.stores_sent(peer, ids.iter().copied(), now);
+                self.pending.insert(token, Pending::Append { op, idx: chunk, peer, ids });
                 out.push(Out::Send { token, peer, request: HistoryRequest::Store(batch) });
                 outstanding += 1;
             }
@@ -397,7 +400,8 @@ impl HistoryBook {
     pub fn on_response(&mut self, token: Token, response: Result<HistoryResponse, String>, now: Instant, out: &mut Vec<Out>) {
         let Some(pending) = self.pending.remove(&token) else { return };
         match pending {
-            Pending::Append { op, idx } => {
+            Pending::Append { op, idx, peer, ids } => {
+                self.sync.stores_answered(peer, ids.into_iter());
                 let ok = matches!(response, Ok(HistoryResponse::Stored { .. }));
                 if let Ok(HistoryResponse::Error(e)) | Err(e) = &response {
                     tracing::debug!("history store refused or failed: {e}");
@@ -469,7 +473,7 @@ impl HistoryBook {
                 Err(e) => HistoryResponse::Error(format!("cannot read entries: {e}")),
             },
             HistoryRequest::Digests(theirs) => self.answer_digests(&peer, &theirs),
-            HistoryRequest::Reconcile { shard, salt, pull, ranges } => self.answer_reconcile(shard, salt, pull, &ranges),
+            HistoryRequest::Reconcile { shard, salt, pull, ranges } => self.answer_reconcile(peer, shard, salt, pull, &ranges),
         };
         out.push(Out::Respond { channel, response });
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use pyagent_protocol::history::{
-    Entry, EntryKey, Fingerprint, HistoryRequest, HistoryResponse, KeyRange, MAX_FETCH_KEYS, MAX_RANGES, RangeItem, ShardId,
+    Entry, EntryId, EntryKey, Fingerprint, HistoryRequest, HistoryResponse, KeyRange, MAX_FETCH_KEYS, MAX_RANGES, RangeItem, ShardId,
 };
 
 use super::book::{HistoryBook, Out, Pending, WritePending};
@@ -28,6 +28,12 @@ use crate::store::{Store, StoreError};
 pub const HANDOFF_STABLE: Duration = Duration::from_secs(10);
 /// Most shards being reconciled at once (with all peers together).
 pub const MAX_SESSIONS: usize = 256;
+/// An entry sent to a peer by an append is left out of repairs to that peer this long at
+/// most (the protocol's request timeout is 10 s).
+pub const IN_FLIGHT_FOR: Duration = Duration::from_secs(15);
+/// Most shards being reconciled at once with one peer (each holds a stream of the
+/// connection; see `p2p::behaviour::HISTORY_STREAMS`).
+pub const MAX_SESSIONS_PER_PEER: usize = 64;
 
 /// One shard of this node's store, for reconciliation.
 struct StoreShard<'a> {
@@ -91,9 +97,49 @@ pub(super) struct SyncState {
     pub(super) stats: SyncStats,
     /// Salts when the OS gives no random numbers (never seen; still distinct per session).
     fallback_salt: u64,
+    /// Entries this node's appends have sent to each peer and not yet seen answered: a
+    /// repair does not send them again (they are on their way; under a steady write load
+    /// most differing fingerprints are only such entries).
+    /// Each with how many stores carry it and when the last was sent; forgotten after
+    /// [`IN_FLIGHT_FOR`] whatever happened (a lost answer must not hold a repair back).
+    in_flight: HashMap<PeerId, HashMap<EntryId, (u32, Instant)>>,
 }
 
 impl SyncState {
+    pub(super) fn stores_sent(&mut self, peer: PeerId, ids: impl Iterator<Item = EntryId>, now: Instant) {
+        let map = self.in_flight.entry(peer).or_default();
+        for id in ids {
+            let e = map.entry(id).or_insert((0, now));
+            *e = (e.0 + 1, now);
+        }
+    }
+
+    pub(super) fn stores_answered(&mut self, peer: PeerId, ids: impl Iterator<Item = EntryId>) {
+        let Some(map) = self.in_flight.get_mut(&peer) else { return };
+        for id in ids {
+            if let Some((n, _)) = map.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&id);
+                }
+            }
+        }
+        if map.is_empty() {
+            self.in_flight.remove(&peer);
+        }
+    }
+
+    fn on_its_way(&self, peer: &PeerId, id: &EntryId) -> bool {
+        self.in_flight.get(peer).is_some_and(|m| m.contains_key(id))
+    }
+
+    fn forget_old_stores(&mut self, now: Instant) {
+        for map in self.in_flight.values_mut() {
+            map.retain(|_, (_, at)| now.duration_since(*at) < IN_FLIGHT_FOR);
+        }
+        self.in_flight.retain(|_, m| !m.is_empty());
+    }
+
     pub(super) fn view_changed(&mut self, members: &[PeerId]) {
         // Compare with the new owners at the next tick, not a whole interval later.
         self.last_round = None;
@@ -187,6 +233,7 @@ impl HistoryBook {
             return;
         }
         self.sync.last_round = Some(now);
+        self.sync.forget_old_stores(now);
         self.drop_handed_off(now);
         let peers: Vec<PeerId> = self.owners.members().iter().filter(|p| **p != self.me).copied().collect();
         let digests = self.store.digests().unwrap_or_default();
@@ -222,11 +269,15 @@ impl HistoryBook {
 
     /// One round of a peer's reconciliation of `shard`; a puller gets the entries it was
     /// found to lack with the answer.
-    pub(super) fn answer_reconcile(&mut self, shard: ShardId, salt: u64, pull: bool, ranges: &[RangeItem]) -> HistoryResponse {
+    pub(super) fn answer_reconcile(&mut self, peer: PeerId, shard: ShardId, salt: u64, pull: bool, ranges: &[RangeItem]) -> HistoryResponse {
         self.sync.stats.bytes_received += wire_len(&ranges);
         let response = match reconcile::respond(&StoreShard { store: &self.store, shard }, Terms { salt, pull }, ranges)
             .map_err(|e| e.to_string())
-            .and_then(|answer| Ok((answer.ranges, self.store.entries_by_key(&answer.send).map_err(|e| e.to_string())?)))
+            .and_then(|mut answer| {
+                // Entries an append of this node is delivering to the peer are not sent twice.
+                answer.send.retain(|k| !self.sync.on_its_way(&peer, &k.id));
+                Ok((answer.ranges, self.store.entries_by_key(&answer.send).map_err(|e| e.to_string())?))
+            })
         {
             Ok((ranges, entries)) => {
                 // What does not fit in one answer is found missing again next session.
@@ -322,10 +373,20 @@ impl HistoryBook {
         self.fill_sessions(out);
     }
 
-    /// Starts queued reconciliations up to [`MAX_SESSIONS`], one per shard.
+    /// Starts queued reconciliations up to [`MAX_SESSIONS`] ([`MAX_SESSIONS_PER_PEER`] with
+    /// one peer), one pull per shard.
     fn fill_sessions(&mut self, out: &mut Vec<Out>) {
+        let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
+        for (_, peer) in self.sync.sessions.keys() {
+            *per_peer.entry(*peer).or_default() += 1;
+        }
+        let mut waiting = VecDeque::new();
         while self.sync.sessions.len() < MAX_SESSIONS {
-            let Some((peer, shard, push)) = self.sync.queued.pop_front() else { return };
+            let Some((peer, shard, push)) = self.sync.queued.pop_front() else { break };
+            if per_peer.get(&peer).is_some_and(|n| *n >= MAX_SESSIONS_PER_PEER) {
+                waiting.push_back((peer, shard, push));
+                continue;
+            }
             self.sync.queued_shards.remove(&(shard, peer));
             let busy = if push {
                 self.sync.sessions.contains_key(&(shard, peer))
@@ -349,7 +410,12 @@ impl HistoryBook {
                 }
             };
             self.sync.sessions.insert((shard, peer), Session { terms, queue: first.into(), learned: Learned::default() });
+            *per_peer.entry(peer).or_default() += 1;
             self.next_round(shard, peer, out);
+        }
+        // Those of peers at their limit keep their place, ahead of the rest.
+        while let Some(w) = waiting.pop_back() {
+            self.sync.queued.push_front(w);
         }
     }
 

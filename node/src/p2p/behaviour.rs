@@ -40,13 +40,21 @@ pub struct Behaviour {
     pub history: request_response::Behaviour<FrameCodec<HistoryRpc>>,
 }
 
+/// Streams of the history protocol open at once on one connection: anti-entropy keeps at
+/// most [`crate::history::sync::MAX_SESSIONS_PER_PEER`] of them busy, which leaves room for
+/// writes (libp2p's default of 100 made a busy peer drop writes during repair).
+pub const HISTORY_STREAMS: usize = 256;
+
 /// A request-response behaviour for protocol `P`.
-fn request_response<P: RequestResponse>(timeout: Duration) -> request_response::Behaviour<FrameCodec<P>> {
+fn request_response<P: RequestResponse>(timeout: Duration, streams: usize) -> request_response::Behaviour<FrameCodec<P>> {
     request_response::Behaviour::new(
         [(StreamProtocol::new(P::NAME), request_response::ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(timeout),
+        request_response::Config::default().with_request_timeout(timeout).with_max_concurrent_streams(streams),
     )
 }
+
+/// libp2p's default number of concurrent streams per connection.
+const DEFAULT_STREAMS: usize = 100;
 
 /// Why the behaviour could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -96,11 +104,11 @@ impl Behaviour {
             ping: ping::Behaviour::new(ping::Config::new()),
             gossipsub,
             kad,
-            hello: request_response::<Hello>(Duration::from_secs(10)),
+            hello: request_response::<Hello>(Duration::from_secs(10), DEFAULT_STREAMS),
             // Up to 4 MiB of blobs per answer.
-            blobs: request_response::<Blobs>(Duration::from_secs(30)),
-            results: request_response::<TaskResults>(Duration::from_secs(10)),
-            history: request_response::<HistoryRpc>(Duration::from_secs(10)),
+            blobs: request_response::<Blobs>(Duration::from_secs(30), DEFAULT_STREAMS),
+            results: request_response::<TaskResults>(Duration::from_secs(10), DEFAULT_STREAMS),
+            history: request_response::<HistoryRpc>(Duration::from_secs(10), HISTORY_STREAMS),
         })
     }
 }

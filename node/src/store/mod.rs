@@ -79,6 +79,21 @@ fn blob_options() -> Options {
     opts
 }
 
+/// History entries are looked up before every write (an entry is stored once, and counted
+/// once in its shard's fingerprint), and nearly every lookup is of a new entry: bloom
+/// filters on the tables and on the memtable answer those without a search.
+fn history_options() -> Options {
+    let mut opts = Options::default();
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    table.set_whole_key_filtering(true);
+    opts.set_block_based_table_factory(&table);
+    opts.set_memtable_prefix_bloom_ratio(0.1);
+    opts.set_memtable_whole_key_filtering(true);
+    opts
+}
+
 impl Store {
     /// Opens (or creates) the database in `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -94,7 +109,7 @@ impl Store {
             ColumnFamilyDescriptor::new(CF_PEERS, Options::default()),
             ColumnFamilyDescriptor::new(CF_BLOBS, blob_options()),
             ColumnFamilyDescriptor::new(CF_BLOB_TIMES, Options::default()),
-            ColumnFamilyDescriptor::new(history::CF_ENTRIES, Options::default()),
+            ColumnFamilyDescriptor::new(history::CF_ENTRIES, history_options()),
             ColumnFamilyDescriptor::new(history::CF_DIGESTS, Options::default()),
             ColumnFamilyDescriptor::new(history::CF_HINTS, Options::default()),
         ];
