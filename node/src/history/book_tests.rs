@@ -113,3 +113,32 @@ fn a_refused_store_counts_as_no_copy() {
     assert_eq!(report.acknowledged, 5, "this node and the other owner: W = 2");
     assert!(report.entries.iter().all(|(_, _, copies)| *copies == 2));
 }
+
+#[test]
+fn a_repair_does_not_resend_what_an_append_is_still_delivering() {
+    use pyagent_protocol::history::{KeyRange, RangeClaim, RangeItem};
+    let mut f = fixture(2);
+    let (slow, done) = (f.peers[0], f.peers[1]);
+    let mut out = Vec::new();
+    let batch = entries(&f.keypair, 1);
+    let entry = batch[0].0.clone();
+    f.book.append(batch, None, false, f.now, &mut out);
+    // One owner stores at once; the other's answer is still on its way.
+    run(&mut f, out, &|p| (*p == done).then_some(HistoryResponse::Stored { new: 1 }));
+    let pull = |f: &mut Fixture, peer: PeerId| -> Vec<Entry> {
+        let ranges = vec![RangeItem { range: KeyRange::FULL, claim: RangeClaim::Tags(vec![]) }];
+        let mut out = Vec::new();
+        f.book.on_request(peer, 1, HistoryRequest::Reconcile { shard: entry.shard(), salt: 3, pull: true, ranges }, &mut out);
+        match out.pop() {
+            Some(Out::Respond { response: HistoryResponse::Reconcile { entries, .. }, .. }) => entries,
+            _ => panic!("no reconciliation answer"),
+        }
+    };
+    assert!(pull(&mut f, slow).is_empty(), "the entry is on its way to this owner");
+    assert_eq!(pull(&mut f, done), vec![entry.clone()], "nothing is on its way to that one");
+    // A store whose answer never comes holds the repair back for a while only.
+    f.now += super::super::sync::IN_FLIGHT_FOR;
+    let mut out = Vec::new();
+    f.book.tick(f.now, &mut out);
+    assert_eq!(pull(&mut f, slow), vec![entry], "forgotten after IN_FLIGHT_FOR");
+}
