@@ -4,6 +4,7 @@
 #   - iproute2: the network-namespace lab (scripts/lab.sh) used by the lab tests
 #   - procps (pgrep): scripts/soak.sh
 #   - pyzmq (pip): the Python API example and its test
+#   - jinja2 (pip): the reference renderer the chat-template test compares with
 #   - python3-venv: scripts/prepare-model.sh (ONNX Runtime, the tiny test model)
 # Without root it only reports what is missing.
 set -euo pipefail
@@ -33,4 +34,10 @@ if ! python3 -c 'import zmq' >/dev/null 2>&1; then
     echo "install-deps: pip install pyzmq"
     python3 -m pip install --quiet --disable-pip-version-check pyzmq==27.3.0 \
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages pyzmq==27.3.0
+fi
+
+if ! python3 -c 'import jinja2' >/dev/null 2>&1; then
+    echo "install-deps: pip install jinja2"
+    python3 -m pip install --quiet --disable-pip-version-check jinja2==3.1.6 \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages jinja2==3.1.6
 fi

@@ -154,7 +154,16 @@ fn generate(args: &cli::GenerateArgs) -> ExitCode {
         let pool = pyagent_engine::kv::PoolConfig { host_bytes: 256 << 20, ..Default::default() };
         let mut engine = Engine::new(model, env, threads, &pool)?;
         engine.prefill_chunk = args.prefill_chunk.max(1);
-        let mut prompt = engine.model.encode(&args.prompt)?;
+        let text = if args.chat {
+            use pyagent_engine::chat::ChatMessage;
+            let template = engine.model.chat_template().with_context(|| format!("--chat with {}", args.model.display()))?;
+            let mut messages: Vec<ChatMessage> = args.system.iter().map(|s| ChatMessage::new("system", s)).collect();
+            messages.push(ChatMessage::new("user", &args.prompt));
+            template.render(&messages, true).context("--chat")?
+        } else {
+            args.prompt.clone()
+        };
+        let mut prompt = engine.model.encode(&text)?;
         if args.max_prompt_tokens > 0 && prompt.len() > args.max_prompt_tokens {
             prompt.drain(..prompt.len() - args.max_prompt_tokens);
         }

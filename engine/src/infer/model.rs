@@ -62,6 +62,9 @@ pub struct ModelConfig {
     /// step. Plain Optimum graphs concatenate, and leave this off.
     #[serde(default)]
     pub past_present_share_buffer: bool,
+    /// The model's Hugging Face chat template (Jinja), if it has one.
+    #[serde(default)]
+    pub chat_template: Option<String>,
 }
 
 /// Bounds of a sane decoder config (the largest models served anywhere are well inside):
@@ -161,6 +164,14 @@ impl ModelDir {
             return Err(ModelError::TokenizerIdOutOfRange { id, token, model: config.vocab_size as usize });
         }
         Ok(Self { dir: dir.to_owned(), onnx, config, tokenizer, id, bytes })
+    }
+
+    /// The model's chat template, with its BOS and first EOS token texts (empty where the
+    /// model has none).
+    pub fn chat_template(&self) -> Result<crate::chat::ChatTemplate, crate::chat::ChatError> {
+        let source = self.config.chat_template.as_deref().ok_or(crate::chat::ChatError::NoTemplate)?;
+        let text = |id: Option<u32>| id.and_then(|id| self.tokenizer.id_to_token(id)).unwrap_or_default();
+        crate::chat::ChatTemplate::new(source, &text(self.config.bos_token_id), &text(self.config.eos_tokens().first().copied()))
     }
 
     /// Token ids of `text` (no special tokens added).

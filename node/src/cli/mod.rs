@@ -160,6 +160,12 @@ pub struct GenerateArgs {
     /// Keep only the last N tokens of the prompt (0 = all): fits a long text to a context.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub max_prompt_tokens: usize,
+    /// The prompt is a user message: render it with the model's own chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// With --chat: a system message before it.
+    #[arg(long, value_name = "TEXT", requires = "chat")]
+    pub system: Option<String>,
     pub prompt: String,
 }
 
