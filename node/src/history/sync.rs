@@ -6,7 +6,8 @@
 //! entries (or as many) pulls what it lacks; the other side's own round pulls the rest.
 //! A shard is reconciled with one peer at a time (at most [`MAX_SESSIONS`] shards at once,
 //! the rest queued), and not again while its fetched entries are being written, so a node
-//! that missed entries receives each of them once, not once per peer.
+//! that missed entries receives each of them once, not once per peer. Entries this
+//! node's own appends are still delivering to the asking peer are left out of repairs.
 //!
 //! Hand-off: a shard this node holds but no longer owns (the view changed, and has been
 //! stable for [`HANDOFF_STABLE`]) is offered to its owners the same way, pushing what they
@@ -97,11 +98,11 @@ pub(super) struct SyncState {
     pub(super) stats: SyncStats,
     /// Salts when the OS gives no random numbers (never seen; still distinct per session).
     fallback_salt: u64,
-    /// Entries this node's appends have sent to each peer and not yet seen answered: a
-    /// repair does not send them again (they are on their way; under a steady write load
-    /// most differing fingerprints are only such entries).
-    /// Each with how many stores carry it and when the last was sent; forgotten after
-    /// [`IN_FLIGHT_FOR`] whatever happened (a lost answer must not hold a repair back).
+    /// Entries this node's appends have sent to each peer and not yet seen answered (how
+    /// many stores carry each, and when the last was sent): a repair does not send them
+    /// again, since under a steady write load most differing fingerprints are only such
+    /// entries. Forgotten after [`IN_FLIGHT_FOR`] whatever happened, so a lost answer
+    /// cannot hold a repair back.
     in_flight: HashMap<PeerId, HashMap<EntryId, (u32, Instant)>>,
 }
 

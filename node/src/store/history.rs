@@ -47,6 +47,9 @@ fn decode_fp(bytes: &[u8]) -> Option<Fingerprint> {
     Some(Fingerprint { count: u64::from_be_bytes(count), sum: u128::from_be_bytes(sum) })
 }
 
+/// Most keys one repair fetch scans (its ranges come from a peer).
+pub const MAX_FETCH_SCAN: usize = 1 << 18;
+
 /// An entry ready to be written: its key and encoding (validated by the caller).
 #[derive(Debug, Clone)]
 pub struct EncodedEntry {
@@ -214,16 +217,25 @@ impl Store {
     }
 
     /// The entries of `shard` named by salted tag within their ranges (a repair fetch).
+    /// A range is scanned until as many entries as tags were found; all ranges together
+    /// scan at most [`MAX_FETCH_SCAN`] keys, whatever a peer asks.
     pub fn entries_in_ranges(&self, shard: ShardId, salt: u64, wants: &[(KeyRange, Vec<Tag>)]) -> Result<Vec<Entry>, StoreError> {
         let mut keys = Vec::new();
+        let mut budget = MAX_FETCH_SCAN;
         for (range, tags) in wants {
-            let tags: std::collections::HashSet<&Tag> = tags.iter().collect();
+            let wanted: std::collections::HashSet<&Tag> = tags.iter().collect();
+            let mut left = tags.len();
             self.scan_keys(shard, range, |k| {
-                if tags.contains(&k.tag(salt)) {
+                budget = budget.saturating_sub(1);
+                if wanted.contains(&k.tag(salt)) {
                     keys.push(k);
+                    left = left.saturating_sub(1);
                 }
-                true
+                left > 0 && budget > 0
             })?;
+            if budget == 0 {
+                break;
+            }
         }
         self.entries_by_key(&keys)
     }
