@@ -2,8 +2,8 @@
 //! candidates for a key the same way, from the key and the candidates' PeerIds alone, so
 //! no coordination is needed to agree on who holds or runs it, and who takes over if that
 //! one dies. Tasks use it for their executors, the history for its shard owners
-//! (`history::owners`); inference placement will use the same order (a key is any
-//! 32-byte id).
+//! (`history::owners`), and inference placement breaks its cost ties by it
+//! (`serving::placement`); a key is any 32-byte id.
 
 use libp2p::PeerId;
 

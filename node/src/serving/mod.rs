@@ -5,6 +5,10 @@
 //!
 //! Without a model, or when the runtime or the model cannot be loaded, the node runs on
 //! with inference off, says why, and advertises no inference capacity.
+//!
+//! [`placement`]: where a request runs — the cost function over the peers' adverts (pure).
+
+pub mod placement;
 
 use std::path::PathBuf;
 use std::time::Instant;
