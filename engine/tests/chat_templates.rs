@@ -50,6 +50,37 @@ fn python_render(template: &str, cases: &[(Vec<ChatMessage>, bool)]) -> Vec<Valu
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Renders every conversation with `source` both ways; returns how many were compared.
+#[allow(clippy::unwrap_used)] // test code
+fn compare(name: &str, source: &str, cases: &[(Vec<ChatMessage>, bool)]) -> usize {
+    let template = ChatTemplate::new(source, "<s>", "</s>").unwrap();
+    let expected = python_render(source, cases);
+    assert_eq!(expected.len(), cases.len());
+    for ((messages, add), want) in cases.iter().zip(&expected) {
+        let got = template.render(messages, *add);
+        match (want.get("text").and_then(Value::as_str), want.get("refused").and_then(Value::as_str), &got) {
+            (Some(text), _, Ok(ours)) => assert_eq!(ours, text, "{name}: {messages:?} add_generation_prompt={add}"),
+            (_, Some(reason), Err(ChatError::Refused(ours))) => assert_eq!(ours, reason, "{name}: {messages:?}"),
+            // Both fail on something else (e.g. `messages[0]` of no messages).
+            (None, None, Err(ChatError::Render(_))) if want.get("error").is_some() => {}
+            _ => panic!("{name}: {messages:?}: Python gave {want}, the engine {got:?}"),
+        }
+    }
+    expected.len()
+}
+
+#[test]
+fn the_prepared_smollm2_models_template_renders_as_python_jinja2_renders_it() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/models/smollm2/config.json");
+    let Ok(text) = std::fs::read_to_string(config) else {
+        eprintln!("\n!!!!! SKIPPED SmolLM2 chat-template test: run scripts/prepare-model.sh smollm2 target/models/smollm2 !!!!!\n");
+        return;
+    };
+    let config: Value = serde_json::from_str(&text).unwrap();
+    let source = config["chat_template"].as_str().expect("the converted SmolLM2 config has its chat template");
+    assert_eq!(compare("smollm2", source, &conversations()), conversations().len());
+}
+
 #[test]
 fn templates_render_as_python_jinja2_renders_them() {
     let cases = conversations();
@@ -57,20 +88,7 @@ fn templates_render_as_python_jinja2_renders_them() {
     for name in TEMPLATES {
         let path = format!("{}/tests/chat_templates/{name}.jinja", env!("CARGO_MANIFEST_DIR"));
         let source = std::fs::read_to_string(&path).unwrap();
-        let template = ChatTemplate::new(&source, "<s>", "</s>").unwrap();
-        let expected = python_render(&source, &cases);
-        assert_eq!(expected.len(), cases.len());
-        for ((messages, add), want) in cases.iter().zip(&expected) {
-            let got = template.render(messages, *add);
-            match (want.get("text").and_then(Value::as_str), want.get("refused").and_then(Value::as_str), &got) {
-                (Some(text), _, Ok(ours)) => assert_eq!(ours, text, "{name}: {messages:?} add_generation_prompt={add}"),
-                (_, Some(reason), Err(ChatError::Refused(ours))) => assert_eq!(ours, reason, "{name}: {messages:?}"),
-                // Both fail on something else (e.g. `messages[0]` of no messages).
-                (None, None, Err(ChatError::Render(_))) if want.get("error").is_some() => {}
-                _ => panic!("{name}: {messages:?}: Python gave {want}, the engine {got:?}"),
-            }
-            compared += 1;
-        }
+        compared += compare(name, &source, &cases);
     }
     assert_eq!(compared, TEMPLATES.len() * cases.len());
     // The refusal case really was refused by the alternating template.
