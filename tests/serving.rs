@@ -49,3 +49,41 @@ async fn the_worker_keeps_the_engine_serves_and_refuses_beyond_its_queue() {
     assert_eq!(served + overloaded, results.len(), "nothing else fails");
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_generation_equals_the_whole_one_and_stops_when_the_caller_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::test_config(dir.path(), &Opts::default());
+    let Some(model) = tiny_model() else { return };
+    config.inference.model = Some(model);
+    let node = pyagent_node::Node::start(config.validate().unwrap()).await.unwrap();
+    let worker = node.model().expect("the node serves its model").clone();
+    let prompt: Vec<u32> = (3..40).collect();
+    let options = GenerateOptions { max_tokens: 400, ..Default::default() };
+    let whole = worker.generate(prompt.clone(), options.clone()).await.unwrap();
+
+    let mut stream = worker.generate_stream(prompt.clone(), options.clone()).unwrap();
+    let mut streamed = String::new();
+    let mut pieces = 0;
+    while let Some(piece) = stream.pieces.recv().await {
+        streamed.push_str(&piece);
+        pieces += 1;
+    }
+    let done = stream.done.await.unwrap().unwrap();
+    assert_eq!(done.tokens, whole.tokens, "greedy: the same tokens streamed or not");
+    assert_eq!(streamed, whole.text, "the pieces make up the text");
+    assert!(!done.cancelled);
+    // More pieces than the stream buffers: a caller that stops reading holds the worker
+    // before the end, so the cancellation below cannot race the run's end.
+    assert!(pieces > pyagent_node::serving::STREAM_PIECES + 1, "{pieces} pieces");
+
+    // The caller goes away after the first piece: the run ends early, cancelled.
+    let mut stream = worker.generate_stream(prompt.clone(), options.clone()).unwrap();
+    let first = stream.pieces.recv().await.expect("a first piece");
+    assert!(!first.is_empty());
+    drop(stream.pieces);
+    let cut = stream.done.await.unwrap().unwrap();
+    assert!(cut.cancelled, "cancelled");
+    assert!(cut.tokens.len() < options.max_tokens, "stopped early: {} tokens", cut.tokens.len());
+    node.shutdown().await;
+}

@@ -45,6 +45,8 @@ pub struct Output {
     pub cached_tokens: usize,
     pub prefill_secs: f64,
     pub decode_secs: f64,
+    /// The caller stopped it (`on_text` returned `Break`) before its end.
+    pub cancelled: bool,
 }
 
 /// Why a generation failed.
@@ -115,6 +117,20 @@ impl Engine {
 
     /// Generates after `prompt`; `on_text` receives the text as it grows.
     pub fn generate(&mut self, prompt: &[u32], options: &GenerateOptions, mut on_text: impl FnMut(&str)) -> Result<Output, EngineError> {
+        self.generate_until(prompt, options, |piece| {
+            on_text(piece);
+            std::ops::ControlFlow::Continue(())
+        })
+    }
+
+    /// [`Self::generate`], stopped early when `on_text` returns `Break` (a client that went
+    /// away): the output so far comes back with `cancelled` set, and its blocks are kept.
+    pub fn generate_until(
+        &mut self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        mut on_text: impl FnMut(&str) -> std::ops::ControlFlow<()>,
+    ) -> Result<Output, EngineError> {
         if prompt.is_empty() {
             return Err(ModelError::Run("the prompt has no tokens".into()).into());
         }
@@ -133,6 +149,7 @@ impl Engine {
             cached_tokens,
             prefill_secs,
             decode_secs: 0.0,
+            cancelled: false,
         };
         let mut text = TextStream::default();
         let longest_stop = options.stop.iter().map(String::len).max().unwrap_or(0);
@@ -156,8 +173,12 @@ impl Engine {
                 // Hold back what could be the start of a stop string.
                 let safe = floor_char_boundary(&out.text, out.text.len().saturating_sub(longest_stop.saturating_sub(1)));
                 if safe > emitted {
-                    on_text(&out.text[emitted..safe]);
+                    let flow = on_text(&out.text[emitted..safe]);
                     emitted = safe;
+                    if flow.is_break() {
+                        out.cancelled = true;
+                        break;
+                    }
                 }
             }
             if out.tokens.len() == options.max_tokens {
@@ -167,13 +188,13 @@ impl Engine {
             state = present;
             last = logits;
         }
-        if !stopped {
+        if !stopped && !out.cancelled {
             // A tail held back as an incomplete character.
             let rest = text.rest(&self.model, &out.tokens)?;
             push_text(&mut out.text, &rest, &options.stop, longest_stop);
         }
-        if out.text.len() > emitted {
-            on_text(&out.text[emitted..]);
+        if out.text.len() > emitted && !out.cancelled {
+            let _ = on_text(&out.text[emitted..]);
         }
         out.decode_secs = decode_started.elapsed().as_secs_f64();
         self.decoder.release();

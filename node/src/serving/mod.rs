@@ -50,7 +50,21 @@ pub enum ServeError {
 struct Job {
     prompt: Vec<u32>,
     options: GenerateOptions,
+    /// Streamed: each piece of text as it is generated; the generation stops when the
+    /// receiver is dropped.
+    pieces: Option<mpsc::Sender<String>>,
     reply: oneshot::Sender<Result<Output, ServeError>>,
+}
+
+/// Pieces of text in flight between the worker and a streaming caller; a caller that
+/// reads no further holds the engine there (backpressure) until it reads or goes.
+pub const STREAM_PIECES: usize = 16;
+
+/// A streamed generation: `pieces` as they come, then the whole output.
+#[derive(Debug)]
+pub struct Stream {
+    pub pieces: mpsc::Receiver<String>,
+    pub done: oneshot::Receiver<Result<Output, ServeError>>,
 }
 
 /// Handle to a running worker. Dropping every handle stops it once its queue is empty.
@@ -87,11 +101,24 @@ impl ModelWorker {
     /// Generates after `prompt`; fails at once when the queue is full.
     pub async fn generate(&self, prompt: Vec<u32>, options: GenerateOptions) -> Result<Output, ServeError> {
         let (reply, answer) = oneshot::channel();
-        self.inbox.try_send(Job { prompt, options, reply }).map_err(|e| match e {
+        self.submit(Job { prompt, options, pieces: None, reply })?;
+        answer.await.map_err(|_| ServeError::Stopped)?
+    }
+
+    /// Generates after `prompt`, streaming the text; fails at once when the queue is full.
+    /// Dropping [`Stream::pieces`] cancels the generation (it ends within one token).
+    pub fn generate_stream(&self, prompt: Vec<u32>, options: GenerateOptions) -> Result<Stream, ServeError> {
+        let (reply, done) = oneshot::channel();
+        let (tx, pieces) = mpsc::channel(STREAM_PIECES);
+        self.submit(Job { prompt, options, pieces: Some(tx), reply })?;
+        Ok(Stream { pieces, done })
+    }
+
+    fn submit(&self, job: Job) -> Result<(), ServeError> {
+        self.inbox.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ServeError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => ServeError::Stopped,
-        })?;
-        answer.await.map_err(|_| ServeError::Stopped)?
+        })
     }
 }
 
@@ -111,10 +138,17 @@ fn serve(config: ServeConfig, mut jobs: mpsc::Receiver<Job>, ready: oneshot::Sen
         }
     };
     while let Some(job) = jobs.blocking_recv() {
-        if job.reply.is_closed() {
+        if job.reply.is_closed() || job.pieces.as_ref().is_some_and(mpsc::Sender::is_closed) {
             continue; // the caller gave up while queued
         }
-        let result = engine.generate(&job.prompt, &job.options, |_| {}).map_err(|e| ServeError::Generate(e.to_string()));
+        let pieces = job.pieces;
+        let result = engine
+            .generate_until(&job.prompt, &job.options, |piece| match &pieces {
+                // Waits while the caller's buffer is full; a caller gone stops the run.
+                Some(tx) if tx.blocking_send(piece.to_owned()).is_err() => std::ops::ControlFlow::Break(()),
+                _ => std::ops::ControlFlow::Continue(()),
+            })
+            .map_err(|e| ServeError::Generate(e.to_string()));
         let _ = job.reply.send(result);
     }
     tracing::debug!("model-serving worker stopped");
