@@ -6,6 +6,9 @@
 //! Without a model, or when the runtime or the model cannot be loaded, the node runs on
 //! with inference off, says why, and advertises no inference capacity.
 //!
+//! A request is answered whole ([`ModelWorker::generate`]) or streamed in pieces
+//! ([`ModelWorker::generate_stream`]); dropping the stream cancels the generation.
+//!
 //! [`placement`]: where a request runs — the cost function over the peers' adverts (pure).
 
 pub mod placement;
