@@ -20,14 +20,20 @@ fn tiny_model() -> Option<PathBuf> {
     None
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_worker_keeps_the_engine_serves_and_refuses_beyond_its_queue() {
+/// A node serving the tiny model (its data directory, the node, its worker), or `None`
+/// when the model is not prepared (outside CI).
+async fn node_with_tiny_model() -> Option<(tempfile::TempDir, pyagent_node::Node, pyagent_node::serving::ModelWorker)> {
     let dir = tempfile::tempdir().unwrap();
     let mut config = support::test_config(dir.path(), &Opts::default());
-    let Some(model) = tiny_model() else { return };
-    config.inference.model = Some(model);
+    config.inference.model = Some(tiny_model()?);
     let node = pyagent_node::Node::start(config.validate().unwrap()).await.unwrap();
     let worker = node.model().expect("the node serves its model").clone();
+    Some((dir, node, worker))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_keeps_the_engine_serves_and_refuses_beyond_its_queue() {
+    let Some((_dir, node, worker)) = node_with_tiny_model().await else { return };
     let advertised = node.client().status().await.unwrap().capacity.inference.expect("inference on");
     assert_eq!(&advertised, worker.capacity());
 
@@ -52,12 +58,7 @@ async fn the_worker_keeps_the_engine_serves_and_refuses_beyond_its_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_generation_equals_the_whole_one_and_stops_when_the_caller_goes() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = support::test_config(dir.path(), &Opts::default());
-    let Some(model) = tiny_model() else { return };
-    config.inference.model = Some(model);
-    let node = pyagent_node::Node::start(config.validate().unwrap()).await.unwrap();
-    let worker = node.model().expect("the node serves its model").clone();
+    let Some((_dir, node, worker)) = node_with_tiny_model().await else { return };
     let prompt: Vec<u32> = (3..40).collect();
     let options = GenerateOptions { max_tokens: 400, ..Default::default() };
     let whole = worker.generate(prompt.clone(), options.clone()).await.unwrap();
