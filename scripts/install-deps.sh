@@ -5,6 +5,7 @@
 #   - procps (pgrep): scripts/soak.sh
 #   - pyzmq (pip): the Python API example and its test
 #   - jinja2 (pip): the reference renderer the chat-template test compares with
+#   - openai (pip): the official client the HTTP API test drives (tests/openai_client.py)
 #   - python3-venv: scripts/prepare-model.sh (ONNX Runtime, the tiny test model)
 # Without root it only reports what is missing.
 set -euo pipefail
@@ -40,4 +41,10 @@ if ! python3 -c 'import jinja2' >/dev/null 2>&1; then
     echo "install-deps: pip install jinja2"
     python3 -m pip install --quiet --disable-pip-version-check jinja2==3.1.6 \
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages jinja2==3.1.6
+fi
+
+if ! python3 -c 'import openai' >/dev/null 2>&1; then
+    echo "install-deps: pip install openai"
+    python3 -m pip install --quiet --disable-pip-version-check openai==3.57.0 \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages openai==3.57.0
 fi

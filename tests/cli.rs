@@ -79,7 +79,7 @@ fn print_config_shows_file_env_and_flags_layered() {
 /// Starts a loopback-only node with mDNS off; returns it once it logged "node started".
 fn start_node(data_dir: &std::path::Path) -> std::process::Child {
     let mut child = Command::new(PYAGENT)
-        .args(["node", "--no-mdns", "--listen-ip", "127.0.0.1", "--p2p-port", "0", "--api", "127.0.0.1:0", "--events", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
+        .args(["node", "--no-mdns", "--listen-ip", "127.0.0.1", "--p2p-port", "0", "--api", "127.0.0.1:0", "--events", "127.0.0.1:0", "--http", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
         .arg(data_dir)
         .env("RUST_LOG", "info")
         .env_remove("PYAGENT_CONFIG")
@@ -166,4 +166,38 @@ fn generate_streams_text_and_reports_rates_or_says_why_not() {
     let out = pyagent(&["generate", "--model", "/nonexistent/model", "hi"], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("/nonexistent/model/model.onnx"), "{}", stderr(&out));
+}
+
+#[test]
+fn systemd_hears_ready_once_the_node_serves_and_stopping_at_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut child = Command::new(PYAGENT)
+        .args(["node", "--no-mdns", "--listen-ip", "127.0.0.1", "--p2p-port", "0", "--api", "127.0.0.1:0", "--events", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("NOTIFY_SOCKET", &path)
+        .env_remove("PYAGENT_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn node");
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("a notification within 20 s");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    let (status, _) = signal_and_wait(&mut child, "-TERM");
+    assert_eq!(status.code(), Some(0));
+    let n = socket.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1\n");
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/config.example.toml");
+    let out = pyagent(&["node", "--config", example.to_str().unwrap(), "--data-dir", "/tmp/x", "--print-config"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(printed["http"]["bind"].as_str(), Some("127.0.0.1:7763"));
 }

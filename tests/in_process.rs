@@ -260,7 +260,7 @@ async fn a_node_with_a_model_advertises_measured_inference_and_without_runtime_r
     let dir = tempfile::tempdir().unwrap();
     // A broken runtime path: the node starts anyway, with inference off.
     let mut config = support::test_config(&dir.path().join("a"), &Opts::default());
-    config.inference.model = Some(model.clone());
+    config.inference.models = vec![model.clone()];
     config.inference.ort_lib = Some("/nonexistent/libonnxruntime.so".into());
     let off = pyagent_node::Node::start(config.validate().unwrap()).await.unwrap();
     assert!(off.client().status().await.unwrap().capacity.inference.is_none());
@@ -271,7 +271,7 @@ async fn a_node_with_a_model_advertises_measured_inference_and_without_runtime_r
         return;
     }
     let mut config = support::test_config(&dir.path().join("b"), &Opts::default());
-    config.inference.model = Some(model.clone());
+    config.inference.models = vec![model.clone()];
     let on = pyagent_node::Node::start(config.validate().unwrap()).await.unwrap();
     let peer = start_in(&dir.path().join("c"), &Opts { bootstrap: on.p2p_addrs(), ..Default::default() }).await;
     let inference = on.client().status().await.unwrap().capacity.inference.expect("inference on");

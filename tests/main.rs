@@ -13,6 +13,7 @@ mod hostile;
 mod in_process;
 mod lab;
 mod lab_history;
+mod openai_api;
 mod serving;
 mod tasks;
 mod votes;

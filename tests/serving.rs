@@ -25,7 +25,7 @@ fn tiny_model() -> Option<PathBuf> {
 async fn node_with_tiny_model() -> Option<(tempfile::TempDir, pyagent_node::Node, pyagent_node::serving::ModelWorker)> {
     let dir = tempfile::tempdir().unwrap();
     let mut config = support::test_config(dir.path(), &Opts::default());
-    config.inference.model = Some(tiny_model()?);
+    config.inference.models = vec![tiny_model()?];
     let node = pyagent_node::Node::start(config.validate().unwrap()).await.unwrap();
     let worker = node.model().expect("the node serves its model").clone();
     Some((dir, node, worker))
@@ -67,13 +67,13 @@ async fn a_streamed_generation_equals_the_whole_one_and_stops_when_the_caller_go
     let mut streamed = String::new();
     let mut pieces = 0;
     while let Some(piece) = stream.pieces.recv().await {
-        streamed.push_str(&piece);
+        streamed.push_str(&piece.text);
         pieces += 1;
     }
     let done = stream.done.await.unwrap().unwrap();
     assert_eq!(done.tokens, whole.tokens, "greedy: the same tokens streamed or not");
     assert_eq!(streamed, whole.text, "the pieces make up the text");
-    assert!(!done.cancelled);
+    assert!(!done.cancelled());
     // More pieces than the stream buffers: a caller that stops reading holds the worker
     // before the end, so the cancellation below cannot race the run's end.
     assert!(pieces > pyagent_node::serving::STREAM_PIECES + 1, "{pieces} pieces");
@@ -81,10 +81,10 @@ async fn a_streamed_generation_equals_the_whole_one_and_stops_when_the_caller_go
     // The caller goes away after the first piece: the run ends early, cancelled.
     let mut stream = worker.generate_stream(prompt.clone(), options.clone()).unwrap();
     let first = stream.pieces.recv().await.expect("a first piece");
-    assert!(!first.is_empty());
+    assert!(!first.text.is_empty());
     drop(stream.pieces);
     let cut = stream.done.await.unwrap().unwrap();
-    assert!(cut.cancelled, "cancelled");
+    assert!(cut.cancelled(), "cancelled");
     assert!(cut.tokens.len() < options.max_tokens, "stopped early: {} tokens", cut.tokens.len());
     node.shutdown().await;
 }

@@ -261,7 +261,7 @@ mod engine {
         let config = pool(16, 0, dir.path(), &model);
         let mut engine = Engine::new(model, env, 1, &config).unwrap();
         let ids = engine.model.encode("Once upon a time").unwrap();
-        let warm = GenerateOptions { max_tokens: 16, sampling: Sampling { temperature: 0.8, top_k: 20, top_p: 0.95, seed: 11 }, stop: vec![], keep_logits: false };
+        let warm = GenerateOptions { max_tokens: 16, sampling: Sampling { temperature: 0.8, top_k: 20, top_p: 0.95, seed: 11 }, stop: vec![], keep_logits: false, logprobs: None };
         let a = engine.generate(&ids, &warm, |_| {}).unwrap();
         let b = engine.generate(&ids, &warm, |_| {}).unwrap();
         assert_eq!(a.tokens, b.tokens, "same seed, same tokens");
@@ -276,6 +276,36 @@ mod engine {
             assert_eq!(cut.text, greedy.text[..greedy.text.find(&stop).unwrap()]);
             assert_eq!(streamed, cut.text, "no part of the stop string is streamed");
         }
+    }
+
+    #[test]
+    fn logprobs_name_the_greedy_token_first_and_stream_with_their_pieces() {
+        let Some((model, env, _)) = prepared("engine logprobs test") else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let config = pool(16, 0, dir.path(), &model);
+        let mut engine = Engine::new(model, env, 1, &config).unwrap();
+        let ids = engine.model.encode("Once upon a time").unwrap();
+        let options = GenerateOptions { max_tokens: 10, logprobs: Some(5), keep_logits: true, ..Default::default() };
+        let mut streamed = Vec::new();
+        let out = engine
+            .generate_until(&ids, &options, |piece| {
+                streamed.extend_from_slice(piece.logprobs);
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(out.logprobs.len(), out.tokens.len(), "one per generated token");
+        assert_eq!(streamed, out.logprobs, "the pieces carry every token's log-probabilities once");
+        for ((lp, token), logits) in out.logprobs.iter().zip(&out.tokens).zip(&out.step_logits) {
+            assert_eq!(lp.token, *token);
+            assert_eq!(lp.top.len(), 5);
+            assert_eq!(lp.top[0].token, *token, "greedy: the chosen token is the most likely");
+            assert!((lp.top[0].logprob - lp.logprob).abs() < 1e-6 && lp.logprob <= 0.0);
+            assert!(lp.top.windows(2).all(|w| w[0].logprob >= w[1].logprob), "most likely first");
+            let mass: f64 = logits.iter().map(|&v| f64::from(v - logits[*token as usize]).exp()).sum();
+            assert!((f64::from(lp.logprob) + mass.ln()).abs() < 1e-4, "log-softmax of the step's logits");
+            assert_eq!(lp.text, engine.model.decode(&[*token]).unwrap());
+        }
+        assert!(engine.generate(&ids, &GenerateOptions { max_tokens: 4, ..Default::default() }, |_| {}).unwrap().logprobs.is_empty());
     }
 }
 

@@ -16,7 +16,10 @@
 //!   history shard owners; inference next).
 //! - [`history`]: the history DHT (1,024 replicated shards of signed entries; writes
 //!   acknowledged at W owners, hints, reads, anti-entropy, hand-off) and its actor.
-//! - [`serving`]: the model-serving worker actor that owns the inference engine.
+//! - [`serving`]: the model-serving worker actors (one per hosted model, each owning its
+//!   inference engine) and the placement cost of inference requests.
+//! - [`http`]: the OpenAI-compatible HTTP API, `/healthz`, `/readyz`, `/metrics`;
+//!   [`systemd`]: readiness notification (`Type=notify`).
 //! - [`discovery`]: mDNS announcement and browsing.
 //! - [`external`]: external agents (any language) serving capabilities over the API.
 //! - [`api`]: the local ZeroMQ API server, its admission control, its methods, and its
@@ -32,6 +35,7 @@ pub mod discovery;
 pub mod effects;
 pub mod external;
 pub mod history;
+pub mod http;
 pub mod identity;
 pub mod logging;
 pub mod membership;
@@ -40,6 +44,7 @@ pub mod p2p;
 pub mod placement;
 pub mod serving;
 pub mod store;
+pub mod systemd;
 pub mod tasks;
 pub mod votes;
 

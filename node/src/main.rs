@@ -172,6 +172,7 @@ fn generate(args: &cli::GenerateArgs) -> ExitCode {
             sampling: Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed },
             stop: args.stop.clone(),
             keep_logits: false,
+            logprobs: None,
         };
         let rate = |n: usize, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
         for _ in 0..args.repeat.max(1) {

@@ -22,7 +22,7 @@ use crate::p2p::behaviour::{Behaviour, BehaviourError};
 use crate::p2p::client::{COMMAND_QUEUE, EVENT_QUEUE};
 use crate::p2p::router::{Channels, Domain, Router, Topics};
 use crate::p2p::{NodeClient, NodeFacts, transport};
-use crate::serving::{ModelWorker, ServeConfig};
+use crate::serving::{Models, ServeConfig};
 use crate::store::{Store, StoreError};
 use crate::tasks::{TaskEngine, TaskRunner};
 
@@ -54,6 +54,8 @@ pub enum StartError {
     Discovery(#[from] DiscoveryError),
     #[error(transparent)]
     Api(#[from] ApiStartError),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpStartError),
     #[error("cannot start the history writer thread: {0}")]
     History(std::io::Error),
 }
@@ -68,8 +70,10 @@ pub struct Node {
     mdns: Option<MdnsDiscovery>,
     router_task: JoinHandle<()>,
     store: Arc<Store>,
-    /// The model-serving worker, when a model is configured and loads.
-    model: Option<ModelWorker>,
+    /// The model-serving workers of the models that loaded.
+    models: Models,
+    /// The OpenAI-compatible HTTP API, when on.
+    http: Option<crate::http::HttpServer>,
     _data_dir: DataDir,
 }
 
@@ -201,14 +205,14 @@ impl Node {
         let p2p_port = listen(&mut swarm, &settings).await?;
 
         let mut probe = CapacityProbe::new();
-        let serve = settings.model.clone().map(|model| ServeConfig {
-            model,
-            ort_lib: settings.ort_lib.clone(),
-            kv_host_bytes: settings.kv_host_bytes,
-            ram_available: probe.probe().ram_available_bytes,
-        });
-        let model = crate::serving::start_if_configured(serve).await;
-        probe.set_inference(model.as_ref().map(|m| m.capacity().clone()));
+        let ram_available = probe.probe().ram_available_bytes;
+        let serve = settings
+            .models
+            .iter()
+            .map(|model| ServeConfig { model: model.clone(), ort_lib: settings.ort_lib.clone(), kv_host_bytes: settings.kv_host_bytes, ram_available })
+            .collect();
+        let models = Models::start(serve).await;
+        probe.set_inference(models.all().first().map(|m| m.capacity().clone()));
         let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (event_tx, _) = broadcast::channel(EVENT_QUEUE);
         let (results_tx, results_rx) = watch::channel(0u64);
@@ -278,9 +282,32 @@ impl Node {
                 tracing::info!("mDNS discovery off");
                 None
             };
-            Ok::<_, StartError>((api, mdns))
+            let http = match settings.http.clone() {
+                Some(http) => match crate::http::HttpServer::start(crate::http::HttpParts {
+                    settings: http,
+                    client: client.clone(),
+                    models: models.clone(),
+                    expects_peers: !settings.bootstrap.is_empty(),
+                })
+                .await
+                {
+                    Ok(server) => Some(server),
+                    Err(e) => {
+                        if let Some(m) = mdns {
+                            m.shutdown(Duration::from_millis(100)).await;
+                        }
+                        api.shutdown().await;
+                        return Err(e.into());
+                    }
+                },
+                None => {
+                    tracing::info!("HTTP API off");
+                    None
+                }
+            };
+            Ok::<_, StartError>((api, mdns, http))
         };
-        let (api, mdns) = match rest.await {
+        let (api, mdns, http) = match rest.await {
             Ok(parts) => parts,
             Err(e) => {
                 let _ = client.shutdown().await;
@@ -288,12 +315,26 @@ impl Node {
             }
         };
         tracing::info!(%peer_id, swarm = settings.namespace.name(), private = settings.swarm_key.is_some(), "node started");
-        Ok(Self { peer_id, client, p2p_addrs, api, mdns, router_task, store, model, _data_dir: data_dir })
+        if let Some(http) = &http {
+            http.set_ready();
+        }
+        crate::systemd::notify_ready();
+        Ok(Self { peer_id, client, p2p_addrs, api, mdns, router_task, store, models, http, _data_dir: data_dir })
     }
 
-    /// The model-serving worker, when this node serves a model.
-    pub fn model(&self) -> Option<&ModelWorker> {
-        self.model.as_ref()
+    /// The model-serving worker of the first model that loaded.
+    pub fn model(&self) -> Option<&crate::serving::ModelWorker> {
+        self.models.all().first()
+    }
+
+    /// Every model this node serves.
+    pub fn models(&self) -> &Models {
+        &self.models
+    }
+
+    /// The HTTP API's address (with the real port when bound to port 0).
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(crate::http::HttpServer::local_addr)
     }
 
     pub fn peer_id(&self) -> PeerId {
@@ -322,9 +363,14 @@ impl Node {
     /// Graceful shutdown: stop the API, say mDNS goodbye, close every connection, flush
     /// the database, release the data directory. Bounded to about 2.5 s in all.
     pub async fn shutdown(self) {
-        let Self { client, api, mdns, router_task, store, model, _data_dir, .. } = self;
-        // Its thread ends once the queued requests are answered.
-        drop(model);
+        let Self { client, api, mdns, router_task, store, models, http, _data_dir, .. } = self;
+        crate::systemd::notify_stopping();
+        // Open HTTP streams end (with an error event) instead of holding the node up.
+        if let Some(http) = http {
+            http.shutdown(Duration::from_millis(500)).await;
+        }
+        // The threads end once the queued requests are answered.
+        drop(models);
         api.shutdown().await;
         if let Some(mdns) = mdns {
             mdns.shutdown(Duration::from_millis(800)).await;

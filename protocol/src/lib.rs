@@ -12,11 +12,13 @@
 //! - [`history`]: the history DHT's signed entries, shards, fingerprints and its
 //!   request-response protocol (`/pyagent/history/1`).
 //! - [`api`]: the JSON schema of the local ZeroMQ API (requests, replies, events).
+//! - [`openai`]: the OpenAI-compatible HTTP API's requests (checked), responses, errors.
 
 pub mod advert;
 pub mod api;
 pub mod codec;
 pub mod history;
+pub mod openai;
 pub mod rpc;
 pub mod swarm;
 pub mod task;

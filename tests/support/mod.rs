@@ -71,6 +71,7 @@ pub fn test_config(data_dir: &Path, opts: &Opts) -> Config {
     c.mdns.enabled = false;
     c.api.bind = "127.0.0.1:0".parse().unwrap();
     c.api.events_bind = "127.0.0.1:0".parse().unwrap();
+    c.http.bind = "127.0.0.1:0".parse().unwrap();
     c.membership.advert_interval_ms = 500;
     c.membership.peer_ttl_ms = 2000;
     c

@@ -25,12 +25,56 @@ pub struct GenerateOptions {
     /// Keep each step's logits in [`Output::step_logits`] (tests, analysis): vocabulary x 4
     /// bytes per token.
     pub keep_logits: bool,
+    /// Record each generated token's log-probability and this many most likely
+    /// alternatives ([`Output::logprobs`]); `None`: none.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_tokens: 64, sampling: Sampling::default(), stop: Vec::new(), keep_logits: false }
+        Self { max_tokens: 64, sampling: Sampling::default(), stop: Vec::new(), keep_logits: false, logprobs: None }
     }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The model emitted an end-of-sequence token.
+    Eos,
+    /// A stop string was reached (it is not part of the text).
+    Stop,
+    /// `max_tokens` were generated.
+    Length,
+    /// The caller stopped it (`on_piece` returned `Break`).
+    Cancelled,
+}
+
+/// A generated token's log-probability and the most likely alternatives at its step
+/// (softmax of the raw logits at temperature 1, as OpenAI reports them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    /// The token alone, decoded (a token inside a multi-byte character shows U+FFFD).
+    pub text: String,
+    pub logprob: f32,
+    /// Most likely first.
+    pub top: Vec<Alternative>,
+}
+
+/// One of the most likely tokens at a step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alternative {
+    pub token: u32,
+    pub text: String,
+    pub logprob: f32,
+}
+
+/// A part of the text as it is generated, with the log-probabilities of the tokens
+/// generated since the previous piece (when asked for).
+#[derive(Debug, Clone, Copy)]
+pub struct Piece<'a> {
+    pub text: &'a str,
+    pub logprobs: &'a [TokenLogprob],
 }
 
 /// A finished generation.
@@ -45,8 +89,16 @@ pub struct Output {
     pub cached_tokens: usize,
     pub prefill_secs: f64,
     pub decode_secs: f64,
-    /// The caller stopped it (`on_text` returned `Break`) before its end.
-    pub cancelled: bool,
+    pub finish: Finish,
+    /// One per generated token, with `GenerateOptions::logprobs`.
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+impl Output {
+    /// The caller stopped it before its end.
+    pub fn cancelled(&self) -> bool {
+        self.finish == Finish::Cancelled
+    }
 }
 
 /// Why a generation failed.
@@ -115,21 +167,31 @@ impl Engine {
         Ok((last, state, reused))
     }
 
+    fn token_logprob(&self, logits: &[f32], token: u32, top: usize) -> Result<TokenLogprob, ModelError> {
+        let lp = super::sampling::logprobs(logits, token, top);
+        let mut alternatives = Vec::with_capacity(lp.top.len());
+        for (id, logprob) in lp.top {
+            alternatives.push(Alternative { token: id, text: self.model.decode(&[id])?, logprob });
+        }
+        Ok(TokenLogprob { token, text: self.model.decode(&[token])?, logprob: lp.logprob, top: alternatives })
+    }
+
     /// Generates after `prompt`; `on_text` receives the text as it grows.
     pub fn generate(&mut self, prompt: &[u32], options: &GenerateOptions, mut on_text: impl FnMut(&str)) -> Result<Output, EngineError> {
         self.generate_until(prompt, options, |piece| {
-            on_text(piece);
+            on_text(piece.text);
             std::ops::ControlFlow::Continue(())
         })
     }
 
-    /// [`Self::generate`], stopped early when `on_text` returns `Break` (a client that went
-    /// away): the output so far comes back with `cancelled` set, and its blocks are kept.
+    /// [`Self::generate`], piece by piece (text and, when asked, log-probabilities),
+    /// stopped early when `on_piece` returns `Break` (a client that went away): the output
+    /// so far comes back as [`Finish::Cancelled`], and its blocks are kept.
     pub fn generate_until(
         &mut self,
         prompt: &[u32],
         options: &GenerateOptions,
-        mut on_text: impl FnMut(&str) -> std::ops::ControlFlow<()>,
+        mut on_piece: impl FnMut(Piece<'_>) -> std::ops::ControlFlow<()>,
     ) -> Result<Output, EngineError> {
         if prompt.is_empty() {
             return Err(ModelError::Run("the prompt has no tokens".into()).into());
@@ -149,34 +211,41 @@ impl Engine {
             cached_tokens,
             prefill_secs,
             decode_secs: 0.0,
-            cancelled: false,
+            finish: Finish::Length,
+            logprobs: Vec::new(),
         };
         let mut text = TextStream::default();
         let longest_stop = options.stop.iter().map(String::len).max().unwrap_or(0);
         // Bytes of `out.text` handed to `on_text`: never a part of a stop string.
         let mut emitted = 0usize;
-        let mut stopped = false;
+        // Log-probabilities handed to `on_piece`.
+        let mut emitted_logprobs = 0usize;
         while out.tokens.len() < options.max_tokens {
             let token = sampler.pick(last.last());
             if options.keep_logits {
                 out.step_logits.push(last.last().to_vec());
             }
             if eos.contains(&token) {
+                out.finish = Finish::Eos;
                 break;
             }
             out.tokens.push(token);
+            if let Some(top) = options.logprobs {
+                out.logprobs.push(self.token_logprob(last.last(), token, top)?);
+            }
             if let Some(piece) = text.next(&self.model, &out.tokens)? {
                 if push_text(&mut out.text, &piece, &options.stop, longest_stop) {
-                    stopped = true;
+                    out.finish = Finish::Stop;
                     break;
                 }
                 // Hold back what could be the start of a stop string.
                 let safe = floor_char_boundary(&out.text, out.text.len().saturating_sub(longest_stop.saturating_sub(1)));
                 if safe > emitted {
-                    let flow = on_text(&out.text[emitted..safe]);
+                    let flow = on_piece(Piece { text: &out.text[emitted..safe], logprobs: &out.logprobs[emitted_logprobs..] });
                     emitted = safe;
+                    emitted_logprobs = out.logprobs.len();
                     if flow.is_break() {
-                        out.cancelled = true;
+                        out.finish = Finish::Cancelled;
                         break;
                     }
                 }
@@ -188,13 +257,15 @@ impl Engine {
             state = present;
             last = logits;
         }
-        if !stopped && !out.cancelled {
+        if matches!(out.finish, Finish::Eos | Finish::Length) {
             // A tail held back as an incomplete character.
             let rest = text.rest(&self.model, &out.tokens)?;
-            push_text(&mut out.text, &rest, &options.stop, longest_stop);
+            if push_text(&mut out.text, &rest, &options.stop, longest_stop) {
+                out.finish = Finish::Stop;
+            }
         }
-        if out.text.len() > emitted && !out.cancelled {
-            let _ = on_text(&out.text[emitted..]);
+        if (out.text.len() > emitted || out.logprobs.len() > emitted_logprobs) && !out.cancelled() {
+            let _ = on_piece(Piece { text: &out.text[emitted..], logprobs: &out.logprobs[emitted_logprobs..] });
         }
         out.decode_secs = decode_started.elapsed().as_secs_f64();
         self.decoder.release();

@@ -22,7 +22,7 @@ pub mod sampling;
 pub mod speculative;
 
 pub use decoder::{Decoder, KvState, Logits};
-pub use engine::{Engine, EngineError, GenerateOptions, Output, PREFILL_CHUNK};
-pub use sampling::{Sampler, Sampling};
+pub use engine::{Alternative, Engine, EngineError, Finish, GenerateOptions, Output, PREFILL_CHUNK, Piece, TokenLogprob};
+pub use sampling::{Logprobs, Sampler, Sampling, logprobs};
 pub use model::{ModelConfig, ModelDir, ModelError};
 pub use runtime::{RuntimeError, environment, find_library};

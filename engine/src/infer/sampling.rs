@@ -87,9 +87,51 @@ impl Sampler {
     }
 }
 
+/// Log-probabilities of a generated token under the model (softmax of the raw logits, at
+/// temperature 1, as OpenAI reports them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logprobs {
+    pub logprob: f32,
+    /// The `top` most likely tokens and theirs, most likely first (ties: lower id first).
+    pub top: Vec<(u32, f32)>,
+}
+
+/// The log-probability of `token` in `logits`, with the `top` most likely tokens.
+pub fn logprobs(logits: &[f32], token: u32, top: usize) -> Logprobs {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_total = (logits.iter().map(|&v| f64::from(v - max).exp()).sum::<f64>()).ln();
+    let logprob_of = |i: usize| (f64::from(logits[i] - max) - log_total) as f32;
+    let mut best: Vec<usize> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for i in 0..logits.len() {
+            // Insertion into a short sorted list: top is at most a few dozen.
+            let at = best.partition_point(|&b| logits[b] >= logits[i]);
+            if at < top {
+                best.insert(at, i);
+                best.truncate(top);
+            }
+        }
+    }
+    let index = (token as usize).min(logits.len().saturating_sub(1));
+    Logprobs { logprob: logprob_of(index), top: best.into_iter().map(|i| (i as u32, logprob_of(i))).collect() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logprobs_are_a_log_softmax_and_the_top_list_is_ordered() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0, -5.0];
+        let lp = logprobs(&logits, 2, 3);
+        let total: f64 = logits.iter().map(|&v| f64::from(v).exp()).sum();
+        assert!((f64::from(lp.logprob) - (2.0f64.exp() / total).ln()).abs() < 1e-6, "{lp:?}");
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3, 2], "ties: lower id first");
+        let mass: f64 = (0..5).map(|i| f64::from(logprobs(&logits, i, 0).logprob).exp()).sum();
+        assert!((mass - 1.0).abs() < 1e-6, "probabilities sum to 1: {mass}");
+        assert!(logprobs(&logits, 0, 0).top.is_empty());
+        assert_eq!(logprobs(&logits, 0, 99).top.len(), 5);
+    }
 
     #[test]
     fn greedy_takes_the_largest_and_sampling_is_seeded() {

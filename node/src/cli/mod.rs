@@ -319,9 +319,22 @@ pub struct NodeArgs {
     /// Allow binding the API off loopback (it has no authentication).
     #[arg(long)]
     pub api_allow_non_loopback: bool,
-    /// Model directory to serve (ONNX; scripts/prepare-model.sh) [default: none, inference off].
+    /// Model directory to serve (ONNX; scripts/prepare-model.sh), repeatable; served under
+    /// the directory's name [default: none; the node can still ask its peers].
     #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
+    pub model: Vec<PathBuf>,
+    /// OpenAI-compatible HTTP API [default: 127.0.0.1:7763].
+    #[arg(long, value_name = "IP:PORT")]
+    pub http: Option<SocketAddr>,
+    /// No HTTP API.
+    #[arg(long, conflicts_with = "http")]
+    pub no_http: bool,
+    /// Allow binding the HTTP API off loopback (needs --http-api-key too).
+    #[arg(long)]
+    pub http_allow_non_loopback: bool,
+    /// File with the bearer key HTTP clients must send (`Authorization: Bearer KEY`).
+    #[arg(long, value_name = "FILE")]
+    pub http_api_key: Option<PathBuf>,
     /// The ONNX Runtime library [default: ORT_DYLIB_PATH, then .venv-models].
     #[arg(long, value_name = "FILE")]
     pub ort_lib: Option<PathBuf>,
@@ -352,8 +365,12 @@ impl NodeArgs {
             events_bind: self.events,
             allow_non_loopback_api: self.api_allow_non_loopback.then_some(true),
             log_format: self.log_format,
-            model: self.model.clone(),
+            models: (!self.model.is_empty()).then(|| self.model.clone()),
             ort_lib: self.ort_lib.clone(),
+            http: self.no_http.then_some(false),
+            http_bind: self.http,
+            http_allow_non_loopback: self.http_allow_non_loopback.then_some(true),
+            http_api_key_file: self.http_api_key.clone(),
         }
     }
 

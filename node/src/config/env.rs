@@ -24,8 +24,12 @@ pub struct Overrides {
     pub events_bind: Option<SocketAddr>,
     pub allow_non_loopback_api: Option<bool>,
     pub log_format: Option<LogFormat>,
-    pub model: Option<PathBuf>,
+    pub models: Option<Vec<PathBuf>>,
     pub ort_lib: Option<PathBuf>,
+    pub http: Option<bool>,
+    pub http_bind: Option<SocketAddr>,
+    pub http_allow_non_loopback: Option<bool>,
+    pub http_api_key_file: Option<PathBuf>,
 }
 
 /// The environment variables read by [`Overrides::from_env`], and what they set.
@@ -41,7 +45,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PYAGENT_MDNS", "mdns.enabled (true/false)"),
     ("PYAGENT_MDNS_INTERFACES", "mdns.interfaces (comma-separated)"),
     ("PYAGENT_API", "api.bind"),
-    ("PYAGENT_MODEL", "inference.model"),
+    ("PYAGENT_MODELS", "inference.models (comma-separated directories)"),
+    ("PYAGENT_HTTP", "http.enabled (true/false)"),
+    ("PYAGENT_HTTP_BIND", "http.bind"),
+    ("PYAGENT_HTTP_ALLOW_NON_LOOPBACK", "http.allow_non_loopback (true/false)"),
+    ("PYAGENT_HTTP_API_KEY_FILE", "http.api_key_file"),
     ("PYAGENT_ORT_LIB", "inference.ort_lib"),
     ("PYAGENT_EVENTS", "api.events_bind"),
     ("PYAGENT_API_ALLOW_NON_LOOPBACK", "api.allow_non_loopback (true/false)"),
@@ -101,7 +109,11 @@ impl Overrides {
             api_bind: parse_env(&vars, "PYAGENT_API")?,
             events_bind: parse_env(&vars, "PYAGENT_EVENTS")?,
             allow_non_loopback_api: parse_env_bool(&vars, "PYAGENT_API_ALLOW_NON_LOOPBACK")?,
-            model: vars.get("PYAGENT_MODEL").map(PathBuf::from),
+            models: parse_env_list(&vars, "PYAGENT_MODELS").map(|l| l.into_iter().map(PathBuf::from).collect()),
+            http: parse_env_bool(&vars, "PYAGENT_HTTP")?,
+            http_bind: parse_env(&vars, "PYAGENT_HTTP_BIND")?,
+            http_allow_non_loopback: parse_env_bool(&vars, "PYAGENT_HTTP_ALLOW_NON_LOOPBACK")?,
+            http_api_key_file: vars.get("PYAGENT_HTTP_API_KEY_FILE").map(PathBuf::from),
             ort_lib: vars.get("PYAGENT_ORT_LIB").map(PathBuf::from),
             log_format: vars
                 .get("PYAGENT_LOG_FORMAT")

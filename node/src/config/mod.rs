@@ -22,6 +22,8 @@ pub const DEFAULT_P2P_PORT: u16 = 7760;
 pub const DEFAULT_API_PORT: u16 = 7761;
 /// Default port of the local event stream (ZeroMQ PUB).
 pub const DEFAULT_EVENTS_PORT: u16 = 7762;
+/// Default port of the OpenAI-compatible HTTP API.
+pub const DEFAULT_HTTP_PORT: u16 = 7763;
 
 /// The whole configuration, as written in the TOML file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,8 +45,70 @@ pub struct Config {
     pub api: ApiConfig,
     pub membership: MembershipConfig,
     pub inference: InferenceConfig,
+    pub http: HttpConfig,
     pub history: HistoryConfig,
     pub log: LogConfig,
+}
+
+/// The OpenAI-compatible HTTP API, with `/healthz`, `/readyz` and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    /// `IP:PORT`.
+    pub bind: SocketAddr,
+    /// Binding off loopback must be asked for, and needs `api_key_file` as well.
+    pub allow_non_loopback: bool,
+    /// A file holding the bearer key clients must send (`Authorization: Bearer KEY`);
+    /// required off loopback, optional on it.
+    pub api_key_file: Option<PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_HTTP_PORT),
+            allow_non_loopback: false,
+            api_key_file: None,
+        }
+    }
+}
+
+/// Validated [`HttpConfig`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub bind: SocketAddr,
+    /// The bearer key, when one is required.
+    pub api_key: Option<String>,
+}
+
+impl std::fmt::Debug for HttpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSettings").field("bind", &self.bind).field("api_key", &self.api_key.as_ref().map(|_| "<set>")).finish()
+    }
+}
+
+/// Shortest bearer key accepted: a guessable key protects nothing.
+pub const MIN_API_KEY_LEN: usize = 16;
+
+/// Reads the bearer key file: one line of at least [`MIN_API_KEY_LEN`] printable ASCII
+/// characters (at most 4 KiB read).
+pub fn read_api_key(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4096).read_to_end(&mut bytes))
+        .map_err(|e| invalid("http.api_key_file", format!("cannot read {}: {e}", path.display())))?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid("http.api_key_file", format!("{} is not text", path.display())))?;
+    let key = text.trim();
+    if key.len() < MIN_API_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "http.api_key_file",
+            format!("{} must hold one key of at least {MIN_API_KEY_LEN} printable characters without spaces (e.g. `openssl rand -hex 32`)", path.display()),
+        ));
+    }
+    Ok(key.to_owned())
 }
 
 /// The history DHT: replicas per shard, acknowledgements per write, anti-entropy period.
@@ -81,12 +145,14 @@ impl Default for HistoryConfig {
     }
 }
 
-/// Inference: the model this node serves, if any.
+/// Inference: the models this node serves, if any.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InferenceConfig {
-    /// Model directory (model.onnx, tokenizer.json, config.json). None: inference off.
-    pub model: Option<PathBuf>,
+    /// Model directories (model.onnx, tokenizer.json, config.json), each served by a
+    /// worker of its own under its directory's name. Empty: this node serves none (it can
+    /// still ask its peers).
+    pub models: Vec<PathBuf>,
     /// ONNX Runtime library. Default: ORT_DYLIB_PATH, then `.venv-models`.
     pub ort_lib: Option<PathBuf>,
     /// KV block pool budget in host RAM, MiB.
@@ -95,7 +161,7 @@ pub struct InferenceConfig {
 
 impl Default for InferenceConfig {
     fn default() -> Self {
-        Self { model: None, ort_lib: None, kv_host_mb: 256 }
+        Self { models: Vec::new(), ort_lib: None, kv_host_mb: 256 }
     }
 }
 
@@ -167,6 +233,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             membership: MembershipConfig::default(),
             inference: InferenceConfig::default(),
+            http: HttpConfig::default(),
             history: HistoryConfig::default(),
             log: LogConfig::default(),
         }
@@ -249,9 +316,7 @@ impl Config {
         if o.swarm_key.is_some() {
             self.swarm_key = o.swarm_key;
         }
-        if o.model.is_some() {
-            self.inference.model = o.model;
-        }
+        set(&mut self.inference.models, o.models);
         if o.ort_lib.is_some() {
             self.inference.ort_lib = o.ort_lib;
         }
@@ -267,6 +332,16 @@ impl Config {
         set(&mut self.api.events_bind, o.events_bind);
         set(&mut self.api.allow_non_loopback, o.allow_non_loopback_api);
         set(&mut self.log.format, o.log_format);
+        set(&mut self.http.enabled, o.http);
+        if o.http_bind.is_some() {
+            // Naming an address asks for the API.
+            self.http.enabled = true;
+        }
+        set(&mut self.http.bind, o.http_bind);
+        set(&mut self.http.allow_non_loopback, o.http_allow_non_loopback);
+        if o.http_api_key_file.is_some() {
+            self.http.api_key_file = o.http_api_key_file;
+        }
     }
 
     /// The effective configuration as TOML, with the data directory resolved.
@@ -338,13 +413,20 @@ impl Config {
             return Err(invalid("history.sync_interval_ms", "must be between 100 and 60000"));
         }
         let quic = self.p2p.quic && swarm_key.is_none();
+        let http = self.validate_http()?;
+        for dir in &self.inference.models {
+            if dir.as_os_str().is_empty() {
+                return Err(invalid("inference.models", "a model directory must not be empty"));
+            }
+        }
         Ok(Settings {
+            http,
             history: HistorySettings {
                 replicas: h.replicas,
                 write_quorum: h.write_quorum,
                 sync_interval: Duration::from_millis(h.sync_interval_ms),
             },
-            model: self.inference.model.clone(),
+            models: self.inference.models.clone(),
             ort_lib: self.inference.ort_lib.clone(),
             kv_host_bytes: self.inference.kv_host_mb << 20,
             protocol_versions: VersionRange::SUPPORTED,
@@ -366,6 +448,32 @@ impl Config {
             peer_ttl: Duration::from_millis(m.peer_ttl_ms),
             log_format: self.log.format,
         })
+    }
+}
+
+impl Config {
+    fn validate_http(&self) -> Result<Option<HttpSettings>, ConfigError> {
+        let h = &self.http;
+        if !h.enabled {
+            return Ok(None);
+        }
+        let api_key = h.api_key_file.as_deref().map(read_api_key).transpose()?;
+        if !h.bind.ip().is_loopback() {
+            if !h.allow_non_loopback {
+                return Err(invalid(
+                    "http.bind",
+                    format!("{} is not a loopback address; set http.allow_non_loopback (--http-allow-non-loopback) and a key (--http-api-key FILE) to expose the HTTP API", h.bind),
+                ));
+            }
+            if api_key.is_none() {
+                return Err(invalid("http.api_key_file", format!("binding the HTTP API to {} needs a bearer key: --http-api-key FILE", h.bind)));
+            }
+        }
+        let taken = [("api.bind", self.api.bind), ("api.events_bind", self.api.events_bind)];
+        if let Some((field, _)) = taken.iter().find(|(_, a)| *a == h.bind && h.bind.port() != 0) {
+            return Err(invalid("http.bind", format!("must differ from {field}")));
+        }
+        Ok(Some(HttpSettings { bind: h.bind, api_key }))
     }
 }
 
@@ -424,12 +532,14 @@ pub struct Settings {
     pub advert_interval: Duration,
     pub peer_ttl: Duration,
     pub log_format: LogFormat,
-    /// Inference: model directory (None: off), ONNX Runtime library, KV budget.
-    pub model: Option<PathBuf>,
+    /// Inference: model directories (empty: none served), ONNX Runtime library, KV budget.
+    pub models: Vec<PathBuf>,
     pub ort_lib: Option<PathBuf>,
     pub kv_host_bytes: u64,
     /// The history DHT's replication.
     pub history: HistorySettings,
+    /// The OpenAI-compatible HTTP API; `None`: off.
+    pub http: Option<HttpSettings>,
     /// Peer protocol versions this node speaks: always [`VersionRange::SUPPORTED`] outside
     /// tests (which run nodes of two versions in one process).
     pub protocol_versions: VersionRange,
@@ -451,6 +561,7 @@ impl std::fmt::Debug for Settings {
             .field("mdns_interfaces", &self.mdns_interfaces)
             .field("api_bind", &self.api_bind)
             .field("events_bind", &self.events_bind)
+            .field("http", &self.http)
             .finish_non_exhaustive()
     }
 }

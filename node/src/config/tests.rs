@@ -152,3 +152,52 @@ fn shipped_example_config_is_valid() {
     let s = c.validate().unwrap();
     assert_eq!((s.p2p_port, s.api_bind.port(), s.events_bind.port()), (7760, 7761, 7762));
 }
+
+#[test]
+fn the_http_api_leaves_loopback_only_with_the_flag_and_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = Config { data_dir: Some("/tmp/x".into()), ..Default::default() };
+    let s = base.validate().unwrap();
+    assert_eq!(s.http, Some(HttpSettings { bind: "127.0.0.1:7763".parse().unwrap(), api_key: None }), "on, loopback, no key");
+
+    let mut open = base.clone();
+    open.http.bind = "0.0.0.0:7763".parse().unwrap();
+    let err = open.validate().unwrap_err().to_string();
+    assert!(err.contains("http.bind") && err.contains("--http-allow-non-loopback"), "{err}");
+    open.http.allow_non_loopback = true;
+    let err = open.validate().unwrap_err().to_string();
+    assert!(err.contains("http.api_key_file") && err.contains("--http-api-key"), "the flag alone is not enough: {err}");
+
+    let weak = dir.path().join("weak.key");
+    std::fs::write(&weak, "short\n").unwrap();
+    open.http.api_key_file = Some(weak);
+    let err = open.validate().unwrap_err().to_string();
+    assert!(err.contains("at least 16"), "{err}");
+    let good = dir.path().join("good.key");
+    std::fs::write(&good, "0123456789abcdef0123\n").unwrap();
+    open.http.api_key_file = Some(good);
+    assert_eq!(open.validate().unwrap().http.unwrap().api_key.as_deref(), Some("0123456789abcdef0123"));
+    open.http.api_key_file = Some(dir.path().join("missing.key"));
+    assert!(open.validate().unwrap_err().to_string().contains("cannot read"));
+
+    let mut off = base.clone();
+    off.apply(env(&[("PYAGENT_HTTP", "false")]));
+    assert_eq!(off.validate().unwrap().http, None);
+    // Naming an address turns it back on.
+    off.apply(Overrides { http_bind: Some("127.0.0.1:9999".parse().unwrap()), ..Default::default() });
+    assert_eq!(off.validate().unwrap().http.unwrap().bind.port(), 9999);
+
+    let mut clash = base;
+    clash.http.bind = clash.api.bind;
+    assert!(clash.validate().unwrap_err().to_string().contains("must differ from api.bind"));
+}
+
+#[test]
+fn models_are_a_list_from_file_env_and_flags() {
+    let mut c = Config::from_toml("[inference]\nmodels = [\"/m/a\", \"/m/b\"]\n").unwrap();
+    assert_eq!(c.inference.models.len(), 2);
+    c.apply(env(&[("PYAGENT_MODELS", "/m/c, /m/d ,/m/e")]));
+    assert_eq!(c.inference.models, vec![PathBuf::from("/m/c"), PathBuf::from("/m/d"), PathBuf::from("/m/e")]);
+    c.data_dir = Some("/tmp/x".into());
+    assert_eq!(c.validate().unwrap().models.len(), 3);
+}

@@ -1,33 +1,45 @@
-//! The model-serving worker: an actor that owns the inference [`Engine`] on a thread of
-//! its own, for as long as the node runs. Requests reach it over a bounded inbox; a full
-//! inbox is an immediate [`ServeError::Overloaded`], never an unbounded wait. At start it
-//! loads the model and measures prefill and decode speed, which the node advertises.
+//! The model-serving workers: one actor per hosted model owns its inference [`Engine`]
+//! on a thread of its own, for as long as the node runs. Requests reach it over a bounded
+//! inbox; a full inbox is an immediate [`ServeError::Overloaded`], never an unbounded wait.
+//! At start a worker loads its model and measures prefill and decode speed, which the node
+//! advertises.
 //!
-//! Without a model, or when the runtime or the model cannot be loaded, the node runs on
-//! with inference off, says why, and advertises no inference capacity.
+//! Without a model, or when the runtime or a model cannot be loaded, the node runs on
+//! without it, says why, and advertises no capacity for it.
 //!
-//! A request is answered whole ([`ModelWorker::generate`]) or streamed in pieces
-//! ([`ModelWorker::generate_stream`]); dropping the stream cancels the generation.
+//! A request names its prompt as tokens, text, or chat messages ([`Prompt`]): the worker
+//! renders chat messages with the model's own chat template and tokenizes on its thread,
+//! so a requester needs neither the model nor its tokenizer. It is answered whole
+//! ([`ModelWorker::generate`]) or streamed in [`Chunk`]s ([`ModelWorker::generate_stream`]);
+//! dropping the stream cancels the generation.
 //!
-//! [`placement`]: where a request runs — the cost function over the peers' adverts (pure).
+//! - [`worker`]: the thread: load, measure, serve.
+//! - [`placement`]: where a request runs — the cost function over the peers' adverts (pure).
 
 pub mod placement;
+mod worker;
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use pyagent_engine::infer::{self, Engine, GenerateOptions, Output};
-use pyagent_engine::kv::PoolConfig;
+use pyagent_engine::chat::ChatMessage;
+use pyagent_engine::infer::{GenerateOptions, Output, TokenLogprob};
 use pyagent_protocol::InferenceCapacity;
 use tokio::sync::{mpsc, oneshot};
 
 /// Requests waiting for the engine; beyond that, [`ServeError::Overloaded`].
 pub const SERVE_QUEUE: usize = 64;
-/// Prompt and output sizes of the start-up measurement.
-const PROBE_PROMPT_TOKENS: usize = 64;
-const PROBE_DECODE_TOKENS: usize = 16;
+/// Pieces of text in flight between the worker and a streaming caller; a caller that
+/// reads no further holds the engine there (backpressure) until it reads or goes.
+pub const STREAM_PIECES: usize = 16;
+/// `GenerateOptions::max_tokens` that asks for as many tokens as the model's context has
+/// room for after the prompt.
+pub const REST_OF_CONTEXT: usize = usize::MAX;
+/// Context length assumed for a model whose config does not give one.
+pub const DEFAULT_CONTEXT: usize = 2048;
 
-/// What the worker needs to load a model.
+/// What a worker needs to load a model.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub model: PathBuf,
@@ -37,7 +49,7 @@ pub struct ServeConfig {
     pub ram_available: u64,
 }
 
-/// Why the worker could not serve.
+/// Why a request was not served.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot load the model {model}: {reason}")]
@@ -46,28 +58,120 @@ pub enum ServeError {
     Overloaded,
     #[error("the model-serving worker has stopped")]
     Stopped,
+    /// The prompt cannot be made into tokens (bad chat messages, no template, empty).
+    #[error("{0}")]
+    BadPrompt(String),
+    #[error("the prompt has {prompt} tokens and {max_tokens} more were asked for, but the model's context is {context} tokens; shorten the prompt or lower max_tokens")]
+    ContextLength { prompt: usize, max_tokens: usize, context: usize },
     #[error("generation failed: {0}")]
     Generate(String),
 }
 
-struct Job {
-    prompt: Vec<u32>,
-    options: GenerateOptions,
-    /// Streamed: each piece of text as it is generated; the generation stops when the
-    /// receiver is dropped.
-    pieces: Option<mpsc::Sender<String>>,
-    reply: oneshot::Sender<Result<Output, ServeError>>,
+/// A prompt as the requester has it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    Tokens(Vec<u32>),
+    /// Tokenized by the model's tokenizer.
+    Text(String),
+    /// Rendered with the model's chat template (with the generation prompt), then
+    /// tokenized.
+    Chat(Vec<ChatMessage>),
 }
 
-/// Pieces of text in flight between the worker and a streaming caller; a caller that
-/// reads no further holds the engine there (backpressure) until it reads or goes.
-pub const STREAM_PIECES: usize = 16;
+impl From<Vec<u32>> for Prompt {
+    fn from(tokens: Vec<u32>) -> Self {
+        Self::Tokens(tokens)
+    }
+}
+
+/// A piece of a streamed generation: its text, and the log-probabilities of the tokens
+/// generated since the previous piece (when asked for).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Chunk {
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+}
 
 /// A streamed generation: `pieces` as they come, then the whole output.
 #[derive(Debug)]
 pub struct Stream {
-    pub pieces: mpsc::Receiver<String>,
+    pub pieces: mpsc::Receiver<Chunk>,
     pub done: oneshot::Receiver<Result<Output, ServeError>>,
+}
+
+/// What a hosted model is, as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// The name clients ask for: the model directory's name (e.g. `smollm2-int4`).
+    pub name: String,
+    /// Prompt plus generated tokens at most.
+    pub context_length: usize,
+    /// Whether chat requests can be rendered (the model ships a chat template).
+    pub chat: bool,
+    /// Created time for `/v1/models`: the model file's modification time, Unix seconds.
+    pub created: u64,
+}
+
+/// Work waiting at or running in a worker: what placement and `/metrics` read.
+#[derive(Debug, Default)]
+pub struct Load {
+    /// Requests queued or running.
+    pub requests: AtomicU64,
+    /// Prompt tokens of those requests not yet prefilled, plus tokens still to decode
+    /// (at most their `max_tokens`).
+    pub prompt_tokens: AtomicU64,
+    pub decode_tokens: AtomicU64,
+    /// The KV block pool, after the last request: prefix lookups that found a block and
+    /// that did not, blocks held, blocks evicted.
+    pub kv_hits: AtomicU64,
+    pub kv_misses: AtomicU64,
+    pub kv_blocks: AtomicU64,
+    pub kv_evicted: AtomicU64,
+}
+
+/// A request's share of [`Load`], given back when it is done (or dropped).
+struct LoadGuard {
+    load: Arc<Load>,
+    prompt: u64,
+    decode: u64,
+}
+
+impl LoadGuard {
+    fn new(load: &Arc<Load>, prompt: u64, decode: u64) -> Self {
+        load.requests.fetch_add(1, Ordering::Relaxed);
+        load.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
+        load.decode_tokens.fetch_add(decode, Ordering::Relaxed);
+        Self { load: load.clone(), prompt, decode }
+    }
+
+    /// The prompt is prefilled: only decoding is left.
+    fn prefilled(&mut self) {
+        self.load.prompt_tokens.fetch_sub(std::mem::take(&mut self.prompt), Ordering::Relaxed);
+    }
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.load.requests.fetch_sub(1, Ordering::Relaxed);
+        self.load.prompt_tokens.fetch_sub(self.prompt, Ordering::Relaxed);
+        self.load.decode_tokens.fetch_sub(self.decode, Ordering::Relaxed);
+    }
+}
+
+struct Job {
+    prompt: Prompt,
+    options: GenerateOptions,
+    /// Streamed: each piece as it is generated; the generation stops when the receiver
+    /// is dropped.
+    pieces: Option<mpsc::Sender<Chunk>>,
+    reply: oneshot::Sender<Result<Output, ServeError>>,
+    load: LoadGuard,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("max_tokens", &self.options.max_tokens).finish_non_exhaustive()
+    }
 }
 
 /// Handle to a running worker. Dropping every handle stops it once its queue is empty.
@@ -75,12 +179,8 @@ pub struct Stream {
 pub struct ModelWorker {
     inbox: mpsc::Sender<Job>,
     capacity: InferenceCapacity,
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("prompt_tokens", &self.prompt.len()).finish_non_exhaustive()
-    }
+    info: ModelInfo,
+    load: Arc<Load>,
 }
 
 impl ModelWorker {
@@ -88,12 +188,12 @@ impl ModelWorker {
     pub async fn start(config: ServeConfig) -> Result<Self, ServeError> {
         let (inbox, jobs) = mpsc::channel::<Job>(SERVE_QUEUE);
         let (ready_tx, ready_rx) = oneshot::channel();
-        let spawned = std::thread::Builder::new().name("pyagent-model".into()).spawn(move || serve(config, jobs, ready_tx));
+        let spawned = std::thread::Builder::new().name("pyagent-model".into()).spawn(move || worker::serve(config, jobs, ready_tx));
         if let Err(e) = spawned {
             return Err(ServeError::Generate(format!("cannot start the model thread: {e}")));
         }
-        let capacity = ready_rx.await.map_err(|_| ServeError::Stopped)??;
-        Ok(Self { inbox, capacity })
+        let (capacity, info, load) = ready_rx.await.map_err(|_| ServeError::Stopped)??;
+        Ok(Self { inbox, capacity, info, load })
     }
 
     /// What the model needs and how fast it ran at start (for the advert).
@@ -101,104 +201,88 @@ impl ModelWorker {
         &self.capacity
     }
 
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Work queued at or running in this worker now.
+    pub fn load(&self) -> &Load {
+        &self.load
+    }
+
     /// Generates after `prompt`; fails at once when the queue is full.
-    pub async fn generate(&self, prompt: Vec<u32>, options: GenerateOptions) -> Result<Output, ServeError> {
+    pub async fn generate(&self, prompt: impl Into<Prompt>, options: GenerateOptions) -> Result<Output, ServeError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Job { prompt, options, pieces: None, reply })?;
+        self.submit(prompt.into(), options, None, reply)?;
         answer.await.map_err(|_| ServeError::Stopped)?
     }
 
     /// Generates after `prompt`, streaming the text; fails at once when the queue is full.
     /// Dropping [`Stream::pieces`] cancels the generation (it ends within one token).
-    pub fn generate_stream(&self, prompt: Vec<u32>, options: GenerateOptions) -> Result<Stream, ServeError> {
+    pub fn generate_stream(&self, prompt: impl Into<Prompt>, options: GenerateOptions) -> Result<Stream, ServeError> {
         let (reply, done) = oneshot::channel();
         let (tx, pieces) = mpsc::channel(STREAM_PIECES);
-        self.submit(Job { prompt, options, pieces: Some(tx), reply })?;
+        self.submit(prompt.into(), options, Some(tx), reply)?;
         Ok(Stream { pieces, done })
     }
 
-    fn submit(&self, job: Job) -> Result<(), ServeError> {
-        self.inbox.try_send(job).map_err(|e| match e {
+    fn submit(&self, prompt: Prompt, options: GenerateOptions, pieces: Option<mpsc::Sender<Chunk>>, reply: oneshot::Sender<Result<Output, ServeError>>) -> Result<(), ServeError> {
+        let prompt_estimate = match &prompt {
+            Prompt::Tokens(t) => t.len() as u64,
+            // About four bytes a token: good enough to weigh a queue.
+            Prompt::Text(s) => s.len() as u64 / 4 + 1,
+            Prompt::Chat(m) => m.iter().map(|m| m.content.len() as u64 / 4 + 4).sum(),
+        };
+        let decode_estimate = options.max_tokens.min(self.info.context_length) as u64;
+        let load = LoadGuard::new(&self.load, prompt_estimate, decode_estimate);
+        self.inbox.try_send(Job { prompt, options, pieces, reply, load }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ServeError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => ServeError::Stopped,
         })
     }
 }
 
-/// The worker thread: load, measure, say ready, then serve until every handle is gone.
-fn serve(config: ServeConfig, mut jobs: mpsc::Receiver<Job>, ready: oneshot::Sender<Result<InferenceCapacity, ServeError>>) {
-    let loaded = load(&config);
-    let mut engine = match loaded {
-        Ok((engine, capacity)) => {
-            if ready.send(Ok(capacity)).is_err() {
-                return;
+/// The workers of the models this node hosts, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Models {
+    workers: Vec<ModelWorker>,
+}
+
+impl Models {
+    /// Starts a worker per configured model; a model that cannot be loaded is left out,
+    /// with the reason in the log, and so is a second model of the same name.
+    pub async fn start(configs: Vec<ServeConfig>) -> Self {
+        if configs.is_empty() {
+            tracing::info!("inference off: no model configured (--model DIR)");
+        }
+        let mut workers: Vec<ModelWorker> = Vec::new();
+        for config in configs {
+            let model = config.model.clone();
+            match ModelWorker::start(config).await {
+                Ok(worker) if workers.iter().any(|w| w.info.name == worker.info.name) => {
+                    tracing::warn!(model = %model.display(), "not serving: another model is already served as {:?}; give the directory another name", worker.info.name);
+                }
+                Ok(worker) => {
+                    let c = worker.capacity();
+                    tracing::info!(model = %model.display(), name = %worker.info.name, prefill = c.prefill_tokens_per_s, decode = c.decode_tokens_per_s, fits = c.fits, "model served (tokens/s measured at start)");
+                    workers.push(worker);
+                }
+                Err(e) => tracing::warn!("model not served: {e}"),
             }
-            engine
         }
-        Err(reason) => {
-            let _ = ready.send(Err(ServeError::Load { model: config.model.clone(), reason }));
-            return;
-        }
-    };
-    while let Some(job) = jobs.blocking_recv() {
-        if job.reply.is_closed() || job.pieces.as_ref().is_some_and(mpsc::Sender::is_closed) {
-            continue; // the caller gave up while queued
-        }
-        let pieces = job.pieces;
-        let result = engine
-            .generate_until(&job.prompt, &job.options, |piece| match &pieces {
-                // Waits while the caller's buffer is full; a caller gone stops the run.
-                Some(tx) if tx.blocking_send(piece.to_owned()).is_err() => std::ops::ControlFlow::Break(()),
-                _ => std::ops::ControlFlow::Continue(()),
-            })
-            .map_err(|e| ServeError::Generate(e.to_string()));
-        let _ = job.reply.send(result);
+        Self { workers }
     }
-    tracing::debug!("model-serving worker stopped");
-}
 
-fn load(config: &ServeConfig) -> Result<(Engine, InferenceCapacity), String> {
-    let env = infer::environment(config.ort_lib.as_deref()).map_err(|e| e.to_string())?;
-    let model = infer::ModelDir::open(&config.model).map_err(|e| e.to_string())?;
-    let (id, bytes) = (model.id.to_string(), model.bytes);
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let pool = PoolConfig { host_bytes: config.kv_host_bytes, ..Default::default() };
-    let mut engine = Engine::new(model, env, threads, &pool).map_err(|e| e.to_string())?;
-    let vocab = engine.model.config.vocab_size.clamp(2, 256);
-    let prompt: Vec<u32> = (0..PROBE_PROMPT_TOKENS as u32).map(|i| (i * 7 + 3) % vocab).collect();
-    let started = Instant::now();
-    let options = GenerateOptions { max_tokens: PROBE_DECODE_TOKENS, ..Default::default() };
-    let out = engine.generate(&prompt, &options, |_| {}).map_err(|e| e.to_string())?;
-    let rate = |n: usize, secs: f64| if secs > 0.0 { (n as f64 / secs).round() as u32 } else { 0 };
-    tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "inference probe");
-    let capacity = InferenceCapacity {
-        model_id: id,
-        model_bytes: bytes,
-        kv_budget_bytes: config.kv_host_bytes,
-        fits: bytes.saturating_add(config.kv_host_bytes) <= config.ram_available,
-        prefill_tokens_per_s: rate(out.prompt_tokens, out.prefill_secs),
-        decode_tokens_per_s: rate(out.tokens.len(), out.decode_secs),
-    };
-    Ok((engine, capacity))
-}
+    pub fn all(&self) -> &[ModelWorker] {
+        &self.workers
+    }
 
-/// Starts the worker when a model is configured; logs why inference is off otherwise.
-pub async fn start_if_configured(config: Option<ServeConfig>) -> Option<ModelWorker> {
-    let Some(config) = config else {
-        tracing::info!("inference off: no model configured (--model DIR)");
-        return None;
-    };
-    let model = config.model.clone();
-    match ModelWorker::start(config).await {
-        Ok(worker) => {
-            let c = worker.capacity();
-            tracing::info!(model = %model.display(), prefill = c.prefill_tokens_per_s, decode = c.decode_tokens_per_s, fits = c.fits, "inference on (tokens/s measured at start)");
-            Some(worker)
-        }
-        Err(e) => {
-            tracing::warn!("inference off: {e}");
-            None
-        }
+    pub fn get(&self, name: &str) -> Option<&ModelWorker> {
+        self.workers.iter().find(|w| w.info.name == name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
     }
 }
 
@@ -212,7 +296,20 @@ mod tests {
         let config = ServeConfig { model: dir.path().join("nope"), ort_lib: None, kv_host_bytes: 1 << 20, ram_available: 1 << 30 };
         let err = ModelWorker::start(config.clone()).await.unwrap_err();
         assert!(matches!(err, ServeError::Load { ref model, .. } if model.ends_with("nope")), "{err}");
-        assert!(start_if_configured(Some(config)).await.is_none());
-        assert!(start_if_configured(None).await.is_none());
+        assert!(Models::start(vec![config]).await.is_empty());
+        assert!(Models::start(Vec::new()).await.is_empty());
+    }
+
+    #[test]
+    fn load_is_given_back_when_a_request_ends() {
+        let load = Arc::new(Load::default());
+        let mut a = LoadGuard::new(&load, 100, 16);
+        let b = LoadGuard::new(&load, 10, 4);
+        assert_eq!((load.requests.load(Ordering::Relaxed), load.prompt_tokens.load(Ordering::Relaxed)), (2, 110));
+        a.prefilled();
+        assert_eq!(load.prompt_tokens.load(Ordering::Relaxed), 10);
+        drop(a);
+        drop(b);
+        assert_eq!((load.requests.load(Ordering::Relaxed), load.prompt_tokens.load(Ordering::Relaxed), load.decode_tokens.load(Ordering::Relaxed)), (0, 0, 0));
     }
 }

@@ -1,0 +1,150 @@
+//! The worker thread of one model: load it, measure it, say ready, then serve jobs in
+//! order until every handle is gone.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use pyagent_engine::chat::ChatTemplate;
+use pyagent_engine::infer::{self, Engine, GenerateOptions};
+use pyagent_engine::kv::PoolConfig;
+use pyagent_protocol::InferenceCapacity;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Chunk, DEFAULT_CONTEXT, Job, Load, ModelInfo, Prompt, REST_OF_CONTEXT, ServeConfig, ServeError};
+
+/// Prompt and output sizes of the start-up measurement.
+const PROBE_PROMPT_TOKENS: usize = 64;
+const PROBE_DECODE_TOKENS: usize = 16;
+
+type Ready = oneshot::Sender<Result<(InferenceCapacity, ModelInfo, Arc<Load>), ServeError>>;
+
+pub(super) fn serve(config: ServeConfig, mut jobs: mpsc::Receiver<Job>, ready: Ready) {
+    let stats = Arc::new(Load::default());
+    let mut engine = match load(&config) {
+        Ok((engine, capacity, info)) => {
+            publish_pool(&engine, &stats);
+            if ready.send(Ok((capacity, info, stats.clone()))).is_err() {
+                return;
+            }
+            engine
+        }
+        Err(reason) => {
+            let _ = ready.send(Err(ServeError::Load { model: config.model.clone(), reason }));
+            return;
+        }
+    };
+    let context = context_length(&engine);
+    // Compiled once; a model without one refuses chat requests with the reason.
+    let template = engine.model.chat_template().map_err(|e| e.to_string());
+    while let Some(mut job) = jobs.blocking_recv() {
+        if job.reply.is_closed() || job.pieces.as_ref().is_some_and(mpsc::Sender::is_closed) {
+            continue; // the caller gave up while queued
+        }
+        let result = tokens_of(&engine, template.as_ref(), &job.prompt).and_then(|prompt| {
+            if job.options.max_tokens == REST_OF_CONTEXT {
+                job.options.max_tokens = context.saturating_sub(prompt.len());
+            }
+            if prompt.len() + job.options.max_tokens > context || job.options.max_tokens == 0 {
+                return Err(ServeError::ContextLength { prompt: prompt.len(), max_tokens: job.options.max_tokens, context });
+            }
+            let pieces = job.pieces.take();
+            let load = &mut job.load;
+            let mut first = true;
+            engine
+                .generate_until(&prompt, &job.options, |piece| {
+                    if std::mem::take(&mut first) {
+                        load.prefilled();
+                    }
+                    match &pieces {
+                        // Waits while the caller's buffer is full; a caller gone stops the run.
+                        Some(tx) => match tx.blocking_send(Chunk { text: piece.text.to_owned(), logprobs: piece.logprobs.to_vec() }) {
+                            Ok(()) => ControlFlow::Continue(()),
+                            Err(_) => ControlFlow::Break(()),
+                        },
+                        None => ControlFlow::Continue(()),
+                    }
+                })
+                .map_err(|e| ServeError::Generate(e.to_string()))
+        });
+        publish_pool(&engine, &stats);
+        let _ = job.reply.send(result);
+    }
+    tracing::debug!("model-serving worker stopped");
+}
+
+/// The pool's counters, for `/metrics`.
+fn publish_pool(engine: &Engine, load: &Load) {
+    let stats = engine.pool.stats();
+    load.kv_hits.store(stats.hits, Ordering::Relaxed);
+    load.kv_misses.store(stats.misses, Ordering::Relaxed);
+    load.kv_evicted.store(stats.dropped, Ordering::Relaxed);
+    load.kv_blocks.store(engine.pool.counts().iter().map(|(_, n)| *n as u64).sum(), Ordering::Relaxed);
+}
+
+/// The model's context: its config's `max_position_embeddings`, or [`DEFAULT_CONTEXT`].
+fn context_length(engine: &Engine) -> usize {
+    engine.model.config.max_position_embeddings.map_or(DEFAULT_CONTEXT, |m| m as usize)
+}
+
+/// The prompt's tokens: chat messages through the model's template, text through its
+/// tokenizer.
+fn tokens_of(engine: &Engine, template: Result<&ChatTemplate, &String>, prompt: &Prompt) -> Result<Vec<u32>, ServeError> {
+    let tokens = match prompt {
+        Prompt::Tokens(tokens) => tokens.clone(),
+        Prompt::Text(text) => engine.model.encode(text).map_err(|e| ServeError::BadPrompt(e.to_string()))?,
+        Prompt::Chat(messages) => {
+            let template = template.map_err(|e| ServeError::BadPrompt(format!("this model takes no chat requests: {e}")))?;
+            let text = template.render(messages, true).map_err(|e| ServeError::BadPrompt(e.to_string()))?;
+            engine.model.encode(&text).map_err(|e| ServeError::BadPrompt(e.to_string()))?
+        }
+    };
+    if tokens.is_empty() {
+        return Err(ServeError::BadPrompt("the prompt is empty".into()));
+    }
+    let vocab = engine.model.config.vocab_size;
+    if let Some(bad) = tokens.iter().find(|&&t| t >= vocab) {
+        return Err(ServeError::BadPrompt(format!("token {bad} is outside the model's vocabulary of {vocab}")));
+    }
+    Ok(tokens)
+}
+
+fn load(config: &ServeConfig) -> Result<(Engine, InferenceCapacity, ModelInfo), String> {
+    let env = infer::environment(config.ort_lib.as_deref()).map_err(|e| e.to_string())?;
+    let model = infer::ModelDir::open(&config.model).map_err(|e| e.to_string())?;
+    let (id, bytes) = (model.id.to_string(), model.bytes);
+    let name = model_name(&config.model);
+    let created = std::fs::metadata(&model.onnx)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let chat = model.chat_template().is_ok();
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let pool = PoolConfig { host_bytes: config.kv_host_bytes, ..Default::default() };
+    let mut engine = Engine::new(model, env, threads, &pool).map_err(|e| e.to_string())?;
+    let vocab = engine.model.config.vocab_size.clamp(2, 256);
+    let prompt: Vec<u32> = (0..PROBE_PROMPT_TOKENS as u32).map(|i| (i * 7 + 3) % vocab).collect();
+    let started = Instant::now();
+    let options = GenerateOptions { max_tokens: PROBE_DECODE_TOKENS, ..Default::default() };
+    let out = engine.generate(&prompt, &options, |_| {}).map_err(|e| e.to_string())?;
+    let rate = |n: usize, secs: f64| if secs > 0.0 { (n as f64 / secs).round() as u32 } else { 0 };
+    tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "inference probe");
+    let capacity = InferenceCapacity {
+        model_id: id,
+        model_bytes: bytes,
+        kv_budget_bytes: config.kv_host_bytes,
+        fits: bytes.saturating_add(config.kv_host_bytes) <= config.ram_available,
+        prefill_tokens_per_s: rate(out.prompt_tokens, out.prefill_secs),
+        decode_tokens_per_s: rate(out.tokens.len(), out.decode_secs),
+    };
+    let info = ModelInfo { name, context_length: context_length(&engine), chat, created };
+    Ok((engine, capacity, info))
+}
+
+/// A model's name: its directory's name (`target/models/smollm2-int4` → `smollm2-int4`).
+pub(crate) fn model_name(dir: &std::path::Path) -> String {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    dir.file_name().map_or_else(|| "model".to_owned(), |n| n.to_string_lossy().into_owned())
+}
