@@ -263,7 +263,7 @@ async fn a_node_with_a_model_advertises_measured_inference_and_without_runtime_r
     config.inference.models = vec![model.clone()];
     config.inference.ort_lib = Some("/nonexistent/libonnxruntime.so".into());
     let off = pyagent_node::Node::start(config.validate().unwrap()).await.unwrap();
-    assert!(off.client().status().await.unwrap().capacity.inference.is_none());
+    assert!(off.client().status().await.unwrap().capacity.models.is_empty());
     off.shutdown().await;
     if !model.join("model.onnx").exists() || !root.join(".venv-models").exists() {
         assert!(std::env::var_os("CI").is_none(), "CI must prepare the tiny model (scripts/test.sh does)");
@@ -274,13 +274,13 @@ async fn a_node_with_a_model_advertises_measured_inference_and_without_runtime_r
     config.inference.models = vec![model.clone()];
     let on = pyagent_node::Node::start(config.validate().unwrap()).await.unwrap();
     let peer = start_in(&dir.path().join("c"), &Opts { bootstrap: on.p2p_addrs(), ..Default::default() }).await;
-    let inference = on.client().status().await.unwrap().capacity.inference.expect("inference on");
+    let inference = on.client().status().await.unwrap().capacity.models.first().cloned().expect("inference on");
     let file = std::fs::read(model.join("model.onnx")).unwrap();
     assert_eq!(inference.model_id, blake3::hash(&file).to_hex().to_string());
     assert!(inference.prefill_tokens_per_s > 0 && inference.decode_tokens_per_s > 0 && inference.fits);
     // Peers see it in the advert.
     wait_until("the peer sees the inference capacity", JOIN, || async {
-        peer.client().peers().await.unwrap().iter().any(|p| p.capacity.inference.as_ref().is_some_and(|i| i.model_id == inference.model_id))
+        peer.client().peers().await.unwrap().iter().any(|p| p.capacity.models.iter().any(|i| i.model_id == inference.model_id && i.name == "tiny"))
     })
     .await;
     on.shutdown().await;

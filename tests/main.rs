@@ -15,5 +15,6 @@ mod lab;
 mod lab_history;
 mod openai_api;
 mod serving;
+mod swarm_inference;
 mod tasks;
 mod votes;

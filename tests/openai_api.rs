@@ -14,7 +14,7 @@ const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['
 
 /// The tiny model with a chat template, in `dir/tiny-chat`; `None` when the tiny model is
 /// not prepared (outside CI).
-fn tiny_chat_model(dir: &Path) -> Option<PathBuf> {
+pub fn tiny_chat_model(dir: &Path) -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let tiny = root.join("target/models/tiny");
     if !tiny.join("model.onnx").exists() || !root.join(".venv-models").exists() {

@@ -34,8 +34,10 @@ async fn node_with_tiny_model() -> Option<(tempfile::TempDir, pyagent_node::Node
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_keeps_the_engine_serves_and_refuses_beyond_its_queue() {
     let Some((_dir, node, worker)) = node_with_tiny_model().await else { return };
-    let advertised = node.client().status().await.unwrap().capacity.inference.expect("inference on");
-    assert_eq!(&advertised, worker.capacity());
+    let advertised = node.client().status().await.unwrap().capacity.models.first().cloned().expect("inference on");
+    let measured = worker.capacity();
+    assert_eq!((&advertised.name, &advertised.model_id, advertised.prefill_tokens_per_s, advertised.decode_tokens_per_s), (&measured.name, &measured.model_id, measured.prefill_tokens_per_s, measured.decode_tokens_per_s));
+    assert_eq!((advertised.queued_requests, advertised.context_length), (0, 4096), "idle; the tiny model's context");
 
     let prompt: Vec<u32> = (1..20).collect();
     let options = GenerateOptions { max_tokens: 4, ..Default::default() };

@@ -11,8 +11,11 @@ use sysinfo::{MemoryRefreshKind, RefreshKind, System};
 pub struct CapacityProbe {
     system: System,
     nvml: Option<nvml_wrapper::Nvml>,
-    inference: Option<pyagent_protocol::InferenceCapacity>,
+    models: Option<ModelsSource>,
 }
+
+/// Reads the served models' capacity and current load when an advert is made.
+pub type ModelsSource = Box<dyn Fn() -> Vec<pyagent_protocol::InferenceCapacity> + Send + Sync>;
 
 impl std::fmt::Debug for CapacityProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -37,12 +40,12 @@ impl CapacityProbe {
             }
         };
         let system = System::new_with_specifics(RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()));
-        Self { system, nvml, inference: None }
+        Self { system, nvml, models: None }
     }
 
-    /// What the loaded model needs and how fast it ran (reported from now on).
-    pub fn set_inference(&mut self, inference: Option<pyagent_protocol::InferenceCapacity>) {
-        self.inference = inference;
+    /// Where the served models' capacity comes from (read at every probe from now on).
+    pub fn set_models(&mut self, source: ModelsSource) {
+        self.models = Some(source);
     }
 
     /// Measures the host now.
@@ -54,7 +57,7 @@ impl CapacityProbe {
             ram_total_bytes: self.system.total_memory(),
             ram_available_bytes: self.system.available_memory(),
             gpus: self.gpus(),
-            inference: self.inference.clone(),
+            models: self.models.as_ref().map(|f| f()).unwrap_or_default(),
         }
     }
 

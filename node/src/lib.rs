@@ -18,6 +18,8 @@
 //!   acknowledged at W owners, hints, reads, anti-entropy, hand-off) and its actor.
 //! - [`serving`]: the model-serving worker actors (one per hosted model, each owning its
 //!   inference engine) and the placement cost of inference requests.
+//! - [`inference`]: inference across the swarm: placement over local workers and peers'
+//!   adverts, failover, and the `/pyagent/infer/1` token streams (requester, executor).
 //! - [`http`]: the OpenAI-compatible HTTP API, `/healthz`, `/readyz`, `/metrics`;
 //!   [`systemd`]: readiness notification (`Type=notify`).
 //! - [`discovery`]: mDNS announcement and browsing.
@@ -37,6 +39,7 @@ pub mod external;
 pub mod history;
 pub mod http;
 pub mod identity;
+pub mod inference;
 pub mod logging;
 pub mod membership;
 pub mod node;

@@ -74,6 +74,10 @@ pub struct Node {
     models: Models,
     /// The OpenAI-compatible HTTP API, when on.
     http: Option<crate::http::HttpServer>,
+    /// Serves other nodes' inference streams.
+    executor: Option<JoinHandle<()>>,
+    /// Places inference requests on the swarm.
+    inference: crate::inference::Inference,
     _data_dir: DataDir,
 }
 
@@ -203,6 +207,7 @@ impl Node {
             libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT),
         );
         let p2p_port = listen(&mut swarm, &settings).await?;
+        let streams = swarm.behaviour().stream.new_control();
 
         let mut probe = CapacityProbe::new();
         let ram_available = probe.probe().ram_available_bytes;
@@ -212,7 +217,8 @@ impl Node {
             .map(|model| ServeConfig { model: model.clone(), ort_lib: settings.ort_lib.clone(), kv_host_bytes: settings.kv_host_bytes, ram_available })
             .collect();
         let models = Models::start(serve).await;
-        probe.set_inference(models.all().first().map(|m| m.capacity().clone()));
+        let advertised = models.clone();
+        probe.set_models(Box::new(move || advertised.adverts()));
         let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (event_tx, _) = broadcast::channel(EVENT_QUEUE);
         let (results_tx, results_rx) = watch::channel(0u64);
@@ -257,6 +263,8 @@ impl Node {
         let capacity_summary = task.capacity_summary();
         let p2p_addrs = task.listen_addrs();
         let router_task = tokio::spawn(task.run());
+        let executor = crate::inference::executor::start(streams.clone(), models.clone());
+        let inference = crate::inference::Inference::new(peer_id, models.clone(), client.clone(), streams);
         // From here on, a failure must stop the router again.
         let rest = async {
             let api = ApiServer::start(settings.api_bind, settings.events_bind, client.clone(), store.clone(), external.clone()).await?;
@@ -286,7 +294,8 @@ impl Node {
                 Some(http) => match crate::http::HttpServer::start(crate::http::HttpParts {
                     settings: http,
                     client: client.clone(),
-                    models: models.clone(),
+                    inference: inference.clone(),
+                    configured_models: settings.models.len(),
                     expects_peers: !settings.bootstrap.is_empty(),
                 })
                 .await
@@ -310,6 +319,9 @@ impl Node {
         let (api, mdns, http) = match rest.await {
             Ok(parts) => parts,
             Err(e) => {
+                if let Some(executor) = &executor {
+                    executor.abort();
+                }
                 let _ = client.shutdown().await;
                 return Err(e);
             }
@@ -319,7 +331,7 @@ impl Node {
             http.set_ready();
         }
         crate::systemd::notify_ready();
-        Ok(Self { peer_id, client, p2p_addrs, api, mdns, router_task, store, models, http, _data_dir: data_dir })
+        Ok(Self { peer_id, client, p2p_addrs, api, mdns, router_task, store, models, http, executor, inference, _data_dir: data_dir })
     }
 
     /// The model-serving worker of the first model that loaded.
@@ -330,6 +342,11 @@ impl Node {
     /// Every model this node serves.
     pub fn models(&self) -> &Models {
         &self.models
+    }
+
+    /// Places inference requests on the swarm (what the HTTP API uses).
+    pub fn inference(&self) -> &crate::inference::Inference {
+        &self.inference
     }
 
     /// The HTTP API's address (with the real port when bound to port 0).
@@ -363,13 +380,17 @@ impl Node {
     /// Graceful shutdown: stop the API, say mDNS goodbye, close every connection, flush
     /// the database, release the data directory. Bounded to about 2.5 s in all.
     pub async fn shutdown(self) {
-        let Self { client, api, mdns, router_task, store, models, http, _data_dir, .. } = self;
+        let Self { client, api, mdns, router_task, store, models, http, executor, inference, _data_dir, .. } = self;
         crate::systemd::notify_stopping();
         // Open HTTP streams end (with an error event) instead of holding the node up.
         if let Some(http) = http {
             http.shutdown(Duration::from_millis(500)).await;
         }
+        if let Some(executor) = executor {
+            executor.abort();
+        }
         // The threads end once the queued requests are answered.
+        drop(inference);
         drop(models);
         api.shutdown().await;
         if let Some(mdns) = mdns {

@@ -13,6 +13,8 @@ pub const MAX_AGENTS: usize = 64;
 pub const MAX_AGENT_NAME_LEN: usize = 64;
 pub const MAX_GPUS: usize = 16;
 pub const MAX_TEXT_LEN: usize = 128;
+/// Most models one advert lists.
+pub const MAX_MODELS: usize = 16;
 /// Largest encoded advert accepted from the wire.
 pub const MAX_ADVERT_BYTES: usize = 16 * 1024;
 
@@ -50,16 +52,30 @@ pub struct Capacity {
     pub ram_total_bytes: u64,
     pub ram_available_bytes: u64,
     pub gpus: Vec<GpuInfo>,
-    /// The model this node serves, when inference is on.
+    /// The models this node serves, with their speed and the work queued at each (what
+    /// placement weighs); empty when it serves none.
     #[serde(default)]
-    pub inference: Option<InferenceCapacity>,
+    pub models: Vec<InferenceCapacity>,
 }
 
-/// What a node can do for inference: its model, the memory it needs, measured speed.
+/// What a node can do for inference with one model: the memory it needs, measured
+/// speed, and the work waiting for it when the advert was made.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InferenceCapacity {
+    /// The name clients ask for (the model directory's name).
+    pub name: String,
     /// BLAKE3 of the ONNX file, hex.
     pub model_id: String,
+    /// Prompt plus generated tokens at most.
+    pub context_length: u32,
+    /// The model has a chat template (chat requests can be rendered).
+    pub chat: bool,
+    /// Requests queued or running, and their tokens still to prefill and to decode.
+    pub queued_requests: u32,
+    pub queued_prefill_tokens: u64,
+    pub queued_decode_tokens: u64,
+    /// KV pool memory not in use (of `kv_budget_bytes`).
+    pub kv_free_bytes: u64,
     pub model_bytes: u64,
     /// KV block pool budget in RAM (and VRAM when a GPU provider runs).
     pub kv_budget_bytes: u64,
@@ -145,7 +161,18 @@ impl Advert {
                 reason: format!("{} entries, limit {MAX_GPUS}", self.capacity.gpus.len()),
             });
         }
-        self.capacity.gpus.iter().try_for_each(|g| check_text("capacity.gpus.name", &g.name, MAX_TEXT_LEN))
+        self.capacity.gpus.iter().try_for_each(|g| check_text("capacity.gpus.name", &g.name, MAX_TEXT_LEN))?;
+        if self.capacity.models.len() > MAX_MODELS {
+            return Err(AdvertError::Field { field: "capacity.models", reason: format!("{} entries, limit {MAX_MODELS}", self.capacity.models.len()) });
+        }
+        for m in &self.capacity.models {
+            check_text("capacity.models.name", &m.name, MAX_TEXT_LEN)?;
+            check_text("capacity.models.model_id", &m.model_id, MAX_TEXT_LEN)?;
+            if m.name.is_empty() {
+                return Err(AdvertError::Field { field: "capacity.models.name", reason: "empty".into() });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -167,7 +194,7 @@ pub(crate) mod tests {
                 ram_total_bytes: 32 << 30,
                 ram_available_bytes: 20 << 30,
                 gpus: vec![GpuInfo { name: "H100".into(), vram_total_bytes: 80 << 30, vram_free_bytes: 79 << 30 }],
-                inference: None,
+                models: vec![],
             },
             uptime_secs: 12,
             boot_id: 42,
@@ -209,6 +236,20 @@ pub(crate) mod tests {
         let mut b = sample();
         b.agents = vec!["bad\nname".into()];
         assert!(matches!(b.validate("12D3KooWExample"), Err(AdvertError::Field { field: "agents", .. })));
+    }
+
+    #[test]
+    fn model_lists_are_bounded_and_named() {
+        let model = InferenceCapacity { name: "smollm2".into(), model_id: "ab".into(), ..Default::default() };
+        let mut a = sample();
+        a.capacity.models = vec![model.clone(); MAX_MODELS];
+        assert_eq!(a.validate("12D3KooWExample"), Ok(()));
+        a.capacity.models.push(model.clone());
+        assert!(matches!(a.validate("12D3KooWExample"), Err(AdvertError::Field { field: "capacity.models", .. })));
+        a.capacity.models = vec![InferenceCapacity { name: String::new(), ..model.clone() }];
+        assert!(matches!(a.validate("12D3KooWExample"), Err(AdvertError::Field { field: "capacity.models.name", .. })));
+        a.capacity.models = vec![InferenceCapacity { name: "x\u{7}".into(), ..model }];
+        assert!(a.validate("12D3KooWExample").is_err());
     }
 
     #[test]

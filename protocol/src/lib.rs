@@ -11,6 +11,8 @@
 //! - [`vote`]: proposals and signed ballots on the vote topic.
 //! - [`history`]: the history DHT's signed entries, shards, fingerprints and its
 //!   request-response protocol (`/pyagent/history/1`).
+//! - [`inference`]: the inference stream protocol (`/pyagent/infer/1`): a request, then
+//!   the tokens as they come.
 //! - [`api`]: the JSON schema of the local ZeroMQ API (requests, replies, events).
 //! - [`openai`]: the OpenAI-compatible HTTP API's requests (checked), responses, errors.
 
@@ -18,6 +20,7 @@ pub mod advert;
 pub mod api;
 pub mod codec;
 pub mod history;
+pub mod inference;
 pub mod openai;
 pub mod rpc;
 pub mod swarm;

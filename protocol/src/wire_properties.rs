@@ -30,9 +30,17 @@ fn versions() -> impl Strategy<Value = VersionRange> {
 
 fn capacity() -> impl Strategy<Value = Capacity> {
     let gpu = (text(), any::<u64>(), any::<u64>()).prop_map(|(name, vram_total_bytes, vram_free_bytes)| GpuInfo { name, vram_total_bytes, vram_free_bytes });
-    let inference = (text(), any::<u64>(), any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>()).prop_map(
-        |(model_id, model_bytes, kv_budget_bytes, fits, prefill_tokens_per_s, decode_tokens_per_s)| InferenceCapacity {
+    let load = (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), any::<bool>());
+    let inference = (text(), text(), any::<u64>(), any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>(), load).prop_map(
+        |(name, model_id, model_bytes, kv_budget_bytes, fits, prefill_tokens_per_s, decode_tokens_per_s, load)| InferenceCapacity {
+            name,
             model_id,
+            context_length: load.4,
+            chat: load.5,
+            queued_requests: load.0,
+            queued_prefill_tokens: load.1,
+            queued_decode_tokens: load.2,
+            kv_free_bytes: load.3,
             model_bytes,
             kv_budget_bytes,
             fits,
@@ -40,8 +48,8 @@ fn capacity() -> impl Strategy<Value = Capacity> {
             decode_tokens_per_s,
         },
     );
-    (any::<u32>(), any::<u64>(), any::<u64>(), vec(gpu, 0..3), option::of(inference)).prop_map(
-        |(cpus, ram_total_bytes, ram_available_bytes, gpus, inference)| Capacity { cpus, ram_total_bytes, ram_available_bytes, gpus, inference },
+    (any::<u32>(), any::<u64>(), any::<u64>(), vec(gpu, 0..3), vec(inference, 0..3)).prop_map(
+        |(cpus, ram_total_bytes, ram_available_bytes, gpus, models)| Capacity { cpus, ram_total_bytes, ram_available_bytes, gpus, models },
     )
 }
 

@@ -121,16 +121,26 @@ pub fn render_status(s: &StatusResult) -> String {
         ("capacity", s.capacity.summary()),
         (
             "inference",
-            match &s.capacity.inference {
-                Some(i) => format!(
-                    "model {} ({} MB), prefill {} / decode {} tokens/s{}",
-                    i.model_id.get(..12).unwrap_or(&i.model_id),
-                    i.model_bytes >> 20,
-                    i.prefill_tokens_per_s,
-                    i.decode_tokens_per_s,
-                    if i.fits { "" } else { ", does NOT fit in free RAM" }
-                ),
-                None => "off".into(),
+            if s.capacity.models.is_empty() {
+                "no model served".into()
+            } else {
+                s.capacity
+                    .models
+                    .iter()
+                    .map(|i| {
+                        format!(
+                            "{} ({} MB, {}), prefill {} / decode {} tokens/s, {} queued{}",
+                            i.name,
+                            i.model_bytes >> 20,
+                            i.model_id.get(..12).unwrap_or(&i.model_id),
+                            i.prefill_tokens_per_s,
+                            i.decode_tokens_per_s,
+                            i.queued_requests,
+                            if i.fits { "" } else { ", does NOT fit in free RAM" }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
             },
         ),
         ("agents", if s.agents.is_empty() { "-".into() } else { s.agents.join(", ") }),

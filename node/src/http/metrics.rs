@@ -117,7 +117,7 @@ impl Metrics {
 /// `GET /metrics`.
 pub(super) async fn render(State(state): State<Arc<AppState>>) -> Response {
     let m = &state.metrics;
-    for worker in state.models.all() {
+    for worker in state.inference.local().all() {
         let labels = vec![("model", worker.info().name.clone())];
         let load = worker.load();
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as i64;

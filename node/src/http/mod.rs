@@ -40,7 +40,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::HttpSettings;
 use crate::p2p::NodeClient;
-use crate::serving::Models;
+use crate::inference::Inference;
 
 pub use metrics::Metrics;
 
@@ -60,7 +60,8 @@ pub enum HttpStartError {
 #[derive(Debug)]
 pub(crate) struct AppState {
     pub client: NodeClient,
-    pub models: Models,
+    pub inference: Inference,
+    pub configured_models: usize,
     pub api_key: Option<String>,
     pub ready: AtomicBool,
     /// Whether readiness waits for a first peer (bootstrap peers were given).
@@ -85,7 +86,9 @@ pub struct HttpServer {
 pub struct HttpParts {
     pub settings: HttpSettings,
     pub client: NodeClient,
-    pub models: Models,
+    pub inference: Inference,
+    /// Models the configuration names (readiness waits for all of them).
+    pub configured_models: usize,
     pub expects_peers: bool,
 }
 
@@ -98,7 +101,8 @@ impl HttpServer {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = Arc::new(AppState {
             client: parts.client,
-            models: parts.models,
+            inference: parts.inference,
+            configured_models: parts.configured_models,
             api_key: parts.settings.api_key,
             ready: AtomicBool::new(false),
             expects_peers: parts.expects_peers,
@@ -223,7 +227,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.expects_peers && peers == 0 {
         waiting.push("no peer connected yet (bootstrap peers are configured)".to_owned());
     }
-    let models: Vec<&str> = state.models.all().iter().map(|m| m.info().name.as_str()).collect();
+    let models: Vec<&str> = state.inference.local().all().iter().map(|m| m.info().name.as_str()).collect();
+    if models.len() < state.configured_models {
+        waiting.push(format!("{} of {} configured models did not load (see the log)", state.configured_models - models.len(), state.configured_models));
+    }
     let body = serde_json::json!({ "ready": waiting.is_empty(), "waiting_for": waiting, "models": models, "connected_peers": peers });
     let code = if waiting.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()

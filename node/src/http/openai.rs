@@ -5,12 +5,12 @@
 //! ([`super::stream`]).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::header;
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use pyagent_engine::chat::ChatMessage;
 use pyagent_engine::infer::{Finish, GenerateOptions, Output, Sampling};
@@ -21,12 +21,13 @@ use pyagent_protocol::openai::response::{
 use pyagent_protocol::openai::{ApiError, Generation, PromptInput, parse_chat, parse_completion};
 
 use super::{AppState, Refusal};
-use crate::serving::{Chunk, ModelWorker, Prompt, REST_OF_CONTEXT, ServeError, Stream};
+use crate::inference::{First, InferError, InferRequest, SwarmModel, Target};
+use crate::serving::{Prompt, REST_OF_CONTEXT, ServeError, Stream};
 
-/// Longest wait for a generation's first token (queue and prefill included).
-pub(super) const FIRST_TOKEN_DEADLINE: Duration = Duration::from_secs(300);
-/// Longest wait between two pieces of a running generation.
-pub(super) const PIECE_DEADLINE: Duration = Duration::from_secs(60);
+pub(super) use crate::inference::{FIRST_TOKEN_DEADLINE, PIECE_DEADLINE};
+
+/// Pins a request to a peer (`local` or a PeerId): placement is skipped.
+pub const PEER_HEADER: &str = "x-pyagent-peer";
 
 /// Which endpoint: it decides the shape of the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,13 +58,8 @@ pub(super) struct Started {
     pub started: Instant,
     pub first: First,
     pub stream: Stream,
-}
-
-#[derive(Debug)]
-pub(super) enum First {
-    Piece(Chunk),
-    /// The generation ended before any text (an end-of-sequence token at once).
-    Done(Output),
+    /// Where it runs: sent back in the `x-pyagent-peer` header.
+    pub ran_on: Target,
 }
 
 pub(super) fn unix_now() -> u64 {
@@ -92,8 +88,35 @@ pub(super) fn serve_error(e: ServeError, param: &str) -> ApiError {
         ServeError::Stopped => ApiError::unavailable(e.to_string()),
         ServeError::BadPrompt(m) => ApiError::invalid(param, m),
         ServeError::ContextLength { .. } => ApiError { param: Some(param.to_owned()), ..ApiError::context_length(e.to_string()) },
+        ServeError::TooLong(m) => ApiError { param: Some(param.to_owned()), ..ApiError::context_length(m) },
+        ServeError::NotServed(_) | ServeError::PeerGone(_) => ApiError::unavailable(e.to_string()),
         ServeError::Generate(_) | ServeError::Load { .. } => ApiError::internal(e.to_string()),
     }
+}
+
+fn infer_error(e: InferError, param: &str) -> ApiError {
+    match e {
+        InferError::UnknownModel { .. } => ApiError::model_not_found(e.to_string()),
+        InferError::Placement(crate::serving::placement::PlacementError::PinnedUnavailable(_)) => {
+            ApiError { param: Some(PEER_HEADER.into()), ..ApiError::unavailable(e.to_string()) }
+        }
+        InferError::Placement(_) | InferError::Stopped => ApiError::unavailable(e.to_string()),
+        InferError::AllFailed { ref last, .. } if matches!(last, ServeError::Overloaded) => ApiError::overloaded(e.to_string()),
+        InferError::AllFailed { .. } => ApiError::unavailable(e.to_string()),
+        InferError::Serve(e) => serve_error(e, param),
+    }
+}
+
+/// The `x-pyagent-peer` header: `local`, or a PeerId.
+fn pinned(headers: &HeaderMap) -> Result<Option<Target>, ApiError> {
+    let Some(value) = headers.get(PEER_HEADER) else { return Ok(None) };
+    let text = value.to_str().map_err(|_| ApiError::invalid(PEER_HEADER, "x-pyagent-peer must be text: local or a PeerId"))?.trim();
+    if text.eq_ignore_ascii_case("local") {
+        return Ok(Some(Target::Local));
+    }
+    text.parse::<libp2p::PeerId>()
+        .map(|p| Some(Target::Peer(p)))
+        .map_err(|e| ApiError::invalid(PEER_HEADER, format!("x-pyagent-peer {text:?} is neither local nor a PeerId: {e}")))
 }
 
 /// Engine log-probabilities in the API's shape.
@@ -112,14 +135,14 @@ fn usage_of(out: &Output) -> Usage {
     Usage::new(out.prompt_tokens as u64, out.tokens.len() as u64, out.cached_tokens as u64)
 }
 
-fn model_entry(worker: &ModelWorker) -> Model {
-    let info = worker.info();
+fn model_entry(state: &AppState, m: &SwarmModel) -> Model {
+    let created = state.inference.local().get(&m.name).map_or(0, |w| w.info().created);
     Model {
-        id: info.name.clone(),
+        id: m.name.clone(),
         object: "model",
-        created: info.created,
+        created,
         owned_by: "pyagent".into(),
-        pyagent: ModelPlaces { context_length: info.context_length as u64, peers: vec!["local".into()] },
+        pyagent: ModelPlaces { context_length: u64::from(m.context_length), peers: m.peers.iter().map(ToString::to_string).collect() },
     }
 }
 
@@ -132,41 +155,48 @@ fn json(value: &impl serde::Serialize) -> Response {
 
 /// `GET /v1/models`.
 pub(super) async fn list_models(State(state): State<Arc<AppState>>) -> Response {
-    state.metrics.answered("/v1/models", 200);
-    json(&ModelList { object: "list", data: state.models.all().iter().map(model_entry).collect() })
-}
-
-/// `GET /v1/models/{id}`.
-pub(super) async fn get_model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match state.models.get(&id) {
-        Some(worker) => {
+    match state.inference.swarm_models().await {
+        Ok(models) => {
             state.metrics.answered("/v1/models", 200);
-            json(&model_entry(worker))
+            json(&ModelList { object: "list", data: models.iter().map(|m| model_entry(&state, m)).collect() })
         }
-        None => {
-            state.metrics.answered("/v1/models", 404);
-            Refusal(unknown_model(&state, &id)).into_response()
+        Err(e) => {
+            state.metrics.answered("/v1/models", 503);
+            Refusal(infer_error(e, "model")).into_response()
         }
     }
 }
 
-fn unknown_model(state: &AppState, name: &str) -> ApiError {
-    let names: Vec<&str> = state.models.all().iter().map(|m| m.info().name.as_str()).collect();
-    let known = if names.is_empty() { "this swarm serves no model yet (start a node with --model DIR)".to_owned() } else { format!("models served: {}", names.join(", ")) };
-    ApiError::model_not_found(format!("the model {name:?} is not served here; {known}"))
+/// `GET /v1/models/{id}`.
+pub(super) async fn get_model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let models = match state.inference.swarm_models().await {
+        Ok(models) => models,
+        Err(e) => return Refusal(infer_error(e, "model")).into_response(),
+    };
+    match models.iter().find(|m| m.name == id) {
+        Some(m) => {
+            state.metrics.answered("/v1/models", 200);
+            json(&model_entry(&state, m))
+        }
+        None => {
+            state.metrics.answered("/v1/models", 404);
+            let served: Vec<String> = models.into_iter().map(|m| m.name).collect();
+            Refusal(infer_error(InferError::UnknownModel { model: id, served }, "model")).into_response()
+        }
+    }
 }
 
 /// `POST /v1/chat/completions`.
-pub(super) async fn chat_completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
-    handle(state, Endpoint::Chat, body).await
+pub(super) async fn chat_completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    handle(state, Endpoint::Chat, headers, body).await
 }
 
 /// `POST /v1/completions`.
-pub(super) async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
-    handle(state, Endpoint::Completion, body).await
+pub(super) async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    handle(state, Endpoint::Completion, headers, body).await
 }
 
-async fn handle(state: Arc<AppState>, endpoint: Endpoint, body: Result<Bytes, BytesRejection>) -> Response {
+async fn handle(state: Arc<AppState>, endpoint: Endpoint, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let result = async {
         let body = body.map_err(|e| match e.status().as_u16() {
             413 => ApiError::too_large(format!("the request body is larger than {} bytes", super::MAX_BODY_BYTES)),
@@ -177,7 +207,8 @@ async fn handle(state: Arc<AppState>, endpoint: Endpoint, body: Result<Bytes, By
             Endpoint::Completion => parse_completion(&body)?,
         };
         let stream = request.stream;
-        let started = start(&state, endpoint, request).await?;
+        let pin = pinned(&headers)?;
+        let started = start(&state, endpoint, request, pin).await?;
         Ok::<_, ApiError>((stream, started))
     }
     .await;
@@ -188,12 +219,13 @@ async fn handle(state: Arc<AppState>, endpoint: Endpoint, body: Result<Bytes, By
         }
         Ok((true, started)) => {
             state.metrics.answered(endpoint.path(), 200);
-            super::stream::respond(state, started)
+            let ran_on = started.ran_on;
+            with_peer(super::stream::respond(state, started), ran_on)
         }
         Ok((false, started)) => match whole(&state, started).await {
-            Ok(response) => {
+            Ok((response, ran_on)) => {
                 state.metrics.answered(endpoint.path(), 200);
-                response
+                with_peer(response, ran_on)
             }
             Err(e) => {
                 state.metrics.answered(endpoint.path(), e.status);
@@ -203,9 +235,15 @@ async fn handle(state: Arc<AppState>, endpoint: Endpoint, body: Result<Bytes, By
     }
 }
 
-/// Picks the worker, starts the generation, waits for its first event.
-async fn start(state: &AppState, endpoint: Endpoint, g: Generation) -> Result<Started, ApiError> {
-    let worker = state.models.get(&g.model).ok_or_else(|| unknown_model(state, &g.model))?;
+fn with_peer(mut response: Response, ran_on: Target) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&ran_on.to_string()) {
+        response.headers_mut().insert(PEER_HEADER, v);
+    }
+    response
+}
+
+/// Places the request, starts it, waits for its first event (failing over meanwhile).
+async fn start(state: &AppState, endpoint: Endpoint, g: Generation, pinned: Option<Target>) -> Result<Started, ApiError> {
     let param = if endpoint == Endpoint::Chat { "messages" } else { "prompt" };
     let prompt = match g.prompt {
         PromptInput::Chat(messages) => Prompt::Chat(messages.iter().map(|m| ChatMessage::new(&m.role, &m.content)).collect()),
@@ -220,37 +258,31 @@ async fn start(state: &AppState, endpoint: Endpoint, g: Generation) -> Result<St
         logprobs: g.logprobs.map(|n| n as usize),
     };
     let began = Instant::now();
-    let mut stream = worker.generate_stream(prompt, options).map_err(|e| serve_error(e, param))?;
-    let first = tokio::time::timeout(FIRST_TOKEN_DEADLINE, async {
-        match stream.pieces.recv().await {
-            Some(piece) => Ok(First::Piece(piece)),
-            None => match (&mut stream.done).await {
-                Ok(Ok(out)) => Ok(First::Done(out)),
-                Ok(Err(e)) => Err(serve_error(e, param)),
-                Err(_) => Err(serve_error(ServeError::Stopped, param)),
-            },
-        }
-    })
-    .await
-    .map_err(|_| ApiError::unavailable(format!("no first token within {} s: the model is too busy; try again later", FIRST_TOKEN_DEADLINE.as_secs())))??;
+    let model = g.model.clone();
+    let started = state.inference.start(InferRequest { model: g.model, prompt, options, pinned }).await.map_err(|e| infer_error(e, param))?;
+    let fingerprint = match state.inference.local().get(&model) {
+        Some(w) => format!("fp_{}", w.capacity().model_id.get(..12).unwrap_or("unknown")),
+        None => format!("fp_{}", started.ran_on.to_string().get(..12).unwrap_or("peer")),
+    };
     let prefix = if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" };
     Ok(Started {
         endpoint,
         id: format!("{prefix}-{:016x}{:08x}", random_u64(), random_u64() as u32),
         created: unix_now(),
-        model: worker.info().name.clone(),
-        fingerprint: format!("fp_{}", worker.capacity().model_id.get(..12).unwrap_or("unknown")),
+        model,
+        fingerprint,
         include_usage: g.include_usage,
         logprobs: g.logprobs.is_some(),
         started: began,
-        first,
-        stream,
+        first: started.first,
+        stream: started.stream,
+        ran_on: started.ran_on,
     })
 }
 
 /// Waits for the whole generation (reading the pieces so the worker never waits on us).
-async fn whole(state: &AppState, started: Started) -> Result<Response, ApiError> {
-    let Started { endpoint, id, created, model, fingerprint, logprobs, started: began, first, mut stream, .. } = started;
+async fn whole(state: &AppState, started: Started) -> Result<(Response, Target), ApiError> {
+    let Started { endpoint, id, created, model, fingerprint, logprobs, started: began, first, mut stream, ran_on, .. } = started;
     let ttft = began.elapsed().as_secs_f64();
     let out = match first {
         First::Done(out) => out,
@@ -272,7 +304,7 @@ async fn whole(state: &AppState, started: Started) -> Result<Response, ApiError>
     state.metrics.generated(&model, out.prompt_tokens, out.cached_tokens, out.tokens.len(), ttft, out.decode_secs);
     let lps = logprobs.then(|| api_logprobs(&out.logprobs));
     let finish = finish_reason(out.finish);
-    Ok(match endpoint {
+    let response = match endpoint {
         Endpoint::Chat => json(&ChatCompletion {
             id,
             object: "chat.completion",
@@ -301,7 +333,8 @@ async fn whole(state: &AppState, started: Started) -> Result<Response, ApiError>
             }],
             usage: Some(Some(usage_of(&out))),
         }),
-    })
+    };
+    Ok((response, ran_on))
 }
 
 pub(super) fn usage(out: &Output) -> Usage {

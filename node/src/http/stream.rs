@@ -17,7 +17,8 @@ use pyagent_protocol::openai::response::{ChatChunk, ChatLogprobs, ChunkChoice, C
 use tokio::sync::mpsc;
 
 use super::AppState;
-use super::openai::{Endpoint, FIRST_TOKEN_DEADLINE, First, PIECE_DEADLINE, Started, api_logprobs, finish_reason, serve_error, usage};
+use super::openai::{Endpoint, FIRST_TOKEN_DEADLINE, PIECE_DEADLINE, Started, api_logprobs, finish_reason, serve_error, usage};
+use crate::inference::First;
 use crate::serving::{Chunk, ServeError};
 
 /// Events buffered between the generation and the client's connection.
@@ -138,7 +139,7 @@ async fn fail(tx: &mpsc::Sender<Event>, error: ApiError) {
 }
 
 async fn produce(state: Arc<AppState>, started: Started, tx: mpsc::Sender<Event>) {
-    let Started { endpoint, id, created, model, fingerprint, include_usage, logprobs, started: began, first, mut stream } = started;
+    let Started { endpoint, id, created, model, fingerprint, include_usage, logprobs, started: began, first, mut stream, .. } = started;
     let ttft = began.elapsed().as_secs_f64();
     let mut chunks = Chunks { endpoint, id, created, model, fingerprint, include_usage, logprobs, offset: 0 };
     let mut shutdown = state.shutdown.clone();

@@ -38,6 +38,9 @@ pub struct Behaviour {
     pub results: request_response::Behaviour<FrameCodec<TaskResults>>,
     /// History replication: writes, reads, anti-entropy (`pyagent_protocol::history`).
     pub history: request_response::Behaviour<FrameCodec<HistoryRpc>>,
+    /// Raw streams: inference requests and their tokens (`pyagent_protocol::inference`),
+    /// handled outside the router through a [`libp2p_stream::Control`].
+    pub stream: libp2p_stream::Behaviour,
 }
 
 /// Streams of the history protocol open at once on one connection: anti-entropy keeps at
@@ -109,6 +112,7 @@ impl Behaviour {
             blobs: request_response::<Blobs>(Duration::from_secs(30), DEFAULT_STREAMS),
             results: request_response::<TaskResults>(Duration::from_secs(10), DEFAULT_STREAMS),
             history: request_response::<HistoryRpc>(Duration::from_secs(10), HISTORY_STREAMS),
+            stream: libp2p_stream::Behaviour::new(),
         })
     }
 }

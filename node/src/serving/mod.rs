@@ -63,8 +63,24 @@ pub enum ServeError {
     BadPrompt(String),
     #[error("the prompt has {prompt} tokens and {max_tokens} more were asked for, but the model's context is {context} tokens; shorten the prompt or lower max_tokens")]
     ContextLength { prompt: usize, max_tokens: usize, context: usize },
+    /// The prompt and `max_tokens` do not fit the context (as a peer said it).
+    #[error("{0}")]
+    TooLong(String),
     #[error("generation failed: {0}")]
     Generate(String),
+    /// The peer asked does not serve the model (any more).
+    #[error("{0}")]
+    NotServed(String),
+    /// The executing peer could not be reached, or went away before the end.
+    #[error("the peer running the request went away: {0}")]
+    PeerGone(String),
+}
+
+impl ServeError {
+    /// Another peer may serve what this one could not (before any token was sent).
+    pub fn try_elsewhere(&self) -> bool {
+        matches!(self, Self::Overloaded | Self::Stopped | Self::NotServed(_) | Self::PeerGone(_))
+    }
 }
 
 /// A prompt as the requester has it.
@@ -127,6 +143,8 @@ pub struct Load {
     pub kv_misses: AtomicU64,
     pub kv_blocks: AtomicU64,
     pub kv_evicted: AtomicU64,
+    /// Bytes of KV blocks held in host memory.
+    pub kv_host_bytes: AtomicU64,
 }
 
 /// A request's share of [`Load`], given back when it is done (or dropped).
@@ -205,6 +223,18 @@ impl ModelWorker {
         &self.info
     }
 
+    /// The advert of this model: its capacity with the work queued now.
+    pub fn advert(&self) -> InferenceCapacity {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        InferenceCapacity {
+            queued_requests: u32::try_from(get(&self.load.requests)).unwrap_or(u32::MAX),
+            queued_prefill_tokens: get(&self.load.prompt_tokens),
+            queued_decode_tokens: get(&self.load.decode_tokens),
+            kv_free_bytes: self.capacity.kv_budget_bytes.saturating_sub(get(&self.load.kv_host_bytes)),
+            ..self.capacity.clone()
+        }
+    }
+
     /// Work queued at or running in this worker now.
     pub fn load(&self) -> &Load {
         &self.load
@@ -279,6 +309,11 @@ impl Models {
 
     pub fn get(&self, name: &str) -> Option<&ModelWorker> {
         self.workers.iter().find(|w| w.info.name == name)
+    }
+
+    /// Every model's advert, with the work queued now.
+    pub fn adverts(&self) -> Vec<InferenceCapacity> {
+        self.workers.iter().map(ModelWorker::advert).collect()
     }
 
     pub fn is_empty(&self) -> bool {

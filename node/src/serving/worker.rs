@@ -80,7 +80,10 @@ fn publish_pool(engine: &Engine, load: &Load) {
     load.kv_hits.store(stats.hits, Ordering::Relaxed);
     load.kv_misses.store(stats.misses, Ordering::Relaxed);
     load.kv_evicted.store(stats.dropped, Ordering::Relaxed);
-    load.kv_blocks.store(engine.pool.counts().iter().map(|(_, n)| *n as u64).sum(), Ordering::Relaxed);
+    let counts = engine.pool.counts();
+    load.kv_blocks.store(counts.iter().map(|(_, n)| *n as u64).sum(), Ordering::Relaxed);
+    let host_blocks = counts.iter().filter(|(t, _)| *t == pyagent_engine::kv::Tier::Host).map(|(_, n)| *n as u64).sum::<u64>();
+    load.kv_host_bytes.store(host_blocks * engine.model.config.kv_layout().block_bytes() as u64, Ordering::Relaxed);
 }
 
 /// The model's context: its config's `max_position_embeddings`, or [`DEFAULT_CONTEXT`].
@@ -131,15 +134,23 @@ fn load(config: &ServeConfig) -> Result<(Engine, InferenceCapacity, ModelInfo), 
     let out = engine.generate(&prompt, &options, |_| {}).map_err(|e| e.to_string())?;
     let rate = |n: usize, secs: f64| if secs > 0.0 { (n as f64 / secs).round() as u32 } else { 0 };
     tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "inference probe");
+    let context = context_length(&engine);
     let capacity = InferenceCapacity {
+        name: name.clone(),
         model_id: id,
+        context_length: u32::try_from(context).unwrap_or(u32::MAX),
+        chat,
+        queued_requests: 0,
+        queued_prefill_tokens: 0,
+        queued_decode_tokens: 0,
+        kv_free_bytes: config.kv_host_bytes,
         model_bytes: bytes,
         kv_budget_bytes: config.kv_host_bytes,
         fits: bytes.saturating_add(config.kv_host_bytes) <= config.ram_available,
         prefill_tokens_per_s: rate(out.prompt_tokens, out.prefill_secs),
         decode_tokens_per_s: rate(out.tokens.len(), out.decode_secs),
     };
-    let info = ModelInfo { name, context_length: context_length(&engine), chat, created };
+    let info = ModelInfo { name, context_length: context, chat, created };
     Ok((engine, capacity, info))
 }
 
