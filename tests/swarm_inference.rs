@@ -103,6 +103,18 @@ async fn nodes_without_the_model_get_the_same_greedy_text_from_the_peer_that_has
         assert!(status.contains("200"), "{status} {body}");
         assert_eq!(header(&head, "x-pyagent-peer"), Some(a_id.as_str()), "ran on the node with the model");
         assert_eq!(content(&body), local, "the same greedy text as a local run");
+        // Recorded in the history DHT: the request and where it ran.
+        let id = serde_json::from_str::<serde_json::Value>(body.lines().find(|l| l.starts_with('{')).unwrap()).unwrap()["id"].as_str().unwrap().to_owned();
+        let subject = pyagent_node::http::history_subject(&id);
+        wait_until("the request is in the history", Duration::from_secs(10), || async {
+            n.client().history().read(subject).await.is_ok_and(|r| {
+                r.entries.iter().any(|(_, e)| match &e.body.event {
+                    pyagent_protocol::history::HistoryEvent::Inference { model, detail } => model == "tiny-chat" && detail.contains(&a.peer_id().to_string()),
+                    _ => false,
+                })
+            })
+        })
+        .await;
         let (status, _, body) = tokio::task::spawn_blocking(move || post(addr, "/v1/chat/completions", &format!(r#"{CHAT}, "stream": true}}"#), &[])).await.unwrap();
         assert!(status.contains("200"), "{status}");
         assert_eq!(streamed(&body), (local.clone(), 0), "streamed from the peer == non-streamed");

@@ -43,6 +43,7 @@ use crate::p2p::NodeClient;
 use crate::inference::Inference;
 
 pub use metrics::Metrics;
+pub use openai::{PEER_HEADER, history_subject};
 
 /// Largest request body (a long conversation fits; a flood does not).
 pub const MAX_BODY_BYTES: usize = 4 << 20;

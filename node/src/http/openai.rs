@@ -131,6 +131,36 @@ pub(super) fn api_logprobs(lps: &[pyagent_engine::infer::TokenLogprob]) -> Vec<T
         .collect()
 }
 
+/// The history subject of a completion: BLAKE3 of its id (`chatcmpl-...`).
+pub fn history_subject(completion_id: &str) -> pyagent_protocol::history::SubjectId {
+    pyagent_protocol::task::TaskId(*blake3::hash(completion_id.as_bytes()).as_bytes())
+}
+
+/// Records a served request and where it ran as a history entry (in the background: the
+/// answer does not wait for the write).
+pub(super) fn record(state: &AppState, id: &str, endpoint: Endpoint, model: &str, ran_on: Target, ttft_secs: f64, out: Option<&Output>, error: Option<&str>) {
+    let detail = serde_json::json!({
+        "id": id,
+        "endpoint": endpoint.path(),
+        "ran_on": ran_on.to_string(),
+        "ttft_ms": (ttft_secs * 1000.0).round(),
+        "prompt_tokens": out.map(|o| o.prompt_tokens),
+        "completion_tokens": out.map(|o| o.tokens.len()),
+        "cached_tokens": out.map(|o| o.cached_tokens),
+        "finish": out.map(|o| finish_reason(o.finish)),
+        "error": error,
+    })
+    .to_string();
+    let event = pyagent_protocol::history::HistoryEvent::Inference { model: model.to_owned(), detail };
+    let history = state.client.history().clone();
+    let subject = history_subject(id);
+    tokio::spawn(async move {
+        if let Err(e) = history.append(vec![(subject, event)]).await {
+            tracing::debug!("inference not recorded in the history: {e}");
+        }
+    });
+}
+
 fn usage_of(out: &Output) -> Usage {
     Usage::new(out.prompt_tokens as u64, out.tokens.len() as u64, out.cached_tokens as u64)
 }
@@ -302,6 +332,7 @@ async fn whole(state: &AppState, started: Started) -> Result<(Response, Target),
         }
     };
     state.metrics.generated(&model, out.prompt_tokens, out.cached_tokens, out.tokens.len(), ttft, out.decode_secs);
+    record(state, &id, endpoint, &model, ran_on, ttft, Some(&out), None);
     let lps = logprobs.then(|| api_logprobs(&out.logprobs));
     let finish = finish_reason(out.finish);
     let response = match endpoint {

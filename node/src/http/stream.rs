@@ -131,18 +131,21 @@ async fn send(tx: &mpsc::Sender<Event>, data: String) -> Result<(), Gone> {
     tx.send(Event::default().data(data)).await.map_err(|_| Gone)
 }
 
-async fn fail(tx: &mpsc::Sender<Event>, error: ApiError) {
+async fn fail(tx: &mpsc::Sender<Event>, error: ApiError) -> String {
     tracing::warn!("stream ended early: {error}");
     if send(tx, error.body()).await.is_ok() {
         let _ = send(tx, "[DONE]".into()).await;
     }
+    error.message
 }
 
 async fn produce(state: Arc<AppState>, started: Started, tx: mpsc::Sender<Event>) {
-    let Started { endpoint, id, created, model, fingerprint, include_usage, logprobs, started: began, first, mut stream, .. } = started;
+    let Started { endpoint, id, created, model, fingerprint, include_usage, logprobs, started: began, first, mut stream, ran_on } = started;
     let ttft = began.elapsed().as_secs_f64();
+    let (chunks_id, chunks_model) = (id.clone(), model.clone());
     let mut chunks = Chunks { endpoint, id, created, model, fingerprint, include_usage, logprobs, offset: 0 };
     let mut shutdown = state.shutdown.clone();
+    let record = |out: Option<&Output>, error: Option<&str>| super::openai::record(&state, &chunks_id, endpoint, &chunks_model, ran_on, ttft, out, error);
     let result: Result<(), Gone> = async {
         if let Some(role) = chunks.role() {
             send(&tx, role).await?;
@@ -157,12 +160,14 @@ async fn produce(state: Arc<AppState>, started: Started, tx: mpsc::Sender<Event>
                             Ok(Some(piece)) => send(&tx, chunks.piece(&piece)).await?,
                             Ok(None) => break,
                             Err(_) => {
-                                fail(&tx, ApiError::internal(format!("the generation stalled: no token for {} s", PIECE_DEADLINE.as_secs()))).await;
+                                let message = fail(&tx, ApiError::internal(format!("the generation stalled: no token for {} s", PIECE_DEADLINE.as_secs()))).await;
+                                record(None, Some(&message));
                                 return Ok(());
                             }
                         },
                         _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => {
-                            fail(&tx, ApiError::unavailable("the node is shutting down; the generation was stopped")).await;
+                            let message = fail(&tx, ApiError::unavailable("the node is shutting down; the generation was stopped")).await;
+                            record(None, Some(&message));
                             return Ok(());
                         }
                     }
@@ -170,17 +175,20 @@ async fn produce(state: Arc<AppState>, started: Started, tx: mpsc::Sender<Event>
                 match tokio::time::timeout(FIRST_TOKEN_DEADLINE, &mut stream.done).await {
                     Ok(Ok(Ok(out))) => out,
                     Ok(Ok(Err(e))) => {
-                        fail(&tx, serve_error(e, "messages")).await;
+                        let message = fail(&tx, serve_error(e, "messages")).await;
+                        record(None, Some(&message));
                         return Ok(());
                     }
                     Ok(Err(_)) | Err(_) => {
-                        fail(&tx, serve_error(ServeError::Stopped, "messages")).await;
+                        let message = fail(&tx, serve_error(ServeError::Stopped, "messages")).await;
+                        record(None, Some(&message));
                         return Ok(());
                     }
                 }
             }
         };
         state.metrics.generated(&chunks.model, out.prompt_tokens, out.cached_tokens, out.tokens.len(), ttft, out.decode_secs);
+        record(Some(&out), None);
         send(&tx, chunks.finish(&out)).await?;
         if include_usage {
             send(&tx, chunks.usage(&out)).await?;
