@@ -129,6 +129,20 @@ async fn nodes_without_the_model_get_the_same_greedy_text_from_the_peer_that_has
         let local_out = a.model().unwrap().generate(prompt, options).await.unwrap();
         assert_eq!(remote_out.tokens, local_out.tokens, "the same greedy tokens");
     }
+    // The same from the shell: `pyagent infer` through b.
+    let http = b.http_addr().unwrap().to_string();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pyagent"))
+        .args(["infer", "--http", &http, "--chat", "--max-tokens", "40", "Tell me about the swarm and its peers."])
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.strip_suffix('\n').unwrap(), local, "pyagent infer streams the same text");
+    assert!(stderr.contains(&format!("tiny-chat on {}", a.peer_id())) && stderr.contains("tokens/s"), "{stderr}");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pyagent")).args(["infer", "--http", &http, "--model", "gpt-9", "hi"]).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("gpt-9") && stderr.contains("tiny-chat"), "{stderr}");
     // Pinned: to a peer without the model, a 503 that names the header; to the model's peer, served there.
     let addr = b.http_addr().unwrap();
     let c_id = c.peer_id().to_string();

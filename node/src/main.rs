@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         CliCommand::Ballot(args) => runtime.block_on(ballot(args)),
         CliCommand::Tally(args) => runtime.block_on(tally(args)),
         CliCommand::Generate(args) => return generate(&args),
+        CliCommand::Infer(args) => runtime.block_on(cli::infer::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, LogFormat, Overrides};
 
+pub mod infer;
 mod render;
 
 pub use render::{render_history, render_peers, render_shards, render_status, render_tally};
@@ -49,6 +50,9 @@ pub enum CliCommand {
     Tally(TallyArgs),
     /// Generate text with a local model (ONNX Runtime), streaming it; prints tokens/s.
     Generate(GenerateArgs),
+    /// A completion from the swarm through the local node (placed on the peer that fits),
+    /// streamed; prints tokens/s and where it ran.
+    Infer(infer::InferArgs),
 }
 
 /// How the query commands reach the local node.
