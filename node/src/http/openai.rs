@@ -136,9 +136,20 @@ pub fn history_subject(completion_id: &str) -> pyagent_protocol::history::Subjec
     pyagent_protocol::task::TaskId(*blake3::hash(completion_id.as_bytes()).as_bytes())
 }
 
+/// What [`record`] writes about a request besides its output.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Served<'a> {
+    pub id: &'a str,
+    pub endpoint: Endpoint,
+    pub model: &'a str,
+    pub ran_on: Target,
+    pub ttft_secs: f64,
+}
+
 /// Records a served request and where it ran as a history entry (in the background: the
 /// answer does not wait for the write).
-pub(super) fn record(state: &AppState, id: &str, endpoint: Endpoint, model: &str, ran_on: Target, ttft_secs: f64, out: Option<&Output>, error: Option<&str>) {
+pub(super) fn record(state: &AppState, served: Served<'_>, out: Option<&Output>, error: Option<&str>) {
+    let Served { id, endpoint, model, ran_on, ttft_secs } = served;
     let detail = serde_json::json!({
         "id": id,
         "endpoint": endpoint.path(),
@@ -332,7 +343,7 @@ async fn whole(state: &AppState, started: Started) -> Result<(Response, Target),
         }
     };
     state.metrics.generated(&model, out.prompt_tokens, out.cached_tokens, out.tokens.len(), ttft, out.decode_secs);
-    record(state, &id, endpoint, &model, ran_on, ttft, Some(&out), None);
+    record(state, Served { id: &id, endpoint, model: &model, ran_on, ttft_secs: ttft }, Some(&out), None);
     let lps = logprobs.then(|| api_logprobs(&out.logprobs));
     let finish = finish_reason(out.finish);
     let response = match endpoint {

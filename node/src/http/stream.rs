@@ -145,7 +145,8 @@ async fn produce(state: Arc<AppState>, started: Started, tx: mpsc::Sender<Event>
     let (chunks_id, chunks_model) = (id.clone(), model.clone());
     let mut chunks = Chunks { endpoint, id, created, model, fingerprint, include_usage, logprobs, offset: 0 };
     let mut shutdown = state.shutdown.clone();
-    let record = |out: Option<&Output>, error: Option<&str>| super::openai::record(&state, &chunks_id, endpoint, &chunks_model, ran_on, ttft, out, error);
+    let served = super::openai::Served { id: &chunks_id, endpoint, model: &chunks_model, ran_on, ttft_secs: ttft };
+    let record = |out: Option<&Output>, error: Option<&str>| super::openai::record(&state, served, out, error);
     let result: Result<(), Gone> = async {
         if let Some(role) = chunks.role() {
             send(&tx, role).await?;
