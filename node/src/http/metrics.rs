@@ -30,6 +30,7 @@ pub struct Metrics {
     ttft: Family<Labels, Histogram, fn() -> Histogram>,
     token_latency: Family<Labels, Histogram, fn() -> Histogram>,
     queue_depth: Family<Labels, Gauge>,
+    placement: Histogram,
     kv_hits: Family<Labels, Gauge>,
     kv_misses: Family<Labels, Gauge>,
     kv_blocks: Family<Labels, Gauge>,
@@ -60,6 +61,8 @@ impl Default for Metrics {
             ttft: Family::new_with_constructor(ttft_histogram as fn() -> Histogram),
             token_latency: Family::new_with_constructor(token_histogram as fn() -> Histogram),
             queue_depth: Family::default(),
+            // 10 µs to about 80 ms.
+            placement: Histogram::new(exponential_buckets(0.000_01, 2.0, 14)),
             kv_hits: Family::default(),
             kv_misses: Family::default(),
             kv_blocks: Family::default(),
@@ -75,6 +78,7 @@ impl Default for Metrics {
         registry.register("cached_prompt_tokens", "Prompt tokens whose KV blocks were reused, by model", m.cached_tokens.clone());
         registry.register("time_to_first_token_seconds", "From request to first token, by model", m.ttft.clone());
         registry.register("time_per_output_token_seconds", "Decode time per generated token, by model", m.token_latency.clone());
+        registry.register("placement_seconds", "Choosing the peer of a request: adverts read and costs ranked", m.placement.clone());
         registry.register("queue_depth", "Requests queued or running at a model's worker", m.queue_depth.clone());
         registry.register("kv_block_hits", "KV pool lookups that found a block (this run)", m.kv_hits.clone());
         registry.register("kv_block_misses", "KV pool lookups that found none (this run)", m.kv_misses.clone());
@@ -99,6 +103,11 @@ impl Metrics {
         let known = ["/v1/models", "/v1/chat/completions", "/v1/completions", "/metrics"];
         let path = if known.contains(&path) { path } else { "other" };
         self.answered(path, status);
+    }
+
+    /// A request placed.
+    pub fn placed(&self, secs: f64) {
+        self.placement.observe(secs);
     }
 
     /// A finished generation.

@@ -301,6 +301,7 @@ async fn start(state: &AppState, endpoint: Endpoint, g: Generation, pinned: Opti
     let began = Instant::now();
     let model = g.model.clone();
     let started = state.inference.start(InferRequest { model: g.model, prompt, options, pinned }).await.map_err(|e| infer_error(e, param))?;
+    state.metrics.placed(started.placement.as_secs_f64());
     let fingerprint = match state.inference.local().get(&model) {
         Some(w) => format!("fp_{}", w.capacity().model_id.get(..12).unwrap_or("unknown")),
         None => format!("fp_{}", started.ran_on.to_string().get(..12).unwrap_or("peer")),

@@ -78,6 +78,8 @@ pub struct Started {
     pub stream: Stream,
     /// From the request to the first event (placement and failover included).
     pub time_to_first: Duration,
+    /// From the request to the choice of peers (adverts read, costs ranked).
+    pub placement: Duration,
     /// Candidates that failed before this one, and why.
     pub skipped: Vec<(Target, String)>,
 }
@@ -220,6 +222,7 @@ impl Inference {
             }
             order
         };
+        let placement = began.elapsed();
         let mut skipped = Vec::new();
         let mut last = ServeError::Stopped;
         for (i, peer) in order.into_iter().enumerate() {
@@ -228,7 +231,7 @@ impl Inference {
             }
             let target = if peer == self.me { Target::Local } else { Target::Peer(peer) };
             match self.try_one(target, &request, share).await {
-                Ok((first, stream)) => return Ok(Started { ran_on: target, first, stream, time_to_first: began.elapsed(), skipped }),
+                Ok((first, stream)) => return Ok(Started { ran_on: target, first, stream, time_to_first: began.elapsed(), placement, skipped }),
                 Err(e) if e.try_elsewhere() => {
                     tracing::info!(%target, model = %request.model, "failing over to the next peer: {e}");
                     skipped.push((target, e.to_string()));
