@@ -1,8 +1,8 @@
 """Client side of scripts/bench-serve.sh: times a node's OpenAI-compatible API.
 
   bench_serve.py ttft URL N [PEER]          p50 time to first streamed text (max_tokens 1)
-  bench_serve.py decode URL TOKENS [PEER]   streamed completion: decode tokens/s after the first token
-  bench_serve.py chat URL TOKENS [PEER]     non-streamed chat: wall seconds
+  bench_serve.py decode URL TOKENS [PEER]   streamed completion: median decode tokens/s after the first token, 3 runs
+  bench_serve.py chat URL TOKENS [PEER]     non-streamed chat: median wall seconds of 5 (after a warm-up)
   bench_serve.py concurrent URL CLIENTS TOKENS   share by peer, p50/p99 latency
   bench_serve.py placement URL              mean placement time from /metrics
 Prints one JSON object.
@@ -63,19 +63,24 @@ def main():
     elif cmd == "decode":
         tokens = int(sys.argv[3])
         peer = sys.argv[4] if len(sys.argv) > 4 else None
-        first, end, usage, ran_on = stream(url, {"model": MODEL, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0}, peer)
-        n = usage["completion_tokens"]
-        print(json.dumps({"tokens": n, "decode_tokens_per_s": (n - 1) / (end - first), "ran_on": ran_on}))
+        rates = []
+        for _ in range(3):
+            first, end, usage, ran_on = stream(url, {"model": MODEL, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0}, peer)
+            n = usage["completion_tokens"]
+            rates.append((n - 1) / (end - first))
+        print(json.dumps({"tokens": n, "decode_tokens_per_s": statistics.median(rates), "runs": len(rates), "ran_on": ran_on}))
     elif cmd == "chat":
         tokens = int(sys.argv[3])
         peer = sys.argv[4] if len(sys.argv) > 4 else None
         body = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": tokens, "temperature": 0}
         post(url, "/v1/chat/completions", body, peer)[1].read()  # warm
-        t0 = time.perf_counter()
-        c, r = post(url, "/v1/chat/completions", body, peer)
-        answer = json.loads(r.read())
-        wall = time.perf_counter() - t0
-        print(json.dumps({"wall_secs": wall, "completion_tokens": answer["usage"]["completion_tokens"], "prompt_tokens": answer["usage"]["prompt_tokens"], "cached_tokens": answer["usage"]["prompt_tokens_details"]["cached_tokens"]}))
+        walls = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            c, r = post(url, "/v1/chat/completions", body, peer)
+            answer = json.loads(r.read())
+            walls.append(time.perf_counter() - t0)
+        print(json.dumps({"wall_secs": statistics.median(walls), "runs": len(walls), "completion_tokens": answer["usage"]["completion_tokens"], "prompt_tokens": answer["usage"]["prompt_tokens"], "cached_tokens": answer["usage"]["prompt_tokens_details"]["cached_tokens"]}))
     elif cmd == "concurrent":
         clients, tokens = int(sys.argv[3]), int(sys.argv[4])
         results = []
