@@ -1,5 +1,6 @@
 //! Every peer-to-peer message decoder (gossip: adverts, tasks, votes; request-response;
-//! history entries, stored and on the wire, and the history protocol): arbitrary bytes never panic, and whatever decodes is
+//! history entries, stored and on the wire, and the history protocol; inference stream
+//! requests and frames): arbitrary bytes never panic, and whatever decodes is
 //! validated and survives a round trip (encode, decode: the same value). The codec's
 //! varints accept non-minimal forms, so equal values need not come from equal bytes; ids
 //! are always hashed over the re-encoded value, never over received bytes.
@@ -8,6 +9,7 @@
 use libfuzzer_sys::fuzz_target;
 use pyagent_protocol::codec::MAX_FRAME_BYTES;
 use pyagent_protocol::history::{Entry, HistoryRequest, HistoryResponse};
+use pyagent_protocol::inference::{InferFrame, InferRequest, MAX_FRAME_BYTES as MAX_INFER_FRAME, MAX_REQUEST_BYTES};
 use pyagent_protocol::rpc::{BlobsResponse, GetBlobs, HelloResponse, ResultAck, TaskResult};
 use pyagent_protocol::task::TaskMessage;
 use pyagent_protocol::vote::VoteMessage;
@@ -44,4 +46,16 @@ fuzz_target!(|data: &[u8]| {
         let _ = request.validate();
     }
     let _ = round_trip::<HistoryResponse>(data);
+    // Inference streams: floats may be NaN (never equal to themselves), so a request is
+    // compared only once validated (which refuses NaN), and frames are re-encoded only.
+    if let Ok(request) = decode::<InferRequest>(data, MAX_REQUEST_BYTES)
+        && request.validate().is_ok()
+    {
+        let again: InferRequest = decode(&encode(&request).expect("encodes"), MAX_REQUEST_BYTES).expect("decodes");
+        assert_eq!(again, request);
+    }
+    if let Ok(frame) = decode::<InferFrame>(data, MAX_INFER_FRAME) {
+        let bytes = encode(&frame).expect("a decoded frame encodes");
+        assert!(bytes.len() <= data.len());
+    }
 });
