@@ -264,3 +264,35 @@ async fn an_executor_gone_before_the_first_token_is_failed_over_and_mid_stream_i
     assert!(started.elapsed() < Duration::from_secs(10), "promptly: {:?}", started.elapsed());
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pyagent_improve_runs_the_loop_end_to_end_and_is_deterministic_under_a_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(model) = tiny_chat_model(dir.path()) else { return };
+    let a = node(dir.path(), "a", Some(&model), &[]).await;
+    let b = node(dir.path(), "b", None, &[&a]).await;
+    wait_until("b sees a's llm.suggest", Duration::from_secs(20), || async {
+        b.client().peers().await.unwrap().iter().any(|p| p.agents.iter().any(|x| x == "llm"))
+    })
+    .await;
+    let file = dir.path().join("calc.py");
+    std::fs::write(&file, "def total(xs):\n    s = 0\n    for x in xs:\n        if x:\n            s = s + x\n    return s\n").unwrap();
+    let run = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_pyagent"))
+            .args(["improve", file.to_str().unwrap(), "--function", "total", "--candidates", "2", "--seed", "7", "--max-tokens", "24", "--vote-secs", "15", "--api", b.api_endpoint()])
+            .output()
+    };
+    let first = run().await.unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&first.stdout).into_owned(), String::from_utf8_lossy(&first.stderr).into_owned());
+    assert!(first.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains(&format!("2 candidates from {}", a.peer_id())), "the node with the model suggested: {stderr}");
+    assert!(stderr.contains("6 ballots of 6 expected"), "every agent of both nodes voted: {stderr}");
+    assert!(stdout.contains("beat the original") || stdout.contains("@@"), "a decided result: {stdout}");
+    let second = run().await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&second.stdout), stdout, "the same seed, the same result");
+    // Bad input: an unknown function names the ones there are.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pyagent")).args(["improve", file.to_str().unwrap(), "--function", "nope", "--api", b.api_endpoint()]).output().await.unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("total"), "{}", String::from_utf8_lossy(&out.stderr));
+    b.shutdown().await;
+    a.shutdown().await;
+}

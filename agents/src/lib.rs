@@ -15,6 +15,7 @@
 
 pub mod agent;
 pub mod complexity;
+pub mod functions;
 pub mod imports;
 pub mod name;
 pub mod python;

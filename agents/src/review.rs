@@ -8,8 +8,10 @@
 //!   distinct imported modules first (a single function carries no tree to find cycles
 //!   in; the proposal's text is all an agent sees).
 //!
-//! A candidate that does not parse ranks last. Ties keep the candidates' order. Pure
-//! functions: every node's agent of the same kind casts the same ranking.
+//! A candidate that does not parse, or that changes the function's signature (its name,
+//! parameters or return annotation: callers would break), ranks last. Ties keep the
+//! candidates' order. Pure functions: every node's agent of the same kind casts the same
+//! ranking.
 
 use crate::python::{ParsedModule, with_deep_stack};
 
@@ -42,9 +44,10 @@ fn imports_score(text: &str) -> Option<u64> {
     })
 }
 
-/// The ranking agent `agent` gives the candidates, or `None` if it does not review.
-pub fn rank(agent: &str, candidates: &[String]) -> Option<Vec<usize>> {
-    let scores: Vec<Option<u64>> = match agent {
+/// The ranking agent `agent` gives the candidate rewrites of `function`, or `None` if it
+/// does not review.
+pub fn rank(agent: &str, function: &str, candidates: &[String]) -> Option<Vec<usize>> {
+    let mut scores: Vec<Option<u64>> = match agent {
         "complexity" => candidates.iter().map(|c| complexity_score(c)).collect(),
         "tokens" => {
             let counter = crate::tokens::TokensAgent::new();
@@ -56,6 +59,23 @@ pub fn rank(agent: &str, candidates: &[String]) -> Option<Vec<usize>> {
         "imports" => candidates.iter().map(|c| imports_score(c)).collect(),
         _ => return None,
     };
+    // Given the original's source, a candidate with another signature goes last; given
+    // its name, one that defines another function.
+    let wanted = crate::functions::signature(function);
+    let name = function.trim();
+    let is_name = !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '_');
+    for (score, candidate) in scores.iter_mut().zip(candidates) {
+        let theirs = crate::functions::signature(candidate);
+        let keeps = match (&wanted, &theirs) {
+            (Some(w), Some(t)) => w == t,
+            (None, Some(t)) if is_name => t.split('(').next() == Some(name),
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        if !keeps {
+            *score = None;
+        }
+    }
     Some(order_by(scores))
 }
 
@@ -78,15 +98,32 @@ mod tests {
 
     #[test]
     fn each_agent_ranks_by_its_criterion() {
-        assert_eq!(rank("complexity", &candidates()), Some(vec![1, 3, 0, 2]));
-        assert_eq!(rank("tokens", &candidates()), Some(vec![1, 3, 0, 2]));
-        assert_eq!(rank("imports", &candidates()), Some(vec![1, 3, 0, 2]));
-        assert_eq!(rank("astrology", &candidates()), None);
+        let original = "def f(x):\n    return x\n";
+        assert_eq!(rank("complexity", original, &candidates()), Some(vec![1, 3, 0, 2]));
+        assert_eq!(rank("tokens", original, &candidates()), Some(vec![1, 3, 0, 2]));
+        assert_eq!(rank("imports", original, &candidates()), Some(vec![1, 3, 0, 2]));
+        assert_eq!(rank("astrology", original, &candidates()), None);
+    }
+
+    #[test]
+    fn a_candidate_that_changes_the_signature_ranks_last() {
+        let original = "def f(x):\n    if x:\n        return 1\n    return 0\n";
+        let renamed = "def g(x):\n    return int(bool(x))\n".to_string();
+        let more_params = "def f(x, y):\n    return int(bool(x))\n".to_string();
+        let same = "def f(x):\n    return int(bool(x))\n".to_string();
+        let branchy = original.to_string();
+        for agent in ["complexity", "tokens", "imports"] {
+            let order = rank(agent, original, &[renamed.clone(), more_params.clone(), branchy.clone(), same.clone()]).unwrap();
+            assert_eq!(&order[2..], &[0, 1], "{agent}: signature changes go last: {order:?}");
+        }
+        // Given only the name, a renamed candidate goes last; nothing to compare, nothing demoted.
+        assert_eq!(rank("complexity", "f", &[renamed.clone(), same.clone()]), Some(vec![1, 0]));
+        assert_eq!(rank("complexity", "", &[renamed.clone(), same.clone()]), Some(vec![0, 1]));
     }
 
     #[test]
     fn ties_keep_the_candidates_order() {
         let same = vec!["def f(): pass\n".to_string(), "def f(): pass\n".to_string()];
-        assert_eq!(rank("complexity", &same), Some(vec![0, 1]));
+        assert_eq!(rank("complexity", "def f(): pass\n", &same), Some(vec![0, 1]));
     }
 }

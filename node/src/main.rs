@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         CliCommand::Tally(args) => runtime.block_on(tally(args)),
         CliCommand::Generate(args) => return generate(&args),
         CliCommand::Infer(args) => runtime.block_on(cli::infer::run(args)),
+        CliCommand::Improve(args) => runtime.block_on(cli::improve::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

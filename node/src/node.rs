@@ -228,15 +228,22 @@ impl Node {
         let registry = hosted_agents(&settings.agents);
         let external = Arc::new(crate::external::ExternalAgents::default());
         let (executed_tx, executed_rx) = mpsc::channel(COMMAND_QUEUE);
-        let tasks = TaskEngine::new(peer_id, store.clone(), registry.capabilities(), external.clone(), std::time::Instant::now());
-        let runner = TaskRunner::start(registry, store.clone(), external.clone(), executed_tx);
+        let mut capabilities = registry.capabilities();
+        let mut agents = settings.agents.clone();
+        if !models.is_empty() {
+            // The llm agent: candidate rewrites from this node's model.
+            capabilities.push(crate::tasks::suggest::SUGGEST.to_owned());
+            agents.push(crate::tasks::suggest::LLM_AGENT.to_owned());
+        }
+        let tasks = TaskEngine::new(peer_id, store.clone(), capabilities, external.clone(), std::time::Instant::now());
+        let runner = TaskRunner::start(registry, store.clone(), external.clone(), models.clone(), executed_tx);
         let boot_id = random_boot_id();
         let facts = NodeFacts {
             namespace: settings.namespace.clone(),
             private: settings.swarm_key.is_some(),
             quic: settings.quic,
             mdns: settings.mdns,
-            agents: settings.agents.clone(),
+            agents,
             data_dir: data_dir.path().to_owned(),
             bootstrap: settings.bootstrap.clone(),
             advert_interval: settings.advert_interval,

@@ -96,7 +96,9 @@ impl VoteMethod {
 pub enum ProposalKind {
     /// A question for people (and anyone) to vote on.
     General,
-    /// Candidate rewrites of one Python function (option i is `candidates[i]`); the agents
+    /// Candidate rewrites of one Python function (option i is `candidates[i]`). `function`
+    /// is the function's name, or its original source: a candidate that changes its name
+    /// (or, given the source, its signature) ranks last. The agents
     /// of every node rank them by their own criterion.
     Review { function: String, candidates: Vec<String> },
 }
@@ -199,7 +201,14 @@ impl ProposalSpec {
             }
         }
         if let ProposalKind::Review { function, candidates } = &self.kind {
-            check_label("function", function)?;
+            // A name, or the original source (multi-line, as large as a candidate).
+            if function.contains('\n') {
+                if function.len() > MAX_CANDIDATE_BYTES || function.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
+                    return Err(field("function", format!("source of at most {MAX_CANDIDATE_BYTES} bytes, no control characters but newlines and tabs")));
+                }
+            } else {
+                check_label("function", function)?;
+            }
             if candidates.len() != self.options.len() {
                 return Err(field("candidates", "one candidate per option"));
             }
@@ -323,6 +332,11 @@ mod tests {
         let mut t = proposal();
         t.kind = ProposalKind::Review { function: "f".into(), candidates: vec!["def f(): pass".into()] };
         assert!(t.validate("P").unwrap_err().to_string().contains("one candidate per option"));
+        let n = t.options.len();
+        t.kind = ProposalKind::Review { function: "def f(x):\n\treturn x\n".into(), candidates: vec!["def f(x): return x".into(); n] };
+        assert!(t.validate("P").is_ok(), "the original source may stand for the function");
+        t.kind = ProposalKind::Review { function: "def f(x):\n\u{7}\n".into(), candidates: vec!["x".into(); n] };
+        assert!(t.validate("P").unwrap_err().to_string().contains("function"));
         let mut zero = proposal();
         zero.quorum = Some(0);
         assert!(zero.validate("P").unwrap_err().to_string().contains("quorum"));

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, LogFormat, Overrides};
 
+pub mod improve;
 pub mod infer;
 mod render;
 
@@ -53,6 +54,9 @@ pub enum CliCommand {
     /// A completion from the swarm through the local node (placed on the peer that fits),
     /// streamed; prints tokens/s and where it ran.
     Infer(infer::InferArgs),
+    /// Improve one Python function: candidate rewrites from a node's model (llm.suggest),
+    /// voted on by every node's agents; prints the winner as a unified diff.
+    Improve(improve::ImproveArgs),
 }
 
 /// How the query commands reach the local node.

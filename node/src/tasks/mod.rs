@@ -5,6 +5,7 @@
 //!   [`requester`]: its requester side (submit, first result wins, reports).
 //! - [`runner`]: the actor that executes tasks off the event loop (bounded inbox).
 //! - [`execute`]: running a task with a hosted agent (blocking pool).
+//! - [`suggest`]: the `llm` agent's `llm.suggest` (candidate rewrites from this node's model).
 //!
 //! Executors are ordered by [`crate::placement`] (rendezvous hashing).
 
@@ -13,6 +14,7 @@ pub mod execute;
 pub mod requester;
 pub mod runner;
 pub mod scheduler;
+pub mod suggest;
 
 pub use engine::TaskEngine;
 pub use requester::SubmitError;

@@ -9,7 +9,8 @@ use pyagent_agents::Registry;
 use pyagent_protocol::task::{TaskId, TaskOutcome, TaskSpec};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::execute;
+use super::{execute, suggest};
+use crate::serving::Models;
 use crate::external::{ExternalAgents, JobView};
 use crate::store::Store;
 
@@ -39,14 +40,17 @@ pub struct TaskRunner {
 impl TaskRunner {
     /// Starts the actor; finished executions come back on `executed`. It stops when every
     /// handle is dropped.
-    pub fn start(registry: Registry, store: Arc<Store>, external: Arc<ExternalAgents>, executed: mpsc::Sender<Executed>) -> Self {
+    pub fn start(registry: Registry, store: Arc<Store>, external: Arc<ExternalAgents>, models: Models, executed: mpsc::Sender<Executed>) -> Self {
         let (inbox, mut jobs) = mpsc::channel::<Job>(RUNNER_INBOX);
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let permits = Arc::new(Semaphore::new(workers));
         tokio::spawn(async move {
             while let Some(job) = jobs.recv().await {
-                let worker = Worker { registry: registry.clone(), store: store.clone(), external: external.clone(), executed: executed.clone() };
-                if worker.registry.for_capability(&job.spec.capability).is_some() {
+                let worker = Worker { registry: registry.clone(), store: store.clone(), external: external.clone(), models: models.clone(), executed: executed.clone() };
+                if job.spec.capability == suggest::SUGGEST && !worker.models.is_empty() {
+                    // Waits in the model worker's own bounded queue.
+                    tokio::spawn(worker.run_suggest(job));
+                } else if worker.registry.for_capability(&job.spec.capability).is_some() {
                     let Ok(permit) = permits.clone().acquire_owned().await else { break };
                     tokio::spawn(async move {
                         let _permit = permit;
@@ -75,6 +79,7 @@ struct Worker {
     registry: Registry,
     store: Arc<Store>,
     external: Arc<ExternalAgents>,
+    models: Models,
     executed: mpsc::Sender<Executed>,
 }
 
@@ -86,6 +91,19 @@ impl Worker {
             .await
             .unwrap_or_else(|e| TaskOutcome::Failed { reason: format!("the agent crashed: {e}") });
         let _ = executed.send(Executed { task: job.task, outcome: Some(outcome) }).await;
+    }
+
+    /// Runs an `llm.suggest` task on this node's model.
+    async fn run_suggest(self, job: Job) {
+        let Self { store, models, executed, .. } = self;
+        let Job { task, spec } = job;
+        let files = tokio::task::spawn_blocking(move || execute::load_files(&store, &spec)).await;
+        let outcome = match files {
+            Ok(Ok(files)) => suggest::run(&models, files).await,
+            Ok(Err(reason)) => TaskOutcome::Failed { reason },
+            Err(e) => TaskOutcome::Failed { reason: format!("cannot load the task's files: {e}") },
+        };
+        let _ = executed.send(Executed { task, outcome: Some(outcome) }).await;
     }
 
     /// Hands the task to a live external agent and waits for its answer.

@@ -159,13 +159,13 @@ impl VoteBook {
     /// Each built-in agent of this node ranks a review proposal's candidates and votes.
     fn agents_vote(&mut self, id: ProposalId, now_ms: u64, fx: &mut Effects) {
         let Some(entry) = self.proposals.get(&id) else { return };
-        let ProposalKind::Review { candidates, .. } = &entry.spec.kind else { return };
+        let ProposalKind::Review { function, candidates } = &entry.spec.kind else { return };
         if !entry.spec.method.is_ranked() {
             return; // agents rank; approval and quadratic ballots are for people
         }
-        let candidates = candidates.clone();
+        let (function, candidates) = (function.clone(), candidates.clone());
         for agent in self.agents.clone() {
-            let Some(order) = pyagent_agents::review::rank(&agent, &candidates) else { continue };
+            let Some(order) = pyagent_agents::review::rank(&agent, &function, &candidates) else { continue };
             let ranking: Vec<u16> = order.into_iter().filter_map(|i| u16::try_from(i).ok()).collect();
             if let Err(e) = self.cast(id, VoteChoice::Ranking(ranking), Some(agent.clone()), now_ms, fx) {
                 tracing::warn!(proposal = %id, %agent, "agent ballot not cast: {e}");
