@@ -296,3 +296,28 @@ async fn pyagent_improve_runs_the_loop_end_to_end_and_is_deterministic_under_a_s
     b.shutdown().await;
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_outside_the_swarm_gets_no_time_on_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(model) = tiny_chat_model(dir.path()) else { return };
+    let a = node(dir.path(), "a", Some(&model), &[]).await;
+    // Another namespace: it can reach a, but is not in a's view.
+    let opts = Opts { swarm: Some("elsewhere".into()), bootstrap: a.p2p_addrs(), ..Default::default() };
+    let outsider = support::start_in(&dir.path().join("outsider"), &opts).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let request = pyagent_node::inference::wire::request("tiny-chat", &Prompt::Tokens((1..20).collect()), &GenerateOptions { max_tokens: 4, ..Default::default() });
+    let opened = pyagent_node::inference::requester::open(&mut outsider.inference().control(), a.peer_id(), &request, || {}).await;
+    let refused = match opened {
+        Err(e) => e.to_string(),
+        Ok(mut stream) => {
+            while stream.pieces.recv().await.is_some() {}
+            // Refused within seconds (the first frame comes at once), never at the first-token deadline.
+            tokio::time::timeout(Duration::from_secs(15), stream.done).await.expect("no hang").unwrap().expect_err("an outsider must not be served").to_string()
+        }
+    };
+    assert!(refused.contains("only members") || refused.contains("went away"), "{refused}");
+    assert_eq!(a.model().unwrap().load().requests.load(std::sync::atomic::Ordering::Relaxed), 0);
+    outsider.shutdown().await;
+    a.shutdown().await;
+}

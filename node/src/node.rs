@@ -270,7 +270,7 @@ impl Node {
         let capacity_summary = task.capacity_summary();
         let p2p_addrs = task.listen_addrs();
         let router_task = tokio::spawn(task.run());
-        let executor = crate::inference::executor::start(streams.clone(), models.clone());
+        let executor = crate::inference::executor::start(streams.clone(), models.clone(), client.clone());
         let inference = crate::inference::Inference::new(peer_id, models.clone(), client.clone(), streams);
         // From here on, a failure must stop the router again.
         let rest = async {

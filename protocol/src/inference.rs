@@ -5,6 +5,11 @@
 //! away cancels the generation. Each frame is a 4-byte big-endian length and a
 //! [`crate::codec`] frame, bounded by [`MAX_REQUEST_BYTES`] / [`MAX_FRAME_BYTES`].
 //!
+//! The executor answers [`InferFrame::Queued`] as soon as the request is in its model's
+//! queue, and again every [`QUEUED_EVERY_SECS`] until the first piece, so a requester
+//! tells a peer that is busy from one that is gone within seconds, not at the first-token
+//! deadline.
+//!
 //! A stream rather than request-response: the tokens flow as they come with the
 //! transport's own flow control (a slow reader holds the executor back instead of
 //! filling a buffer), and closing it is the cancellation, with no extra message.
@@ -17,6 +22,8 @@ pub const INFER_PROTOCOL: &str = "/pyagent/infer/1";
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 /// Largest response frame: a piece with its log-probabilities, or the final token list.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
+/// How often an executor says a request is still queued (before its first piece).
+pub const QUEUED_EVERY_SECS: u64 = 5;
 /// Bounds that keep a hostile request small.
 pub const MAX_STOPS: usize = 4;
 pub const MAX_STOP_LEN: usize = 256;
@@ -127,6 +134,9 @@ pub enum InferFrame {
         decode_secs: f64,
     },
     Error { kind: InferErrorKind, message: String },
+    /// The request waits in the executor's queue (at once, then every
+    /// [`QUEUED_EVERY_SECS`] until the first piece); `ahead`: requests before it.
+    Queued { ahead: u32 },
 }
 
 #[cfg(test)]

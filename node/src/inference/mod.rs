@@ -22,7 +22,7 @@
 pub mod executor;
 mod frames;
 pub mod requester;
-mod wire;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -150,6 +150,11 @@ impl Inference {
 
     pub fn local(&self) -> &Models {
         &self.models
+    }
+
+    /// Opens inference streams (for tools and tests that speak `/pyagent/infer/1` directly).
+    pub fn control(&self) -> libp2p_stream::Control {
+        self.control.clone()
     }
 
     /// Every model of the swarm and where it runs (this node first).

@@ -9,6 +9,9 @@ use pyagent_protocol::inference::{INFER_PROTOCOL, InferFrame, InferRequest, MAX_
 use tokio::sync::{mpsc, oneshot};
 
 use super::{FIRST_TOKEN_DEADLINE, OPEN_DEADLINE, PIECE_DEADLINE, frames, wire};
+
+/// Longest silence from a peer that said the request is queued (3 of its heartbeats).
+const QUEUED_SILENCE: std::time::Duration = std::time::Duration::from_secs(3 * pyagent_protocol::inference::QUEUED_EVERY_SECS);
 use crate::serving::{Chunk, STREAM_PIECES, ServeError, Stream};
 
 /// Opens a stream to `peer` and sends `request`; the answer comes as a [`Stream`].
@@ -40,7 +43,11 @@ pub async fn open(control: &mut libp2p_stream::Control, peer: PeerId, request: &
 async fn follow(peer: PeerId, stream: &mut libp2p::Stream, pieces: mpsc::Sender<Chunk>) -> Result<pyagent_engine::infer::Output, ServeError> {
     let mut text = String::new();
     let mut logprobs = Vec::new();
-    let mut deadline = FIRST_TOKEN_DEADLINE;
+    // The first frame (queued, or a refusal) comes at once; then one at least every
+    // QUEUED_EVERY_SECS until the first piece, within the first-token deadline.
+    let mut deadline = OPEN_DEADLINE;
+    let first_token_by = tokio::time::Instant::now() + FIRST_TOKEN_DEADLINE;
+    let mut started = false;
     loop {
         let frame = tokio::select! {
             frame = tokio::time::timeout(deadline, frames::read::<_, InferFrame>(stream, MAX_FRAME_BYTES)) => frame,
@@ -53,8 +60,20 @@ async fn follow(peer: PeerId, stream: &mut libp2p::Stream, pieces: mpsc::Sender<
             Ok(Ok(None)) => return Err(ServeError::PeerGone(format!("{peer} closed the stream before the end"))),
             Ok(Ok(Some(frame))) => frame,
         };
+        match frame {
+            InferFrame::Queued { .. } if !started => {
+                if tokio::time::Instant::now() > first_token_by {
+                    return Err(ServeError::PeerGone(format!("{peer} started nothing within {} s", FIRST_TOKEN_DEADLINE.as_secs())));
+                }
+                deadline = QUEUED_SILENCE;
+                continue;
+            }
+            _ => {}
+        }
+        started = true;
         deadline = PIECE_DEADLINE;
         match frame {
+            InferFrame::Queued { .. } => return Err(ServeError::Generate(format!("{peer} sent an out-of-order frame"))),
             InferFrame::Piece { text: piece, logprobs: lps } => {
                 let chunk = wire::chunk(piece, lps);
                 text.push_str(&chunk.text);
