@@ -176,3 +176,55 @@ fn lab_analyze_completes_when_an_executor_is_killed() {
     let survivor_status = lab.status(3 - victim).unwrap();
     assert!(survivor_status["tasks"]["executed"].as_u64().unwrap() > 0);
 }
+
+/// Real processes: machines 1 and 2 serve the tiny model, machine 3 none. kill -9 of the
+/// executor mid-stream ends `pyagent infer` on machine 3 promptly with the error; an
+/// executor frozen (SIGSTOP) before it answers is failed over to the other.
+#[test]
+fn lab_inference_survives_an_executor_killed_or_frozen() {
+    use std::io::Read;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(lab) = Lab::up("infer", 3) else { return };
+    let Some(model) = crate::openai_api::tiny_chat_model(lab.dir.path()) else { return };
+    let model = model.to_str().unwrap().to_owned();
+    let mut servers = [lab.spawn_node(1, &["--model", &model]), lab.spawn_node(2, &["--model", &model])];
+    let _asker = lab.spawn_node(3, &[]);
+    let ids: Vec<String> = (1..=3).map(|i| lab.wait_ready(i, READY)).collect();
+    let serving = || {
+        let out = lab.pyagent(3, &["peers", "--json", "--timeout-ms", "1500"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["peers"].as_array().map_or(0, |a| a.iter().filter(|p| p["capacity"]["models"].as_array().is_some_and(|m| !m.is_empty())).count())
+    };
+    wait_for("machine 3 sees both servers' models", MESH, || serving() == 2);
+
+    // Mid-stream: the executor dies with -9 while streaming to machine 3's client.
+    let mut infer = lab.spawn_pyagent(3, &["infer", "--peer", &ids[0], "--max-tokens", "3500", "Once upon a time"]);
+    let mut stdout = infer.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).expect("a first piece");
+    let killed = Instant::now();
+    servers[0].kill9();
+    let mut rest = Vec::new();
+    let _ = stdout.read_to_end(&mut rest);
+    let out = infer.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "the client sees the failure: {stderr}");
+    assert!(stderr.contains("the generation failed on") && stderr.contains(&ids[0]), "{stderr}");
+    assert!(killed.elapsed() < Duration::from_secs(10), "promptly: {:?}", killed.elapsed());
+
+    // Before the first token: machine 2 frozen; requests from machine 3 still complete (on
+    // machine 1 again, restarted, or after machine 2's stream times out).
+    servers[0] = lab.spawn_node(1, &["--model", &model]);
+    let restarted = lab.wait_ready(1, READY);
+    wait_for("machine 3 sees both servers again", MESH, || serving() == 2);
+    servers[1].signal("STOP");
+    let started = Instant::now();
+    for _ in 0..3 {
+        let out = lab.pyagent(3, &["infer", "--max-tokens", "8", "Once upon a time"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "served despite the frozen peer: {stderr}");
+        assert!(stderr.contains(&format!("tiny-chat on {restarted}")), "ran on the live peer: {stderr}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(30), "failover within the deadlines: {:?}", started.elapsed());
+    servers[1].signal("CONT");
+}
