@@ -177,7 +177,8 @@ fn lab_analyze_completes_when_an_executor_is_killed() {
     assert!(survivor_status["tasks"]["executed"].as_u64().unwrap() > 0);
 }
 
-/// Real processes: machines 1 and 2 serve the tiny model, machine 3 none. kill -9 of the
+/// Real processes: machines 1 and 2 serve the tiny model, machine 3 none. Machine 3 gets
+/// machine 1's own greedy text through it; kill -9 of the
 /// executor mid-stream ends `pyagent infer` on machine 3 promptly with the error; an
 /// executor frozen (SIGSTOP) before it answers is failed over to the other.
 #[test]
@@ -196,6 +197,13 @@ fn lab_inference_survives_an_executor_killed_or_frozen() {
         v["peers"].as_array().map_or(0, |a| a.iter().filter(|p| p["capacity"]["models"].as_array().is_some_and(|m| !m.is_empty())).count())
     };
     wait_for("machine 3 sees both servers' models", MESH, || serving() == 2);
+
+    // Through a peer, the same greedy text as on the peer itself.
+    let local = lab.pyagent(1, &["infer", "--peer", "local", "--max-tokens", "24", "Once upon a time"]);
+    let remote = lab.pyagent(3, &["infer", "--peer", &ids[0], "--max-tokens", "24", "Once upon a time"]);
+    assert!(local.status.success() && remote.status.success(), "{}", String::from_utf8_lossy(&remote.stderr));
+    assert_eq!(remote.stdout, local.stdout, "machine 3 gets machine 1's own greedy text");
+    assert!(String::from_utf8_lossy(&remote.stderr).contains(&format!("on {}", ids[0])));
 
     // Mid-stream: the executor dies with -9 while streaming to machine 3's client.
     let mut infer = lab.spawn_pyagent(3, &["infer", "--peer", &ids[0], "--max-tokens", "3500", "Once upon a time"]);
