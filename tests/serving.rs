@@ -90,3 +90,26 @@ async fn a_streamed_generation_equals_the_whole_one_and_stops_when_the_caller_go
     assert!(cut.tokens.len() < options.max_tokens, "stopped early: {} tokens", cut.tokens.len());
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cuda_is_used_only_where_it_exists_and_asking_for_it_without_says_why() {
+    let Some(model) = tiny_model() else { return };
+    let config = |provider| pyagent_node::serving::ServeConfig {
+        model: model.clone(),
+        ort_lib: None,
+        kv_host_bytes: 16 << 20,
+        ram_available: 1 << 30,
+        provider,
+        vram_free: None,
+    };
+    // No GPU found: auto runs on the CPU and says so in the advert.
+    let auto = pyagent_node::serving::ModelWorker::start(config(pyagent_node::config::ProviderChoice::Auto)).await.unwrap();
+    assert_eq!(auto.advert().provider, "cpu");
+    // CUDA asked for, on a CPU-only runtime: the model is not served, and the error says why.
+    let err = pyagent_node::serving::ModelWorker::start(config(pyagent_node::config::ProviderChoice::Cuda)).await.unwrap_err().to_string();
+    assert!(err.contains("cuda") && err.contains("onnxruntime-gpu"), "{err}");
+    // A GPU reported (VRAM free) but a CPU-only runtime: auto falls back to the CPU.
+    let fallback = pyagent_node::serving::ModelWorker::start(pyagent_node::serving::ServeConfig { vram_free: Some(8 << 30), ..config(pyagent_node::config::ProviderChoice::Auto) }).await.unwrap();
+    assert_eq!(fallback.advert().provider, "cpu");
+    assert!(fallback.generate(vec![1, 2, 3], GenerateOptions { max_tokens: 2, ..Default::default() }).await.is_ok());
+}

@@ -210,11 +210,19 @@ impl Node {
         let streams = swarm.behaviour().stream.new_control();
 
         let mut probe = CapacityProbe::new();
-        let ram_available = probe.probe().ram_available_bytes;
+        let host = probe.probe();
+        let (ram_available, vram_free) = (host.ram_available_bytes, host.gpus.first().map(|g| g.vram_free_bytes));
         let serve = settings
             .models
             .iter()
-            .map(|model| ServeConfig { model: model.clone(), ort_lib: settings.ort_lib.clone(), kv_host_bytes: settings.kv_host_bytes, ram_available })
+            .map(|model| ServeConfig {
+                model: model.clone(),
+                ort_lib: settings.ort_lib.clone(),
+                kv_host_bytes: settings.kv_host_bytes,
+                ram_available,
+                provider: settings.provider,
+                vram_free,
+            })
             .collect();
         let models = Models::start(serve).await;
         let advertised = models.clone();

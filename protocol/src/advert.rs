@@ -76,6 +76,8 @@ pub struct InferenceCapacity {
     pub queued_decode_tokens: u64,
     /// KV pool memory not in use (of `kv_budget_bytes`).
     pub kv_free_bytes: u64,
+    /// Where it runs: `cpu`, or `cuda:N` (then `fits` is about that GPU's VRAM).
+    pub provider: String,
     pub model_bytes: u64,
     /// KV block pool budget in RAM (and VRAM when a GPU provider runs).
     pub kv_budget_bytes: u64,
@@ -168,6 +170,7 @@ impl Advert {
         for m in &self.capacity.models {
             check_text("capacity.models.name", &m.name, MAX_TEXT_LEN)?;
             check_text("capacity.models.model_id", &m.model_id, MAX_TEXT_LEN)?;
+            check_text("capacity.models.provider", &m.provider, MAX_TEXT_LEN)?;
             if m.name.is_empty() {
                 return Err(AdvertError::Field { field: "capacity.models.name", reason: "empty".into() });
             }

@@ -31,9 +31,10 @@ fn versions() -> impl Strategy<Value = VersionRange> {
 fn capacity() -> impl Strategy<Value = Capacity> {
     let gpu = (text(), any::<u64>(), any::<u64>()).prop_map(|(name, vram_total_bytes, vram_free_bytes)| GpuInfo { name, vram_total_bytes, vram_free_bytes });
     let load = (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), any::<bool>());
-    let inference = (text(), text(), any::<u64>(), any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>(), load).prop_map(
-        |(name, model_id, model_bytes, kv_budget_bytes, fits, prefill_tokens_per_s, decode_tokens_per_s, load)| InferenceCapacity {
+    let inference = (text(), text(), any::<u64>(), any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>(), load, text()).prop_map(
+        |(name, model_id, model_bytes, kv_budget_bytes, fits, prefill_tokens_per_s, decode_tokens_per_s, load, provider)| InferenceCapacity {
             name,
+            provider,
             model_id,
             context_length: load.4,
             chat: load.5,

@@ -212,16 +212,47 @@ impl std::fmt::Debug for Decoder {
     }
 }
 
+/// Where a model's forward passes run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Provider {
+    /// ONNX Runtime's CPU execution provider.
+    #[default]
+    Cpu,
+    /// The CUDA execution provider on GPU `device`: needs the onnxruntime-gpu wheel's
+    /// library and an NVIDIA GPU. The KV cache stays in host tensors (copied per step).
+    Cuda { device: i32 },
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda { device } => write!(f, "cuda:{device}"),
+        }
+    }
+}
+
 impl Decoder {
-    /// Opens `model`'s ONNX file in `env` with `threads` intra-op threads.
+    /// Opens `model`'s ONNX file in `env` with `threads` intra-op threads, on the CPU.
     pub fn load(model: &ModelDir, env: &ort::environment::Environment, threads: usize) -> Result<Self, ModelError> {
+        Self::load_on(model, env, threads, Provider::Cpu)
+    }
+
+    /// [`Self::load`] on `provider`; a provider this runtime or machine lacks is an error
+    /// that says so (the caller may fall back to the CPU).
+    pub fn load_on(model: &ModelDir, env: &ort::environment::Environment, threads: usize, provider: Provider) -> Result<Self, ModelError> {
+        use ort::ep::ExecutionProvider;
         let onnx = |e: ort::Error| ModelError::Onnx { path: model.onnx.clone(), reason: e.to_string() };
-        let session = Session::builder(env)
-            .map_err(onnx)?
-            .with_intra_threads(threads.max(1))
-            .map_err(|e| onnx(e.into()))?
-            .commit_from_file(&model.onnx)
-            .map_err(onnx)?;
+        let refused = |reason: String| ModelError::Provider { provider: provider.to_string(), reason };
+        let mut builder = Session::builder(env).map_err(onnx)?.with_intra_threads(threads.max(1)).map_err(|e| onnx(e.into()))?;
+        if let Provider::Cuda { device } = provider {
+            if !ort::ep::CUDA::is_available().unwrap_or(false) {
+                return Err(refused("this ONNX Runtime has no CUDA execution provider (use the library of the onnxruntime-gpu wheel: --ort-lib)".into()));
+            }
+            let cuda = ort::ep::CUDA::default().with_device_id(device).build().error_on_failure();
+            builder = builder.with_execution_providers([cuda]).map_err(|e| refused(e.to_string()))?;
+        }
+        let session = builder.commit_from_file(&model.onnx).map_err(onnx)?;
         let layers = model.config.num_hidden_layers as usize;
         let past_names: Vec<(String, String)> =
             (0..layers).map(|l| (format!("past_key_values.{l}.key"), format!("past_key_values.{l}.value"))).collect();

@@ -118,13 +118,21 @@ pub struct Engine {
     pub pool: BlockPool,
     /// Prompt tokens per prefill pass (at least 1).
     pub prefill_chunk: usize,
+    /// Where the forward passes run.
+    pub provider: super::decoder::Provider,
 }
 
 impl Engine {
+    /// An engine on the CPU.
     pub fn new(model: ModelDir, env: &ort::environment::Environment, threads: usize, pool: &PoolConfig) -> Result<Self, EngineError> {
-        let decoder = Decoder::load(&model, env, threads)?;
+        Self::new_on(model, env, threads, pool, super::decoder::Provider::Cpu)
+    }
+
+    /// An engine whose forward passes run on `provider`.
+    pub fn new_on(model: ModelDir, env: &ort::environment::Environment, threads: usize, pool: &PoolConfig, provider: super::decoder::Provider) -> Result<Self, EngineError> {
+        let decoder = Decoder::load_on(&model, env, threads, provider)?;
         let pool = BlockPool::new(model.id, model.config.kv_layout(), pool)?;
-        Ok(Self { model, decoder, pool, prefill_chunk: PREFILL_CHUNK })
+        Ok(Self { model, decoder, pool, prefill_chunk: PREFILL_CHUNK, provider })
     }
 
     /// Greedy output by prompt-lookup speculative decoding (no pool, no streaming): for

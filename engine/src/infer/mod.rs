@@ -21,7 +21,7 @@ pub mod runtime;
 pub mod sampling;
 pub mod speculative;
 
-pub use decoder::{Decoder, KvState, Logits};
+pub use decoder::{Decoder, KvState, Logits, Provider};
 pub use engine::{Alternative, Engine, EngineError, Finish, GenerateOptions, Output, PREFILL_CHUNK, Piece, TokenLogprob};
 pub use sampling::{Logprobs, Sampler, Sampling, logprobs};
 pub use model::{ModelConfig, ModelDir, ModelError};

@@ -31,6 +31,8 @@ pub enum ModelError {
     Layout(String),
     #[error("inference failed: {0}")]
     Run(String),
+    #[error("execution provider {provider}: {reason}")]
+    Provider { provider: String, reason: String },
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -331,6 +331,9 @@ pub struct NodeArgs {
     /// the directory's name [default: none; the node can still ask its peers].
     #[arg(long, value_name = "DIR")]
     pub model: Vec<PathBuf>,
+    /// Where models run [default: auto: CUDA when a GPU and onnxruntime-gpu are there].
+    #[arg(long, value_enum)]
+    pub provider: Option<crate::config::ProviderChoice>,
     /// OpenAI-compatible HTTP API [default: 127.0.0.1:7763].
     #[arg(long, value_name = "IP:PORT")]
     pub http: Option<SocketAddr>,
@@ -374,6 +377,7 @@ impl NodeArgs {
             allow_non_loopback_api: self.api_allow_non_loopback.then_some(true),
             log_format: self.log_format,
             models: (!self.model.is_empty()).then(|| self.model.clone()),
+            provider: self.provider,
             ort_lib: self.ort_lib.clone(),
             http: self.no_http.then_some(false),
             http_bind: self.http,

@@ -25,6 +25,7 @@ pub struct Overrides {
     pub allow_non_loopback_api: Option<bool>,
     pub log_format: Option<LogFormat>,
     pub models: Option<Vec<PathBuf>>,
+    pub provider: Option<super::ProviderChoice>,
     pub ort_lib: Option<PathBuf>,
     pub http: Option<bool>,
     pub http_bind: Option<SocketAddr>,
@@ -46,6 +47,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PYAGENT_MDNS_INTERFACES", "mdns.interfaces (comma-separated)"),
     ("PYAGENT_API", "api.bind"),
     ("PYAGENT_MODELS", "inference.models (comma-separated directories)"),
+    ("PYAGENT_PROVIDER", "inference.provider (auto/cpu/cuda)"),
     ("PYAGENT_HTTP", "http.enabled (true/false)"),
     ("PYAGENT_HTTP_BIND", "http.bind"),
     ("PYAGENT_HTTP_ALLOW_NON_LOOPBACK", "http.allow_non_loopback (true/false)"),
@@ -110,6 +112,15 @@ impl Overrides {
             events_bind: parse_env(&vars, "PYAGENT_EVENTS")?,
             allow_non_loopback_api: parse_env_bool(&vars, "PYAGENT_API_ALLOW_NON_LOOPBACK")?,
             models: parse_env_list(&vars, "PYAGENT_MODELS").map(|l| l.into_iter().map(PathBuf::from).collect()),
+            provider: vars
+                .get("PYAGENT_PROVIDER")
+                .map(|raw| match raw.trim() {
+                    "auto" => Ok(super::ProviderChoice::Auto),
+                    "cpu" => Ok(super::ProviderChoice::Cpu),
+                    "cuda" => Ok(super::ProviderChoice::Cuda),
+                    _ => Err(ConfigError::Env { var: "PYAGENT_PROVIDER", message: format!("{raw:?}: expected auto, cpu or cuda") }),
+                })
+                .transpose()?,
             http: parse_env_bool(&vars, "PYAGENT_HTTP")?,
             http_bind: parse_env(&vars, "PYAGENT_HTTP_BIND")?,
             http_allow_non_loopback: parse_env_bool(&vars, "PYAGENT_HTTP_ALLOW_NON_LOOPBACK")?,

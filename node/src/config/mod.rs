@@ -157,11 +157,24 @@ pub struct InferenceConfig {
     pub ort_lib: Option<PathBuf>,
     /// KV block pool budget in host RAM, MiB.
     pub kv_host_mb: u64,
+    /// Where models run: `auto` (the CUDA execution provider when an NVIDIA GPU is found
+    /// and the runtime has it, else the CPU), `cpu`, or `cuda` (fail rather than fall back).
+    pub provider: ProviderChoice,
+}
+
+/// `inference.provider`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderChoice {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
 }
 
 impl Default for InferenceConfig {
     fn default() -> Self {
-        Self { models: Vec::new(), ort_lib: None, kv_host_mb: 256 }
+        Self { models: Vec::new(), ort_lib: None, kv_host_mb: 256, provider: ProviderChoice::Auto }
     }
 }
 
@@ -317,6 +330,7 @@ impl Config {
             self.swarm_key = o.swarm_key;
         }
         set(&mut self.inference.models, o.models);
+        set(&mut self.inference.provider, o.provider);
         if o.ort_lib.is_some() {
             self.inference.ort_lib = o.ort_lib;
         }
@@ -427,6 +441,7 @@ impl Config {
                 sync_interval: Duration::from_millis(h.sync_interval_ms),
             },
             models: self.inference.models.clone(),
+            provider: self.inference.provider,
             ort_lib: self.inference.ort_lib.clone(),
             kv_host_bytes: self.inference.kv_host_mb << 20,
             protocol_versions: VersionRange::SUPPORTED,
@@ -534,6 +549,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Inference: model directories (empty: none served), ONNX Runtime library, KV budget.
     pub models: Vec<PathBuf>,
+    pub provider: ProviderChoice,
     pub ort_lib: Option<PathBuf>,
     pub kv_host_bytes: u64,
     /// The history DHT's replication.

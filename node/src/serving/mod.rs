@@ -47,6 +47,10 @@ pub struct ServeConfig {
     pub kv_host_bytes: u64,
     /// RAM available at start, to say whether the model and its KV budget fit.
     pub ram_available: u64,
+    /// Where to run it.
+    pub provider: crate::config::ProviderChoice,
+    /// Free VRAM of GPU 0, when NVML found one (auto then tries CUDA).
+    pub vram_free: Option<u64>,
 }
 
 /// Why a request was not served.
@@ -328,7 +332,7 @@ mod tests {
     #[tokio::test]
     async fn a_model_that_cannot_be_loaded_is_an_error_that_names_it() {
         let dir = tempfile::tempdir().unwrap();
-        let config = ServeConfig { model: dir.path().join("nope"), ort_lib: None, kv_host_bytes: 1 << 20, ram_available: 1 << 30 };
+        let config = ServeConfig { model: dir.path().join("nope"), ort_lib: None, kv_host_bytes: 1 << 20, ram_available: 1 << 30, provider: crate::config::ProviderChoice::Auto, vram_free: None };
         let err = ModelWorker::start(config.clone()).await.unwrap_err();
         assert!(matches!(err, ServeError::Load { ref model, .. } if model.ends_with("nope")), "{err}");
         assert!(Models::start(vec![config]).await.is_empty());

@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use pyagent_engine::chat::ChatTemplate;
-use pyagent_engine::infer::{self, Engine, GenerateOptions};
+use pyagent_engine::infer::{self, Engine, GenerateOptions, Provider};
+
+use crate::config::ProviderChoice;
 use pyagent_engine::kv::PoolConfig;
 use pyagent_protocol::InferenceCapacity;
 use tokio::sync::{mpsc, oneshot};
@@ -126,7 +128,18 @@ fn load(config: &ServeConfig) -> Result<(Engine, InferenceCapacity, ModelInfo), 
     let chat = model.chat_template().is_ok();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let pool = PoolConfig { host_bytes: config.kv_host_bytes, ..Default::default() };
-    let mut engine = Engine::new(model, env, threads, &pool).map_err(|e| e.to_string())?;
+    let mut engine = match choose_provider(config.provider, config.vram_free.is_some()) {
+        Provider::Cpu => Engine::new(model, env, threads, &pool).map_err(|e| e.to_string())?,
+        cuda => match Engine::new_on(model, env, threads, &pool, cuda) {
+            Ok(engine) => engine,
+            Err(e) if config.provider == ProviderChoice::Auto => {
+                tracing::warn!(model = %config.model.display(), "running on the CPU: {e}");
+                let model = infer::ModelDir::open(&config.model).map_err(|e| e.to_string())?;
+                Engine::new(model, env, threads, &pool).map_err(|e| e.to_string())?
+            }
+            Err(e) => return Err(format!("{e} (inference.provider = cuda; use auto to fall back to the CPU)")),
+        },
+    };
     let vocab = engine.model.config.vocab_size.clamp(2, 256);
     let prompt: Vec<u32> = (0..PROBE_PROMPT_TOKENS as u32).map(|i| (i * 7 + 3) % vocab).collect();
     let started = Instant::now();
@@ -146,12 +159,26 @@ fn load(config: &ServeConfig) -> Result<(Engine, InferenceCapacity, ModelInfo), 
         kv_free_bytes: config.kv_host_bytes,
         model_bytes: bytes,
         kv_budget_bytes: config.kv_host_bytes,
-        fits: bytes.saturating_add(config.kv_host_bytes) <= config.ram_available,
+        fits: match (engine.provider, config.vram_free) {
+            // On a GPU the weights live in its memory; the KV pool stays in RAM.
+            (Provider::Cuda { .. }, Some(vram)) => bytes <= vram && config.kv_host_bytes <= config.ram_available,
+            _ => bytes.saturating_add(config.kv_host_bytes) <= config.ram_available,
+        },
+        provider: engine.provider.to_string(),
         prefill_tokens_per_s: rate(out.prompt_tokens, out.prefill_secs),
         decode_tokens_per_s: rate(out.tokens.len(), out.decode_secs),
     };
     let info = ModelInfo { name, context_length: context, chat, created };
     Ok((engine, capacity, info))
+}
+
+/// The provider to try first: CUDA when asked for, or (auto) when a GPU was found.
+fn choose_provider(choice: ProviderChoice, gpu: bool) -> Provider {
+    match choice {
+        ProviderChoice::Cuda => Provider::Cuda { device: 0 },
+        ProviderChoice::Auto if gpu => Provider::Cuda { device: 0 },
+        ProviderChoice::Auto | ProviderChoice::Cpu => Provider::Cpu,
+    }
 }
 
 /// A model's name: its directory's name (`target/models/smollm2-int4` → `smollm2-int4`).
