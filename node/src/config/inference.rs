@@ -1,0 +1,38 @@
+//! `[inference]`: the models this node serves and where they run.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Inference: the models this node serves, if any.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// Model directories (model.onnx, tokenizer.json, config.json), each served by a
+    /// worker of its own under its directory's name. Empty: this node serves none (it can
+    /// still ask its peers).
+    pub models: Vec<PathBuf>,
+    /// ONNX Runtime library. Default: ORT_DYLIB_PATH, then `.venv-models`.
+    pub ort_lib: Option<PathBuf>,
+    /// KV block pool budget in host RAM, MiB.
+    pub kv_host_mb: u64,
+    /// Where models run: `auto` (the CUDA execution provider when an NVIDIA GPU is found
+    /// and the runtime has it, else the CPU), `cpu`, or `cuda` (fail rather than fall back).
+    pub provider: ProviderChoice,
+}
+
+/// `inference.provider`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderChoice {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self { models: Vec::new(), ort_lib: None, kv_host_mb: 256, provider: ProviderChoice::Auto }
+    }
+}
