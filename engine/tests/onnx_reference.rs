@@ -230,11 +230,11 @@ mod engine {
 
         // Blocks exported and imported into a fresh pool of another engine.
         let hashes = block_hashes(&engine.model.id, &ids);
-        let exported: Vec<Vec<u8>> = hashes.iter().map(|h| engine.pool.get(h).unwrap().unwrap().export()).collect();
+        let exported: Vec<Vec<u8>> = hashes.iter().map(|h| engine.pool.lock().get(h).unwrap().unwrap().export()).collect();
         let fresh_dir = tempfile::tempdir().unwrap();
         let mut other = Engine::new(ModelDir::open(&model_dir).unwrap(), env, 1, &pool(64, 0, fresh_dir.path(), &engine.model)).unwrap();
         for bytes in &exported {
-            other.pool.insert(KvBlock::import(bytes, &other.model.id).unwrap()).unwrap();
+            other.pool.lock().insert(KvBlock::import(bytes, &other.model.id).unwrap()).unwrap();
         }
         let imported = other.generate(&ids, &options, |_| {}).unwrap();
         assert!(imported.cached_tokens > 0);
@@ -251,7 +251,7 @@ mod engine {
             assert_eq!(out.tokens, cold.tokens);
             assert!(same(&out.step_logits, &cold.step_logits) < 1e-5);
         }
-        assert!(tiny.pool.stats().demotions > 0 && tiny.pool.stats().hits > 0, "{:?}", tiny.pool.stats());
+        assert!(tiny.pool.lock().stats().demotions > 0 && tiny.pool.lock().stats().hits > 0, "{:?}", tiny.pool.lock().stats());
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //!   inference engine) and the placement cost of inference requests.
 //! - [`inference`]: inference across the swarm: placement over local workers and peers'
 //!   adverts, failover, and the `/pyagent/infer/1` token streams (requester, executor).
+//! - [`kv`]: the KV-block exchange: prefix blocks fetched from the peers that hold them
+//!   (`/pyagent/kv/1`), block summaries in adverts, placement credit.
 //! - [`http`]: the OpenAI-compatible HTTP API, `/healthz`, `/readyz`, `/metrics`;
 //!   [`systemd`]: readiness notification (`Type=notify`).
 //! - [`discovery`]: mDNS announcement and browsing.
@@ -40,6 +42,7 @@ pub mod history;
 pub mod http;
 pub mod identity;
 pub mod inference;
+pub mod kv;
 pub mod logging;
 pub mod membership;
 pub mod node;

@@ -76,6 +76,10 @@ pub struct Node {
     http: Option<crate::http::HttpServer>,
     /// Serves other nodes' inference streams.
     executor: Option<JoinHandle<()>>,
+    /// Serves this node's KV blocks to peers.
+    kv_server: Option<JoinHandle<()>>,
+    /// The KV-block exchange (its counters).
+    kv: crate::kv::KvExchange,
     /// Places inference requests on the swarm.
     inference: crate::inference::Inference,
     _data_dir: DataDir,
@@ -279,7 +283,8 @@ impl Node {
         let p2p_addrs = task.listen_addrs();
         let router_task = tokio::spawn(task.run());
         let executor = crate::inference::executor::start(streams.clone(), models.clone(), client.clone());
-        let inference = crate::inference::Inference::new(peer_id, models.clone(), client.clone(), streams);
+        let (kv, kv_server) = crate::kv::KvExchange::start(peer_id, streams.clone(), &models, client.clone(), settings.kv_fetch);
+        let inference = crate::inference::Inference::new(peer_id, models.clone(), client.clone(), streams).with_kv(kv.clone());
         // From here on, a failure must stop the router again.
         let rest = async {
             let api = ApiServer::start(settings.api_bind, settings.events_bind, client.clone(), store.clone(), external.clone()).await?;
@@ -334,8 +339,8 @@ impl Node {
         let (api, mdns, http) = match rest.await {
             Ok(parts) => parts,
             Err(e) => {
-                if let Some(executor) = &executor {
-                    executor.abort();
+                for task in [&executor, &kv_server].into_iter().flatten() {
+                    task.abort();
                 }
                 let _ = client.shutdown().await;
                 return Err(e);
@@ -346,7 +351,7 @@ impl Node {
             http.set_ready();
         }
         crate::systemd::notify_ready();
-        Ok(Self { peer_id, client, p2p_addrs, api, mdns, router_task, store, models, http, executor, inference, _data_dir: data_dir })
+        Ok(Self { peer_id, client, p2p_addrs, api, mdns, router_task, store, models, http, executor, kv_server, kv, inference, _data_dir: data_dir })
     }
 
     /// The model-serving worker of the first model that loaded.
@@ -357,6 +362,11 @@ impl Node {
     /// Every model this node serves.
     pub fn models(&self) -> &Models {
         &self.models
+    }
+
+    /// The KV-block exchange: what it fetched and served.
+    pub fn kv(&self) -> &crate::kv::KvExchange {
+        &self.kv
     }
 
     /// Places inference requests on the swarm (what the HTTP API uses).
@@ -395,15 +405,16 @@ impl Node {
     /// Graceful shutdown: stop the API, say mDNS goodbye, close every connection, flush
     /// the database, release the data directory. Bounded to about 2.5 s in all.
     pub async fn shutdown(self) {
-        let Self { client, api, mdns, router_task, store, models, http, executor, inference, _data_dir, .. } = self;
+        let Self { client, api, mdns, router_task, store, models, http, executor, kv_server, kv, inference, _data_dir, .. } = self;
         crate::systemd::notify_stopping();
         // Open HTTP streams end (with an error event) instead of holding the node up.
         if let Some(http) = http {
             http.shutdown(Duration::from_millis(500)).await;
         }
-        if let Some(executor) = executor {
-            executor.abort();
+        for task in [executor, kv_server].into_iter().flatten() {
+            task.abort();
         }
+        drop(kv);
         // The threads end once the queued requests are answered.
         drop(inference);
         drop(models);

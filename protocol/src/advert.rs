@@ -86,6 +86,10 @@ pub struct InferenceCapacity {
     /// Measured at start (tokens/s).
     pub prefill_tokens_per_s: u32,
     pub decode_tokens_per_s: u32,
+    /// The KV blocks its pool holds (a Bloom filter of their hashes): what peers may fetch
+    /// from it, and what placement credits it with.
+    #[serde(default)]
+    pub kv_blocks: crate::kv::KvSummary,
 }
 
 /// One GPU.
@@ -174,6 +178,11 @@ impl Advert {
             if m.name.is_empty() {
                 return Err(AdvertError::Field { field: "capacity.models.name", reason: "empty".into() });
             }
+            m.kv_blocks.validate().map_err(|e| AdvertError::Field { field: "capacity.models.kv_blocks", reason: e.to_string() })?;
+        }
+        let summaries: usize = self.capacity.models.iter().map(|m| m.kv_blocks.bits.len()).sum();
+        if summaries > crate::kv::MAX_SUMMARIES_BYTES {
+            return Err(AdvertError::Field { field: "capacity.models.kv_blocks", reason: format!("{summaries} bytes of summaries, limit {}", crate::kv::MAX_SUMMARIES_BYTES) });
         }
         Ok(())
     }
@@ -251,8 +260,21 @@ pub(crate) mod tests {
         assert!(matches!(a.validate("12D3KooWExample"), Err(AdvertError::Field { field: "capacity.models", .. })));
         a.capacity.models = vec![InferenceCapacity { name: String::new(), ..model.clone() }];
         assert!(matches!(a.validate("12D3KooWExample"), Err(AdvertError::Field { field: "capacity.models.name", .. })));
-        a.capacity.models = vec![InferenceCapacity { name: "x\u{7}".into(), ..model }];
+        a.capacity.models = vec![InferenceCapacity { name: "x\u{7}".into(), ..model.clone() }];
         assert!(a.validate("12D3KooWExample").is_err());
+        // KV summaries: each bounded, and all of them together.
+        let held: Vec<[u8; 32]> = (0..3000u32).map(|n| *blake3::hash(&n.to_le_bytes()).as_bytes()).collect();
+        let full = InferenceCapacity { kv_blocks: crate::kv::KvSummary::of(&held, crate::kv::MAX_SUMMARY_BYTES), ..model.clone() };
+        a.capacity.models = vec![full.clone(), full.clone()];
+        assert_eq!(a.validate("12D3KooWExample"), Ok(()));
+        let frame = codec::encode(&a).unwrap();
+        assert!(frame.len() < MAX_ADVERT_BYTES, "{} bytes", frame.len());
+        a.capacity.models.push(full);
+        assert!(matches!(a.validate("12D3KooWExample"), Err(AdvertError::Field { field: "capacity.models.kv_blocks", .. })));
+        let mut bad = model;
+        bad.kv_blocks.bits = vec![0; 3];
+        a.capacity.models = vec![bad];
+        assert!(matches!(a.validate("12D3KooWExample"), Err(AdvertError::Field { field: "capacity.models.kv_blocks", .. })));
     }
 
     #[test]

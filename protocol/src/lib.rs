@@ -13,6 +13,8 @@
 //!   request-response protocol (`/pyagent/history/1`).
 //! - [`inference`]: the inference stream protocol (`/pyagent/infer/1`): a request, then
 //!   the tokens as they come.
+//! - [`kv`]: KV blocks between peers: the summary of what a node holds (in its advert)
+//!   and the block transfer stream protocol (`/pyagent/kv/1`).
 //! - [`api`]: the JSON schema of the local ZeroMQ API (requests, replies, events).
 //! - [`openai`]: the OpenAI-compatible HTTP API's requests (checked), responses, errors.
 
@@ -21,6 +23,7 @@ pub mod api;
 pub mod codec;
 pub mod history;
 pub mod inference;
+pub mod kv;
 pub mod openai;
 pub mod rpc;
 pub mod swarm;

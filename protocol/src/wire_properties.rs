@@ -31,8 +31,9 @@ fn versions() -> impl Strategy<Value = VersionRange> {
 fn capacity() -> impl Strategy<Value = Capacity> {
     let gpu = (text(), any::<u64>(), any::<u64>()).prop_map(|(name, vram_total_bytes, vram_free_bytes)| GpuInfo { name, vram_total_bytes, vram_free_bytes });
     let load = (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), any::<bool>());
-    let inference = (text(), text(), any::<u64>(), any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>(), load, text()).prop_map(
-        |(name, model_id, model_bytes, kv_budget_bytes, fits, prefill_tokens_per_s, decode_tokens_per_s, load, provider)| InferenceCapacity {
+    let kv = (any::<u32>(), any::<u8>(), vec(any::<u8>(), 0..64)).prop_map(|(blocks, hashes, bits)| crate::kv::KvSummary { blocks, hashes, bits });
+    let inference = (text(), text(), any::<u64>(), any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>(), load, text(), kv).prop_map(
+        |(name, model_id, model_bytes, kv_budget_bytes, fits, prefill_tokens_per_s, decode_tokens_per_s, load, provider, kv_blocks)| InferenceCapacity {
             name,
             provider,
             model_id,
@@ -47,6 +48,7 @@ fn capacity() -> impl Strategy<Value = Capacity> {
             fits,
             prefill_tokens_per_s,
             decode_tokens_per_s,
+            kv_blocks,
         },
     );
     (any::<u32>(), any::<u64>(), any::<u64>(), vec(gpu, 0..3), vec(inference, 0..3)).prop_map(

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use crate::kv::{BLOCK_TOKENS, BlockPool, PoolConfig, PoolError, block_hashes, hash::ROOT};
+use crate::kv::{BLOCK_TOKENS, BlockPool, PoolConfig, PoolError, SharedPool, block_hashes, hash::ROOT};
 
 use super::cache;
 use super::decoder::{Decoder, KvState, Logits};
@@ -115,7 +115,8 @@ pub enum EngineError {
 pub struct Engine {
     pub model: ModelDir,
     decoder: Decoder,
-    pub pool: BlockPool,
+    /// Shared with whoever serves its blocks to peers.
+    pub pool: SharedPool,
     /// Prompt tokens per prefill pass (at least 1).
     pub prefill_chunk: usize,
     /// Where the forward passes run.
@@ -131,7 +132,7 @@ impl Engine {
     /// An engine whose forward passes run on `provider`.
     pub fn new_on(model: ModelDir, env: &ort::environment::Environment, threads: usize, pool: &PoolConfig, provider: super::decoder::Provider) -> Result<Self, EngineError> {
         let decoder = Decoder::load_on(&model, env, threads, provider)?;
-        let pool = BlockPool::new(model.id, model.config.kv_layout(), pool)?;
+        let pool = SharedPool::new(BlockPool::new(model.id, model.config.kv_layout(), pool)?);
         Ok(Self { model, decoder, pool, prefill_chunk: PREFILL_CHUNK, provider })
     }
 
@@ -148,7 +149,7 @@ impl Engine {
     /// the way to the first token.
     fn prefill(&mut self, prompt: &[u32], max_tokens: usize) -> Result<(Logits, KvState, usize), EngineError> {
         let layout = self.model.config.kv_layout();
-        let mut cached = self.pool.longest_prefix(prompt)?;
+        let mut cached = self.pool.lock().longest_prefix(prompt)?;
         // At least one token must run to get logits.
         while !cached.is_empty() && cached.len() * BLOCK_TOKENS >= prompt.len() {
             cached.pop();
@@ -282,8 +283,10 @@ impl Engine {
         let mut all = prompt.to_vec();
         all.extend(&out.tokens);
         let parent = block_hashes(&self.model.id, &prompt[..reused_blocks * BLOCK_TOKENS]).last().copied().unwrap_or(ROOT);
-        for block in cache::blocks_of(self.model.id, self.model.config.kv_layout(), &state, &all, reused_blocks, parent)? {
-            self.pool.insert(block)?;
+        let blocks = cache::blocks_of(self.model.id, self.model.config.kv_layout(), &state, &all, reused_blocks, parent)?;
+        let mut pool = self.pool.lock();
+        for block in blocks {
+            pool.insert(block)?;
         }
         Ok(out)
     }

@@ -82,6 +82,12 @@ impl KvBlock {
         Ok(Self { model, parent, hash, tokens, layout, data })
     }
 
+    /// Length of the byte form of a block of `layout`: the header (magic, version, model,
+    /// parent, hash, tokens, layout, data length), the data, the checksum.
+    pub fn export_len(layout: &KvLayout) -> usize {
+        4 + 2 + 3 * 32 + 4 * BLOCK_TOKENS + 3 * 4 + 1 + 8 + layout.block_bytes() + 32
+    }
+
     /// Bytes this block takes in a tier.
     pub fn size(&self) -> usize {
         self.data.len()
@@ -198,6 +204,7 @@ mod tests {
     fn blocks_round_trip_through_their_byte_form() {
         let b = block(3);
         let bytes = b.export();
+        assert_eq!(bytes.len(), KvBlock::export_len(&b.layout));
         assert_eq!(KvBlock::import(&bytes, &b.model).unwrap(), b);
     }
 

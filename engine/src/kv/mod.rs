@@ -14,4 +14,4 @@ pub mod pool;
 pub use block::{BlockError, DType, KvBlock, KvLayout};
 pub use hash::{BLOCK_TOKENS, BlockHash, ModelId, block_hashes};
 pub use policy::Eviction;
-pub use pool::{BlockPool, PoolConfig, PoolError, PoolStats, Tier};
+pub use pool::{BlockPool, PoolConfig, PoolError, PoolStats, SharedPool, Tier};

@@ -123,6 +123,14 @@ impl<K: Copy + Eq + Hash> Policy<K> {
         self.len() == 0
     }
 
+    /// Resident keys, in no particular order.
+    pub fn keys(&self) -> Vec<K> {
+        match &self.kind {
+            Kind::Lru { list, .. } => list.at.keys().copied().collect(),
+            Kind::Arc(a) => a.t1.at.keys().chain(a.t2.at.keys()).copied().collect(),
+        }
+    }
+
     /// A resident key was used.
     pub fn touch(&mut self, k: K) {
         match &mut self.kind {

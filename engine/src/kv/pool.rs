@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::block::{BlockError, KvBlock, KvLayout};
 use super::hash::{BlockHash, ModelId, block_hashes};
@@ -61,6 +61,23 @@ struct TierStore {
     disk: Option<PathBuf>,
 }
 
+/// A pool shared between the engine that fills it and the node tasks that serve its
+/// blocks to peers. Locks are short: lookups and inserts, never a forward pass.
+#[derive(Debug, Clone)]
+pub struct SharedPool(Arc<Mutex<BlockPool>>);
+
+impl SharedPool {
+    pub fn new(pool: BlockPool) -> Self {
+        Self(Arc::new(Mutex::new(pool)))
+    }
+
+    /// The pool, locked. A panic while it was locked left it consistent (every change is
+    /// one map and one policy update), so a poisoned lock is taken over.
+    pub fn lock(&self) -> MutexGuard<'_, BlockPool> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// A pool of blocks of one model.
 pub struct BlockPool {
     model: ModelId,
@@ -98,6 +115,37 @@ impl BlockPool {
 
     pub fn stats(&self) -> PoolStats {
         self.stats
+    }
+
+    pub fn model(&self) -> ModelId {
+        self.model
+    }
+
+    pub fn layout(&self) -> KvLayout {
+        self.layout
+    }
+
+    /// Every block held, in any tier (for a summary of what this pool can serve).
+    pub fn hashes(&self) -> Vec<BlockHash> {
+        let mut out: Vec<BlockHash> = Vec::new();
+        for tier in &self.tiers {
+            out.extend(tier.policy.keys());
+        }
+        out
+    }
+
+    /// How many of `hashes`, from the first on, the pool holds (no promotion, no counting).
+    pub fn held_run(&self, hashes: &[BlockHash]) -> usize {
+        hashes.iter().take_while(|h| self.tier_of(h).is_some()).count()
+    }
+
+    /// The block with `hash`, if held, without promoting it or counting a hit: for
+    /// serving it to a peer, which should not reorder this node's own working set.
+    pub fn peek(&self, hash: &BlockHash) -> Result<Option<Arc<KvBlock>>, PoolError> {
+        match self.tiers.iter().find(|t| t.holds(hash)) {
+            Some(tier) => tier.read(hash, &self.model),
+            None => Ok(None),
+        }
     }
 
     /// Which tier holds a block, if any.

@@ -334,6 +334,12 @@ pub struct NodeArgs {
     /// Where models run [default: auto: CUDA when a GPU and onnxruntime-gpu are there].
     #[arg(long, value_enum)]
     pub provider: Option<crate::config::ProviderChoice>,
+    /// KV block pool budget in host RAM, MiB [default: 256].
+    #[arg(long, value_name = "MIB")]
+    pub kv_host_mb: Option<u64>,
+    /// Compute every prompt prefix here instead of fetching the KV blocks peers hold.
+    #[arg(long)]
+    pub no_kv_fetch: bool,
     /// OpenAI-compatible HTTP API [default: 127.0.0.1:7763].
     #[arg(long, value_name = "IP:PORT")]
     pub http: Option<SocketAddr>,
@@ -378,6 +384,8 @@ impl NodeArgs {
             log_format: self.log_format,
             models: (!self.model.is_empty()).then(|| self.model.clone()),
             provider: self.provider,
+            kv_fetch: self.no_kv_fetch.then_some(false),
+            kv_host_mb: self.kv_host_mb,
             ort_lib: self.ort_lib.clone(),
             http: self.no_http.then_some(false),
             http_bind: self.http,

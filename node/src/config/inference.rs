@@ -16,6 +16,9 @@ pub struct InferenceConfig {
     pub ort_lib: Option<PathBuf>,
     /// KV block pool budget in host RAM, MiB.
     pub kv_host_mb: u64,
+    /// Before prefill, fetch the prompt's prefix blocks from peers that hold them (the
+    /// swarm's KV exchange). Off: compute every prefix here (blocks are still served).
+    pub kv_fetch: bool,
     /// Where models run: `auto` (the CUDA execution provider when an NVIDIA GPU is found
     /// and the runtime has it, else the CPU), `cpu`, or `cuda` (fail rather than fall back).
     pub provider: ProviderChoice,
@@ -33,6 +36,6 @@ pub enum ProviderChoice {
 
 impl Default for InferenceConfig {
     fn default() -> Self {
-        Self { models: Vec::new(), ort_lib: None, kv_host_mb: 256, provider: ProviderChoice::Auto }
+        Self { models: Vec::new(), ort_lib: None, kv_host_mb: 256, kv_fetch: true, provider: ProviderChoice::Auto }
     }
 }

@@ -20,7 +20,7 @@
 //! - [`frames`], [`wire`]: framing and the wire types of the stream protocol.
 
 pub mod executor;
-mod frames;
+pub(crate) mod frames;
 pub mod requester;
 pub mod wire;
 
@@ -127,6 +127,8 @@ pub struct Inference {
     client: NodeClient,
     control: libp2p_stream::Control,
     outstanding: Arc<Mutex<HashMap<PeerId, Outstanding>>>,
+    /// The KV exchange, for its measured transfer rate.
+    kv: Option<crate::kv::KvExchange>,
 }
 
 impl std::fmt::Debug for Inference {
@@ -145,7 +147,39 @@ pub struct SwarmModel {
 
 impl Inference {
     pub fn new(me: PeerId, models: Models, client: NodeClient, control: libp2p_stream::Control) -> Self {
-        Self { me, models, client, control, outstanding: Arc::default() }
+        Self { me, models, client, control, outstanding: Arc::default(), kv: None }
+    }
+
+    /// Credits peers with the prefixes they could fetch at the exchange's measured rate.
+    pub fn with_kv(mut self, kv: crate::kv::KvExchange) -> Self {
+        self.kv = Some(kv);
+        self
+    }
+
+    /// The prompt's full blocks (those prefill could skip), this node's own run of them,
+    /// and the rate in tokens/s at which a fetch moves them — when this node can tokenize
+    /// the prompt (it hosts the model, or the prompt is tokens).
+    fn prompt_blocks(&self, request: &InferRequest, peers: &[(PeerId, InferenceCapacity)]) -> Option<PromptBlocks> {
+        let (tokens, id, local_run, block_bytes) = match self.models.get(&request.model) {
+            Some(worker) => {
+                let tokens = worker.tokenizer().tokens(&request.prompt).ok()?;
+                let pool = worker.pool().lock();
+                (tokens, pool.model(), None, Some(pyagent_engine::kv::KvBlock::export_len(&pool.layout())))
+            }
+            None => {
+                let Prompt::Tokens(tokens) = &request.prompt else { return None };
+                let hex = &peers.iter().find(|(_, c)| c.name == request.model)?.1.model_id;
+                (tokens.clone(), parse_model_id(hex)?, Some(0), None)
+            }
+        };
+        let usable = tokens.len().saturating_sub(1) / pyagent_engine::kv::BLOCK_TOKENS * pyagent_engine::kv::BLOCK_TOKENS;
+        let hashes = pyagent_engine::kv::block_hashes(&id, &tokens[..usable]);
+        let local_run = local_run.unwrap_or_else(|| self.models.get(&request.model).map_or(0, |w| w.pool().lock().held_run(&hashes)));
+        let fetch_rate = match (&self.kv, block_bytes) {
+            (Some(kv), Some(bytes)) => kv.fetch_rate() / (bytes as f64 / pyagent_engine::kv::BLOCK_TOKENS as f64),
+            _ => 0.0,
+        };
+        Some(PromptBlocks { tokens: tokens.len() as u64, hashes: hashes.into_iter().map(|h| h.0).collect(), local_run, fetch_rate })
     }
 
     pub fn local(&self) -> &Models {
@@ -164,7 +198,7 @@ impl Inference {
             Some(m) => m.peers.push(at),
             None => out.push(SwarmModel { name: c.name.clone(), context_length: c.context_length, peers: vec![at] }),
         };
-        for c in self.models.adverts() {
+        for c in self.models.all().iter().map(crate::serving::ModelWorker::advert) {
             add(&c, Target::Local);
         }
         for (peer, c) in self.peer_models().await? {
@@ -190,9 +224,10 @@ impl Inference {
     pub async fn start(&self, request: InferRequest) -> Result<Started, InferError> {
         let began = Instant::now();
         let peers = self.peer_models().await?;
+        let blocks = self.prompt_blocks(&request, &peers);
         let cost = placement::Request {
             id: request_id(&request),
-            prompt_tokens: prompt_estimate(&request.prompt),
+            prompt_tokens: blocks.as_ref().map_or_else(|| prompt_estimate(&request.prompt), |b| b.tokens),
             max_tokens: if request.options.max_tokens == REST_OF_CONTEXT { 256 } else { request.options.max_tokens as u64 },
         };
         let share = Outstanding { requests: 1, prefill_tokens: cost.prompt_tokens, decode_tokens: cost.max_tokens };
@@ -205,18 +240,28 @@ impl Inference {
         let order = {
             let mut book = self.outstanding.lock().map_err(|_| InferError::Stopped)?;
             let mut served: Vec<String> = self.models.all().iter().map(|m| m.info().name.clone()).collect();
-            let mut candidates = Vec::new();
-            if let Some(worker) = self.models.get(&request.model) {
-                candidates.push(candidate(self.me, &worker.advert(), book.get(&self.me).copied().unwrap_or_default()));
-            }
+            let local = self.models.get(&request.model).map(crate::serving::ModelWorker::advert);
+            let mut able: Vec<(PeerId, &InferenceCapacity)> = local.iter().map(|c| (self.me, c)).collect();
             for (peer, c) in &peers {
                 if !served.contains(&c.name) {
                     served.push(c.name.clone());
                 }
                 if c.name == request.model {
-                    candidates.push(candidate(*peer, c, book.get(peer).copied().unwrap_or_default()));
+                    able.push((*peer, c));
                 }
             }
+            let credits = blocks.as_ref().map(|b| {
+                let with: Vec<(PeerId, Option<&InferenceCapacity>)> = able.iter().map(|(p, c)| (*p, (*p != self.me).then_some(*c))).collect();
+                crate::kv::credits(&b.hashes, &with, Some((self.me, b.local_run)))
+            });
+            let fetch_rate = blocks.as_ref().map_or(0.0, |b| b.fetch_rate);
+            let candidates: Vec<Candidate> = able
+                .iter()
+                .map(|(peer, c)| {
+                    let credit = credits.as_ref().and_then(|m| m.get(peer).copied()).unwrap_or_default();
+                    candidate(*peer, c, book.get(peer).copied().unwrap_or_default(), credit, fetch_rate)
+                })
+                .collect();
             if candidates.is_empty() {
                 served.sort();
                 return Err(InferError::UnknownModel { model: request.model, served });
@@ -320,7 +365,30 @@ fn release(o: &mut HashMap<PeerId, Outstanding>, peer: PeerId, share: Outstandin
     }
 }
 
-fn candidate(peer: PeerId, c: &InferenceCapacity, extra: Outstanding) -> Candidate {
+/// A prompt's blocks as the placing node sees them.
+#[derive(Debug)]
+struct PromptBlocks {
+    tokens: u64,
+    hashes: Vec<[u8; 32]>,
+    /// Of those, the run this node's own pool holds.
+    local_run: usize,
+    /// Prefix tokens/s a fetch moves (0: unknown).
+    fetch_rate: f64,
+}
+
+/// A model id from its advertised hex form.
+fn parse_model_id(hex: &str) -> Option<pyagent_engine::kv::ModelId> {
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut id = [0u8; 32];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(pyagent_engine::kv::ModelId(id))
+}
+
+fn candidate(peer: PeerId, c: &InferenceCapacity, extra: Outstanding, credit: crate::kv::Credit, fetch_rate: f64) -> Candidate {
     Candidate {
         peer,
         fits: c.fits,
@@ -328,9 +396,9 @@ fn candidate(peer: PeerId, c: &InferenceCapacity, extra: Outstanding) -> Candida
         decode_rate: f64::from(c.decode_tokens_per_s),
         queued_prefill_tokens: c.queued_prefill_tokens + extra.prefill_tokens,
         queued_decode_tokens: c.queued_decode_tokens + extra.decode_tokens,
-        // Which peers hold which prefix is the KV-block exchange's (issue 13): until then
-        // no peer is credited with a cached prefix.
-        cached_tokens: 0,
+        cached_tokens: credit.held_tokens,
+        fetchable_tokens: credit.fetchable_tokens,
+        fetch_rate,
     }
 }
 

@@ -13,19 +13,27 @@
 //! ([`ModelWorker::generate`]) or streamed in [`Chunk`]s ([`ModelWorker::generate_stream`]);
 //! dropping the stream cancels the generation.
 //!
-//! - [`worker`]: the thread: load, measure, serve.
+//! Before prefill a worker asks its [`BlockSource`] (the swarm's KV exchange, once the
+//! network runs) for the prompt's prefix blocks its pool lacks; its pool is shared with
+//! the node so peers can fetch its blocks while it computes.
+//!
+//! - [`worker`]: the thread: load, measure, fetch the prefix, serve.
+//! - [`prompt`]: prompts to tokens (shared by the worker and the placing node).
 //! - [`placement`]: where a request runs — the cost function over the peers' adverts (pure).
 
 pub mod placement;
+pub mod prompt;
 mod worker;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use pyagent_engine::chat::ChatMessage;
 use pyagent_engine::infer::{GenerateOptions, Output, TokenLogprob};
+use pyagent_engine::kv::{BlockHash, KvBlock, KvLayout, ModelId, SharedPool};
 use pyagent_protocol::InferenceCapacity;
+use pyagent_protocol::kv::{KvSummary, MAX_SUMMARIES_BYTES, MAX_SUMMARY_BYTES};
 use tokio::sync::{mpsc, oneshot};
 
 /// Requests waiting for the engine; beyond that, [`ServeError::Overloaded`].
@@ -38,6 +46,17 @@ pub const STREAM_PIECES: usize = 16;
 pub const REST_OF_CONTEXT: usize = usize::MAX;
 /// Context length assumed for a model whose config does not give one.
 pub const DEFAULT_CONTEXT: usize = 2048;
+
+/// Where a worker gets the prefix blocks its pool lacks.
+pub trait BlockSource: Send + Sync + std::fmt::Debug {
+    /// Blocks `hashes[from..]`, as many from the start of that run as peers hold, each
+    /// checked against its hash, the model and `layout`; may be empty. Called on the
+    /// worker's thread: it blocks until done or its deadline.
+    fn fetch(&self, model: ModelId, layout: KvLayout, hashes: &[BlockHash], from: usize) -> Vec<KvBlock>;
+}
+
+/// The block source the workers share, set once the network runs.
+pub type SourceSlot = Arc<OnceLock<Arc<dyn BlockSource>>>;
 
 /// What a worker needs to load a model.
 #[derive(Debug, Clone)]
@@ -203,19 +222,41 @@ pub struct ModelWorker {
     capacity: InferenceCapacity,
     info: ModelInfo,
     load: Arc<Load>,
+    pool: SharedPool,
+    tokenizer: Arc<prompt::PromptTokenizer>,
 }
 
 impl ModelWorker {
     /// Loads and measures the model on the worker's own thread; returns once it serves.
     pub async fn start(config: ServeConfig) -> Result<Self, ServeError> {
+        Self::start_with(config, SourceSlot::default()).await
+    }
+
+    /// [`Self::start`], fetching prefixes from what `source` will be set to.
+    pub async fn start_with(config: ServeConfig, source: SourceSlot) -> Result<Self, ServeError> {
         let (inbox, jobs) = mpsc::channel::<Job>(SERVE_QUEUE);
         let (ready_tx, ready_rx) = oneshot::channel();
-        let spawned = std::thread::Builder::new().name("pyagent-model".into()).spawn(move || worker::serve(config, jobs, ready_tx));
+        let spawned = std::thread::Builder::new().name("pyagent-model".into()).spawn(move || worker::serve(config, jobs, ready_tx, source));
         if let Err(e) = spawned {
             return Err(ServeError::Generate(format!("cannot start the model thread: {e}")));
         }
-        let (capacity, info, load) = ready_rx.await.map_err(|_| ServeError::Stopped)??;
-        Ok(Self { inbox, capacity, info, load })
+        let loaded = ready_rx.await.map_err(|_| ServeError::Stopped)??;
+        Ok(Self { inbox, capacity: loaded.capacity, info: loaded.info, load: loaded.load, pool: loaded.pool, tokenizer: loaded.tokenizer })
+    }
+
+    /// The model's KV block pool (shared with the worker).
+    pub fn pool(&self) -> &SharedPool {
+        &self.pool
+    }
+
+    /// Turns prompts into this model's tokens.
+    pub fn tokenizer(&self) -> &prompt::PromptTokenizer {
+        &self.tokenizer
+    }
+
+    /// The model's id (BLAKE3 of its files).
+    pub fn model_id(&self) -> ModelId {
+        self.pool.lock().model()
     }
 
     /// What the model needs and how fast it ran at start (for the advert).
@@ -225,6 +266,13 @@ impl ModelWorker {
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// The advert of this model: its capacity with the work queued now, and a summary of
+    /// its KV blocks of at most `summary_bytes`.
+    pub fn advert_with(&self, summary_bytes: usize) -> InferenceCapacity {
+        let hashes: Vec<[u8; 32]> = self.pool.lock().hashes().into_iter().map(|h| h.0).collect();
+        InferenceCapacity { kv_blocks: KvSummary::of(&hashes, summary_bytes), ..self.advert() }
     }
 
     /// The advert of this model: its capacity with the work queued now.
@@ -280,6 +328,7 @@ impl ModelWorker {
 #[derive(Debug, Clone, Default)]
 pub struct Models {
     workers: Vec<ModelWorker>,
+    source: SourceSlot,
 }
 
 impl Models {
@@ -290,9 +339,10 @@ impl Models {
             tracing::info!("inference off: no model configured (--model DIR)");
         }
         let mut workers: Vec<ModelWorker> = Vec::new();
+        let source = SourceSlot::default();
         for config in configs {
             let model = config.model.clone();
-            match ModelWorker::start(config).await {
+            match ModelWorker::start_with(config, source.clone()).await {
                 Ok(worker) if workers.iter().any(|w| w.info.name == worker.info.name) => {
                     tracing::warn!(model = %model.display(), "not serving: another model is already served as {:?}; give the directory another name", worker.info.name);
                 }
@@ -304,7 +354,19 @@ impl Models {
                 Err(e) => tracing::warn!("model not served: {e}"),
             }
         }
-        Self { workers }
+        Self { workers, source }
+    }
+
+    /// Where every worker fetches prefix blocks from (the KV exchange); set once.
+    pub fn set_block_source(&self, source: Arc<dyn BlockSource>) {
+        if self.source.set(source).is_err() {
+            tracing::debug!("the KV block source was already set");
+        }
+    }
+
+    /// The worker of the model with this id.
+    pub fn by_id(&self, id: &ModelId) -> Option<&ModelWorker> {
+        self.workers.iter().find(|w| w.model_id() == *id)
     }
 
     pub fn all(&self) -> &[ModelWorker] {
@@ -315,9 +377,11 @@ impl Models {
         self.workers.iter().find(|w| w.info.name == name)
     }
 
-    /// Every model's advert, with the work queued now.
+    /// Every model's advert, with the work queued now and the summary of its KV blocks
+    /// (the advert's summary bytes shared out between the models).
     pub fn adverts(&self) -> Vec<InferenceCapacity> {
-        self.workers.iter().map(ModelWorker::advert).collect()
+        let share = (MAX_SUMMARIES_BYTES / self.workers.len().max(1)).min(MAX_SUMMARY_BYTES);
+        self.workers.iter().map(|w| w.advert_with(share)).collect()
     }
 
     pub fn is_empty(&self) -> bool {

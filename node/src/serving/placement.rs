@@ -5,15 +5,18 @@
 //! The cost of running request `r` on peer `p`, in seconds:
 //!
 //! ```text
-//! cost(p, r) = wait(p) + (r.prompt_tokens - cached(p, r)) / p.prefill_rate
-//!                      +  r.max_tokens                   / p.decode_rate
+//! cost(p, r) = wait(p) + (r.prompt_tokens - cached(p, r) - fetched(p, r)) / p.prefill_rate
+//!                      +  fetched(p, r)                                   / p.fetch_rate
+//!                      +  r.max_tokens                                    / p.decode_rate
 //! wait(p)    = p.queued_prefill_tokens / p.prefill_rate
 //!            + p.queued_decode_tokens  / p.decode_rate
 //! ```
 //!
 //! `wait` is the work queued ahead (requests run one at a time per model); `cached` is
-//! the prompt prefix the peer already holds (its KV blocks). Load counts in the same unit
-//! as cache, seconds, so a peer that holds the prefix wins while idle and loses once its
+//! the prompt prefix the peer already holds (its KV blocks); `fetched` the run after it
+//! that other peers hold, which it would fetch at the measured transfer rate (in tokens
+//! per second) rather than compute, when that is faster. Load counts in the same unit as
+//! cache, seconds, so a peer that holds the prefix wins while idle and loses once its
 //! queue costs more than the prefill it saves. Peers whose model does not fit, or with no
 //! measured rate, are not candidates. Ties (equal cost to the microsecond) go to the
 //! higher rendezvous weight of the request id ([`crate::placement::weight`]), so every
@@ -35,6 +38,10 @@ pub struct Candidate {
     pub queued_decode_tokens: u64,
     /// Tokens of this request's prompt prefix the peer holds cached.
     pub cached_tokens: u64,
+    /// Tokens of the prefix after those that other peers hold (it could fetch them).
+    pub fetchable_tokens: u64,
+    /// Prefix tokens per second a fetch moves (0: fetching is not counted).
+    pub fetch_rate: f64,
 }
 
 /// The request being placed.
@@ -64,7 +71,13 @@ pub fn cost(c: &Candidate, r: &Request) -> Option<f64> {
         return None;
     }
     let wait = c.queued_prefill_tokens as f64 / c.prefill_rate + c.queued_decode_tokens as f64 / c.decode_rate;
-    let prefill = r.prompt_tokens.saturating_sub(c.cached_tokens) as f64 / c.prefill_rate;
+    let uncached = r.prompt_tokens.saturating_sub(c.cached_tokens);
+    let fetched = c.fetchable_tokens.min(uncached);
+    let prefill = if usable(c.fetch_rate) && c.fetch_rate > c.prefill_rate {
+        (uncached - fetched) as f64 / c.prefill_rate + fetched as f64 / c.fetch_rate
+    } else {
+        uncached as f64 / c.prefill_rate
+    };
     let decode = r.max_tokens as f64 / c.decode_rate;
     Some(wait + prefill + decode)
 }
@@ -113,6 +126,8 @@ mod tests {
             queued_prefill_tokens: 0,
             queued_decode_tokens: 0,
             cached_tokens: 0,
+            fetchable_tokens: 0,
+            fetch_rate: 0.0,
         }
     }
 
@@ -164,6 +179,28 @@ mod tests {
         // The cache saves 592 / 400 = 1.48 s; one queued answer of 64 tokens costs 1.6 s.
         warm.queued_decode_tokens = 64;
         assert_eq!(rank(&[cold.clone(), warm.clone()], &r).unwrap()[0], cold.peer);
+    }
+
+    #[test]
+    fn a_prefix_others_hold_counts_at_the_fetch_rate_and_only_when_fetching_is_faster() {
+        let mut c = peer(400.0, 40.0);
+        c.fetchable_tokens = 400;
+        c.fetch_rate = 40_000.0;
+        // prefill (600 - 400) / 400 = 0.5 s; fetch 400 / 40,000 = 0.01 s; decode 1.6 s.
+        assert!((cost(&c, &request(0)).unwrap() - 2.11).abs() < 1e-9);
+        // A fetch slower than computing is not counted.
+        c.fetch_rate = 100.0;
+        assert!((cost(&c, &request(0)).unwrap() - 3.1).abs() < 1e-9);
+        // An idle peer that must fetch loses to an idle one that holds the prefix, and
+        // beats an idle one that must compute it.
+        let mut holder = peer(400.0, 40.0);
+        holder.cached_tokens = 592;
+        let mut fetcher = peer(400.0, 40.0);
+        fetcher.fetchable_tokens = 592;
+        fetcher.fetch_rate = 40_000.0;
+        let cold = peer(400.0, 40.0);
+        let order = rank(&[cold.clone(), fetcher.clone(), holder.clone()], &request(4)).unwrap();
+        assert_eq!(order, vec![holder.peer, fetcher.peer, cold.peer]);
     }
 
     #[test]

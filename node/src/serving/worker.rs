@@ -6,31 +6,41 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use pyagent_engine::chat::ChatTemplate;
 use pyagent_engine::infer::{self, Engine, GenerateOptions, Provider};
-
-use crate::config::ProviderChoice;
-use pyagent_engine::kv::PoolConfig;
+use pyagent_engine::kv::{BLOCK_TOKENS, PoolConfig, SharedPool, block_hashes};
 use pyagent_protocol::InferenceCapacity;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Chunk, DEFAULT_CONTEXT, Job, Load, ModelInfo, Prompt, REST_OF_CONTEXT, ServeConfig, ServeError};
+use super::prompt::PromptTokenizer;
+use super::{BlockSource, Chunk, DEFAULT_CONTEXT, Job, Load, ModelInfo, REST_OF_CONTEXT, ServeConfig, ServeError, SourceSlot};
+use crate::config::ProviderChoice;
 
 /// Prompt and output sizes of the start-up measurement.
 const PROBE_PROMPT_TOKENS: usize = 64;
 const PROBE_DECODE_TOKENS: usize = 16;
 
-type Ready = oneshot::Sender<Result<(InferenceCapacity, ModelInfo, Arc<Load>), ServeError>>;
+/// What a loaded worker hands its handle.
+pub(super) struct Loaded {
+    pub capacity: InferenceCapacity,
+    pub info: ModelInfo,
+    pub load: Arc<Load>,
+    pub pool: SharedPool,
+    pub tokenizer: Arc<PromptTokenizer>,
+}
 
-pub(super) fn serve(config: ServeConfig, mut jobs: mpsc::Receiver<Job>, ready: Ready) {
+type Ready = oneshot::Sender<Result<Loaded, ServeError>>;
+
+pub(super) fn serve(config: ServeConfig, mut jobs: mpsc::Receiver<Job>, ready: Ready, source: SourceSlot) {
     let stats = Arc::new(Load::default());
-    let mut engine = match load(&config) {
+    let (mut engine, tokenizer) = match load(&config) {
         Ok((engine, capacity, info)) => {
             publish_pool(&engine, &stats);
-            if ready.send(Ok((capacity, info, stats.clone()))).is_err() {
+            let tokenizer = Arc::new(PromptTokenizer::of(&engine.model));
+            let loaded = Loaded { capacity, info, load: stats.clone(), pool: engine.pool.clone(), tokenizer: tokenizer.clone() };
+            if ready.send(Ok(loaded)).is_err() {
                 return;
             }
-            engine
+            (engine, tokenizer)
         }
         Err(reason) => {
             let _ = ready.send(Err(ServeError::Load { model: config.model.clone(), reason }));
@@ -38,18 +48,19 @@ pub(super) fn serve(config: ServeConfig, mut jobs: mpsc::Receiver<Job>, ready: R
         }
     };
     let context = context_length(&engine);
-    // Compiled once; a model without one refuses chat requests with the reason.
-    let template = engine.model.chat_template().map_err(|e| e.to_string());
     while let Some(mut job) = jobs.blocking_recv() {
         if job.reply.is_closed() || job.pieces.as_ref().is_some_and(mpsc::Sender::is_closed) {
             continue; // the caller gave up while queued
         }
-        let result = tokens_of(&engine, template.as_ref(), &job.prompt).and_then(|prompt| {
+        let result = tokenizer.tokens(&job.prompt).and_then(|prompt| {
             if job.options.max_tokens == REST_OF_CONTEXT {
                 job.options.max_tokens = context.saturating_sub(prompt.len());
             }
             if prompt.len() + job.options.max_tokens > context || job.options.max_tokens == 0 {
                 return Err(ServeError::ContextLength { prompt: prompt.len(), max_tokens: job.options.max_tokens, context });
+            }
+            if let Some(source) = source.get() {
+                fetch_prefix(&engine, source.as_ref(), &prompt);
             }
             let pieces = job.pieces.take();
             let load = &mut job.load;
@@ -78,11 +89,12 @@ pub(super) fn serve(config: ServeConfig, mut jobs: mpsc::Receiver<Job>, ready: R
 
 /// The pool's counters, for `/metrics`.
 fn publish_pool(engine: &Engine, load: &Load) {
-    let stats = engine.pool.stats();
+    let pool = engine.pool.lock();
+    let stats = pool.stats();
     load.kv_hits.store(stats.hits, Ordering::Relaxed);
     load.kv_misses.store(stats.misses, Ordering::Relaxed);
     load.kv_evicted.store(stats.dropped, Ordering::Relaxed);
-    let counts = engine.pool.counts();
+    let counts = pool.counts();
     load.kv_blocks.store(counts.iter().map(|(_, n)| *n as u64).sum(), Ordering::Relaxed);
     let host_blocks = counts.iter().filter(|(t, _)| *t == pyagent_engine::kv::Tier::Host).map(|(_, n)| *n as u64).sum::<u64>();
     load.kv_host_bytes.store(host_blocks * engine.model.config.kv_layout().block_bytes() as u64, Ordering::Relaxed);
@@ -93,26 +105,24 @@ fn context_length(engine: &Engine) -> usize {
     engine.model.config.max_position_embeddings.map_or(DEFAULT_CONTEXT, |m| m as usize)
 }
 
-/// The prompt's tokens: chat messages through the model's template, text through its
-/// tokenizer.
-fn tokens_of(engine: &Engine, template: Result<&ChatTemplate, &String>, prompt: &Prompt) -> Result<Vec<u32>, ServeError> {
-    let tokens = match prompt {
-        Prompt::Tokens(tokens) => tokens.clone(),
-        Prompt::Text(text) => engine.model.encode(text).map_err(|e| ServeError::BadPrompt(e.to_string()))?,
-        Prompt::Chat(messages) => {
-            let template = template.map_err(|e| ServeError::BadPrompt(format!("this model takes no chat requests: {e}")))?;
-            let text = template.render(messages, true).map_err(|e| ServeError::BadPrompt(e.to_string()))?;
-            engine.model.encode(&text).map_err(|e| ServeError::BadPrompt(e.to_string()))?
+/// Fetches from peers the blocks of the prompt's prefix that this pool lacks, so prefill
+/// skips them. Whatever is not fetched (none held, a dead peer, a bad block) is computed.
+fn fetch_prefix(engine: &Engine, source: &dyn BlockSource, prompt: &[u32]) {
+    // The engine always runs the prompt's last token itself.
+    let usable = prompt.len().saturating_sub(1) / BLOCK_TOKENS * BLOCK_TOKENS;
+    let hashes = block_hashes(&engine.model.id, &prompt[..usable]);
+    let local = engine.pool.lock().held_run(&hashes);
+    if local == hashes.len() {
+        return;
+    }
+    let blocks = source.fetch(engine.model.id, engine.model.config.kv_layout(), &hashes, local);
+    let mut pool = engine.pool.lock();
+    for block in blocks {
+        if let Err(e) = pool.insert(block) {
+            tracing::warn!("a fetched KV block was not kept: {e}");
+            break;
         }
-    };
-    if tokens.is_empty() {
-        return Err(ServeError::BadPrompt("the prompt is empty".into()));
     }
-    let vocab = engine.model.config.vocab_size;
-    if let Some(bad) = tokens.iter().find(|&&t| t >= vocab) {
-        return Err(ServeError::BadPrompt(format!("token {bad} is outside the model's vocabulary of {vocab}")));
-    }
-    Ok(tokens)
 }
 
 fn load(config: &ServeConfig) -> Result<(Engine, InferenceCapacity, ModelInfo), String> {
@@ -167,6 +177,7 @@ fn load(config: &ServeConfig) -> Result<(Engine, InferenceCapacity, ModelInfo), 
         provider: engine.provider.to_string(),
         prefill_tokens_per_s: rate(out.prompt_tokens, out.prefill_secs),
         decode_tokens_per_s: rate(out.tokens.len(), out.decode_secs),
+        kv_blocks: Default::default(),
     };
     let info = ModelInfo { name, context_length: context, chat, created };
     Ok((engine, capacity, info))

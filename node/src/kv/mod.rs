@@ -1,0 +1,294 @@
+//! The KV-block exchange: a prompt prefix computed anywhere in the swarm is fetched, not
+//! recomputed.
+//!
+//! ```text
+//! every advert ── per model: Bloom filter of the block hashes its pool holds ──▶ peers
+//!
+//! worker, before prefill:  prompt block hashes ── local pool run ──▶ missing from block i
+//!     ──▶ KvExchange::fetch (plan: who holds the longest runs, split between holders)
+//!     ──▶ /pyagent/kv/1 streams, in parallel ──▶ each block checked ──▶ pool ──▶ prefill
+//!         only the rest
+//! ```
+//!
+//! Who holds what is the filters in the adverts (`pyagent_protocol::kv::KvSummary`): at
+//! most 8 KiB per advert, so at most 4 KiB/s per node at the default 2 s interval, and
+//! as stale as one advert interval. A stale entry or a false positive costs one short
+//! answer. Any failure — a peer that is gone, slow, refuses, or sends a block that does
+//! not check — ends that part of the fetch; the prefix is used up to the last good block
+//! and the rest is computed, so the output is the same as without the exchange. A peer
+//! that sent a bad block, or failed, is not asked again for [`plan::COOLDOWN`].
+//!
+//! - [`plan`]: which peer serves which blocks (pure).
+//! - [`transfer`]: the stream protocol, both sides.
+
+pub mod plan;
+pub mod transfer;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use pyagent_engine::kv::{BLOCK_TOKENS, BlockHash, KvBlock, KvLayout, ModelId, hash::ROOT};
+use pyagent_protocol::InferenceCapacity;
+use pyagent_protocol::kv::KvSummary;
+use tokio::task::JoinHandle;
+
+use crate::p2p::NodeClient;
+use crate::serving::{BlockSource, Models};
+
+/// Longest a whole prefix fetch may take before prefill goes on without what is missing.
+pub const FETCH_DEADLINE: Duration = Duration::from_secs(10);
+/// Transfer rate assumed before any fetch was measured (bytes/s): a conservative LAN.
+pub const DEFAULT_FETCH_RATE: f64 = 100e6;
+
+/// What the exchange has done, for `/metrics` and `pyagent status`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub blocks_fetched: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+    pub blocks_served: AtomicU64,
+    pub bytes_served: AtomicU64,
+    /// Parts of fetches that ended in an error (peer gone, slow, refused, bad block).
+    pub fetch_failures: AtomicU64,
+    /// Bad blocks among those (each recomputed instead).
+    pub bad_blocks: AtomicU64,
+    /// Prefix fetches that got fewer blocks than planned: the rest was computed.
+    pub fallbacks: AtomicU64,
+    /// Fetch rate measured (bytes/s, an f64's bits; 0 until the first fetch).
+    rate_bits: AtomicU64,
+}
+
+impl Counters {
+    fn add_served(&self, bytes: usize) {
+        self.blocks_served.fetch_add(1, Ordering::Relaxed);
+        self.bytes_served.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes/s of the fetches so far (a moving average), or [`DEFAULT_FETCH_RATE`].
+    pub fn fetch_rate(&self) -> f64 {
+        let r = f64::from_bits(self.rate_bits.load(Ordering::Relaxed));
+        if r > 0.0 { r } else { DEFAULT_FETCH_RATE }
+    }
+
+    fn measured(&self, bytes: u64, secs: f64) {
+        if bytes < (1 << 20) || secs <= 0.0 {
+            return; // too small to say anything about the rate
+        }
+        let now = bytes as f64 / secs;
+        let old = f64::from_bits(self.rate_bits.load(Ordering::Relaxed));
+        let new = if old > 0.0 { 0.7 * old + 0.3 * now } else { now };
+        self.rate_bits.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The counters as plain numbers.
+    pub fn snapshot(&self) -> KvStats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        KvStats {
+            blocks_fetched: get(&self.blocks_fetched),
+            bytes_fetched: get(&self.bytes_fetched),
+            blocks_served: get(&self.blocks_served),
+            bytes_served: get(&self.bytes_served),
+            fetch_failures: get(&self.fetch_failures),
+            bad_blocks: get(&self.bad_blocks),
+            fallbacks: get(&self.fallbacks),
+            fetch_bytes_per_s: f64::from_bits(get(&self.rate_bits)),
+        }
+    }
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct KvStats {
+    pub blocks_fetched: u64,
+    pub bytes_fetched: u64,
+    pub blocks_served: u64,
+    pub bytes_served: u64,
+    pub fetch_failures: u64,
+    pub bad_blocks: u64,
+    pub fallbacks: u64,
+    /// 0 until a fetch was measured.
+    pub fetch_bytes_per_s: f64,
+}
+
+/// The node's side of the exchange (cheap to clone).
+#[derive(Clone)]
+pub struct KvExchange {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    me: PeerId,
+    control: libp2p_stream::Control,
+    client: NodeClient,
+    counters: Arc<Counters>,
+    cooldowns: Mutex<plan::Cooldowns>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for KvExchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvExchange").field("me", &self.inner.me).field("counters", &self.inner.counters.snapshot()).finish_non_exhaustive()
+    }
+}
+
+impl KvExchange {
+    /// Serves this node's blocks to members and, when `fetch` is on, makes every worker
+    /// fetch missing prefixes before prefill. Must run inside the tokio runtime.
+    pub fn start(me: PeerId, control: libp2p_stream::Control, models: &Models, client: NodeClient, fetch: bool) -> (Self, Option<JoinHandle<()>>) {
+        let counters = Arc::new(Counters::default());
+        let server = if models.is_empty() { None } else { transfer::serve(control.clone(), models.clone(), client.clone(), counters.clone()) };
+        let exchange = Self {
+            inner: Arc::new(Inner { me, control, client, counters, cooldowns: Mutex::default(), runtime: tokio::runtime::Handle::current() }),
+        };
+        if fetch {
+            models.set_block_source(Arc::new(exchange.clone()));
+        }
+        (exchange, server)
+    }
+
+    pub fn stats(&self) -> KvStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Bytes/s that fetches have measured (or the default before any).
+    pub fn fetch_rate(&self) -> f64 {
+        self.inner.counters.fetch_rate()
+    }
+
+    /// Which connected members advertise blocks of `model`, and their summaries.
+    async fn holders(&self, model: &ModelId) -> Vec<(PeerId, KvSummary)> {
+        let Ok(peers) = self.inner.client.peers().await else { return Vec::new() };
+        let id = model.to_string();
+        let now = Instant::now();
+        let mut cooldowns = self.inner.cooldowns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        peers
+            .into_iter()
+            .filter(|p| p.connected)
+            .filter_map(|p| {
+                let peer = p.peer_id.parse::<PeerId>().ok()?;
+                let summary = p.capacity.models.into_iter().find(|m| m.model_id == id)?.kv_blocks;
+                (peer != self.inner.me && !summary.bits.is_empty()).then_some((peer, summary))
+            })
+            .filter(|(peer, _)| !cooldowns.is_cooling(peer, now))
+            .collect()
+    }
+
+    /// Blocks `hashes[from..]` from the peers that hold them (see the module docs).
+    pub async fn fetch(&self, model: ModelId, layout: KvLayout, hashes: &[BlockHash], from: usize) -> Vec<KvBlock> {
+        let holders = self.holders(&model).await;
+        let raw: Vec<[u8; 32]> = hashes.iter().map(|h| h.0).collect();
+        let parts = plan::plan(&holders.iter().map(|(p, s)| (*p, s)).collect::<Vec<_>>(), &raw, from);
+        if parts.is_empty() {
+            return Vec::new();
+        }
+        let planned: usize = parts.iter().map(|p| p.range.len()).sum();
+        let started = Instant::now();
+        let runs = parts.iter().map(|part| {
+            let mut control = self.inner.control.clone();
+            let parent = part.range.start.checked_sub(1).map_or(ROOT, |i| hashes[i]);
+            let run = &hashes[part.range.clone()];
+            async move { transfer::fetch_run(&mut control, part.peer, model, layout, run, parent).await }
+        });
+        let results = match tokio::time::timeout(FETCH_DEADLINE, futures::future::join_all(runs)).await {
+            Ok(results) => results,
+            Err(_) => {
+                tracing::info!(blocks = planned, "KV prefix fetch ran past its deadline; computing the prefix instead");
+                self.inner.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                self.inner.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                return Vec::new();
+            }
+        };
+        let secs = started.elapsed().as_secs_f64();
+        // The usable prefix: parts in order, up to the first one that came back short.
+        let mut blocks = Vec::with_capacity(planned);
+        let mut whole = true;
+        for (part, (got, error)) in parts.iter().zip(results) {
+            if let Some(e) = error {
+                self.failed(part.peer, &e);
+            }
+            if whole {
+                whole = got.len() == part.range.len();
+                blocks.extend(got);
+            }
+        }
+        let bytes = (blocks.len() * KvBlock::export_len(&layout)) as u64;
+        let c = &self.inner.counters;
+        c.blocks_fetched.fetch_add(blocks.len() as u64, Ordering::Relaxed);
+        c.bytes_fetched.fetch_add(bytes, Ordering::Relaxed);
+        c.measured(bytes, secs);
+        if blocks.len() < planned {
+            c.fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(fetched = blocks.len(), planned, ms = (secs * 1e3) as u64, "KV prefix fetched");
+        blocks
+    }
+
+    fn failed(&self, peer: PeerId, e: &transfer::FetchError) {
+        tracing::info!(%peer, "KV block fetch failed, computing instead: {e}");
+        let c = &self.inner.counters;
+        c.fetch_failures.fetch_add(1, Ordering::Relaxed);
+        if e.is_bad_peer() {
+            c.bad_blocks.fetch_add(1, Ordering::Relaxed);
+        }
+        self.inner.cooldowns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).punish(peer, Instant::now());
+    }
+}
+
+impl BlockSource for KvExchange {
+    fn fetch(&self, model: ModelId, layout: KvLayout, hashes: &[BlockHash], from: usize) -> Vec<KvBlock> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (me, hashes) = (self.clone(), hashes.to_vec());
+        self.inner.runtime.spawn(async move {
+            let _ = tx.send(me.fetch(model, layout, &hashes, from).await);
+        });
+        // The worker's own thread, outside the runtime: waiting here holds only this model.
+        rx.blocking_recv().unwrap_or_default()
+    }
+}
+
+/// What placement credits one candidate with for a prompt's blocks: the run it holds
+/// itself, and the run after that which it could fetch from other holders.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Credit {
+    pub held_tokens: u64,
+    pub fetchable_tokens: u64,
+}
+
+/// Credits for each candidate, from the summaries in the adverts (and this node's exact
+/// run for itself). `hashes` are the prompt's full blocks that prefill could skip.
+pub fn credits(hashes: &[[u8; 32]], candidates: &[(PeerId, Option<&InferenceCapacity>)], local: Option<(PeerId, usize)>) -> HashMap<PeerId, Credit> {
+    let runs: Vec<(PeerId, usize)> = candidates
+        .iter()
+        .map(|(peer, c)| match (local, c) {
+            (Some((me, run)), _) if me == *peer => (*peer, run),
+            (_, Some(c)) => (*peer, c.kv_blocks.run(hashes)),
+            (_, None) => (*peer, 0),
+        })
+        .collect();
+    let best = |except: PeerId| runs.iter().filter(|(p, _)| *p != except).map(|(_, n)| *n).max().unwrap_or(0);
+    runs.iter()
+        .map(|&(peer, held)| {
+            let fetchable = best(peer).saturating_sub(held);
+            (peer, Credit { held_tokens: (held * BLOCK_TOKENS) as u64, fetchable_tokens: (fetchable * BLOCK_TOKENS) as u64 })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_candidate_is_credited_with_its_run_and_what_others_hold_beyond_it() {
+        let hashes: Vec<[u8; 32]> = (0..10u32).map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes()).collect();
+        let (a, b, me) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let holds = |n: usize| InferenceCapacity { kv_blocks: KvSummary::of(&hashes[..n], 4096), ..Default::default() };
+        let (ca, cb) = (holds(8), holds(2));
+        let credit = credits(&hashes, &[(a, Some(&ca)), (b, Some(&cb)), (me, None)], Some((me, 4)));
+        assert_eq!(credit[&a], Credit { held_tokens: 128, fetchable_tokens: 0 });
+        assert_eq!(credit[&b], Credit { held_tokens: 32, fetchable_tokens: 96 });
+        assert_eq!(credit[&me], Credit { held_tokens: 64, fetchable_tokens: 64 });
+    }
+}

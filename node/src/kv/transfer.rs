@@ -1,0 +1,213 @@
+//! The block transfer stream protocol (`/pyagent/kv/1`, framing in
+//! `pyagent_protocol::kv`): serving this node's blocks to swarm members, and fetching a
+//! run of blocks from one peer with every block checked before it is used.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::PeerId;
+use pyagent_engine::kv::{BlockHash, KvBlock, KvLayout, ModelId};
+use pyagent_protocol::kv::{KV_FRAME_HEADER, KV_PROTOCOL, KvFrameKind, KvRequest, MAX_KV_REQUEST_BYTES, frame_header, parse_header};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use super::Counters;
+use crate::inference::frames;
+use crate::p2p::NodeClient;
+use crate::serving::Models;
+
+/// Longest wait to open a stream and hand it the request.
+pub const OPEN_DEADLINE: Duration = Duration::from_secs(5);
+/// Longest wait for one block (or for a reader to take one).
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(5);
+/// Block streams served at once; more are refused.
+pub const MAX_SERVED_STREAMS: usize = 32;
+/// Longest reason a refusal carries.
+const MAX_REASON: usize = 1024;
+
+/// Why a fetch from one peer stopped before its run's end.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot open a block stream: {0}")]
+    Open(String),
+    #[error("stream: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("bad frame: {0}")]
+    Frame(String),
+    #[error("bad block {index}: {reason}")]
+    BadBlock { index: usize, reason: String },
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl FetchError {
+    /// The peer misbehaved (as opposed to merely being slow or gone).
+    pub fn is_bad_peer(&self) -> bool {
+        matches!(self, Self::Frame(_) | Self::BadBlock { .. })
+    }
+}
+
+/// Starts serving block streams; abort the handle to stop.
+pub(super) fn serve(mut control: libp2p_stream::Control, models: Models, client: NodeClient, counters: Arc<Counters>) -> Option<JoinHandle<()>> {
+    let mut incoming = match control.accept(libp2p::StreamProtocol::new(KV_PROTOCOL)) {
+        Ok(incoming) => incoming,
+        Err(e) => {
+            tracing::error!("cannot serve KV block streams: {e}");
+            return None;
+        }
+    };
+    let permits = Arc::new(Semaphore::new(MAX_SERVED_STREAMS));
+    Some(tokio::spawn(async move {
+        while let Some((peer, mut stream)) = incoming.next().await {
+            let (models, client, counters) = (models.clone(), client.clone(), counters.clone());
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                tokio::spawn(async move { refuse(&mut stream, &format!("{MAX_SERVED_STREAMS} block streams are being served here")).await });
+                continue;
+            };
+            tokio::spawn(async move {
+                let member = client.peers().await.is_ok_and(|peers| peers.iter().any(|p| p.peer_id == peer.to_string()));
+                if member {
+                    if let Err(e) = serve_one(&mut stream, &models, &counters).await {
+                        tracing::debug!(%peer, "KV block stream ended: {e}");
+                    }
+                } else {
+                    tracing::debug!(%peer, "KV block stream from a peer outside the swarm refused");
+                    refuse(&mut stream, "only members of this swarm are served").await;
+                }
+                let _ = stream.close().await;
+                drop(permit);
+            });
+        }
+    }))
+}
+
+async fn refuse(stream: &mut libp2p::Stream, reason: &str) {
+    let reason = &reason.as_bytes()[..reason.len().min(MAX_REASON)];
+    let mut frame = frame_header(KvFrameKind::Refused, reason.len()).to_vec();
+    frame.extend_from_slice(reason);
+    let _ = tokio::time::timeout(OPEN_DEADLINE, async {
+        stream.write_all(&frame).await?;
+        stream.close().await
+    })
+    .await;
+}
+
+async fn serve_one(stream: &mut libp2p::Stream, models: &Models, counters: &Counters) -> Result<(), FetchError> {
+    let request = match tokio::time::timeout(OPEN_DEADLINE, frames::read::<_, KvRequest>(stream, MAX_KV_REQUEST_BYTES)).await {
+        Ok(Ok(Some(request))) => request,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => {
+            refuse(stream, &format!("unreadable request: {e}")).await;
+            return Err(FetchError::Frame(e.to_string()));
+        }
+        Err(_) => {
+            refuse(stream, "no request within the deadline").await;
+            return Err(FetchError::Timeout(OPEN_DEADLINE));
+        }
+    };
+    if let Err(e) = request.validate() {
+        refuse(stream, &e.to_string()).await;
+        return Err(FetchError::Frame(e.to_string()));
+    }
+    let KvRequest::Fetch { model_id, hashes } = request;
+    let Some(worker) = models.by_id(&ModelId(model_id)) else {
+        refuse(stream, &format!("this node does not host model {}", ModelId(model_id))).await;
+        return Ok(());
+    };
+    for hash in hashes {
+        // Read under the lock, exported outside it.
+        let block = worker.pool().lock().peek(&BlockHash(hash)).map_err(|e| FetchError::Frame(format!("this node's pool: {e}")))?;
+        let Some(block) = block else {
+            write_frame(stream, KvFrameKind::Missing, &[]).await?;
+            break;
+        };
+        let bytes = block.export();
+        write_frame(stream, KvFrameKind::Block, &bytes).await?;
+        counters.add_served(bytes.len());
+    }
+    Ok(())
+}
+
+async fn write_frame(stream: &mut libp2p::Stream, kind: KvFrameKind, payload: &[u8]) -> Result<(), FetchError> {
+    tokio::time::timeout(FRAME_DEADLINE, async {
+        stream.write_all(&frame_header(kind, payload.len())).await?;
+        stream.write_all(payload).await?;
+        stream.flush().await
+    })
+    .await
+    .map_err(|_| FetchError::Timeout(FRAME_DEADLINE))??;
+    Ok(())
+}
+
+/// The blocks `hashes` (a run chained from `parent`) from `peer`, as far as it holds them
+/// and each one checks: its checksum, the model, `layout`, its size, the hash asked for,
+/// the parent before it. The blocks got before a failure come back with it.
+pub async fn fetch_run(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    model: ModelId,
+    layout: KvLayout,
+    hashes: &[BlockHash],
+    parent: BlockHash,
+) -> (Vec<KvBlock>, Option<FetchError>) {
+    let mut got = Vec::with_capacity(hashes.len());
+    let error = fetch_into(control, peer, model, layout, hashes, parent, &mut got).await.err();
+    (got, error)
+}
+
+async fn fetch_into(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    model: ModelId,
+    layout: KvLayout,
+    hashes: &[BlockHash],
+    mut parent: BlockHash,
+    got: &mut Vec<KvBlock>,
+) -> Result<(), FetchError> {
+    let request = KvRequest::Fetch { model_id: model.0, hashes: hashes.iter().map(|h| h.0).collect() };
+    let mut stream = tokio::time::timeout(OPEN_DEADLINE, async {
+        let mut stream = control.open_stream(peer, libp2p::StreamProtocol::new(KV_PROTOCOL)).await.map_err(|e| FetchError::Open(e.to_string()))?;
+        frames::write(&mut stream, &request).await.map_err(|e| FetchError::Open(e.to_string()))?;
+        Ok::<_, FetchError>(stream)
+    })
+    .await
+    .map_err(|_| FetchError::Timeout(OPEN_DEADLINE))??;
+    let expected = KvBlock::export_len(&layout);
+    let mut buf = Vec::with_capacity(expected);
+    for (index, hash) in hashes.iter().enumerate() {
+        let mut header = [0u8; KV_FRAME_HEADER];
+        read_exact(&mut stream, &mut header).await?;
+        let (kind, len) = parse_header(header, expected.max(MAX_REASON)).map_err(|e| FetchError::Frame(e.to_string()))?;
+        buf.resize(len, 0);
+        read_exact(&mut stream, &mut buf).await?;
+        match kind {
+            KvFrameKind::Missing => break,
+            KvFrameKind::Refused => return Err(FetchError::Refused(String::from_utf8_lossy(&buf).into_owned())),
+            KvFrameKind::Block => {
+                let bad = |reason: String| FetchError::BadBlock { index, reason };
+                if len != expected {
+                    return Err(bad(format!("{len} bytes; a block of this model is {expected}")));
+                }
+                let block = KvBlock::import(&buf, &model).map_err(|e| bad(e.to_string()))?;
+                if block.layout != layout {
+                    return Err(bad(format!("layout {:?}; this model's is {layout:?}", block.layout)));
+                }
+                if block.hash != *hash || block.parent != parent {
+                    return Err(bad(format!("it is block {} after {}; {hash} after {parent} was asked for", block.hash, block.parent)));
+                }
+                parent = block.hash;
+                got.push(block);
+            }
+        }
+    }
+    let _ = stream.close().await;
+    Ok(())
+}
+
+async fn read_exact(stream: &mut libp2p::Stream, buf: &mut [u8]) -> Result<(), FetchError> {
+    tokio::time::timeout(FRAME_DEADLINE, stream.read_exact(buf)).await.map_err(|_| FetchError::Timeout(FRAME_DEADLINE))??;
+    Ok(())
+}

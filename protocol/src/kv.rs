@@ -1,0 +1,304 @@
+//! KV blocks between peers: what a node says it holds, and the block transfer protocol.
+//!
+//! **Who holds what** ([`KvSummary`]): each model in a node's advert carries a Bloom
+//! filter of the block hashes its pool holds. Block hashes are BLAKE3 outputs, so the
+//! filter's `k` bit positions are read straight from the hash (bytes `4i..4i+4`, little
+//! endian, modulo the filter's bits): no second hash, and every version agrees on them. A
+//! filter is at most [`MAX_SUMMARY_BYTES`]; it is as stale as the advert (one advert
+//! interval), and a false positive only costs a block answered [`KvFrameKind::Missing`].
+//!
+//! **Transfer** (`/pyagent/kv/1`, one libp2p stream per fetch): the requester writes one
+//! [`KvRequest`] frame (4-byte big-endian length, then a [`crate::codec`] frame of at most
+//! [`MAX_KV_REQUEST_BYTES`]); the server answers, in the order asked, one frame per block —
+//! a 1-byte [`KvFrameKind`], a 4-byte big-endian length, then the payload: the block's own
+//! checked byte form (`pyagent_engine::kv::KvBlock::export`) for `Block`, nothing for
+//! `Missing` — and stops after the first `Missing` (only a prefix run is useful), or ends
+//! with `Refused` and a UTF-8 reason. The block bytes are sent raw, not re-encoded: the
+//! requester checks each one against its checksum, layout, size and the hash it asked for
+//! before importing it.
+
+use serde::{Deserialize, Serialize};
+
+/// The stream protocol's name.
+pub const KV_PROTOCOL: &str = "/pyagent/kv/1";
+/// Largest request frame.
+pub const MAX_KV_REQUEST_BYTES: usize = 64 * 1024;
+/// Most blocks one request asks for (4,096 tokens of prefix).
+pub const MAX_FETCH_BLOCKS: usize = 256;
+/// Largest payload of one answer frame: one block of a very large model (80 layers, 8 KV
+/// heads of 128, fp32 is 10.5 MB).
+pub const MAX_KV_FRAME_BYTES: usize = 32 << 20;
+/// Largest Bloom filter of one model in an advert.
+pub const MAX_SUMMARY_BYTES: usize = 4096;
+/// Largest sum of the filters of one advert (which is at most 16 KiB in all).
+pub const MAX_SUMMARIES_BYTES: usize = 8192;
+/// Bits set per block in a summary.
+pub const SUMMARY_HASHES: u8 = 7;
+/// Filter bits per block held (about 1% false positives with 7 hashes).
+const BITS_PER_BLOCK: usize = 10;
+
+/// A Bloom filter of the block hashes a model's pool holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvSummary {
+    /// Blocks in the filter (for display and the false-positive estimate).
+    pub blocks: u32,
+    /// Bits set per block: 1..=8.
+    pub hashes: u8,
+    /// The filter; empty when the pool holds nothing. Its length is a power of two. Raw
+    /// bytes on the wire, hex in JSON (`pyagent peers --json`).
+    #[serde(with = "filter_bytes")]
+    pub bits: Vec<u8>,
+}
+
+/// Bytes as bytes in binary formats and as hex in human-readable ones.
+mod filter_bytes {
+    use serde::de::{Error, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bits: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&bits.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        } else {
+            s.serialize_bytes(bits)
+        }
+    }
+
+    struct Bytes;
+
+    impl Visitor<'_> for Bytes {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("filter bytes (hex in text)")
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_str<E: Error>(self, v: &str) -> Result<Vec<u8>, E> {
+            if !v.len().is_multiple_of(2) || !v.is_ascii() {
+                return Err(E::custom("not hex"));
+            }
+            (0..v.len()).step_by(2).map(|i| u8::from_str_radix(&v[i..i + 2], 16).map_err(|_| E::custom("not hex"))).collect()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        if d.is_human_readable() { d.deserialize_str(Bytes) } else { d.deserialize_bytes(Bytes) }
+    }
+}
+
+/// Why a summary was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SummaryError {
+    #[error("{0} bytes, limit {MAX_SUMMARY_BYTES}")]
+    TooLarge(usize),
+    #[error("{0} bytes is not a power of two")]
+    Length(usize),
+    #[error("{0} hashes per block; 1 to 8 are allowed")]
+    Hashes(u8),
+}
+
+impl KvSummary {
+    /// The filter of `hashes`, sized for them up to `max_bytes` (a larger pool fills its
+    /// filter more and gets more false positives, never false negatives).
+    pub fn of(hashes: &[[u8; 32]], max_bytes: usize) -> Self {
+        if hashes.is_empty() || max_bytes == 0 {
+            return Self::default();
+        }
+        let max = prev_power_of_two(max_bytes.min(MAX_SUMMARY_BYTES));
+        let bytes = (hashes.len() * BITS_PER_BLOCK).div_ceil(8).next_power_of_two().clamp(8, max.max(8)).min(max);
+        let mut bits = vec![0u8; bytes];
+        for hash in hashes {
+            for at in positions(hash, SUMMARY_HASHES, bytes * 8) {
+                bits[at / 8] |= 1 << (at % 8);
+            }
+        }
+        Self { blocks: u32::try_from(hashes.len()).unwrap_or(u32::MAX), hashes: SUMMARY_HASHES, bits }
+    }
+
+    /// Whether the block may be held (false: it surely is not).
+    pub fn may_hold(&self, hash: &[u8; 32]) -> bool {
+        if self.bits.is_empty() || self.hashes == 0 {
+            return false;
+        }
+        positions(hash, self.hashes, self.bits.len() * 8).all(|at| self.bits[at / 8] & (1 << (at % 8)) != 0)
+    }
+
+    /// How many of `hashes`, from the first on, may be held.
+    pub fn run(&self, hashes: &[[u8; 32]]) -> usize {
+        hashes.iter().take_while(|h| self.may_hold(h)).count()
+    }
+
+    pub fn validate(&self) -> Result<(), SummaryError> {
+        if self.bits.len() > MAX_SUMMARY_BYTES {
+            return Err(SummaryError::TooLarge(self.bits.len()));
+        }
+        if !self.bits.is_empty() && !self.bits.len().is_power_of_two() {
+            return Err(SummaryError::Length(self.bits.len()));
+        }
+        if !(1..=8).contains(&self.hashes) && !self.bits.is_empty() {
+            return Err(SummaryError::Hashes(self.hashes));
+        }
+        Ok(())
+    }
+}
+
+fn prev_power_of_two(n: usize) -> usize {
+    if n.is_power_of_two() { n } else { n.next_power_of_two() / 2 }
+}
+
+/// The filter positions of a hash: its bytes `4i..4i+4` modulo the bits (a power of two).
+fn positions(hash: &[u8; 32], k: u8, bits: usize) -> impl Iterator<Item = usize> + '_ {
+    (0..usize::from(k.min(8))).map(move |i| u32::from_le_bytes([hash[4 * i], hash[4 * i + 1], hash[4 * i + 2], hash[4 * i + 3]]) as usize % bits)
+}
+
+/// What a requester asks of a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvRequest {
+    /// The blocks with these hashes, in this order (a run of one prompt's prefix), of the
+    /// model with this id (BLAKE3 of its files).
+    Fetch { model_id: [u8; 32], hashes: Vec<[u8; 32]> },
+}
+
+/// Why a request is refused before it is served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvRequestError {
+    #[error("no blocks asked for")]
+    Empty,
+    #[error("{0} blocks asked for, limit {MAX_FETCH_BLOCKS}")]
+    TooMany(usize),
+}
+
+impl KvRequest {
+    pub fn validate(&self) -> Result<(), KvRequestError> {
+        match self {
+            Self::Fetch { hashes, .. } if hashes.is_empty() => Err(KvRequestError::Empty),
+            Self::Fetch { hashes, .. } if hashes.len() > MAX_FETCH_BLOCKS => Err(KvRequestError::TooMany(hashes.len())),
+            Self::Fetch { .. } => Ok(()),
+        }
+    }
+}
+
+/// The kind of an answer frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvFrameKind {
+    /// The payload is a block's byte form.
+    Block,
+    /// The next block asked for is not held (the answer ends here).
+    Missing,
+    /// The request is refused; the payload says why (UTF-8).
+    Refused,
+}
+
+/// Bytes before an answer frame's payload: kind, then length.
+pub const KV_FRAME_HEADER: usize = 5;
+
+impl KvFrameKind {
+    pub fn byte(self) -> u8 {
+        match self {
+            Self::Block => 1,
+            Self::Missing => 2,
+            Self::Refused => 3,
+        }
+    }
+
+    pub fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Self::Block),
+            2 => Some(Self::Missing),
+            3 => Some(Self::Refused),
+            _ => None,
+        }
+    }
+}
+
+/// An answer frame's header.
+pub fn frame_header(kind: KvFrameKind, len: usize) -> [u8; KV_FRAME_HEADER] {
+    let len = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
+    [kind.byte(), len[0], len[1], len[2], len[3]]
+}
+
+/// Why an answer frame's header was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvFrameError {
+    #[error("unknown frame kind {0}")]
+    Kind(u8),
+    #[error("a frame of {0} bytes, limit {1}")]
+    TooLarge(usize, usize),
+}
+
+/// Reads a header; `max` bounds the payload (the size of one block of the model asked for).
+pub fn parse_header(header: [u8; KV_FRAME_HEADER], max: usize) -> Result<(KvFrameKind, usize), KvFrameError> {
+    let kind = KvFrameKind::from_byte(header[0]).ok_or(KvFrameError::Kind(header[0]))?;
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    let max = max.min(MAX_KV_FRAME_BYTES);
+    if len > max {
+        return Err(KvFrameError::TooLarge(len, max));
+    }
+    Ok((kind, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(n: u32) -> [u8; 32] {
+        *blake3::hash(&n.to_le_bytes()).as_bytes()
+    }
+
+    #[test]
+    fn a_summary_holds_what_it_was_made_of_and_little_else() {
+        let held: Vec<[u8; 32]> = (0..400).map(hash).collect();
+        let s = KvSummary::of(&held, MAX_SUMMARY_BYTES);
+        assert_eq!(s.validate(), Ok(()));
+        assert!(s.bits.len() <= 1024 && s.bits.len().is_power_of_two(), "{}", s.bits.len());
+        assert!(held.iter().all(|h| s.may_hold(h)), "no false negatives");
+        let false_positives = (10_000..20_000).map(hash).filter(|h| s.may_hold(h)).count();
+        assert!(false_positives < 300, "{false_positives} of 10,000 (expected about 1%)");
+        assert_eq!(s.run(&held[..50]), 50);
+        let mut broken: Vec<[u8; 32]> = held[..10].to_vec();
+        broken.insert(5, hash(99_999));
+        assert!(s.run(&broken) <= 6);
+        // An empty pool has an empty filter, which holds nothing.
+        let empty = KvSummary::of(&[], MAX_SUMMARY_BYTES);
+        assert!(empty.bits.is_empty() && !empty.may_hold(&held[0]));
+        // A filter capped small still has no false negatives.
+        let small = KvSummary::of(&held, 100);
+        assert_eq!(small.bits.len(), 64);
+        assert!(held.iter().all(|h| small.may_hold(h)));
+    }
+
+    #[test]
+    fn summaries_are_bytes_on_the_wire_and_hex_in_json() {
+        let s = KvSummary::of(&[hash(1), hash(2)], 64);
+        let frame = crate::codec::encode(&s).unwrap();
+        assert!(frame.len() < s.bits.len() + 8, "{} bytes", frame.len());
+        assert_eq!(crate::codec::decode::<KvSummary>(&frame, 1024).unwrap(), s);
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains(&format!("{:02x}", s.bits[0])), "{json}");
+        assert_eq!(serde_json::from_str::<KvSummary>(&json).unwrap(), s);
+        assert!(serde_json::from_str::<KvSummary>(r#"{"blocks":1,"hashes":7,"bits":"zz"}"#).is_err());
+    }
+
+    #[test]
+    fn hostile_summaries_requests_and_frames_are_refused() {
+        let mut s = KvSummary::of(&[hash(1)], 64);
+        s.bits = vec![0; 100];
+        assert_eq!(s.validate(), Err(SummaryError::Length(100)));
+        s.bits = vec![0; 8192];
+        assert_eq!(s.validate(), Err(SummaryError::TooLarge(8192)));
+        s.bits = vec![0; 8];
+        s.hashes = 9;
+        assert_eq!(s.validate(), Err(SummaryError::Hashes(9)));
+        let fetch = |n: usize| KvRequest::Fetch { model_id: [0; 32], hashes: vec![[1; 32]; n] };
+        assert_eq!(fetch(0).validate(), Err(KvRequestError::Empty));
+        assert_eq!(fetch(MAX_FETCH_BLOCKS + 1).validate(), Err(KvRequestError::TooMany(MAX_FETCH_BLOCKS + 1)));
+        assert_eq!(fetch(MAX_FETCH_BLOCKS).validate(), Ok(()));
+        assert_eq!(parse_header(frame_header(KvFrameKind::Block, 1000), 1000), Ok((KvFrameKind::Block, 1000)));
+        assert_eq!(parse_header(frame_header(KvFrameKind::Block, 1001), 1000), Err(KvFrameError::TooLarge(1001, 1000)));
+        assert_eq!(parse_header([9, 0, 0, 0, 0], 10), Err(KvFrameError::Kind(9)));
+        assert_eq!(parse_header([1, 0xff, 0xff, 0xff, 0xff], usize::MAX), Err(KvFrameError::TooLarge(u32::MAX as usize, MAX_KV_FRAME_BYTES)));
+    }
+}
