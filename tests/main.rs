@@ -11,6 +11,7 @@ mod cli;
 mod history;
 mod hostile;
 mod in_process;
+mod kv_exchange;
 mod lab;
 mod lab_history;
 mod openai_api;

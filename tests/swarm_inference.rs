@@ -5,7 +5,6 @@
 //! the stream with an error the client can parse.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use pyagent_node::inference::{InferRequest, Target};
 use pyagent_node::serving::Prompt;
 
 use crate::openai_api::tiny_chat_model;
+use crate::support::http::{header, post};
 use crate::support::{self, Opts, wait_until};
 
 async fn node(dir: &Path, name: &str, model: Option<&PathBuf>, bootstrap: &[&Node]) -> Node {
@@ -30,33 +30,6 @@ async fn sees_servers(node: &Node, n: usize) {
         node.inference().swarm_models().await.unwrap().iter().find(|m| m.name == "tiny-chat").is_some_and(|m| m.peers.iter().filter(|p| matches!(p, Target::Peer(_))).count() >= n)
     })
     .await;
-}
-
-/// POSTs `body` to `path`; (status line, headers, body).
-fn post(addr: SocketAddr, path: &str, body: &str, headers: &[(&str, &str)]) -> (String, Vec<String>, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    write!(s, "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
-    let mut r = BufReader::new(s);
-    let mut status = String::new();
-    r.read_line(&mut status).unwrap();
-    let mut head = Vec::new();
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        head.push(line.trim_end().to_ascii_lowercase());
-    }
-    let mut text = String::new();
-    r.read_to_string(&mut text).unwrap();
-    (status, head, text)
-}
-
-fn header<'a>(head: &'a [String], name: &str) -> Option<&'a str> {
-    head.iter().find_map(|l| l.strip_prefix(&format!("{name}: ")))
 }
 
 fn content(body: &str) -> String {

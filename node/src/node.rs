@@ -250,6 +250,7 @@ impl Node {
         let tasks = TaskEngine::new(peer_id, store.clone(), capabilities, external.clone(), std::time::Instant::now());
         let runner = TaskRunner::start(registry, store.clone(), external.clone(), models.clone(), executed_tx);
         let boot_id = random_boot_id();
+        let kv_counters = Arc::new(crate::kv::Counters::default());
         let facts = NodeFacts {
             namespace: settings.namespace.clone(),
             private: settings.swarm_key.is_some(),
@@ -262,6 +263,7 @@ impl Node {
             peer_ttl: settings.peer_ttl,
             boot_id,
             versions: settings.protocol_versions,
+            kv: kv_counters.clone(),
         };
         let membership = Membership::new(MembershipConfig {
             me: peer_id,
@@ -283,7 +285,7 @@ impl Node {
         let p2p_addrs = task.listen_addrs();
         let router_task = tokio::spawn(task.run());
         let executor = crate::inference::executor::start(streams.clone(), models.clone(), client.clone());
-        let (kv, kv_server) = crate::kv::KvExchange::start(peer_id, streams.clone(), &models, client.clone(), settings.kv_fetch);
+        let (kv, kv_server) = crate::kv::KvExchange::start(peer_id, streams.clone(), &models, client.clone(), settings.kv_fetch, kv_counters);
         let inference = crate::inference::Inference::new(peer_id, models.clone(), client.clone(), streams).with_kv(kv.clone());
         // From here on, a failure must stop the router again.
         let rest = async {
@@ -362,6 +364,15 @@ impl Node {
     /// Every model this node serves.
     pub fn models(&self) -> &Models {
         &self.models
+    }
+
+    /// Stops serving this node's KV blocks to peers (it still fetches); the block
+    /// protocol is then free for another handler on [`crate::inference::Inference::control`]
+    /// once the server task has ended (tools and fault-injection tests).
+    pub fn stop_serving_kv_blocks(&mut self) {
+        if let Some(server) = self.kv_server.take() {
+            server.abort();
+        }
     }
 
     /// The KV-block exchange: what it fetched and served.

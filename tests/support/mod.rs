@@ -2,6 +2,7 @@
 //! a condition with a deadline, and drive real `pyagent` processes in the namespace lab.
 
 
+pub mod http;
 pub mod lab;
 
 use std::collections::BTreeSet;

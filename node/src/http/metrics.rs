@@ -35,6 +35,8 @@ pub struct Metrics {
     kv_misses: Family<Labels, Gauge>,
     kv_blocks: Family<Labels, Gauge>,
     kv_evicted: Family<Labels, Gauge>,
+    /// The KV exchange's counters, by name (`kv_blocks_fetched`, ...).
+    exchange: Family<Labels, Gauge>,
     peers: Gauge,
     members: Gauge,
     tasks: Family<Labels, Gauge>,
@@ -67,6 +69,7 @@ impl Default for Metrics {
             kv_misses: Family::default(),
             kv_blocks: Family::default(),
             kv_evicted: Family::default(),
+            exchange: Family::default(),
             peers: Gauge::default(),
             members: Gauge::default(),
             tasks: Family::default(),
@@ -84,6 +87,11 @@ impl Default for Metrics {
         registry.register("kv_block_misses", "KV pool lookups that found none (this run)", m.kv_misses.clone());
         registry.register("kv_blocks_stored", "KV blocks held in the pool now", m.kv_blocks.clone());
         registry.register("kv_blocks_evicted", "KV blocks evicted from the pool (this run)", m.kv_evicted.clone());
+        registry.register(
+            "kv_exchange",
+            "KV blocks between peers (this run), by what: blocks_fetched, bytes_fetched, blocks_served, bytes_served, fetch_failures, bad_blocks, fallbacks (prefixes partly computed instead), fetch_bytes_per_second",
+            m.exchange.clone(),
+        );
         registry.register("connected_peers", "Peers with an open connection", m.peers.clone());
         registry.register("members", "Peers in the membership view", m.members.clone());
         registry.register("tasks", "Tasks of this run: submitted, running, executed", m.tasks.clone());
@@ -135,6 +143,22 @@ pub(super) async fn render(State(state): State<Arc<AppState>>) -> Response {
         m.kv_misses.get_or_create(&labels).set(get(&load.kv_misses));
         m.kv_blocks.get_or_create(&labels).set(get(&load.kv_blocks));
         m.kv_evicted.get_or_create(&labels).set(get(&load.kv_evicted));
+    }
+    if let Some(kv) = state.inference.kv() {
+        let s = kv.stats();
+        let values = [
+            ("blocks_fetched", s.blocks_fetched as i64),
+            ("bytes_fetched", s.bytes_fetched as i64),
+            ("blocks_served", s.blocks_served as i64),
+            ("bytes_served", s.bytes_served as i64),
+            ("fetch_failures", s.fetch_failures as i64),
+            ("bad_blocks", s.bad_blocks as i64),
+            ("fallbacks", s.fallbacks as i64),
+            ("fetch_bytes_per_second", s.fetch_bytes_per_s as i64),
+        ];
+        for (what, value) in values {
+            m.exchange.get_or_create(&vec![("what", what.to_owned())]).set(value);
+        }
     }
     if let Ok(status) = state.client.status().await {
         m.peers.set(status.connected_peers as i64);

@@ -156,6 +156,11 @@ impl Inference {
         self
     }
 
+    /// The KV exchange, when the node runs one.
+    pub fn kv(&self) -> Option<&crate::kv::KvExchange> {
+        self.kv.as_ref()
+    }
+
     /// The prompt's full blocks (those prefill could skip), this node's own run of them,
     /// and the rate in tokens/s at which a fetch moves them — when this node can tokenize
     /// the prompt (it hosts the model, or the prompt is tokens).

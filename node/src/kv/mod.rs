@@ -99,18 +99,7 @@ impl Counters {
 }
 
 /// A snapshot of [`Counters`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
-pub struct KvStats {
-    pub blocks_fetched: u64,
-    pub bytes_fetched: u64,
-    pub blocks_served: u64,
-    pub bytes_served: u64,
-    pub fetch_failures: u64,
-    pub bad_blocks: u64,
-    pub fallbacks: u64,
-    /// 0 until a fetch was measured.
-    pub fetch_bytes_per_s: f64,
-}
+pub type KvStats = pyagent_protocol::api::KvExchangeCounters;
 
 /// The node's side of the exchange (cheap to clone).
 #[derive(Clone)]
@@ -136,8 +125,8 @@ impl std::fmt::Debug for KvExchange {
 impl KvExchange {
     /// Serves this node's blocks to members and, when `fetch` is on, makes every worker
     /// fetch missing prefixes before prefill. Must run inside the tokio runtime.
-    pub fn start(me: PeerId, control: libp2p_stream::Control, models: &Models, client: NodeClient, fetch: bool) -> (Self, Option<JoinHandle<()>>) {
-        let counters = Arc::new(Counters::default());
+    /// `counters` are shared with whoever reports them (`pyagent status`).
+    pub fn start(me: PeerId, control: libp2p_stream::Control, models: &Models, client: NodeClient, fetch: bool, counters: Arc<Counters>) -> (Self, Option<JoinHandle<()>>) {
         let server = if models.is_empty() { None } else { transfer::serve(control.clone(), models.clone(), client.clone(), counters.clone()) };
         let exchange = Self {
             inner: Arc::new(Inner { me, control, client, counters, cooldowns: Mutex::default(), runtime: tokio::runtime::Handle::current() }),

@@ -146,6 +146,7 @@ impl Router {
             capacity: self.capacity.clone(),
             data_dir: self.facts.data_dir.display().to_string(),
             tasks: self.domain.tasks.counters(),
+            kv: self.facts.kv.snapshot(),
         }
     }
 }

@@ -21,4 +21,6 @@ pub struct NodeFacts {
     pub boot_id: u64,
     /// The peer protocol versions this node speaks.
     pub versions: VersionRange,
+    /// The KV exchange's counters (for status replies).
+    pub kv: std::sync::Arc<crate::kv::Counters>,
 }

@@ -187,6 +187,26 @@ pub struct StatusResult {
     pub data_dir: String,
     /// Task counters of this run.
     pub tasks: TaskCounters,
+    /// KV blocks exchanged with peers (this run).
+    #[serde(default)]
+    pub kv: KvExchangeCounters,
+}
+
+/// What the KV-block exchange has done this run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct KvExchangeCounters {
+    pub blocks_fetched: u64,
+    pub bytes_fetched: u64,
+    pub blocks_served: u64,
+    pub bytes_served: u64,
+    /// Parts of fetches that ended in an error (peer gone, slow, refused, bad block).
+    pub fetch_failures: u64,
+    /// Blocks that failed their checks (each part of the prefix computed instead).
+    pub bad_blocks: u64,
+    /// Prefix fetches that got fewer blocks than planned: the rest was computed.
+    pub fallbacks: u64,
+    /// Moving average of fetches (0 until one was measured).
+    pub fetch_bytes_per_s: f64,
 }
 
 /// How many tasks this node submitted, is executing, and has executed (this run).

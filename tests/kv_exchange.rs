@@ -1,0 +1,269 @@
+//! The KV-block exchange, in-process over loopback: a prefix computed on one node is
+//! fetched by another (counted, and the output unchanged); peers that serve corrupt,
+//! truncated, foreign-model or forged blocks, that stall or hang up mid-transfer, are
+//! detected, the prefix is computed instead with the same output, and the bad peer is
+//! left alone for a while; an outsider gets no blocks.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use pyagent_engine::infer::{GenerateOptions, Output};
+use pyagent_engine::kv::{BLOCK_TOKENS, BlockHash, KvBlock, ModelId, block_hashes};
+use pyagent_node::Node;
+use pyagent_node::inference::{InferRequest, Target};
+use pyagent_node::serving::{ModelWorker, Prompt, ServeConfig};
+use pyagent_protocol::kv::{KV_PROTOCOL, KvFrameKind, KvRequest, frame_header};
+
+use crate::openai_api::tiny_chat_model;
+use crate::support::{self, Opts, wait_until};
+
+async fn node(dir: &Path, name: &str, model: &Path, bootstrap: &[&Node]) -> Node {
+    let opts = Opts { bootstrap: bootstrap.iter().flat_map(|n| n.p2p_addrs()).collect(), ..Default::default() };
+    let mut config = support::test_config(&dir.join(name), &opts);
+    config.inference.models = vec![model.to_owned()];
+    Node::start(config.validate().unwrap()).await.unwrap()
+}
+
+/// A prompt of `n` tokens of the tiny model's vocabulary, varied by `seed`.
+fn tokens(n: usize, seed: u32) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 31 + seed * 7 + 5) % 250 + 3).collect()
+}
+
+fn options() -> GenerateOptions {
+    GenerateOptions { max_tokens: 8, keep_logits: true, ..Default::default() }
+}
+
+/// Runs `prompt` on `node`'s own worker, through placement (pinned), as a client would.
+async fn run_here(node: &Node, prompt: &[u32]) -> Output {
+    let request = InferRequest { model: "tiny-chat".into(), prompt: Prompt::Tokens(prompt.to_vec()), options: options(), pinned: Some(Target::Local) };
+    let started = node.inference().start(request).await.unwrap();
+    let mut stream = started.stream;
+    while stream.pieces.recv().await.is_some() {}
+    stream.done.await.unwrap().unwrap()
+}
+
+/// The output with nothing cached anywhere: a worker of its own.
+async fn cold(model: &Path, prompt: &[u32]) -> Output {
+    let config = ServeConfig {
+        model: model.to_owned(),
+        ort_lib: None,
+        kv_host_bytes: 64 << 20,
+        ram_available: 1 << 34,
+        provider: pyagent_node::config::ProviderChoice::Cpu,
+        vram_free: None,
+    };
+    let worker = ModelWorker::start(config).await.unwrap();
+    worker.generate(prompt.to_vec(), options()).await.unwrap()
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs())).fold(0.0, f32::max)
+}
+
+fn same_output(got: &Output, cold: &Output, what: &str) {
+    assert_eq!(got.tokens, cold.tokens, "{what}: the same greedy tokens as a cold run");
+    let diff = max_diff(&got.step_logits, &cold.step_logits);
+    assert!(diff < 1e-5, "{what}: logits differ by {diff}");
+}
+
+/// Waits until `node` sees `holder` advertise the first `n` blocks of `prompt`.
+async fn sees_blocks(node: &Node, holder: &Node, model: ModelId, prompt: &[u32], n: usize) {
+    let hashes: Vec<[u8; 32]> = block_hashes(&model, prompt).iter().map(|h| h.0).collect();
+    let holder = holder.peer_id().to_string();
+    wait_until("the holder's blocks are in the advert", Duration::from_secs(20), || async {
+        node.client().peers().await.unwrap().iter().filter(|p| p.peer_id == holder).flat_map(|p| p.capacity.models.iter()).any(|m| m.kv_blocks.run(&hashes) >= n)
+    })
+    .await;
+}
+
+fn model_id(node: &Node) -> ModelId {
+    node.model().unwrap().model_id()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prefix_computed_on_one_peer_is_fetched_by_another_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(model) = tiny_chat_model(dir.path()) else { return };
+    let a = node(dir.path(), "a", &model, &[]).await;
+    let b = node(dir.path(), "b", &model, &[&a]).await;
+    let prefix = tokens(200, 1);
+    let mut prompt = prefix.clone();
+    prompt.extend(tokens(20, 2));
+    let reference = cold(&model, &prompt).await;
+    assert_eq!(reference.cached_tokens, 0);
+
+    run_here(&a, &prefix).await;
+    let blocks = prefix.len() / BLOCK_TOKENS; // 12 full blocks of the prefix
+    sees_blocks(&b, &a, model_id(&a), &prefix, blocks).await;
+    let fetched = run_here(&b, &prompt).await;
+    assert_eq!(fetched.cached_tokens, blocks * BLOCK_TOKENS, "prefill skipped the fetched prefix");
+    same_output(&fetched, &reference, "fetched prefix");
+    let (bs, as_) = (b.kv().stats(), a.kv().stats());
+    assert_eq!(bs.blocks_fetched, blocks as u64, "{bs:?}");
+    assert_eq!(as_.blocks_served, blocks as u64, "{as_:?}");
+    assert_eq!((bs.fetch_failures, bs.fallbacks, bs.bad_blocks), (0, 0, 0), "{bs:?}");
+
+    // Counted where users look: /metrics and the OpenAI usage.
+    let addr = b.http_addr().unwrap();
+    let (_, metrics) = tokio::task::spawn_blocking(move || support::http::get(addr, "/metrics")).await.unwrap();
+    assert!(metrics.contains(&format!("pyagent_kv_exchange{{what=\"blocks_fetched\"}} {blocks}")), "{metrics}");
+    let body = serde_json::json!({"model": "tiny-chat", "prompt": prompt, "max_tokens": 2, "temperature": 0}).to_string();
+    let addr = a.http_addr().unwrap();
+    // a holds only the prefix; b's blocks of the whole prompt are fetched back.
+    sees_blocks(&a, &b, model_id(&a), &prompt, (prompt.len() - 1) / BLOCK_TOKENS).await;
+    let (status, _, answer) = tokio::task::spawn_blocking(move || support::http::post(addr, "/v1/completions", &body, &[("X-Pyagent-Peer", "local")])).await.unwrap();
+    assert!(status.contains("200"), "{status} {answer}");
+    let json = answer.lines().find(|l| l.starts_with('{')).unwrap_or(&answer);
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], (prompt.len() - 1) / BLOCK_TOKENS * BLOCK_TOKENS, "{v}");
+    assert!(a.kv().stats().blocks_fetched > 0);
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+/// How a hostile peer spoils the block at [`SPOILED`] of each answer.
+#[derive(Debug, Clone, Copy)]
+enum Spoil {
+    /// One byte of the data flipped (the checksum no longer holds).
+    Corrupt,
+    /// Cut short (and the frame says so).
+    Truncated,
+    /// The same data, as a block of another model.
+    ForeignModel,
+    /// A well-formed block whose hash is not that of its tokens.
+    Forged,
+    /// Another prefix's valid block in its place.
+    Swapped,
+    /// Nothing more is sent; the stream stays open.
+    Stall,
+    /// The stream is closed mid-answer.
+    HangUp,
+}
+
+const SPOILED: usize = 3;
+
+/// Serves `holder`'s real blocks over the block protocol, spoiling one per answer; counts
+/// the requests it gets.
+async fn serve_spoiled(holder: &mut Node, spoil: Spoil) -> Arc<AtomicUsize> {
+    holder.stop_serving_kv_blocks();
+    let mut control = holder.inference().control();
+    let mut incoming = loop {
+        match control.accept(libp2p::StreamProtocol::new(KV_PROTOCOL)) {
+            Ok(incoming) => break incoming,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await, // the server task is ending
+        }
+    };
+    let pool = holder.model().unwrap().pool().clone();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    tokio::spawn(async move {
+        while let Some((_, mut stream)) = incoming.next().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut len = [0u8; 4];
+                stream.read_exact(&mut len).await.unwrap();
+                let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+                stream.read_exact(&mut body).await.unwrap();
+                let KvRequest::Fetch { hashes, .. } = pyagent_protocol::decode::<KvRequest>(&body, 1 << 16).unwrap();
+                for (i, hash) in hashes.iter().enumerate() {
+                    let block = pool.lock().peek(&BlockHash(*hash)).unwrap().unwrap();
+                    let mut bytes = block.export();
+                    if i == SPOILED {
+                        match spoil {
+                            Spoil::Corrupt => bytes[500] ^= 0x40,
+                            Spoil::Truncated => bytes.truncate(bytes.len() - 100),
+                            Spoil::ForeignModel => bytes = KvBlock::new(ModelId::of(b"another model"), block.parent, block.tokens, block.layout, block.data.clone()).unwrap().export(),
+                            Spoil::Forged => {
+                                let mut forged = (*block).clone();
+                                forged.hash = BlockHash([7; 32]);
+                                bytes = forged.export();
+                            }
+                            Spoil::Swapped => {
+                                let mut tokens = block.tokens;
+                                tokens[0] = tokens[0].wrapping_add(1);
+                                bytes = KvBlock::new(block.model, block.parent, tokens, block.layout, block.data.clone()).unwrap().export();
+                            }
+                            Spoil::Stall => {
+                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                            }
+                            Spoil::HangUp => {
+                                let _ = stream.close().await;
+                                return;
+                            }
+                        }
+                    }
+                    if stream.write_all(&frame_header(KvFrameKind::Block, bytes.len())).await.is_err() || stream.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = stream.close().await;
+            });
+        }
+    });
+    asked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_blocks_and_broken_transfers_are_recomputed_with_the_same_output_and_the_peer_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(model) = tiny_chat_model(dir.path()) else { return };
+    let prefix = tokens(160, 3);
+    let mut prompt = prefix.clone();
+    prompt.extend(tokens(20, 4));
+    let reference = cold(&model, &prompt).await;
+    for (n, spoil) in [Spoil::Corrupt, Spoil::Truncated, Spoil::ForeignModel, Spoil::Forged, Spoil::Swapped, Spoil::Stall, Spoil::HangUp].into_iter().enumerate() {
+        let what = format!("{spoil:?}");
+        let mut bad = node(dir.path(), &format!("bad{n}"), &model, &[]).await;
+        run_here(&bad, &prefix).await;
+        let asked = serve_spoiled(&mut bad, spoil).await;
+        let victim = node(dir.path(), &format!("victim{n}"), &model, &[&bad]).await;
+        sees_blocks(&victim, &bad, model_id(&bad), &prefix, prefix.len() / BLOCK_TOKENS).await;
+        let started = std::time::Instant::now();
+        let out = run_here(&victim, &prompt).await;
+        assert!(started.elapsed() < Duration::from_secs(30), "{what}: no hang ({:?})", started.elapsed());
+        same_output(&out, &reference, &what);
+        // The blocks before the spoiled one are good and used; the rest was computed.
+        assert_eq!(out.cached_tokens, SPOILED * BLOCK_TOKENS, "{what}");
+        let stats = victim.kv().stats();
+        assert_eq!((stats.blocks_fetched, stats.fetch_failures, stats.fallbacks), (SPOILED as u64, 1, 1), "{what}: {stats:?}");
+        let expect_bad = matches!(spoil, Spoil::Corrupt | Spoil::Truncated | Spoil::ForeignModel | Spoil::Forged | Spoil::Swapped);
+        assert_eq!(stats.bad_blocks, u64::from(expect_bad), "{what}: {stats:?}");
+        // A second request with the same prefix does not go back to the bad peer.
+        let mut other = prefix.clone();
+        other.extend(tokens(24, 5));
+        let before = asked.load(Ordering::SeqCst);
+        assert_eq!(before, 1, "{what}");
+        let again = run_here(&victim, &other).await;
+        assert_eq!(asked.load(Ordering::SeqCst), before, "{what}: the bad peer was asked again");
+        assert_eq!(again.tokens, cold(&model, &other).await.tokens, "{what}");
+        victim.shutdown().await;
+        bad.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_outside_the_swarm_gets_no_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(model) = tiny_chat_model(dir.path()) else { return };
+    let a = node(dir.path(), "a", &model, &[]).await;
+    let prefix = tokens(64, 6);
+    run_here(&a, &prefix).await;
+    let opts = Opts { swarm: Some("elsewhere".into()), bootstrap: a.p2p_addrs(), ..Default::default() };
+    let outsider = support::start_in(&dir.path().join("outsider"), &opts).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let id = model_id(&a);
+    let hashes = block_hashes(&id, &prefix);
+    let layout = a.model().unwrap().pool().lock().layout();
+    let (got, error) = pyagent_node::kv::transfer::fetch_run(&mut outsider.inference().control(), a.peer_id(), id, layout, &hashes, pyagent_engine::kv::hash::ROOT).await;
+    assert!(got.is_empty());
+    let error = error.expect("refused").to_string();
+    assert!(error.contains("only members") || error.contains("cannot open"), "{error}");
+    assert_eq!(a.kv().stats().blocks_served, 0);
+    outsider.shutdown().await;
+    a.shutdown().await;
+}
