@@ -145,6 +145,13 @@ pub fn render_status(s: &StatusResult) -> String {
         ),
         ("agents", if s.agents.is_empty() { "-".into() } else { s.agents.join(", ") }),
         ("tasks", format!("{} submitted, {} running, {} executed", s.tasks.submitted, s.tasks.running, s.tasks.executed)),
+        (
+            "kv blocks",
+            format!(
+                "{} fetched, {} served, {} fetch failures ({} bad blocks), {} prefixes partly computed instead",
+                s.kv.blocks_fetched, s.kv.blocks_served, s.kv.fetch_failures, s.kv.bad_blocks, s.kv.fallbacks
+            ),
+        ),
         ("data dir", s.data_dir.clone()),
         ("listening", s.listen_addrs.join("\n            ")),
     ];

@@ -1,7 +1,7 @@
 //! Every peer-to-peer message decoder (gossip: adverts, tasks, votes; request-response;
 //! history entries, stored and on the wire, and the history protocol; inference stream
-//! requests and frames): arbitrary bytes never panic, and whatever decodes is
-//! validated and survives a round trip (encode, decode: the same value). The codec's
+//! requests and frames; KV block requests and frame headers): arbitrary bytes never
+//! panic, and whatever decodes is validated and survives a round trip (encode, decode: the same value). The codec's
 //! varints accept non-minimal forms, so equal values need not come from equal bytes; ids
 //! are always hashed over the re-encoded value, never over received bytes.
 #![no_main]
@@ -57,5 +57,14 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(frame) = decode::<InferFrame>(data, MAX_INFER_FRAME) {
         let bytes = encode(&frame).expect("a decoded frame encodes");
         assert!(bytes.len() <= data.len());
+    }
+    // KV block streams: the request, and an answer frame's header.
+    if let Some(request) = round_trip::<pyagent_protocol::kv::KvRequest>(data) {
+        let _ = request.validate();
+    }
+    if let Some(header) = data.first_chunk::<{ pyagent_protocol::kv::KV_FRAME_HEADER }>() {
+        if let Ok((_, len)) = pyagent_protocol::kv::parse_header(*header, 1 << 20) {
+            assert!(len <= 1 << 20);
+        }
     }
 });
