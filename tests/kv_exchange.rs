@@ -21,9 +21,14 @@ use crate::openai_api::tiny_chat_model;
 use crate::support::{self, Opts, wait_until};
 
 async fn node(dir: &Path, name: &str, model: &Path, bootstrap: &[&Node]) -> Node {
+    node_with(dir, name, model, bootstrap, 256).await
+}
+
+async fn node_with(dir: &Path, name: &str, model: &Path, bootstrap: &[&Node], kv_host_mb: u64) -> Node {
     let opts = Opts { bootstrap: bootstrap.iter().flat_map(|n| n.p2p_addrs()).collect(), ..Default::default() };
     let mut config = support::test_config(&dir.join(name), &opts);
     config.inference.models = vec![model.to_owned()];
+    config.inference.kv_host_mb = kv_host_mb;
     Node::start(config.validate().unwrap()).await.unwrap()
 }
 
@@ -125,6 +130,39 @@ async fn a_prefix_computed_on_one_peer_is_fetched_by_another_and_changes_nothing
     a.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocks_a_full_pool_drops_are_offloaded_to_a_peer_and_fetched_back_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(model) = tiny_chat_model(dir.path()) else { return };
+    // 1 MiB: 256 blocks of the tiny model's 4 KiB.
+    let a = node_with(dir.path(), "a", &model, &[], 1).await;
+    let b = node(dir.path(), "b", &model, &[&a]).await;
+    wait_until("a sees b", Duration::from_secs(20), || async { a.client().peers().await.unwrap().iter().any(|p| p.connected && !p.capacity.models.is_empty()) }).await;
+    let first = tokens(320, 10);
+    run_here(&a, &first).await;
+    // 14 prompts of 20 blocks each: the first prompt's blocks are the oldest, and dropped.
+    for seed in 11..24 {
+        run_here(&a, &tokens(320, seed)).await;
+    }
+    let id = model_id(&a);
+    let hashes = block_hashes(&id, &first);
+    assert_eq!(a.model().unwrap().pool().lock().held_run(&hashes), 0, "a no longer holds the first prompt");
+    // Pushed in the background after each request.
+    wait_until("the dropped blocks are offloaded to b", Duration::from_secs(20), || async {
+        a.kv().stats().blocks_offloaded >= 20 && b.kv().stats().blocks_kept_for_peers >= 20
+    })
+    .await;
+    sees_blocks(&a, &b, id, &first, first.len() / BLOCK_TOKENS).await;
+    let mut prompt = first.clone();
+    prompt.extend(tokens(20, 30));
+    let back = run_here(&a, &prompt).await;
+    assert_eq!(back.cached_tokens, first.len(), "the offloaded prefix came back");
+    same_output(&back, &cold(&model, &prompt).await, "offloaded and fetched back");
+    assert!(a.kv().stats().blocks_fetched >= 20, "{:?}", a.kv().stats());
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
 /// How a hostile peer spoils the block at [`SPOILED`] of each answer.
 #[derive(Debug, Clone, Copy)]
 enum Spoil {
@@ -169,7 +207,7 @@ async fn serve_spoiled(holder: &mut Node, spoil: Spoil) -> Arc<AtomicUsize> {
                 stream.read_exact(&mut len).await.unwrap();
                 let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
                 stream.read_exact(&mut body).await.unwrap();
-                let KvRequest::Fetch { hashes, .. } = pyagent_protocol::decode::<KvRequest>(&body, 1 << 16).unwrap();
+                let Ok(KvRequest::Fetch { hashes, .. }) = pyagent_protocol::decode::<KvRequest>(&body, 1 << 16) else { return };
                 for (i, hash) in hashes.iter().enumerate() {
                     let block = pool.lock().peek(&BlockHash(*hash)).unwrap().unwrap();
                     let mut bytes = block.export();

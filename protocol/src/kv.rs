@@ -16,6 +16,11 @@
 //! with `Refused` and a UTF-8 reason. The block bytes are sent raw, not re-encoded: the
 //! requester checks each one against its checksum, layout, size and the hash it asked for
 //! before importing it.
+//!
+//! **Offload**: a node short of KV memory writes [`KvRequest::Push`] and then the blocks
+//! it would drop, as `Block` frames, to a peer that advertises free KV memory; the peer
+//! checks each one and keeps it, and its summary then advertises it, so the node fetches
+//! it back like any other block.
 
 use serde::{Deserialize, Serialize};
 
@@ -160,6 +165,10 @@ pub enum KvRequest {
     /// The blocks with these hashes, in this order (a run of one prompt's prefix), of the
     /// model with this id (BLAKE3 of its files).
     Fetch { model_id: [u8; 32], hashes: Vec<[u8; 32]> },
+    /// Keep these blocks (offloaded by a node short of KV memory): `blocks` answer-form
+    /// frames of kind `Block` follow; each is checked and kept in the model's pool, and
+    /// served from there like the node's own.
+    Push { model_id: [u8; 32], blocks: u32 },
 }
 
 /// Why a request is refused before it is served.
@@ -177,6 +186,9 @@ impl KvRequest {
             Self::Fetch { hashes, .. } if hashes.is_empty() => Err(KvRequestError::Empty),
             Self::Fetch { hashes, .. } if hashes.len() > MAX_FETCH_BLOCKS => Err(KvRequestError::TooMany(hashes.len())),
             Self::Fetch { .. } => Ok(()),
+            Self::Push { blocks: 0, .. } => Err(KvRequestError::Empty),
+            Self::Push { blocks, .. } if *blocks as usize > MAX_FETCH_BLOCKS => Err(KvRequestError::TooMany(*blocks as usize)),
+            Self::Push { .. } => Ok(()),
         }
     }
 }
@@ -296,6 +308,10 @@ mod tests {
         assert_eq!(fetch(0).validate(), Err(KvRequestError::Empty));
         assert_eq!(fetch(MAX_FETCH_BLOCKS + 1).validate(), Err(KvRequestError::TooMany(MAX_FETCH_BLOCKS + 1)));
         assert_eq!(fetch(MAX_FETCH_BLOCKS).validate(), Ok(()));
+        let push = |blocks: u32| KvRequest::Push { model_id: [0; 32], blocks };
+        assert_eq!(push(0).validate(), Err(KvRequestError::Empty));
+        assert_eq!(push(MAX_FETCH_BLOCKS as u32 + 1).validate(), Err(KvRequestError::TooMany(MAX_FETCH_BLOCKS + 1)));
+        assert_eq!(push(3).validate(), Ok(()));
         assert_eq!(parse_header(frame_header(KvFrameKind::Block, 1000), 1000), Ok((KvFrameKind::Block, 1000)));
         assert_eq!(parse_header(frame_header(KvFrameKind::Block, 1001), 1000), Err(KvFrameError::TooLarge(1001, 1000)));
         assert_eq!(parse_header([9, 0, 0, 0, 0], 10), Err(KvFrameError::Kind(9)));

@@ -78,12 +78,18 @@ impl SharedPool {
     }
 }
 
+/// Bytes of dropped blocks kept for [`BlockPool::take_dropped`] (older ones beyond it are
+/// let go): what a node can hand a peer instead of losing.
+pub const DROPPED_KEPT_BYTES: usize = 32 << 20;
+
 /// A pool of blocks of one model.
 pub struct BlockPool {
     model: ModelId,
     layout: KvLayout,
     tiers: Vec<TierStore>,
     stats: PoolStats,
+    /// Blocks the last tier dropped, newest last, until taken.
+    dropped: std::collections::VecDeque<Arc<KvBlock>>,
 }
 
 impl std::fmt::Debug for BlockPool {
@@ -110,7 +116,7 @@ impl BlockPool {
             };
             tiers.push(TierStore { tier, policy: Policy::new(config.eviction, capacity), memory: HashMap::new(), disk });
         }
-        Ok(Self { model, layout, tiers, stats: PoolStats::default() })
+        Ok(Self { model, layout, tiers, stats: PoolStats::default(), dropped: Default::default() })
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -132,6 +138,12 @@ impl BlockPool {
             out.extend(tier.policy.keys());
         }
         out
+    }
+
+    /// The blocks dropped since the last call (at most [`DROPPED_KEPT_BYTES`] of the
+    /// newest): a node short of memory offloads them to a peer.
+    pub fn take_dropped(&mut self) -> Vec<Arc<KvBlock>> {
+        self.dropped.drain(..).collect()
     }
 
     /// How many of `hashes`, from the first on, the pool holds (no promotion, no counting).
@@ -173,6 +185,10 @@ impl BlockPool {
     fn place(&mut self, level: usize, block: Arc<KvBlock>) -> Result<(), PoolError> {
         let Some(tier) = self.tiers.get_mut(level) else {
             self.stats.dropped += 1;
+            self.dropped.push_back(block);
+            while self.dropped.len() * self.layout.block_bytes() > DROPPED_KEPT_BYTES {
+                self.dropped.pop_front();
+            }
             return Ok(());
         };
         let hash = block.hash;
@@ -321,6 +337,8 @@ mod tests {
             }
             assert_eq!(p.counts(), vec![(Tier::Host, 2), (Tier::Disk, 3)], "{eviction:?}");
             assert_eq!(p.stats().dropped, 1);
+            assert_eq!(p.take_dropped().iter().map(|b| b.hash).collect::<Vec<_>>(), vec![all[0].hash], "the dropped block is kept for offload");
+            assert!(p.take_dropped().is_empty());
             // The newest five are still there, byte for byte, whichever tier they were in.
             for b in &all[1..] {
                 assert_eq!(p.get(&b.hash).unwrap().as_deref(), Some(b), "{eviction:?}");

@@ -18,6 +18,13 @@
 //! and the rest is computed, so the output is the same as without the exchange. A peer
 //! that sent a bad block, or failed, is not asked again for [`plan::COOLDOWN`].
 //!
+//! **Offload**: blocks a pool has to drop (its last tier is full) go, in batches after
+//! each request, to the member advertising the most free KV memory for that model; it
+//! checks and keeps them, its advert's summary then lists them, and a later prompt
+//! fetches them back like any other block. With no member with room they are let go, as
+//! without peers. Peers rank after the disk tier (a node with a disk budget drops, and so
+//! offloads, only what its disk cannot hold).
+//!
 //! - [`plan`]: which peer serves which blocks (pure).
 //! - [`transfer`]: the stream protocol, both sides.
 
@@ -56,6 +63,9 @@ pub struct Counters {
     pub bad_blocks: AtomicU64,
     /// Prefix fetches that got fewer blocks than planned: the rest was computed.
     pub fallbacks: AtomicU64,
+    /// Dropped blocks pushed to a peer, and blocks peers pushed here.
+    pub blocks_offloaded: AtomicU64,
+    pub blocks_kept_for_peers: AtomicU64,
     /// Fetch rate measured (bytes/s, an f64's bits; 0 until the first fetch).
     rate_bits: AtomicU64,
 }
@@ -93,6 +103,8 @@ impl Counters {
             fetch_failures: get(&self.fetch_failures),
             bad_blocks: get(&self.bad_blocks),
             fallbacks: get(&self.fallbacks),
+            blocks_offloaded: get(&self.blocks_offloaded),
+            blocks_kept_for_peers: get(&self.blocks_kept_for_peers),
             fetch_bytes_per_s: f64::from_bits(get(&self.rate_bits)),
         }
     }
@@ -114,7 +126,15 @@ struct Inner {
     counters: Arc<Counters>,
     cooldowns: Mutex<plan::Cooldowns>,
     runtime: tokio::runtime::Handle,
+    /// Batches of dropped blocks on their way to a peer (full: the batch is let go).
+    offload: tokio::sync::mpsc::Sender<Vec<Arc<KvBlock>>>,
+    /// Workers fetch missing prefixes (off: `--no-kv-fetch`; blocks are still served and
+    /// offloaded).
+    fetch: bool,
 }
+
+/// Batches of dropped blocks waiting to be pushed to a peer.
+const OFFLOAD_QUEUE: usize = 8;
 
 impl std::fmt::Debug for KvExchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -123,17 +143,18 @@ impl std::fmt::Debug for KvExchange {
 }
 
 impl KvExchange {
-    /// Serves this node's blocks to members and, when `fetch` is on, makes every worker
-    /// fetch missing prefixes before prefill. Must run inside the tokio runtime.
+    /// Serves this node's blocks to members, offloads the blocks its pools drop, and,
+    /// when `fetch` is on, makes every worker fetch missing prefixes before prefill. Must run inside the tokio runtime.
     /// `counters` are shared with whoever reports them (`pyagent status`).
     pub fn start(me: PeerId, control: libp2p_stream::Control, models: &Models, client: NodeClient, fetch: bool, counters: Arc<Counters>) -> (Self, Option<JoinHandle<()>>) {
         let server = if models.is_empty() { None } else { transfer::serve(control.clone(), models.clone(), client.clone(), counters.clone()) };
+        let (offload, batches) = tokio::sync::mpsc::channel(OFFLOAD_QUEUE);
         let exchange = Self {
-            inner: Arc::new(Inner { me, control, client, counters, cooldowns: Mutex::default(), runtime: tokio::runtime::Handle::current() }),
+            inner: Arc::new(Inner { me, control, client, counters, cooldowns: Mutex::default(), runtime: tokio::runtime::Handle::current(), offload, fetch }),
         };
-        if fetch {
-            models.set_block_source(Arc::new(exchange.clone()));
-        }
+        // Ends when the last handle (and with it the sender) is gone.
+        tokio::spawn(exchange.clone().offloader(batches));
+        models.set_block_source(Arc::new(exchange.clone()));
         (exchange, server)
     }
 
@@ -214,6 +235,52 @@ impl KvExchange {
         blocks
     }
 
+    /// Pushes batches of dropped blocks to the member with the most free KV memory for
+    /// their model (which must hold the batch); with no such member they are let go.
+    async fn offloader(self, mut batches: tokio::sync::mpsc::Receiver<Vec<Arc<KvBlock>>>) {
+        // Holds only a weak share: the exchange's last handle going ends the loop.
+        let weak = Arc::downgrade(&self.inner);
+        drop(self);
+        while let Some(batch) = batches.recv().await {
+            let Some(inner) = weak.upgrade() else { break };
+            let me = Self { inner };
+            me.push(batch).await;
+        }
+    }
+
+    async fn push(&self, batch: Vec<Arc<KvBlock>>) {
+        let Some(first) = batch.first() else { return };
+        let (model, bytes) = (first.model, batch.iter().map(|b| b.size() as u64).sum::<u64>());
+        let Ok(peers) = self.inner.client.peers().await else { return };
+        let id = model.to_string();
+        let now = Instant::now();
+        let target = {
+            let mut cooldowns = self.inner.cooldowns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            peers
+                .iter()
+                .filter(|p| p.connected)
+                .filter_map(|p| Some((p.peer_id.parse::<PeerId>().ok()?, p.capacity.models.iter().find(|m| m.model_id == id)?.kv_free_bytes)))
+                .filter(|(peer, free)| *peer != self.inner.me && *free >= bytes && !cooldowns.is_cooling(peer, now))
+                .max_by_key(|(peer, free)| (*free, *peer))
+        };
+        let Some((peer, _)) = target else {
+            tracing::debug!(blocks = batch.len(), "dropped KV blocks let go: no peer has room for them");
+            return;
+        };
+        for chunk in batch.chunks(pyagent_protocol::kv::MAX_FETCH_BLOCKS) {
+            match transfer::push(&mut self.inner.control.clone(), peer, model, chunk).await {
+                Ok(()) => {
+                    self.inner.counters.blocks_offloaded.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.failed(peer, &e);
+                    return;
+                }
+            }
+        }
+        tracing::debug!(%peer, blocks = batch.len(), "dropped KV blocks offloaded");
+    }
+
     fn failed(&self, peer: PeerId, e: &transfer::FetchError) {
         tracing::info!(%peer, "KV block fetch failed, computing instead: {e}");
         let c = &self.inner.counters;
@@ -227,6 +294,9 @@ impl KvExchange {
 
 impl BlockSource for KvExchange {
     fn fetch(&self, model: ModelId, layout: KvLayout, hashes: &[BlockHash], from: usize) -> Vec<KvBlock> {
+        if !self.inner.fetch {
+            return Vec::new();
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (me, hashes) = (self.clone(), hashes.to_vec());
         self.inner.runtime.spawn(async move {
@@ -234,6 +304,12 @@ impl BlockSource for KvExchange {
         });
         // The worker's own thread, outside the runtime: waiting here holds only this model.
         rx.blocking_recv().unwrap_or_default()
+    }
+
+    fn offload(&self, blocks: Vec<Arc<KvBlock>>) {
+        if self.inner.offload.try_send(blocks).is_err() {
+            tracing::debug!("KV offload queue full: dropped blocks let go");
+        }
     }
 }
 

@@ -112,7 +112,10 @@ async fn serve_one(stream: &mut libp2p::Stream, models: &Models, counters: &Coun
         refuse(stream, &e.to_string()).await;
         return Err(FetchError::Frame(e.to_string()));
     }
-    let KvRequest::Fetch { model_id, hashes } = request;
+    let (model_id, hashes) = match request {
+        KvRequest::Fetch { model_id, hashes } => (model_id, hashes),
+        KvRequest::Push { model_id, blocks } => return keep_pushed(stream, models, ModelId(model_id), blocks as usize, counters).await,
+    };
     let Some(worker) = models.by_id(&ModelId(model_id)) else {
         refuse(stream, &format!("this node does not host model {}", ModelId(model_id))).await;
         return Ok(());
@@ -127,6 +130,54 @@ async fn serve_one(stream: &mut libp2p::Stream, models: &Models, counters: &Coun
         let bytes = block.export();
         write_frame(stream, KvFrameKind::Block, &bytes).await?;
         counters.add_served(bytes.len());
+    }
+    Ok(())
+}
+
+/// Keeps `count` blocks a peer pushes, each checked like a fetched one, in the pool of
+/// the model (which this node must host); stops at the first bad one.
+async fn keep_pushed(stream: &mut libp2p::Stream, models: &Models, model: ModelId, count: usize, counters: &Counters) -> Result<(), FetchError> {
+    let Some(worker) = models.by_id(&model) else {
+        refuse(stream, &format!("this node does not host model {model}")).await;
+        return Ok(());
+    };
+    let layout = worker.pool().lock().layout();
+    let expected = KvBlock::export_len(&layout);
+    let mut buf = Vec::with_capacity(expected);
+    for index in 0..count {
+        let mut header = [0u8; KV_FRAME_HEADER];
+        read_exact(stream, &mut header).await?;
+        let (kind, len) = parse_header(header, expected).map_err(|e| FetchError::Frame(e.to_string()))?;
+        if kind != KvFrameKind::Block || len != expected {
+            return Err(FetchError::BadBlock { index, reason: format!("a {kind:?} frame of {len} bytes; a block of this model is {expected}") });
+        }
+        buf.resize(len, 0);
+        read_exact(stream, &mut buf).await?;
+        let block = KvBlock::import(&buf, &model).map_err(|e| FetchError::BadBlock { index, reason: e.to_string() })?;
+        worker.pool().lock().insert(block).map_err(|e| FetchError::BadBlock { index, reason: e.to_string() })?;
+        counters.blocks_kept_for_peers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Pushes `blocks` (of `model`) to `peer` to keep.
+pub async fn push(control: &mut libp2p_stream::Control, peer: PeerId, model: ModelId, blocks: &[Arc<KvBlock>]) -> Result<(), FetchError> {
+    let request = KvRequest::Push { model_id: model.0, blocks: u32::try_from(blocks.len()).unwrap_or(u32::MAX) };
+    let mut stream = tokio::time::timeout(OPEN_DEADLINE, async {
+        let mut stream = control.open_stream(peer, libp2p::StreamProtocol::new(KV_PROTOCOL)).await.map_err(|e| FetchError::Open(e.to_string()))?;
+        frames::write(&mut stream, &request).await.map_err(|e| FetchError::Open(e.to_string()))?;
+        Ok::<_, FetchError>(stream)
+    })
+    .await
+    .map_err(|_| FetchError::Timeout(OPEN_DEADLINE))??;
+    for block in blocks {
+        write_frame(&mut stream, KvFrameKind::Block, &block.export()).await?;
+    }
+    // The peer closes once it has kept them all (or says why not).
+    let mut answer = Vec::new();
+    tokio::time::timeout(FRAME_DEADLINE, stream.read_to_end(&mut answer)).await.map_err(|_| FetchError::Timeout(FRAME_DEADLINE))??;
+    if let Some(reason) = answer.get(KV_FRAME_HEADER..).filter(|_| answer.first() == Some(&KvFrameKind::Refused.byte())) {
+        return Err(FetchError::Refused(String::from_utf8_lossy(reason).into_owned()));
     }
     Ok(())
 }

@@ -53,6 +53,10 @@ pub trait BlockSource: Send + Sync + std::fmt::Debug {
     /// checked against its hash, the model and `layout`; may be empty. Called on the
     /// worker's thread: it blocks until done or its deadline.
     fn fetch(&self, model: ModelId, layout: KvLayout, hashes: &[BlockHash], from: usize) -> Vec<KvBlock>;
+
+    /// Blocks the pool had to drop: hand them to a peer with room, if any (returns at
+    /// once; may let them go).
+    fn offload(&self, blocks: Vec<Arc<KvBlock>>);
 }
 
 /// The block source the workers share, set once the network runs.

@@ -82,6 +82,10 @@ pub(super) fn serve(config: ServeConfig, mut jobs: mpsc::Receiver<Job>, ready: R
                 .map_err(|e| ServeError::Generate(e.to_string()))
         });
         publish_pool(&engine, &stats);
+        let dropped = engine.pool.lock().take_dropped();
+        if let (Some(source), false) = (source.get(), dropped.is_empty()) {
+            source.offload(dropped);
+        }
         let _ = job.reply.send(result);
     }
     tracing::debug!("model-serving worker stopped");

@@ -205,6 +205,10 @@ pub struct KvExchangeCounters {
     pub bad_blocks: u64,
     /// Prefix fetches that got fewer blocks than planned: the rest was computed.
     pub fallbacks: u64,
+    /// Blocks this node's pool dropped and pushed to a peer instead.
+    pub blocks_offloaded: u64,
+    /// Blocks peers pushed here and this node kept.
+    pub blocks_kept_for_peers: u64,
     /// Moving average of fetches (0 until one was measured).
     pub fetch_bytes_per_s: f64,
 }
