@@ -107,6 +107,7 @@ for r in map(json.loads, sys.argv[2:]):
         "workload_round_robin_mean_ttft_ms": r["round_robin"]["mean_ttft_ms"],
         "round_robin_over_aware": round(r["round_robin"]["mean_ttft_ms"] / r["aware"]["mean_ttft_ms"], 2),
         "workload_cached_tokens": [r["aware"]["cached_tokens"], r["round_robin"]["cached_tokens"]],
+        "workload_ran_on": [r["aware"]["ran_on"], r["round_robin"]["ran_on"]],
     })
 print(json.dumps(out, indent=2))
 PY

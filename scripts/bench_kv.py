@@ -115,7 +115,7 @@ def main():
             ran[on] = ran.get(on, 0) + 1
             cached += usage["prompt_tokens_details"]["cached_tokens"]
         print(json.dumps({"mode": mode, "requests": len(times), "mean_ttft_ms": round(statistics.mean(times) * 1e3, 1),
-                          "p50_ttft_ms": round(statistics.median(times) * 1e3, 1), "cached_tokens": cached, "ran_on": len(ran)}))
+                          "p50_ttft_ms": round(statistics.median(times) * 1e3, 1), "cached_tokens": cached, "ran_on": sorted(ran.values(), reverse=True)}))
     elif cmd == "status":
         print(json.dumps(counters(sys.argv[2], sys.argv[3])))
 

@@ -129,6 +129,8 @@ pub struct Inference {
     outstanding: Arc<Mutex<HashMap<PeerId, Outstanding>>>,
     /// The KV exchange, for its measured transfer rate.
     kv: Option<crate::kv::KvExchange>,
+    /// Prompts this node has just placed, by block (see [`crate::kv::plan::Recent`]).
+    recent: Arc<Mutex<crate::kv::plan::Recent>>,
 }
 
 impl std::fmt::Debug for Inference {
@@ -147,7 +149,7 @@ pub struct SwarmModel {
 
 impl Inference {
     pub fn new(me: PeerId, models: Models, client: NodeClient, control: libp2p_stream::Control) -> Self {
-        Self { me, models, client, control, outstanding: Arc::default(), kv: None }
+        Self { me, models, client, control, outstanding: Arc::default(), kv: None, recent: Arc::default() }
     }
 
     /// Credits peers with the prefixes they could fetch at the exchange's measured rate.
@@ -255,9 +257,11 @@ impl Inference {
                     able.push((*peer, c));
                 }
             }
+            let now = Instant::now();
+            let mut recent = self.recent.lock().map_err(|_| InferError::Stopped)?;
             let credits = blocks.as_ref().map(|b| {
                 let with: Vec<(PeerId, Option<&InferenceCapacity>)> = able.iter().map(|(p, c)| (*p, (*p != self.me).then_some(*c))).collect();
-                crate::kv::credits(&b.hashes, &with, Some((self.me, b.local_run)))
+                crate::kv::credits(&b.hashes, &with, Some((self.me, b.local_run)), |peer| recent.run(peer, &b.hashes, now))
             });
             let fetch_rate = blocks.as_ref().map_or(0.0, |b| b.fetch_rate);
             let candidates: Vec<Candidate> = able
@@ -274,6 +278,9 @@ impl Inference {
             let order = placement::place(&candidates, &cost, pinned).map_err(InferError::Placement)?;
             if let Some(first) = order.first() {
                 reserve(&mut book, *first, share);
+                if let Some(b) = &blocks {
+                    recent.note(*first, &b.hashes, now);
+                }
             }
             order
         };

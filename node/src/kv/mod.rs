@@ -323,13 +323,19 @@ pub struct Credit {
 
 /// Credits for each candidate, from the summaries in the adverts (and this node's exact
 /// run for itself). `hashes` are the prompt's full blocks that prefill could skip.
-pub fn credits(hashes: &[[u8; 32]], candidates: &[(PeerId, Option<&InferenceCapacity>)], local: Option<(PeerId, usize)>) -> HashMap<PeerId, Credit> {
+/// `recent(peer)` is the run this node has just placed there (not yet advertised).
+pub fn credits(
+    hashes: &[[u8; 32]],
+    candidates: &[(PeerId, Option<&InferenceCapacity>)],
+    local: Option<(PeerId, usize)>,
+    mut recent: impl FnMut(&PeerId) -> usize,
+) -> HashMap<PeerId, Credit> {
     let runs: Vec<(PeerId, usize)> = candidates
         .iter()
         .map(|(peer, c)| match (local, c) {
             (Some((me, run)), _) if me == *peer => (*peer, run),
-            (_, Some(c)) => (*peer, c.kv_blocks.run(hashes)),
-            (_, None) => (*peer, 0),
+            (_, Some(c)) => (*peer, c.kv_blocks.run(hashes).max(recent(peer))),
+            (_, None) => (*peer, recent(peer)),
         })
         .collect();
     let best = |except: PeerId| runs.iter().filter(|(p, _)| *p != except).map(|(_, n)| *n).max().unwrap_or(0);
@@ -351,9 +357,13 @@ mod tests {
         let (a, b, me) = (PeerId::random(), PeerId::random(), PeerId::random());
         let holds = |n: usize| InferenceCapacity { kv_blocks: KvSummary::of(&hashes[..n], 4096), ..Default::default() };
         let (ca, cb) = (holds(8), holds(2));
-        let credit = credits(&hashes, &[(a, Some(&ca)), (b, Some(&cb)), (me, None)], Some((me, 4)));
+        let credit = credits(&hashes, &[(a, Some(&ca)), (b, Some(&cb)), (me, None)], Some((me, 4)), |_| 0);
         assert_eq!(credit[&a], Credit { held_tokens: 128, fetchable_tokens: 0 });
         assert_eq!(credit[&b], Credit { held_tokens: 32, fetchable_tokens: 96 });
         assert_eq!(credit[&me], Credit { held_tokens: 64, fetchable_tokens: 64 });
+        // What this node just placed on b counts before b's advert says so.
+        let credit = credits(&hashes, &[(a, Some(&ca)), (b, Some(&cb))], None, |p| if *p == b { 10 } else { 0 });
+        assert_eq!(credit[&b], Credit { held_tokens: 160, fetchable_tokens: 0 });
+        assert_eq!(credit[&a], Credit { held_tokens: 128, fetchable_tokens: 32 });
     }
 }

@@ -53,6 +53,51 @@ pub fn plan(holders: &[(PeerId, &KvSummary)], hashes: &[[u8; 32]], from: usize) 
     parts
 }
 
+/// Where this node has just placed prompts: the blocks each peer is about to hold, before
+/// its advert says so (an advert interval later). Placement counts them like advertised
+/// ones, so a burst of requests with one prefix follows the first to the same peer
+/// instead of each finding a stale summary. Entries last [`RECENT_FOR`]; at most
+/// [`RECENT_BLOCKS`] are kept (the oldest go first).
+#[derive(Debug, Default)]
+pub struct Recent {
+    at: HashMap<[u8; 32], (PeerId, Instant)>,
+    order: std::collections::VecDeque<([u8; 32], Instant)>,
+}
+
+/// How long a placement counts before the adverts take over.
+pub const RECENT_FOR: Duration = Duration::from_secs(10);
+/// Blocks remembered at most.
+pub const RECENT_BLOCKS: usize = 16_384;
+
+impl Recent {
+    /// `peer` will hold `hashes` (a prompt placed there).
+    pub fn note(&mut self, peer: PeerId, hashes: &[[u8; 32]], now: Instant) {
+        for h in hashes {
+            self.at.insert(*h, (peer, now));
+            self.order.push_back((*h, now));
+        }
+        self.expire(now);
+    }
+
+    /// How many of `hashes`, from the first, `peer` was recently given.
+    pub fn run(&mut self, peer: &PeerId, hashes: &[[u8; 32]], now: Instant) -> usize {
+        self.expire(now);
+        hashes.iter().take_while(|h| self.at.get(*h).is_some_and(|(p, _)| p == peer)).count()
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(h, t)) = self.order.front() {
+            if now.duration_since(t) < RECENT_FOR && self.order.len() <= RECENT_BLOCKS {
+                break;
+            }
+            self.order.pop_front();
+            if self.at.get(&h).is_some_and(|(_, at)| *at == t) {
+                self.at.remove(&h);
+            }
+        }
+    }
+}
+
 /// Peers not to ask for a while (they failed or served a bad block), with an injected
 /// clock.
 #[derive(Debug, Default)]
@@ -104,6 +149,23 @@ mod tests {
         // Nobody holds block 0: nothing to fetch.
         assert!(plan(&[(c, &tail)], &h, 0).is_empty());
         assert!(plan(&[], &h, 0).is_empty());
+    }
+
+    #[test]
+    fn recent_placements_count_until_the_adverts_take_over() {
+        let h = hashes(8);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let mut recent = Recent::default();
+        let t0 = Instant::now();
+        recent.note(a, &h[..5], t0);
+        assert_eq!(recent.run(&a, &h, t0), 5);
+        assert_eq!(recent.run(&b, &h, t0), 0);
+        // The same prefix placed on b later: b's now.
+        recent.note(b, &h[..3], t0 + Duration::from_secs(1));
+        assert_eq!(recent.run(&b, &h, t0 + Duration::from_secs(1)), 3);
+        assert_eq!(recent.run(&a, &h, t0 + Duration::from_secs(1)), 0);
+        assert_eq!(recent.run(&b, &h, t0 + RECENT_FOR + Duration::from_secs(2)), 0, "expired");
+        assert!(recent.at.is_empty() && recent.order.is_empty());
     }
 
     #[test]
