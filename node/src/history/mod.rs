@@ -7,7 +7,7 @@
 //!   [`crate::placement`] order).
 //! - [`book`]: the state machine of appends (acknowledged once W owners have an entry
 //!   durable; short of W, kept here as a durable hint until they do), reads (ask the
-//!   owners, merge, deduplicate by id, verify) and the answers to peers.
+//!   owners, merge, deduplicate by id, verify; in `reads.rs`) and the answers to peers.
 //! - [`sync`]: anti-entropy (per-shard fingerprints compared every `sync_interval`) and
 //!   hand-off; [`reconcile`]: range-based set reconciliation of one shard.
 //! - [`writer`]: the thread that makes entries durable (WAL synced, group commit).
@@ -27,6 +27,7 @@ pub mod actor;
 pub mod book;
 pub mod entry;
 pub mod owners;
+mod reads;
 pub mod reconcile;
 pub mod sync;
 pub mod writer;

@@ -163,13 +163,7 @@ async fn keep_pushed(stream: &mut libp2p::Stream, models: &Models, model: ModelI
 /// Pushes `blocks` (of `model`) to `peer` to keep.
 pub async fn push(control: &mut libp2p_stream::Control, peer: PeerId, model: ModelId, blocks: &[Arc<KvBlock>]) -> Result<(), FetchError> {
     let request = KvRequest::Push { model_id: model.0, blocks: u32::try_from(blocks.len()).unwrap_or(u32::MAX) };
-    let mut stream = tokio::time::timeout(OPEN_DEADLINE, async {
-        let mut stream = control.open_stream(peer, libp2p::StreamProtocol::new(KV_PROTOCOL)).await.map_err(|e| FetchError::Open(e.to_string()))?;
-        frames::write(&mut stream, &request).await.map_err(|e| FetchError::Open(e.to_string()))?;
-        Ok::<_, FetchError>(stream)
-    })
-    .await
-    .map_err(|_| FetchError::Timeout(OPEN_DEADLINE))??;
+    let mut stream = open(control, peer, &request).await?;
     for block in blocks {
         write_frame(&mut stream, KvFrameKind::Block, &block.export()).await?;
     }
@@ -219,13 +213,7 @@ async fn fetch_into(
     got: &mut Vec<KvBlock>,
 ) -> Result<(), FetchError> {
     let request = KvRequest::Fetch { model_id: model.0, hashes: hashes.iter().map(|h| h.0).collect() };
-    let mut stream = tokio::time::timeout(OPEN_DEADLINE, async {
-        let mut stream = control.open_stream(peer, libp2p::StreamProtocol::new(KV_PROTOCOL)).await.map_err(|e| FetchError::Open(e.to_string()))?;
-        frames::write(&mut stream, &request).await.map_err(|e| FetchError::Open(e.to_string()))?;
-        Ok::<_, FetchError>(stream)
-    })
-    .await
-    .map_err(|_| FetchError::Timeout(OPEN_DEADLINE))??;
+    let mut stream = open(control, peer, &request).await?;
     let expected = KvBlock::export_len(&layout);
     let mut buf = Vec::with_capacity(expected);
     for (index, hash) in hashes.iter().enumerate() {
@@ -256,6 +244,17 @@ async fn fetch_into(
     }
     let _ = stream.close().await;
     Ok(())
+}
+
+/// A block stream to `peer` with `request` written, within [`OPEN_DEADLINE`].
+async fn open(control: &mut libp2p_stream::Control, peer: PeerId, request: &KvRequest) -> Result<libp2p::Stream, FetchError> {
+    tokio::time::timeout(OPEN_DEADLINE, async {
+        let mut stream = control.open_stream(peer, libp2p::StreamProtocol::new(KV_PROTOCOL)).await.map_err(|e| FetchError::Open(e.to_string()))?;
+        frames::write(&mut stream, request).await.map_err(|e| FetchError::Open(e.to_string()))?;
+        Ok(stream)
+    })
+    .await
+    .map_err(|_| FetchError::Timeout(OPEN_DEADLINE))?
 }
 
 async fn read_exact(stream: &mut libp2p::Stream, buf: &mut [u8]) -> Result<(), FetchError> {

@@ -227,6 +227,7 @@ pub struct ModelWorker {
     info: ModelInfo,
     load: Arc<Load>,
     pool: SharedPool,
+    model_id: ModelId,
     tokenizer: Arc<prompt::PromptTokenizer>,
 }
 
@@ -245,7 +246,8 @@ impl ModelWorker {
             return Err(ServeError::Generate(format!("cannot start the model thread: {e}")));
         }
         let loaded = ready_rx.await.map_err(|_| ServeError::Stopped)??;
-        Ok(Self { inbox, capacity: loaded.capacity, info: loaded.info, load: loaded.load, pool: loaded.pool, tokenizer: loaded.tokenizer })
+        let model_id = loaded.pool.lock().model();
+        Ok(Self { inbox, capacity: loaded.capacity, info: loaded.info, load: loaded.load, pool: loaded.pool, model_id, tokenizer: loaded.tokenizer })
     }
 
     /// The model's KV block pool (shared with the worker).
@@ -260,7 +262,7 @@ impl ModelWorker {
 
     /// The model's id (BLAKE3 of its files).
     pub fn model_id(&self) -> ModelId {
-        self.pool.lock().model()
+        self.model_id
     }
 
     /// What the model needs and how fast it ran at start (for the advert).
