@@ -299,8 +299,10 @@ async fn a_peer_outside_the_swarm_gets_no_blocks() {
     let layout = a.model().unwrap().pool().lock().layout();
     let (got, error) = pyagent_node::kv::transfer::fetch_run(&mut outsider.inference().control(), a.peer_id(), id, layout, &hashes, pyagent_engine::kv::hash::ROOT).await;
     assert!(got.is_empty());
-    let error = error.expect("refused").to_string();
-    assert!(error.contains("only members") || error.contains("cannot open"), "{error}");
+    // Refused by a, or the connection to a closed first (the namespaces differ): either
+    // way an error, never blocks.
+    let error = error.expect("an outsider's fetch must fail").to_string();
+    assert!(error.contains("only members") || error.contains("cannot open") || error.contains("closed"), "{error}");
     assert_eq!(a.kv().stats().blocks_served, 0);
     outsider.shutdown().await;
     a.shutdown().await;
