@@ -59,6 +59,7 @@ async fn cold(model: &Path, prompt: &[u32]) -> Output {
         ram_available: 1 << 34,
         provider: pyagent_node::config::ProviderChoice::Cpu,
         vram_free: None,
+        role: Default::default(),
     };
     let worker = ModelWorker::start(config).await.unwrap();
     worker.generate(prompt.to_vec(), options()).await.unwrap()

@@ -101,6 +101,7 @@ async fn cuda_is_used_only_where_it_exists_and_asking_for_it_without_says_why() 
         ram_available: 1 << 30,
         provider,
         vram_free: None,
+        role: Default::default(),
     };
     // No GPU found: auto runs on the CPU and says so in the advert.
     let auto = pyagent_node::serving::ModelWorker::start(config(pyagent_node::config::ProviderChoice::Auto)).await.unwrap();

@@ -226,6 +226,7 @@ impl Node {
                 ram_available,
                 provider: settings.provider,
                 vram_free,
+                role: settings.role,
             })
             .collect();
         let models = Models::start(serve).await;
@@ -285,7 +286,7 @@ impl Node {
         let p2p_addrs = task.listen_addrs();
         let router_task = tokio::spawn(task.run());
         let executor = crate::inference::executor::start(streams.clone(), models.clone(), client.clone());
-        let (kv, kv_server) = crate::kv::KvExchange::start(peer_id, streams.clone(), &models, client.clone(), settings.kv_fetch, kv_counters);
+        let (kv, kv_server) = crate::kv::KvExchange::start(peer_id, streams.clone(), &models, client.clone(), settings.kv_fetch, settings.role, kv_counters);
         let inference = crate::inference::Inference::new(peer_id, models.clone(), client.clone(), streams).with_kv(kv.clone());
         // From here on, a failure must stop the router again.
         let rest = async {

@@ -90,6 +90,51 @@ pub struct InferenceCapacity {
     /// from it, and what placement credits it with.
     #[serde(default)]
     pub kv_blocks: crate::kv::KvSummary,
+    /// What the node does with the model (`--role`): placement sends requests to
+    /// `decode` and `both` nodes; `decode` nodes hand prompts to `prefill` nodes.
+    #[serde(default)]
+    pub role: InferenceRole,
+}
+
+/// A node's part in serving a model (disaggregated prefill and decode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InferenceRole {
+    /// Runs whole requests: prefill and decode.
+    #[default]
+    Both,
+    /// Computes prompts' KV blocks for decode nodes; runs requests only when no other
+    /// node can.
+    Prefill,
+    /// Runs requests, and has a prefill node compute their prompts' blocks when one is
+    /// there (else computes them itself).
+    Decode,
+}
+
+impl InferenceRole {
+    pub const ALL: [Self; 3] = [Self::Both, Self::Prefill, Self::Decode];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Both => "both",
+            Self::Prefill => "prefill",
+            Self::Decode => "decode",
+        }
+    }
+}
+
+impl std::fmt::Display for InferenceRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for InferenceRole {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| format!("unknown role {s:?}: prefill, decode or both"))
+    }
 }
 
 /// One GPU.

@@ -21,6 +21,12 @@
 //! it would drop, as `Block` frames, to a peer that advertises free KV memory; the peer
 //! checks each one and keeps it, and its summary then advertises it, so the node fetches
 //! it back like any other block.
+//!
+//! **Disaggregated prefill**: a decode-role node writes [`KvRequest::Prefill`] with the
+//! prompt's tokens (whole blocks) to a prefill-role peer; the peer computes their KV
+//! blocks (reusing any it holds) and answers as for a `Fetch` of their hashes from block
+//! `from` on. The requester computes those hashes from the tokens itself, so every block
+//! is checked against what it asked for, as in a fetch.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +36,10 @@ pub const KV_PROTOCOL: &str = "/pyagent/kv/1";
 pub const MAX_KV_REQUEST_BYTES: usize = 64 * 1024;
 /// Most blocks one request asks for (4,096 tokens of prefix).
 pub const MAX_FETCH_BLOCKS: usize = 256;
+/// Tokens per KV block (`pyagent_engine::kv::BLOCK_TOKENS`; the node checks they agree).
+pub const BLOCK_TOKENS: usize = 16;
+/// Most tokens one prefill request carries (the blocks of [`MAX_FETCH_BLOCKS`]).
+pub const MAX_PREFILL_TOKENS: usize = MAX_FETCH_BLOCKS * BLOCK_TOKENS;
 /// Largest payload of one answer frame: one block of a very large model (80 layers, 8 KV
 /// heads of 128, fp32 is 10.5 MB).
 pub const MAX_KV_FRAME_BYTES: usize = 32 << 20;
@@ -169,6 +179,9 @@ pub enum KvRequest {
     /// frames of kind `Block` follow; each is checked and kept in the model's pool, and
     /// served from there like the node's own.
     Push { model_id: [u8; 32], blocks: u32 },
+    /// Compute the KV blocks of `tokens` (whole blocks of a prompt's start, at most
+    /// [`MAX_PREFILL_TOKENS`]) and answer with blocks `from..` of them, as for a `Fetch`.
+    Prefill { model_id: [u8; 32], tokens: Vec<u32>, from: u32 },
 }
 
 /// Why a request is refused before it is served.
@@ -178,6 +191,10 @@ pub enum KvRequestError {
     Empty,
     #[error("{0} blocks asked for, limit {MAX_FETCH_BLOCKS}")]
     TooMany(usize),
+    #[error("{0} tokens to prefill: not whole blocks of {BLOCK_TOKENS}")]
+    PartBlock(usize),
+    #[error("blocks from {from} asked for, of a prompt of {blocks} blocks")]
+    FromPastEnd { from: u32, blocks: usize },
 }
 
 impl KvRequest {
@@ -189,6 +206,13 @@ impl KvRequest {
             Self::Push { blocks: 0, .. } => Err(KvRequestError::Empty),
             Self::Push { blocks, .. } if *blocks as usize > MAX_FETCH_BLOCKS => Err(KvRequestError::TooMany(*blocks as usize)),
             Self::Push { .. } => Ok(()),
+            Self::Prefill { tokens, .. } if tokens.is_empty() => Err(KvRequestError::Empty),
+            Self::Prefill { tokens, .. } if tokens.len() % BLOCK_TOKENS != 0 => Err(KvRequestError::PartBlock(tokens.len())),
+            Self::Prefill { tokens, .. } if tokens.len() > MAX_PREFILL_TOKENS => Err(KvRequestError::TooMany(tokens.len() / BLOCK_TOKENS)),
+            Self::Prefill { tokens, from, .. } if *from as usize >= tokens.len() / BLOCK_TOKENS => {
+                Err(KvRequestError::FromPastEnd { from: *from, blocks: tokens.len() / BLOCK_TOKENS })
+            }
+            Self::Prefill { .. } => Ok(()),
         }
     }
 }
@@ -312,6 +336,16 @@ mod tests {
         assert_eq!(push(0).validate(), Err(KvRequestError::Empty));
         assert_eq!(push(MAX_FETCH_BLOCKS as u32 + 1).validate(), Err(KvRequestError::TooMany(MAX_FETCH_BLOCKS + 1)));
         assert_eq!(push(3).validate(), Ok(()));
+        let prefill = |tokens: usize, from: u32| KvRequest::Prefill { model_id: [0; 32], tokens: vec![5; tokens], from };
+        assert_eq!(prefill(0, 0).validate(), Err(KvRequestError::Empty));
+        assert_eq!(prefill(40, 0).validate(), Err(KvRequestError::PartBlock(40)));
+        assert_eq!(prefill(MAX_PREFILL_TOKENS + BLOCK_TOKENS, 0).validate(), Err(KvRequestError::TooMany(MAX_FETCH_BLOCKS + 1)));
+        assert_eq!(prefill(48, 3).validate(), Err(KvRequestError::FromPastEnd { from: 3, blocks: 3 }));
+        assert_eq!(prefill(48, 2).validate(), Ok(()));
+        assert_eq!(prefill(MAX_PREFILL_TOKENS, 0).validate(), Ok(()));
+        // The largest prefill request fits a request frame.
+        let frame = crate::codec::encode(&KvRequest::Prefill { model_id: [0xff; 32], tokens: vec![u32::MAX; MAX_PREFILL_TOKENS], from: 0 }).unwrap();
+        assert!(frame.len() <= MAX_KV_REQUEST_BYTES, "{} bytes", frame.len());
         assert_eq!(parse_header(frame_header(KvFrameKind::Block, 1000), 1000), Ok((KvFrameKind::Block, 1000)));
         assert_eq!(parse_header(frame_header(KvFrameKind::Block, 1001), 1000), Err(KvFrameError::TooLarge(1001, 1000)));
         assert_eq!(parse_header([9, 0, 0, 0, 0], 10), Err(KvFrameError::Kind(9)));

@@ -33,6 +33,6 @@ pub mod vote;
 #[cfg(test)]
 mod wire_properties;
 
-pub use advert::{Advert, AdvertError, Capacity, GpuInfo, InferenceCapacity};
+pub use advert::{Advert, AdvertError, Capacity, GpuInfo, InferenceCapacity, InferenceRole};
 pub use codec::{CodecError, decode, encode};
 pub use swarm::{IdentifyProtocol, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, SwarmNamespace, VersionRange};

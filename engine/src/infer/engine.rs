@@ -143,6 +143,33 @@ impl Engine {
         Ok(super::speculative::generate(&mut self.decoder, prompt, max_tokens, k, &eos)?)
     }
 
+    /// Computes the KV blocks of `tokens` (whole blocks) into the pool, reusing those it
+    /// holds, without generating: the prefill half of a disaggregated request. Returns how
+    /// many of them were computed (0: all were held).
+    pub fn prefill_blocks(&mut self, tokens: &[u32]) -> Result<usize, EngineError> {
+        if tokens.is_empty() || !tokens.len().is_multiple_of(BLOCK_TOKENS) {
+            return Err(ModelError::Run(format!("{} tokens are not whole blocks of {BLOCK_TOKENS}", tokens.len())).into());
+        }
+        let vocab = self.model.config.vocab_size;
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab as usize) {
+            return Err(ModelError::Run(format!("token {bad} is outside the vocabulary of {vocab}")).into());
+        }
+        let hashes = block_hashes(&self.model.id, tokens);
+        if self.pool.lock().held_run(&hashes) == hashes.len() {
+            return Ok(0);
+        }
+        let (_, state, reused) = self.prefill(tokens, 0)?;
+        self.decoder.release();
+        let parent = reused.checked_sub(1).map_or(ROOT, |i| hashes[i]);
+        let blocks = cache::blocks_of(self.model.id, self.model.config.kv_layout(), &state, tokens, reused, parent)?;
+        let computed = blocks.len();
+        let mut pool = self.pool.lock();
+        for block in blocks {
+            pool.insert(block)?;
+        }
+        Ok(computed)
+    }
+
     /// Prefills `prompt` (reusing cached blocks) in chunks of `prefill_chunk` tokens and
     /// returns the last position's logits, the cache, and how many prompt blocks came from
     /// the pool. Storing the new blocks waits until the generation is over: it is not on

@@ -340,6 +340,11 @@ pub struct NodeArgs {
     /// Compute every prompt prefix here instead of fetching the KV blocks peers hold.
     #[arg(long)]
     pub no_kv_fetch: bool,
+    /// This node's part in serving: prefill (computes prompts' KV blocks for decode
+    /// nodes), decode (runs requests, prompts prefilled by a prefill node when there is
+    /// one) or both [default: both].
+    #[arg(long, value_name = "ROLE")]
+    pub role: Option<pyagent_protocol::InferenceRole>,
     /// OpenAI-compatible HTTP API [default: 127.0.0.1:7763].
     #[arg(long, value_name = "IP:PORT")]
     pub http: Option<SocketAddr>,
@@ -385,6 +390,7 @@ impl NodeArgs {
             models: (!self.model.is_empty()).then(|| self.model.clone()),
             provider: self.provider,
             kv_fetch: self.no_kv_fetch.then_some(false),
+            role: self.role,
             kv_host_mb: self.kv_host_mb,
             ort_lib: self.ort_lib.clone(),
             http: self.no_http.then_some(false),

@@ -148,8 +148,16 @@ pub fn render_status(s: &StatusResult) -> String {
         (
             "kv blocks",
             format!(
-                "{} fetched, {} served, {} fetch failures ({} bad blocks), {} prefixes partly computed instead",
-                s.kv.blocks_fetched, s.kv.blocks_served, s.kv.fetch_failures, s.kv.bad_blocks, s.kv.fallbacks
+                "{} fetched, {} served, {} fetch failures ({} bad blocks), {} prefixes partly computed instead, {} offloaded, {} kept for peers, {} prefilled by peers, {} prompts prefilled for peers",
+                s.kv.blocks_fetched,
+                s.kv.blocks_served,
+                s.kv.fetch_failures,
+                s.kv.bad_blocks,
+                s.kv.fallbacks,
+                s.kv.blocks_offloaded,
+                s.kv.blocks_kept_for_peers,
+                s.kv.blocks_prefilled_by_peers,
+                s.kv.prefills_served
             ),
         ),
         ("data dir", s.data_dir.clone()),

@@ -27,6 +27,7 @@ pub struct Overrides {
     pub models: Option<Vec<PathBuf>>,
     pub provider: Option<super::ProviderChoice>,
     pub kv_fetch: Option<bool>,
+    pub role: Option<pyagent_protocol::InferenceRole>,
     pub kv_host_mb: Option<u64>,
     pub ort_lib: Option<PathBuf>,
     pub http: Option<bool>,
@@ -51,6 +52,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PYAGENT_MODELS", "inference.models (comma-separated directories)"),
     ("PYAGENT_PROVIDER", "inference.provider (auto/cpu/cuda)"),
     ("PYAGENT_KV_FETCH", "inference.kv_fetch (true/false)"),
+    ("PYAGENT_ROLE", "inference.role (prefill, decode or both)"),
     ("PYAGENT_KV_HOST_MB", "inference.kv_host_mb"),
     ("PYAGENT_HTTP", "http.enabled (true/false)"),
     ("PYAGENT_HTTP_BIND", "http.bind"),
@@ -126,6 +128,7 @@ impl Overrides {
                 })
                 .transpose()?,
             kv_fetch: parse_env_bool(&vars, "PYAGENT_KV_FETCH")?,
+            role: parse_env(&vars, "PYAGENT_ROLE")?,
             kv_host_mb: parse_env(&vars, "PYAGENT_KV_HOST_MB")?,
             http: parse_env_bool(&vars, "PYAGENT_HTTP")?,
             http_bind: parse_env(&vars, "PYAGENT_HTTP_BIND")?,

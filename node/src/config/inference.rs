@@ -19,6 +19,11 @@ pub struct InferenceConfig {
     /// Before prefill, fetch the prompt's prefix blocks from peers that hold them (the
     /// swarm's KV exchange). Off: compute every prefix here (blocks are still served).
     pub kv_fetch: bool,
+    /// This node's part in serving: `both` (default) runs whole requests; `decode` runs
+    /// requests and has a `prefill` peer compute their prompts' KV blocks when one is
+    /// there; `prefill` computes prompts for decode peers and gets requests only when no
+    /// other node serves the model.
+    pub role: pyagent_protocol::InferenceRole,
     /// Where models run: `auto` (the CUDA execution provider when an NVIDIA GPU is found
     /// and the runtime has it, else the CPU), `cpu`, or `cuda` (fail rather than fall back).
     pub provider: ProviderChoice,
@@ -36,6 +41,6 @@ pub enum ProviderChoice {
 
 impl Default for InferenceConfig {
     fn default() -> Self {
-        Self { models: Vec::new(), ort_lib: None, kv_host_mb: 256, kv_fetch: true, provider: ProviderChoice::Auto }
+        Self { models: Vec::new(), ort_lib: None, kv_host_mb: 256, kv_fetch: true, role: pyagent_protocol::InferenceRole::Both, provider: ProviderChoice::Auto }
     }
 }

@@ -245,6 +245,7 @@ impl Config {
         set(&mut self.inference.models, o.models);
         set(&mut self.inference.provider, o.provider);
         set(&mut self.inference.kv_fetch, o.kv_fetch);
+        set(&mut self.inference.role, o.role);
         set(&mut self.inference.kv_host_mb, o.kv_host_mb);
         if o.ort_lib.is_some() {
             self.inference.ort_lib = o.ort_lib;
@@ -360,6 +361,7 @@ impl Config {
             ort_lib: self.inference.ort_lib.clone(),
             kv_host_bytes: self.inference.kv_host_mb << 20,
             kv_fetch: self.inference.kv_fetch,
+            role: self.inference.role,
             protocol_versions: VersionRange::SUPPORTED,
             data_dir,
             namespace,
@@ -445,6 +447,8 @@ pub struct Settings {
     pub kv_host_bytes: u64,
     /// Fetch prompt prefixes from peers that hold them before prefill.
     pub kv_fetch: bool,
+    /// `--role`: prefill, decode or both.
+    pub role: pyagent_protocol::InferenceRole,
     /// The history DHT's replication.
     pub history: HistorySettings,
     /// The OpenAI-compatible HTTP API; `None`: off.

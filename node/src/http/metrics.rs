@@ -89,7 +89,7 @@ impl Default for Metrics {
         registry.register("kv_blocks_evicted", "KV blocks evicted from the pool (this run)", m.kv_evicted.clone());
         registry.register(
             "kv_exchange",
-            "KV blocks between peers (this run), by what: blocks_fetched, bytes_fetched, blocks_served, bytes_served, fetch_failures, bad_blocks, fallbacks (prefixes partly computed instead), fetch_bytes_per_second",
+            "KV blocks between peers (this run), by what: blocks_fetched, bytes_fetched, blocks_served, bytes_served, fetch_failures, bad_blocks, fallbacks (prefixes partly computed instead), blocks_offloaded, blocks_kept_for_peers, prefills_served, blocks_prefilled_by_peers, fetch_bytes_per_second",
             m.exchange.clone(),
         );
         registry.register("connected_peers", "Peers with an open connection", m.peers.clone());
@@ -154,6 +154,10 @@ pub(super) async fn render(State(state): State<Arc<AppState>>) -> Response {
             ("fetch_failures", s.fetch_failures as i64),
             ("bad_blocks", s.bad_blocks as i64),
             ("fallbacks", s.fallbacks as i64),
+            ("blocks_offloaded", s.blocks_offloaded as i64),
+            ("blocks_kept_for_peers", s.blocks_kept_for_peers as i64),
+            ("prefills_served", s.prefills_served as i64),
+            ("blocks_prefilled_by_peers", s.blocks_prefilled_by_peers as i64),
             ("fetch_bytes_per_second", s.fetch_bytes_per_s as i64),
         ];
         for (what, value) in values {

@@ -411,6 +411,7 @@ fn candidate(peer: PeerId, c: &InferenceCapacity, extra: Outstanding, credit: cr
         cached_tokens: credit.held_tokens,
         fetchable_tokens: credit.fetchable_tokens,
         fetch_rate,
+        prefill_only: c.role == pyagent_protocol::InferenceRole::Prefill,
     }
 }
 

@@ -25,25 +25,40 @@
 //! without peers. Peers rank after the disk tier (a node with a disk budget drops, and so
 //! offloads, only what its disk cannot hold).
 //!
+//! **Roles** (`--role`, advertised with each model): a `prefill` node ranks after every
+//! other candidate in placement, so requests go to the others; a `decode` node answers no
+//! prefill requests, and when its peers hold only part of a prompt's prefix it asks the
+//! prefill peer expected to be done soonest (`credit::prefill_peer`) to compute the
+//! prompt's blocks (a `Prefill` request on the same stream protocol), fetches them as it
+//! would held ones and decodes. If that fails or runs past three times the peer's
+//! advertised rate (at most [`transfer::MAX_PREFILL_DEADLINE`]) it computes the rest
+//! itself. `both` (the default) does each part itself.
+//!
+//! - [`credit`]: what placement credits a candidate with; which prefill peer (pure).
 //! - [`plan`]: which peer serves which blocks (pure).
 //! - [`transfer`]: the stream protocol, both sides.
 
+pub mod credit;
 pub mod plan;
 pub mod transfer;
 
-use std::collections::HashMap;
+pub use credit::{Credit, credits};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use pyagent_engine::kv::{BLOCK_TOKENS, BlockHash, KvBlock, KvLayout, ModelId, hash::ROOT};
-use pyagent_protocol::InferenceCapacity;
+use pyagent_protocol::{InferenceCapacity, InferenceRole};
 use pyagent_protocol::kv::KvSummary;
 use tokio::task::JoinHandle;
 
 use crate::p2p::NodeClient;
 use crate::serving::{BlockSource, Models};
+
+// Blocks are named the same on the wire as in the engine.
+const _: () = assert!(pyagent_protocol::kv::BLOCK_TOKENS == BLOCK_TOKENS);
 
 /// Longest a whole prefix fetch may take before prefill goes on without what is missing.
 pub const FETCH_DEADLINE: Duration = Duration::from_secs(10);
@@ -66,6 +81,10 @@ pub struct Counters {
     /// Dropped blocks pushed to a peer, and blocks peers pushed here.
     pub blocks_offloaded: AtomicU64,
     pub blocks_kept_for_peers: AtomicU64,
+    /// Prompts prefilled here for decode peers, and blocks prefill peers computed for
+    /// this node.
+    pub prefills_served: AtomicU64,
+    pub blocks_prefilled_by_peers: AtomicU64,
     /// Fetch rate measured (bytes/s, an f64's bits; 0 until the first fetch).
     rate_bits: AtomicU64,
 }
@@ -105,6 +124,8 @@ impl Counters {
             fallbacks: get(&self.fallbacks),
             blocks_offloaded: get(&self.blocks_offloaded),
             blocks_kept_for_peers: get(&self.blocks_kept_for_peers),
+            prefills_served: get(&self.prefills_served),
+            blocks_prefilled_by_peers: get(&self.blocks_prefilled_by_peers),
             fetch_bytes_per_s: f64::from_bits(get(&self.rate_bits)),
         }
     }
@@ -131,6 +152,9 @@ struct Inner {
     /// Workers fetch missing prefixes (off: `--no-kv-fetch`; blocks are still served and
     /// offloaded).
     fetch: bool,
+    /// This node's part (`--role`): a decode node has prefill peers compute the blocks
+    /// of a prompt that no peer holds.
+    role: InferenceRole,
 }
 
 /// Batches of dropped blocks waiting to be pushed to a peer.
@@ -146,11 +170,12 @@ impl KvExchange {
     /// Serves this node's blocks to members, offloads the blocks its pools drop, and,
     /// when `fetch` is on, makes every worker fetch missing prefixes before prefill. Must run inside the tokio runtime.
     /// `counters` are shared with whoever reports them (`pyagent status`).
-    pub fn start(me: PeerId, control: libp2p_stream::Control, models: &Models, client: NodeClient, fetch: bool, counters: Arc<Counters>) -> (Self, Option<JoinHandle<()>>) {
-        let server = if models.is_empty() { None } else { transfer::serve(control.clone(), models.clone(), client.clone(), counters.clone()) };
+    pub fn start(me: PeerId, control: libp2p_stream::Control, models: &Models, client: NodeClient, fetch: bool, role: InferenceRole, counters: Arc<Counters>) -> (Self, Option<JoinHandle<()>>) {
+        let prefill = role != InferenceRole::Decode;
+        let server = if models.is_empty() { None } else { transfer::serve(control.clone(), models.clone(), client.clone(), counters.clone(), prefill) };
         let (offload, batches) = tokio::sync::mpsc::channel(OFFLOAD_QUEUE);
         let exchange = Self {
-            inner: Arc::new(Inner { me, control, client, counters, cooldowns: Mutex::default(), runtime: tokio::runtime::Handle::current(), offload, fetch }),
+            inner: Arc::new(Inner { me, control, client, counters, cooldowns: Mutex::default(), runtime: tokio::runtime::Handle::current(), offload, fetch, role }),
         };
         // Ends when the last handle (and with it the sender) is gone.
         tokio::spawn(exchange.clone().offloader(batches));
@@ -185,8 +210,61 @@ impl KvExchange {
             .collect()
     }
 
-    /// Blocks `hashes[from..]` from the peers that hold them (see the module docs).
-    pub async fn fetch(&self, model: ModelId, layout: KvLayout, hashes: &[BlockHash], from: usize) -> Vec<KvBlock> {
+    /// Blocks `hashes[from..]` (those of `tokens`) from the peers that hold them, and on
+    /// a decode node the rest from a prefill peer (see the module docs).
+    pub async fn fetch(&self, model: ModelId, layout: KvLayout, tokens: &[u32], hashes: &[BlockHash], from: usize) -> Vec<KvBlock> {
+        let mut blocks = self.fetch_held(model, layout, hashes, from).await;
+        let at = from + blocks.len();
+        if self.inner.role == InferenceRole::Decode && at < hashes.len() {
+            blocks.extend(self.prefill_elsewhere(model, layout, tokens, hashes, at).await);
+        }
+        blocks
+    }
+
+    /// The blocks of `tokens` from block `from` on, computed by the prefill peer expected
+    /// to be done soonest; none when there is no such peer or it fails (the worker then
+    /// computes them).
+    async fn prefill_elsewhere(&self, model: ModelId, layout: KvLayout, tokens: &[u32], hashes: &[BlockHash], from: usize) -> Vec<KvBlock> {
+        let blocks = hashes.len().min(pyagent_protocol::kv::MAX_FETCH_BLOCKS).min(tokens.len() / BLOCK_TOKENS);
+        if from >= blocks {
+            return Vec::new();
+        }
+        let Ok(peers) = self.inner.client.peers().await else { return Vec::new() };
+        let id = model.to_string();
+        let choice = {
+            let now = Instant::now();
+            let mut cooldowns = self.inner.cooldowns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let able: Vec<(PeerId, &InferenceCapacity)> = peers
+                .iter()
+                .filter(|p| p.connected)
+                .filter_map(|p| Some((p.peer_id.parse::<PeerId>().ok()?, p.capacity.models.iter().find(|m| m.model_id == id)?)))
+                .filter(|(peer, _)| *peer != self.inner.me && !cooldowns.is_cooling(peer, now))
+                .collect();
+            credit::prefill_peer(&able, blocks * BLOCK_TOKENS)
+        };
+        let Some((peer, expected)) = choice else { return Vec::new() };
+        // Three times what its advert promises, and a margin for the connection.
+        let deadline = Duration::try_from_secs_f64(expected * 3.0 + 5.0).unwrap_or(transfer::MAX_PREFILL_DEADLINE);
+        let started = Instant::now();
+        let mut control = self.inner.control.clone();
+        let (got, error) = {
+            let ask = transfer::PrefillAsk { model, layout, tokens: &tokens[..blocks * BLOCK_TOKENS], hashes: &hashes[..blocks] };
+            transfer::prefill_run(&mut control, peer, ask, from, deadline).await
+        };
+        if let Some(e) = &error {
+            self.failed(peer, e);
+        }
+        let c = &self.inner.counters;
+        c.blocks_prefilled_by_peers.fetch_add(got.len() as u64, Ordering::Relaxed);
+        if got.len() < blocks - from {
+            c.fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(%peer, prefilled = got.len(), asked = blocks - from, ms = started.elapsed().as_millis() as u64, "prompt prefilled by a peer");
+        got
+    }
+
+    /// Blocks `hashes[from..]` from the peers that hold them.
+    async fn fetch_held(&self, model: ModelId, layout: KvLayout, hashes: &[BlockHash], from: usize) -> Vec<KvBlock> {
         let holders = self.holders(&model).await;
         let raw: Vec<[u8; 32]> = hashes.iter().map(|h| h.0).collect();
         let parts = plan::plan(&holders.iter().map(|(p, s)| (*p, s)).collect::<Vec<_>>(), &raw, from);
@@ -293,14 +371,14 @@ impl KvExchange {
 }
 
 impl BlockSource for KvExchange {
-    fn fetch(&self, model: ModelId, layout: KvLayout, hashes: &[BlockHash], from: usize) -> Vec<KvBlock> {
+    fn fetch(&self, model: ModelId, layout: KvLayout, tokens: &[u32], hashes: &[BlockHash], from: usize) -> Vec<KvBlock> {
         if !self.inner.fetch {
             return Vec::new();
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (me, hashes) = (self.clone(), hashes.to_vec());
+        let (me, tokens, hashes) = (self.clone(), tokens.to_vec(), hashes.to_vec());
         self.inner.runtime.spawn(async move {
-            let _ = tx.send(me.fetch(model, layout, &hashes, from).await);
+            let _ = tx.send(me.fetch(model, layout, &tokens, &hashes, from).await);
         });
         // The worker's own thread, outside the runtime: waiting here holds only this model.
         rx.blocking_recv().unwrap_or_default()
@@ -310,60 +388,5 @@ impl BlockSource for KvExchange {
         if self.inner.offload.try_send(blocks).is_err() {
             tracing::debug!("KV offload queue full: dropped blocks let go");
         }
-    }
-}
-
-/// What placement credits one candidate with for a prompt's blocks: the run it holds
-/// itself, and the run after that which it could fetch from other holders.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Credit {
-    pub held_tokens: u64,
-    pub fetchable_tokens: u64,
-}
-
-/// Credits for each candidate, from the summaries in the adverts (and this node's exact
-/// run for itself). `hashes` are the prompt's full blocks that prefill could skip.
-/// `recent(peer)` is the run this node has just placed there (not yet advertised).
-pub fn credits(
-    hashes: &[[u8; 32]],
-    candidates: &[(PeerId, Option<&InferenceCapacity>)],
-    local: Option<(PeerId, usize)>,
-    mut recent: impl FnMut(&PeerId) -> usize,
-) -> HashMap<PeerId, Credit> {
-    let runs: Vec<(PeerId, usize)> = candidates
-        .iter()
-        .map(|(peer, c)| match (local, c) {
-            (Some((me, run)), _) if me == *peer => (*peer, run),
-            (_, Some(c)) => (*peer, c.kv_blocks.run(hashes).max(recent(peer))),
-            (_, None) => (*peer, recent(peer)),
-        })
-        .collect();
-    let best = |except: PeerId| runs.iter().filter(|(p, _)| *p != except).map(|(_, n)| *n).max().unwrap_or(0);
-    runs.iter()
-        .map(|&(peer, held)| {
-            let fetchable = best(peer).saturating_sub(held);
-            (peer, Credit { held_tokens: (held * BLOCK_TOKENS) as u64, fetchable_tokens: (fetchable * BLOCK_TOKENS) as u64 })
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_candidate_is_credited_with_its_run_and_what_others_hold_beyond_it() {
-        let hashes: Vec<[u8; 32]> = (0..10u32).map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes()).collect();
-        let (a, b, me) = (PeerId::random(), PeerId::random(), PeerId::random());
-        let holds = |n: usize| InferenceCapacity { kv_blocks: KvSummary::of(&hashes[..n], 4096), ..Default::default() };
-        let (ca, cb) = (holds(8), holds(2));
-        let credit = credits(&hashes, &[(a, Some(&ca)), (b, Some(&cb)), (me, None)], Some((me, 4)), |_| 0);
-        assert_eq!(credit[&a], Credit { held_tokens: 128, fetchable_tokens: 0 });
-        assert_eq!(credit[&b], Credit { held_tokens: 32, fetchable_tokens: 96 });
-        assert_eq!(credit[&me], Credit { held_tokens: 64, fetchable_tokens: 64 });
-        // What this node just placed on b counts before b's advert says so.
-        let credit = credits(&hashes, &[(a, Some(&ca)), (b, Some(&cb))], None, |p| if *p == b { 10 } else { 0 });
-        assert_eq!(credit[&b], Credit { held_tokens: 160, fetchable_tokens: 0 });
-        assert_eq!(credit[&a], Credit { held_tokens: 128, fetchable_tokens: 32 });
     }
 }

@@ -1,13 +1,14 @@
 //! The block transfer stream protocol (`/pyagent/kv/1`, framing in
-//! `pyagent_protocol::kv`): serving this node's blocks to swarm members, and fetching a
-//! run of blocks from one peer with every block checked before it is used.
+//! `pyagent_protocol::kv`): serving this node's blocks to swarm members (and, on a
+//! prefill node, computing a decode peer's prompt first), and fetching a run of blocks
+//! from one peer with every block checked before it is used.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
-use pyagent_engine::kv::{BlockHash, KvBlock, KvLayout, ModelId};
+use pyagent_engine::kv::{BlockHash, KvBlock, KvLayout, ModelId, block_hashes};
 use pyagent_protocol::kv::{KV_FRAME_HEADER, KV_PROTOCOL, KvFrameKind, KvRequest, MAX_KV_REQUEST_BYTES, frame_header, parse_header};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -15,7 +16,7 @@ use tokio::task::JoinHandle;
 use super::Counters;
 use crate::inference::frames;
 use crate::p2p::NodeClient;
-use crate::serving::Models;
+use crate::serving::{ModelWorker, Models};
 
 /// Longest wait to open a stream and hand it the request.
 pub const OPEN_DEADLINE: Duration = Duration::from_secs(5);
@@ -23,6 +24,8 @@ pub const OPEN_DEADLINE: Duration = Duration::from_secs(5);
 pub const FRAME_DEADLINE: Duration = Duration::from_secs(5);
 /// Block streams served at once; more are refused.
 pub const MAX_SERVED_STREAMS: usize = 32;
+/// Longest a prefill peer may take to compute a prompt before its first block.
+pub const MAX_PREFILL_DEADLINE: Duration = Duration::from_secs(60);
 /// Longest reason a refusal carries.
 const MAX_REASON: usize = 1024;
 
@@ -50,8 +53,9 @@ impl FetchError {
     }
 }
 
-/// Starts serving block streams; abort the handle to stop.
-pub(super) fn serve(mut control: libp2p_stream::Control, models: Models, client: NodeClient, counters: Arc<Counters>) -> Option<JoinHandle<()>> {
+/// Starts serving block streams (and prompts to prefill, unless `prefill` is off: a
+/// decode node); abort the handle to stop.
+pub(super) fn serve(mut control: libp2p_stream::Control, models: Models, client: NodeClient, counters: Arc<Counters>, prefill: bool) -> Option<JoinHandle<()>> {
     let mut incoming = match control.accept(libp2p::StreamProtocol::new(KV_PROTOCOL)) {
         Ok(incoming) => incoming,
         Err(e) => {
@@ -70,7 +74,7 @@ pub(super) fn serve(mut control: libp2p_stream::Control, models: Models, client:
             tokio::spawn(async move {
                 let member = client.peers().await.is_ok_and(|peers| peers.iter().any(|p| p.peer_id == peer.to_string()));
                 if member {
-                    if let Err(e) = serve_one(&mut stream, &models, &counters).await {
+                    if let Err(e) = serve_one(&mut stream, &models, &counters, prefill).await {
                         tracing::debug!(%peer, "KV block stream ended: {e}");
                     }
                 } else {
@@ -95,7 +99,7 @@ async fn refuse(stream: &mut libp2p::Stream, reason: &str) {
     .await;
 }
 
-async fn serve_one(stream: &mut libp2p::Stream, models: &Models, counters: &Counters) -> Result<(), FetchError> {
+async fn serve_one(stream: &mut libp2p::Stream, models: &Models, counters: &Counters, prefill: bool) -> Result<(), FetchError> {
     let request = match tokio::time::timeout(OPEN_DEADLINE, frames::read::<_, KvRequest>(stream, MAX_KV_REQUEST_BYTES)).await {
         Ok(Ok(Some(request))) => request,
         Ok(Ok(None)) => return Ok(()),
@@ -113,16 +117,50 @@ async fn serve_one(stream: &mut libp2p::Stream, models: &Models, counters: &Coun
         return Err(FetchError::Frame(e.to_string()));
     }
     let (model_id, hashes) = match request {
-        KvRequest::Fetch { model_id, hashes } => (model_id, hashes),
+        KvRequest::Fetch { model_id, hashes } => (model_id, hashes.into_iter().map(BlockHash).collect()),
         KvRequest::Push { model_id, blocks } => return keep_pushed(stream, models, ModelId(model_id), blocks as usize, counters).await,
+        KvRequest::Prefill { .. } if !prefill => {
+            refuse(stream, "this node decodes only (--role decode); ask a prefill node").await;
+            return Ok(());
+        }
+        KvRequest::Prefill { model_id, tokens, from } => return serve_prefill(stream, models, ModelId(model_id), tokens, from as usize, counters).await,
     };
     let Some(worker) = models.by_id(&ModelId(model_id)) else {
         refuse(stream, &format!("this node does not host model {}", ModelId(model_id))).await;
         return Ok(());
     };
+    send_blocks(stream, worker, hashes, counters).await
+}
+
+/// Computes the blocks of a decode peer's prompt `tokens` (in turn with this node's own
+/// requests), then answers with blocks `from..` of them as for a fetch.
+async fn serve_prefill(stream: &mut libp2p::Stream, models: &Models, model: ModelId, tokens: Vec<u32>, from: usize, counters: &Counters) -> Result<(), FetchError> {
+    let Some(worker) = models.by_id(&model) else {
+        refuse(stream, &format!("this node does not host model {model}")).await;
+        return Ok(());
+    };
+    let hashes = block_hashes(&model, &tokens).split_off(from);
+    match tokio::time::timeout(MAX_PREFILL_DEADLINE, worker.prefill(tokens)).await {
+        Ok(Ok(computed)) => tracing::debug!(computed, "prompt prefilled for a decode peer"),
+        Ok(Err(e)) => {
+            refuse(stream, &format!("cannot prefill: {e}")).await;
+            return Ok(());
+        }
+        Err(_) => {
+            refuse(stream, "the prefill ran past its deadline").await;
+            return Err(FetchError::Timeout(MAX_PREFILL_DEADLINE));
+        }
+    }
+    counters.prefills_served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    send_blocks(stream, worker, hashes, counters).await
+}
+
+/// Answers with the blocks `hashes` from `worker`'s pool, in order, up to the first it
+/// lacks (answered `Missing`).
+async fn send_blocks(stream: &mut libp2p::Stream, worker: &ModelWorker, hashes: Vec<BlockHash>, counters: &Counters) -> Result<(), FetchError> {
     for hash in hashes {
         // Read under the lock, exported outside it.
-        let block = worker.pool().lock().peek(&BlockHash(hash)).map_err(|e| FetchError::Frame(format!("this node's pool: {e}")))?;
+        let block = worker.pool().lock().peek(&hash).map_err(|e| FetchError::Frame(format!("this node's pool: {e}")))?;
         let Some(block) = block else {
             write_frame(stream, KvFrameKind::Missing, &[]).await?;
             break;
@@ -198,27 +236,53 @@ pub async fn fetch_run(
     hashes: &[BlockHash],
     parent: BlockHash,
 ) -> (Vec<KvBlock>, Option<FetchError>) {
+    let request = KvRequest::Fetch { model_id: model.0, hashes: hashes.iter().map(|h| h.0).collect() };
+    let run = Run { model, layout, hashes, parent, first_frame: FRAME_DEADLINE };
     let mut got = Vec::with_capacity(hashes.len());
-    let error = fetch_into(control, peer, model, layout, hashes, parent, &mut got).await.err();
+    let error = fetch_into(control, peer, &request, &run, &mut got).await.err();
     (got, error)
 }
 
-async fn fetch_into(
-    control: &mut libp2p_stream::Control,
-    peer: PeerId,
+/// A prompt a decode node hands to a prefill peer: whole blocks of `tokens`, whose block
+/// hashes are `hashes`.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefillAsk<'a> {
+    pub model: ModelId,
+    pub layout: KvLayout,
+    pub tokens: &'a [u32],
+    pub hashes: &'a [BlockHash],
+}
+
+/// The blocks of `ask` from block `from` on, computed by the prefill peer `peer` within
+/// `deadline` (for its first block), each checked as in [`fetch_run`].
+pub async fn prefill_run(control: &mut libp2p_stream::Control, peer: PeerId, ask: PrefillAsk<'_>, from: usize, deadline: Duration) -> (Vec<KvBlock>, Option<FetchError>) {
+    let Some(run) = ask.hashes.get(from..).filter(|run| !run.is_empty()) else { return (Vec::new(), None) };
+    let request = KvRequest::Prefill { model_id: ask.model.0, tokens: ask.tokens.to_vec(), from: u32::try_from(from).unwrap_or(u32::MAX) };
+    let parent = from.checked_sub(1).and_then(|i| ask.hashes.get(i)).copied().unwrap_or(pyagent_engine::kv::hash::ROOT);
+    let run = Run { model: ask.model, layout: ask.layout, hashes: run, parent, first_frame: deadline.min(MAX_PREFILL_DEADLINE) };
+    let mut got = Vec::with_capacity(run.hashes.len());
+    let error = fetch_into(control, peer, &request, &run, &mut got).await.err();
+    (got, error)
+}
+
+/// The run of blocks an answer must be, and how long its first block may take.
+struct Run<'a> {
     model: ModelId,
     layout: KvLayout,
-    hashes: &[BlockHash],
-    mut parent: BlockHash,
-    got: &mut Vec<KvBlock>,
-) -> Result<(), FetchError> {
-    let request = KvRequest::Fetch { model_id: model.0, hashes: hashes.iter().map(|h| h.0).collect() };
-    let mut stream = open(control, peer, &request).await?;
+    hashes: &'a [BlockHash],
+    parent: BlockHash,
+    first_frame: Duration,
+}
+
+async fn fetch_into(control: &mut libp2p_stream::Control, peer: PeerId, request: &KvRequest, run: &Run<'_>, got: &mut Vec<KvBlock>) -> Result<(), FetchError> {
+    let (model, layout, mut parent) = (run.model, run.layout, run.parent);
+    let mut stream = open(control, peer, request).await?;
     let expected = KvBlock::export_len(&layout);
     let mut buf = Vec::with_capacity(expected);
-    for (index, hash) in hashes.iter().enumerate() {
+    for (index, hash) in run.hashes.iter().enumerate() {
         let mut header = [0u8; KV_FRAME_HEADER];
-        read_exact(&mut stream, &mut header).await?;
+        let deadline = if index == 0 { run.first_frame } else { FRAME_DEADLINE };
+        read_exact_within(&mut stream, &mut header, deadline).await?;
         let (kind, len) = parse_header(header, expected.max(MAX_REASON)).map_err(|e| FetchError::Frame(e.to_string()))?;
         buf.resize(len, 0);
         read_exact(&mut stream, &mut buf).await?;
@@ -258,6 +322,10 @@ async fn open(control: &mut libp2p_stream::Control, peer: PeerId, request: &KvRe
 }
 
 async fn read_exact(stream: &mut libp2p::Stream, buf: &mut [u8]) -> Result<(), FetchError> {
-    tokio::time::timeout(FRAME_DEADLINE, stream.read_exact(buf)).await.map_err(|_| FetchError::Timeout(FRAME_DEADLINE))??;
+    read_exact_within(stream, buf, FRAME_DEADLINE).await
+}
+
+async fn read_exact_within(stream: &mut libp2p::Stream, buf: &mut [u8], deadline: Duration) -> Result<(), FetchError> {
+    tokio::time::timeout(deadline, stream.read_exact(buf)).await.map_err(|_| FetchError::Timeout(deadline))??;
     Ok(())
 }

@@ -49,10 +49,11 @@ pub const DEFAULT_CONTEXT: usize = 2048;
 
 /// Where a worker gets the prefix blocks its pool lacks.
 pub trait BlockSource: Send + Sync + std::fmt::Debug {
-    /// Blocks `hashes[from..]`, as many from the start of that run as peers hold, each
-    /// checked against its hash, the model and `layout`; may be empty. Called on the
-    /// worker's thread: it blocks until done or its deadline.
-    fn fetch(&self, model: ModelId, layout: KvLayout, hashes: &[BlockHash], from: usize) -> Vec<KvBlock>;
+    /// Blocks `hashes[from..]` (the blocks of `tokens`), as many from the start of that
+    /// run as peers hold or (on a decode node) a prefill peer computes, each checked
+    /// against its hash, the model and `layout`; may be empty. Called on the worker's
+    /// thread: it blocks until done or its deadline.
+    fn fetch(&self, model: ModelId, layout: KvLayout, tokens: &[u32], hashes: &[BlockHash], from: usize) -> Vec<KvBlock>;
 
     /// Blocks the pool had to drop: hand them to a peer with room, if any (returns at
     /// once; may let them go).
@@ -74,6 +75,8 @@ pub struct ServeConfig {
     pub provider: crate::config::ProviderChoice,
     /// Free VRAM of GPU 0, when NVML found one (auto then tries CUDA).
     pub vram_free: Option<u64>,
+    /// The node's part in serving (`--role`), advertised with the model.
+    pub role: pyagent_protocol::InferenceRole,
 }
 
 /// Why a request was not served.
@@ -213,6 +216,29 @@ struct Job {
     load: LoadGuard,
 }
 
+/// The prefill half of a request a decode node hands over: compute the blocks of
+/// `tokens` into the pool; the reply says how many were computed.
+struct PrefillJob {
+    tokens: Vec<u32>,
+    reply: oneshot::Sender<Result<usize, ServeError>>,
+    _load: LoadGuard,
+}
+
+/// What a worker's inbox carries.
+enum Work {
+    Generate(Job),
+    Prefill(PrefillJob),
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Generate(job) => job.fmt(f),
+            Self::Prefill(job) => f.debug_struct("PrefillJob").field("tokens", &job.tokens.len()).finish_non_exhaustive(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Job").field("max_tokens", &self.options.max_tokens).finish_non_exhaustive()
@@ -222,7 +248,7 @@ impl std::fmt::Debug for Job {
 /// Handle to a running worker. Dropping every handle stops it once its queue is empty.
 #[derive(Debug, Clone)]
 pub struct ModelWorker {
-    inbox: mpsc::Sender<Job>,
+    inbox: mpsc::Sender<Work>,
     capacity: InferenceCapacity,
     info: ModelInfo,
     load: Arc<Load>,
@@ -239,7 +265,7 @@ impl ModelWorker {
 
     /// [`Self::start`], fetching prefixes from what `source` will be set to.
     pub async fn start_with(config: ServeConfig, source: SourceSlot) -> Result<Self, ServeError> {
-        let (inbox, jobs) = mpsc::channel::<Job>(SERVE_QUEUE);
+        let (inbox, jobs) = mpsc::channel::<Work>(SERVE_QUEUE);
         let (ready_tx, ready_rx) = oneshot::channel();
         let spawned = std::thread::Builder::new().name("pyagent-model".into()).spawn(move || worker::serve(config, jobs, ready_tx, source));
         if let Err(e) = spawned {
@@ -323,7 +349,21 @@ impl ModelWorker {
         };
         let decode_estimate = options.max_tokens.min(self.info.context_length) as u64;
         let load = LoadGuard::new(&self.load, prompt_estimate, decode_estimate);
-        self.inbox.try_send(Job { prompt, options, pieces, reply, load }).map_err(|e| match e {
+        self.send(Work::Generate(Job { prompt, options, pieces, reply, load }))
+    }
+
+    /// Computes the KV blocks of `tokens` (whole blocks) into the pool, in turn with the
+    /// other requests; returns how many were computed (0: all were held). Fails at once
+    /// when the queue is full.
+    pub async fn prefill(&self, tokens: Vec<u32>) -> Result<usize, ServeError> {
+        let (reply, answer) = oneshot::channel();
+        let load = LoadGuard::new(&self.load, tokens.len() as u64, 0);
+        self.send(Work::Prefill(PrefillJob { tokens, reply, _load: load }))?;
+        answer.await.map_err(|_| ServeError::Stopped)?
+    }
+
+    fn send(&self, work: Work) -> Result<(), ServeError> {
+        self.inbox.try_send(work).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ServeError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => ServeError::Stopped,
         })
@@ -402,7 +442,7 @@ mod tests {
     #[tokio::test]
     async fn a_model_that_cannot_be_loaded_is_an_error_that_names_it() {
         let dir = tempfile::tempdir().unwrap();
-        let config = ServeConfig { model: dir.path().join("nope"), ort_lib: None, kv_host_bytes: 1 << 20, ram_available: 1 << 30, provider: crate::config::ProviderChoice::Auto, vram_free: None };
+        let config = ServeConfig { model: dir.path().join("nope"), ort_lib: None, kv_host_bytes: 1 << 20, ram_available: 1 << 30, provider: crate::config::ProviderChoice::Auto, vram_free: None, role: Default::default() };
         let err = ModelWorker::start(config.clone()).await.unwrap_err();
         assert!(matches!(err, ServeError::Load { ref model, .. } if model.ends_with("nope")), "{err}");
         assert!(Models::start(vec![config]).await.is_empty());

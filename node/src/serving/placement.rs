@@ -42,6 +42,10 @@ pub struct Candidate {
     pub fetchable_tokens: u64,
     /// Prefix tokens per second a fetch moves (0: fetching is not counted).
     pub fetch_rate: f64,
+    /// The peer runs with `--role prefill`: it computes prompts for decode peers and
+    /// ranks after every other candidate (it is chosen only when no other can run it,
+    /// or when pinned).
+    pub prefill_only: bool,
 }
 
 /// The request being placed.
@@ -89,16 +93,16 @@ pub fn rank(candidates: &[Candidate], r: &Request) -> Result<Vec<PeerId>, Placem
         return Err(PlacementError::NoPeer);
     }
     // Microseconds: equal costs compare equal whatever the float rounding.
-    let mut able: Vec<(u64, std::cmp::Reverse<u64>, PeerId)> = candidates
+    let mut able: Vec<(bool, u64, std::cmp::Reverse<u64>, PeerId)> = candidates
         .iter()
-        .filter_map(|c| cost(c, r).map(|s| ((s * 1e6).round() as u64, std::cmp::Reverse(crate::placement::weight(&r.id, &c.peer)), c.peer)))
+        .filter_map(|c| cost(c, r).map(|s| (c.prefill_only, (s * 1e6).round() as u64, std::cmp::Reverse(crate::placement::weight(&r.id, &c.peer)), c.peer)))
         .collect();
     if able.is_empty() {
         return Err(PlacementError::NoneFits(candidates.len()));
     }
-    able.sort_by_key(|a| (a.0, a.1));
-    able.dedup_by(|a, b| a.2 == b.2);
-    Ok(able.into_iter().map(|(_, _, p)| p).collect())
+    able.sort_by_key(|a| (a.0, a.1, a.2));
+    able.dedup_by(|a, b| a.3 == b.3);
+    Ok(able.into_iter().map(|(_, _, _, p)| p).collect())
 }
 
 /// [`rank`], or only `pinned` when the caller named a peer (`X-Pyagent-Peer`, `--peer`):
@@ -128,7 +132,21 @@ mod tests {
             cached_tokens: 0,
             fetchable_tokens: 0,
             fetch_rate: 0.0,
+            prefill_only: false,
         }
+    }
+
+    #[test]
+    fn a_prefill_node_ranks_after_every_other_candidate_but_can_be_pinned() {
+        let mut fast = peer(4000.0, 400.0);
+        fast.prefill_only = true;
+        let mut slow = peer(100.0, 10.0);
+        slow.queued_prefill_tokens = 10_000;
+        let r = request(3);
+        assert_eq!(rank(&[fast.clone(), slow.clone()], &r).unwrap(), vec![slow.peer, fast.peer]);
+        // Alone, it still serves; pinned, it runs the request.
+        assert_eq!(rank(std::slice::from_ref(&fast), &r).unwrap(), vec![fast.peer]);
+        assert_eq!(place(&[fast.clone(), slow], &r, Some(fast.peer)).unwrap(), vec![fast.peer]);
     }
 
     fn request(n: u8) -> Request {

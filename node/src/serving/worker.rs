@@ -12,7 +12,7 @@ use pyagent_protocol::InferenceCapacity;
 use tokio::sync::{mpsc, oneshot};
 
 use super::prompt::PromptTokenizer;
-use super::{BlockSource, Chunk, DEFAULT_CONTEXT, Job, Load, ModelInfo, REST_OF_CONTEXT, ServeConfig, ServeError, SourceSlot};
+use super::{BlockSource, Chunk, DEFAULT_CONTEXT, Load, ModelInfo, REST_OF_CONTEXT, ServeConfig, ServeError, SourceSlot, Work};
 use crate::config::ProviderChoice;
 
 /// Prompt and output sizes of the start-up measurement.
@@ -30,7 +30,7 @@ pub(super) struct Loaded {
 
 type Ready = oneshot::Sender<Result<Loaded, ServeError>>;
 
-pub(super) fn serve(config: ServeConfig, mut jobs: mpsc::Receiver<Job>, ready: Ready, source: SourceSlot) {
+pub(super) fn serve(config: ServeConfig, mut jobs: mpsc::Receiver<Work>, ready: Ready, source: SourceSlot) {
     let stats = Arc::new(Load::default());
     let (mut engine, tokenizer) = match load(&config) {
         Ok((engine, capacity, info)) => {
@@ -48,7 +48,18 @@ pub(super) fn serve(config: ServeConfig, mut jobs: mpsc::Receiver<Job>, ready: R
         }
     };
     let context = context_length(&engine);
-    while let Some(mut job) = jobs.blocking_recv() {
+    while let Some(work) = jobs.blocking_recv() {
+        let mut job = match work {
+            Work::Generate(job) => job,
+            Work::Prefill(job) => {
+                if !job.reply.is_closed() {
+                    let result = engine.prefill_blocks(&job.tokens).map_err(|e| ServeError::Generate(e.to_string()));
+                    after_job(&engine, &stats, &source);
+                    let _ = job.reply.send(result);
+                }
+                continue;
+            }
+        };
         if job.reply.is_closed() || job.pieces.as_ref().is_some_and(mpsc::Sender::is_closed) {
             continue; // the caller gave up while queued
         }
@@ -81,14 +92,19 @@ pub(super) fn serve(config: ServeConfig, mut jobs: mpsc::Receiver<Job>, ready: R
                 })
                 .map_err(|e| ServeError::Generate(e.to_string()))
         });
-        publish_pool(&engine, &stats);
-        let dropped = engine.pool.lock().take_dropped();
-        if let (Some(source), false) = (source.get(), dropped.is_empty()) {
-            source.offload(dropped);
-        }
+        after_job(&engine, &stats, &source);
         let _ = job.reply.send(result);
     }
     tracing::debug!("model-serving worker stopped");
+}
+
+/// After each job: the pool's counters published, the blocks it dropped offloaded.
+fn after_job(engine: &Engine, stats: &Load, source: &SourceSlot) {
+    publish_pool(engine, stats);
+    let dropped = engine.pool.lock().take_dropped();
+    if let (Some(source), false) = (source.get(), dropped.is_empty()) {
+        source.offload(dropped);
+    }
 }
 
 /// The pool's counters, for `/metrics`.
@@ -119,7 +135,7 @@ fn fetch_prefix(engine: &Engine, source: &dyn BlockSource, prompt: &[u32]) {
     if local == hashes.len() {
         return;
     }
-    let blocks = source.fetch(engine.model.id, engine.model.config.kv_layout(), &hashes, local);
+    let blocks = source.fetch(engine.model.id, engine.model.config.kv_layout(), &prompt[..usable], &hashes, local);
     let mut pool = engine.pool.lock();
     for block in blocks {
         if let Err(e) = pool.insert(block) {
@@ -182,6 +198,7 @@ fn load(config: &ServeConfig) -> Result<(Engine, InferenceCapacity, ModelInfo), 
         prefill_tokens_per_s: rate(out.prompt_tokens, out.prefill_secs),
         decode_tokens_per_s: rate(out.tokens.len(), out.decode_secs),
         kv_blocks: Default::default(),
+        role: config.role,
     };
     let info = ModelInfo { name, context_length: context, chat, created };
     Ok((engine, capacity, info))

@@ -209,6 +209,12 @@ pub struct KvExchangeCounters {
     pub blocks_offloaded: u64,
     /// Blocks peers pushed here and this node kept.
     pub blocks_kept_for_peers: u64,
+    /// Prompts this node prefilled for decode peers (`--role prefill`).
+    #[serde(default)]
+    pub prefills_served: u64,
+    /// Blocks a prefill peer computed for this node (`--role decode`).
+    #[serde(default)]
+    pub blocks_prefilled_by_peers: u64,
     /// Moving average of fetches (0 until one was measured).
     pub fetch_bytes_per_s: f64,
 }
