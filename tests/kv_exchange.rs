@@ -2,7 +2,8 @@
 //! fetched by another (counted, and the output unchanged); peers that serve corrupt,
 //! truncated, foreign-model or forged blocks, that stall or hang up mid-transfer, are
 //! detected, the prefix is computed instead with the same output, and the bad peer is
-//! left alone for a while; an outsider gets no blocks.
+//! left alone for a while; a holder killed mid-transfer costs a recompute, not a hang; a
+//! decode node has a prefill node compute its prompts; an outsider gets no blocks.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,8 +14,10 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use pyagent_engine::infer::{GenerateOptions, Output};
 use pyagent_engine::kv::{BLOCK_TOKENS, BlockHash, KvBlock, ModelId, block_hashes};
 use pyagent_node::Node;
+use pyagent_node::config::Config;
 use pyagent_node::inference::{InferRequest, Target};
 use pyagent_node::serving::{ModelWorker, Prompt, ServeConfig};
+use pyagent_protocol::InferenceRole;
 use pyagent_protocol::kv::{KV_PROTOCOL, KvFrameKind, KvRequest, frame_header};
 
 use crate::openai_api::tiny_chat_model;
@@ -25,10 +28,18 @@ async fn node(dir: &Path, name: &str, model: &Path, bootstrap: &[&Node]) -> Node
 }
 
 async fn node_with(dir: &Path, name: &str, model: &Path, bootstrap: &[&Node], kv_host_mb: u64) -> Node {
+    start(dir, name, model, bootstrap, |c| c.inference.kv_host_mb = kv_host_mb).await
+}
+
+async fn node_as(dir: &Path, name: &str, model: &Path, bootstrap: &[&Node], role: InferenceRole) -> Node {
+    start(dir, name, model, bootstrap, |c| c.inference.role = role).await
+}
+
+async fn start(dir: &Path, name: &str, model: &Path, bootstrap: &[&Node], edit: impl FnOnce(&mut Config)) -> Node {
     let opts = Opts { bootstrap: bootstrap.iter().flat_map(|n| n.p2p_addrs()).collect(), ..Default::default() };
     let mut config = support::test_config(&dir.join(name), &opts);
     config.inference.models = vec![model.to_owned()];
-    config.inference.kv_host_mb = kv_host_mb;
+    edit(&mut config);
     Node::start(config.validate().unwrap()).await.unwrap()
 }
 
@@ -84,6 +95,11 @@ async fn sees_blocks(node: &Node, holder: &Node, model: ModelId, prompt: &[u32],
         node.client().peers().await.unwrap().iter().filter(|p| p.peer_id == holder).flat_map(|p| p.capacity.models.iter()).any(|m| m.kv_blocks.run(&hashes) >= n)
     })
     .await;
+}
+
+/// The role `node` sees `peer` advertise with its model.
+async fn role_of(node: &Node, peer: &str) -> Option<InferenceRole> {
+    node.client().peers().await.unwrap().iter().filter(|x| x.peer_id == peer).flat_map(|x| x.capacity.models.iter().map(|m| m.role)).next()
 }
 
 fn model_id(node: &Node) -> ModelId {
@@ -307,4 +323,76 @@ async fn a_peer_outside_the_swarm_gets_no_blocks() {
     assert_eq!(a.kv().stats().blocks_served, 0);
     outsider.shutdown().await;
     a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_holder_killed_mid_transfer_costs_a_recompute_and_no_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(model) = tiny_chat_model(dir.path()) else { return };
+    let prefix = tokens(160, 8);
+    let mut prompt = prefix.clone();
+    prompt.extend(tokens(20, 9));
+    let reference = cold(&model, &prompt).await;
+    let mut holder = node(dir.path(), "holder", &model, &[]).await;
+    run_here(&holder, &prefix).await;
+    // It answers with the first blocks, then holds the stream until it is killed.
+    let asked = serve_spoiled(&mut holder, Spoil::Stall).await;
+    let victim = node(dir.path(), "victim", &model, &[&holder]).await;
+    sees_blocks(&victim, &holder, model_id(&holder), &prefix, prefix.len() / BLOCK_TOKENS).await;
+    let started = std::time::Instant::now();
+    let kill = async {
+        wait_until("the holder is asked", Duration::from_secs(20), || async { asked.load(Ordering::SeqCst) > 0 }).await;
+        holder.shutdown().await;
+    };
+    let (out, ()) = tokio::join!(run_here(&victim, &prompt), kill);
+    assert!(started.elapsed() < Duration::from_secs(30), "no hang ({:?})", started.elapsed());
+    same_output(&out, &reference, "holder killed");
+    assert_eq!(out.cached_tokens, SPOILED * BLOCK_TOKENS, "the blocks got before the kill are used");
+    let stats = victim.kv().stats();
+    assert_eq!((stats.blocks_fetched, stats.fetch_failures, stats.fallbacks, stats.bad_blocks), (SPOILED as u64, 1, 1, 0), "{stats:?}");
+    victim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_decode_node_has_a_prefill_node_compute_its_prompt_and_the_output_is_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(model) = tiny_chat_model(dir.path()) else { return };
+    let prefill = node_as(dir.path(), "prefill", &model, &[], InferenceRole::Prefill).await;
+    let decode = node_as(dir.path(), "decode", &model, &[&prefill], InferenceRole::Decode).await;
+    let prompt = tokens(200, 10);
+    let reference = cold(&model, &prompt).await;
+    let (p, d) = (prefill.peer_id().to_string(), decode.peer_id().to_string());
+    wait_until("each sees the other's role", Duration::from_secs(20), || async {
+        role_of(&decode, &p).await == Some(InferenceRole::Prefill) && role_of(&prefill, &d).await == Some(InferenceRole::Decode)
+    })
+    .await;
+
+    let out = run_here(&decode, &prompt).await;
+    let blocks = (prompt.len() - 1) / BLOCK_TOKENS; // 12: the last token is always computed
+    assert_eq!(out.cached_tokens, blocks * BLOCK_TOKENS, "the decode node computed only the rest");
+    same_output(&out, &reference, "prefilled by a peer");
+    let (ds, ps) = (decode.kv().stats(), prefill.kv().stats());
+    assert_eq!((ds.blocks_prefilled_by_peers, ds.fetch_failures, ds.fallbacks), (blocks as u64, 0, 0), "{ds:?}");
+    assert_eq!((ps.prefills_served, ps.blocks_served), (1, blocks as u64), "{ps:?}");
+
+    // The decode node computes no prompts for others.
+    let id = model_id(&decode);
+    let hashes = block_hashes(&id, &prompt[..blocks * BLOCK_TOKENS]);
+    let layout = decode.model().unwrap().pool().lock().layout();
+    let ask = pyagent_node::kv::transfer::PrefillAsk { model: id, layout, tokens: &prompt[..blocks * BLOCK_TOKENS], hashes: &hashes };
+    let (got, error) = pyagent_node::kv::transfer::prefill_run(&mut prefill.inference().control(), decode.peer_id(), ask, 0, Duration::from_secs(10)).await;
+    assert!(got.is_empty());
+    let error = error.expect("a decode node refuses to prefill").to_string();
+    assert!(error.contains("decodes only"), "{error}");
+    assert_eq!(decode.kv().stats().prefills_served, 0);
+
+    // A request that reaches the prefill node unpinned runs on the decode node.
+    let request = InferRequest { model: "tiny-chat".into(), prompt: Prompt::Tokens(tokens(40, 11)), options: options(), pinned: None };
+    let started = prefill.inference().start(request).await.unwrap();
+    assert_eq!(started.ran_on, Target::Peer(decode.peer_id()));
+    let mut stream = started.stream;
+    while stream.pieces.recv().await.is_some() {}
+    stream.done.await.unwrap().unwrap();
+    decode.shutdown().await;
+    prefill.shutdown().await;
 }
