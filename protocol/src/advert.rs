@@ -133,7 +133,7 @@ impl std::str::FromStr for InferenceRole {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| format!("unknown role {s:?}: prefill, decode or both"))
+        Self::ALL.into_iter().find(|r| r.as_str().eq_ignore_ascii_case(s)).ok_or_else(|| format!("unknown role {s:?}: prefill, decode or both"))
     }
 }
 

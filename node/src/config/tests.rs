@@ -201,3 +201,20 @@ fn models_are_a_list_from_file_env_and_flags() {
     c.data_dir = Some("/tmp/x".into());
     assert_eq!(c.validate().unwrap().models.len(), 3);
 }
+
+#[test]
+fn the_role_comes_from_file_env_and_flags_and_a_wrong_one_is_named() {
+    use pyagent_protocol::InferenceRole;
+    let mut c = Config::from_toml("[inference]\nrole = \"prefill\"\n").unwrap();
+    assert_eq!(c.inference.role, InferenceRole::Prefill);
+    c.apply(env(&[("PYAGENT_ROLE", " Decode ")]));
+    assert_eq!(c.inference.role, InferenceRole::Decode);
+    c.apply(Overrides { role: Some(InferenceRole::Both), ..Default::default() });
+    c.data_dir = Some("/tmp/x".into());
+    assert_eq!(c.validate().unwrap().role, InferenceRole::Both);
+    assert_eq!(Config::default().inference.role, InferenceRole::Both);
+    let err = Overrides::from_env([("PYAGENT_ROLE".to_string(), "router".to_string())]).unwrap_err().to_string();
+    assert!(err.contains("PYAGENT_ROLE") && err.contains("prefill, decode or both"), "{err}");
+    let err = Config::from_toml("[inference]\nrole = \"router\"\n").unwrap_err();
+    assert!(err.contains("role") || err.contains("router"), "{err}");
+}
