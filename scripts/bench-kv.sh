@@ -22,7 +22,16 @@ export LAB_PREFIX="pyakv"
 out="$PWD/target/bench"; mkdir -p "$out"
 work=$(mktemp -d)
 pids=()
-stop_nodes() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; pids=(); sleep 0.5; }
+lab_pids() { for i in 1 2 3; do ip netns pids "$LAB_PREFIX-$i" 2>/dev/null || true; done; }
+# Every process in the lab's namespaces, and wait until they are gone: `$!` of a
+# backgrounded shell function is its subshell, and killing only that left the nodes (and
+# their warm caches) serving the next phase.
+stop_nodes() {
+    lab_pids | xargs -r kill -9 2>/dev/null || true
+    for _ in $(seq 1 100); do [ -z "$(lab_pids)" ] && break; sleep 0.1; done
+    [ -z "$(lab_pids)" ] || { echo "bench-kv: lab processes left running" >&2; exit 1; }
+    pids=()
+}
 cleanup() { stop_nodes; scripts/lab.sh down >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 scripts/machine.sh
@@ -36,7 +45,7 @@ url() { echo "http://$(addr "$1"):7763"; }
 start() { # start I MODEL_DIR [flags...]
     local i=$1 model=$2; shift 2
     rm -rf "$work/d$i"
-    RUST_LOG=warn in_ns "$i" "$BIN" node --data-dir "$work/d$i" --model "$model" --http "$(addr "$i"):7763" \
+    RUST_LOG=warn ip netns exec "$LAB_PREFIX-$i" "$BIN" node --data-dir "$work/d$i" --model "$model" --http "$(addr "$i"):7763" \
         --http-allow-non-loopback --http-api-key "$work/key" "$@" >/dev/null 2>"$work/n$i.log" &
     pids[$i]=$!
 }
@@ -107,6 +116,7 @@ for r in map(json.loads, sys.argv[2:]):
         "workload_round_robin_mean_ttft_ms": r["round_robin"]["mean_ttft_ms"],
         "round_robin_over_aware": round(r["round_robin"]["mean_ttft_ms"] / r["aware"]["mean_ttft_ms"], 2),
         "workload_cached_tokens": [r["aware"]["cached_tokens"], r["round_robin"]["cached_tokens"]],
+        "workload_prefixes_computed": [r["aware"]["prefixes_computed"], r["round_robin"]["prefixes_computed"]],
         "workload_ran_on": [r["aware"]["ran_on"], r["round_robin"]["ran_on"]],
     })
 print(json.dumps(out, indent=2))

@@ -106,16 +106,18 @@ def main():
         prefixes = [prompt(rng, 512) for _ in range(4)]
         requests = [prefixes[i % 4] + prompt(rng, 32) for i in range(32)]
         rng.shuffle(requests)
-        times, ran, cached = [], {}, 0
+        times, ran, cached, computed = [], {}, 0, 0
         for i, p in enumerate(requests):
             url = urls[i % len(urls)]
             peer = peers[i % len(peers)] if mode == "rr" else None
             t, usage, on = post(url, key, {"model": model, "prompt": p, "max_tokens": 1, "temperature": 0}, peer)
             times.append(t)
             ran[on] = ran.get(on, 0) + 1
-            cached += usage["prompt_tokens_details"]["cached_tokens"]
+            hit = usage["prompt_tokens_details"]["cached_tokens"]
+            cached += hit
+            computed += hit < 512  # its prefix computed, not found
         print(json.dumps({"mode": mode, "requests": len(times), "mean_ttft_ms": round(statistics.mean(times) * 1e3, 1),
-                          "p50_ttft_ms": round(statistics.median(times) * 1e3, 1), "cached_tokens": cached, "ran_on": sorted(ran.values(), reverse=True)}))
+                          "p50_ttft_ms": round(statistics.median(times) * 1e3, 1), "cached_tokens": cached, "prefixes_computed": computed, "ran_on": sorted(ran.values(), reverse=True)}))
     elif cmd == "status":
         print(json.dumps(counters(sys.argv[2], sys.argv[3])))
 
