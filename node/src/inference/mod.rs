@@ -264,11 +264,14 @@ impl Inference {
                 crate::kv::credits(&b.hashes, &with, Some((self.me, b.local_run)), |peer| recent.run(peer, &b.hashes, now))
             });
             let fetch_rate = blocks.as_ref().map_or(0.0, |b| b.fetch_rate);
+            let caps: Vec<&InferenceCapacity> = able.iter().map(|(_, c)| *c).collect();
             let candidates: Vec<Candidate> = able
                 .iter()
                 .map(|(peer, c)| {
                     let credit = credits.as_ref().and_then(|m| m.get(peer).copied()).unwrap_or_default();
-                    candidate(*peer, c, book.get(peer).copied().unwrap_or_default(), credit, fetch_rate)
+                    let mut candidate = candidate(*peer, c, book.get(peer).copied().unwrap_or_default(), credit, fetch_rate);
+                    candidate.prefill_rate = f64::from(crate::kv::credit::prefill_rate(c, &caps));
+                    candidate
                 })
                 .collect();
             if candidates.is_empty() {

@@ -53,6 +53,17 @@ pub fn prefill_peer(peers: &[(PeerId, &InferenceCapacity)], tokens: usize) -> Op
         .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
 }
 
+/// The prefill rate placement counts for `candidate`: a decode node's prompts are
+/// computed by the fastest prefill peer among `able` whose model fits, when that one is
+/// faster than the node itself (its queue is not counted: an estimate).
+pub fn prefill_rate(candidate: &InferenceCapacity, able: &[&InferenceCapacity]) -> u32 {
+    let own = candidate.prefill_tokens_per_s;
+    if candidate.role != InferenceRole::Decode {
+        return own;
+    }
+    able.iter().filter(|c| c.role == InferenceRole::Prefill && c.fits).map(|c| c.prefill_tokens_per_s).fold(own, u32::max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +98,17 @@ mod tests {
         assert_eq!(prefill_peer(&peers, 100_000).unwrap().0, busy);
         // Nodes serving both roles, or whose model does not fit, are not asked.
         assert_eq!(prefill_peer(&peers[2..], 1000), None);
+    }
+
+    #[test]
+    fn a_decode_node_is_credited_with_the_fastest_prefill_peers_rate() {
+        let cap = |role, rate, fits| InferenceCapacity { role, prefill_tokens_per_s: rate, fits, ..Default::default() };
+        let (decode, both) = (cap(InferenceRole::Decode, 300, true), cap(InferenceRole::Both, 300, true));
+        let (fast, unfit, other) = (cap(InferenceRole::Prefill, 2000, true), cap(InferenceRole::Prefill, 9000, false), cap(InferenceRole::Both, 5000, true));
+        let able = [&decode, &both, &fast, &unfit, &other];
+        assert_eq!(prefill_rate(&decode, &able), 2000);
+        assert_eq!(prefill_rate(&both, &able), 300, "only decode nodes hand prompts over");
+        assert_eq!(prefill_rate(&fast, &able), 2000);
+        assert_eq!(prefill_rate(&decode, &[&decode, &unfit, &other]), 300);
     }
 }
