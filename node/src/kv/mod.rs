@@ -384,6 +384,10 @@ impl BlockSource for KvExchange {
         rx.blocking_recv().unwrap_or_default()
     }
 
+    fn pool_changed(&self) {
+        self.inner.client.advert_soon();
+    }
+
     fn offload(&self, blocks: Vec<Arc<KvBlock>>) {
         if self.inner.offload.try_send(blocks).is_err() {
             tracing::debug!("KV offload queue full: dropped blocks let go");

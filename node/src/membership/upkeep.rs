@@ -140,6 +140,13 @@ impl Membership {
         fx.push(Effect::PublishAdvert);
     }
 
+    /// What this node advertises changed in a way peers place by (its KV pool's blocks):
+    /// publish now, or soon if an advert just went out (at most one per
+    /// [`EAGER_ADVERT_GAP`]).
+    pub fn on_capacity_changed(&mut self, now: Instant, fx: &mut Effects) {
+        self.on_subscribed(now, fx);
+    }
+
     /// A peer subscribed to the advert topic: publish now, or soon if an advert just went
     /// out, so everyone reachable learns about a newcomer in one gossip hop.
     pub fn on_subscribed(&mut self, now: Instant, fx: &mut Effects) {

@@ -163,6 +163,18 @@ fn adverts_go_out_periodically_and_early_for_newcomers_but_not_in_bursts() {
     m.on_sweep(t0 + EAGER_ADVERT_GAP, &mut fx);
     assert_eq!(fx, vec![Effect::PublishAdvert]);
     assert_eq!((m.next_seq(), m.next_seq()), (1, 2));
+    // A capacity change (new KV blocks) is published the same way: deferred within the
+    // gap, at once after it.
+    fx.clear();
+    let t1 = t0 + EAGER_ADVERT_GAP;
+    m.on_capacity_changed(t1 + Duration::from_millis(10), &mut fx);
+    m.on_capacity_changed(t1 + Duration::from_millis(20), &mut fx);
+    assert!(fx.is_empty(), "deferred: an advert just went out");
+    m.on_sweep(t1 + EAGER_ADVERT_GAP, &mut fx);
+    assert_eq!(fx, vec![Effect::PublishAdvert], "one advert for both changes");
+    fx.clear();
+    m.on_capacity_changed(t1 + 3 * EAGER_ADVERT_GAP, &mut fx);
+    assert_eq!(fx, vec![Effect::PublishAdvert]);
 }
 
 #[test]

@@ -37,6 +37,9 @@ pub enum Command {
     Ballot { proposal: ProposalId, choice: VoteChoice, reply: oneshot::Sender<Result<(), VotesError>> },
     /// The tally of a proposal and its ballots.
     Tally { proposal: ProposalId, reply: oneshot::Sender<Result<TallyResult, VotesError>> },
+    /// What this node advertises changed (its KV pool's blocks): publish the advert now,
+    /// or soon if one just went out (no reply).
+    AdvertSoon,
     /// Close every connection and stop; the reply comes once the swarm is dropped.
     Shutdown(oneshot::Sender<()>),
 }
@@ -81,6 +84,13 @@ impl NodeClient {
 
     pub async fn status(&self) -> Result<StatusResult, ClientError> {
         self.ask(Command::Status).await
+    }
+
+    /// Asks for the advert to go out soon (see [`Command::AdvertSoon`]); returns at once
+    /// and may be called from any thread. When the command queue is full it is dropped:
+    /// the periodic advert still goes out.
+    pub fn advert_soon(&self) {
+        let _ = self.commands.try_send(Command::AdvertSoon);
     }
 
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, ClientError> {

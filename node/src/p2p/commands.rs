@@ -22,6 +22,7 @@ impl Router {
                 let _ = reply.send(domain.membership.view().peer_infos(now));
             }
             Command::Dial { peer, addrs } => domain.membership.dial(peer, addrs, now, fx),
+            Command::AdvertSoon => domain.membership.on_capacity_changed(now, fx),
             Command::SubmitTask { capability, files, lease_ms, reply } => {
                 let spec = TaskSpec {
                     capability,

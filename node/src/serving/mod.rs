@@ -55,6 +55,10 @@ pub trait BlockSource: Send + Sync + std::fmt::Debug {
     /// thread: it blocks until done or its deadline.
     fn fetch(&self, model: ModelId, layout: KvLayout, tokens: &[u32], hashes: &[BlockHash], from: usize) -> Vec<KvBlock>;
 
+    /// The pool's blocks changed (stored, fetched or dropped): peers should hear of it
+    /// soon (returns at once).
+    fn pool_changed(&self);
+
     /// Blocks the pool had to drop: hand them to a peer with room, if any (returns at
     /// once; may let them go).
     fn offload(&self, blocks: Vec<Arc<KvBlock>>);

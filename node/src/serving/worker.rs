@@ -100,9 +100,15 @@ pub(super) fn serve(config: ServeConfig, mut jobs: mpsc::Receiver<Work>, ready: 
 
 /// After each job: the pool's counters published, the blocks it dropped offloaded.
 fn after_job(engine: &Engine, stats: &Load, source: &SourceSlot) {
+    let counts = |s: &Load| (s.kv_blocks.load(Ordering::Relaxed), s.kv_misses.load(Ordering::Relaxed), s.kv_evicted.load(Ordering::Relaxed));
+    let before = counts(stats);
     publish_pool(engine, stats);
+    let Some(source) = source.get() else { return };
+    if counts(stats) != before {
+        source.pool_changed();
+    }
     let dropped = engine.pool.lock().take_dropped();
-    if let (Some(source), false) = (source.get(), dropped.is_empty()) {
+    if !dropped.is_empty() {
         source.offload(dropped);
     }
 }
