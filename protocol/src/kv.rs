@@ -4,8 +4,8 @@
 //! filter of the block hashes its pool holds. Block hashes are BLAKE3 outputs, so the
 //! filter's `k` bit positions are read straight from the hash (bytes `4i..4i+4`, little
 //! endian, modulo the filter's bits): no second hash, and every version agrees on them. A
-//! filter is at most [`MAX_SUMMARY_BYTES`]; it is as stale as the advert (one advert
-//! interval), and a false positive only costs a block answered [`KvFrameKind::Missing`].
+//! filter is at most [`MAX_SUMMARY_BYTES`]; it is as stale as the advert (a node
+//! publishes soon after its pool changes), and a false positive only costs a block answered [`KvFrameKind::Missing`].
 //!
 //! **Transfer** (`/pyagent/kv/1`, one libp2p stream per fetch): the requester writes one
 //! [`KvRequest`] frame (4-byte big-endian length, then a [`crate::codec`] frame of at most

@@ -11,8 +11,10 @@
 //! ```
 //!
 //! Who holds what is the filters in the adverts (`pyagent_protocol::kv::KvSummary`): at
-//! most 8 KiB per advert, so at most 4 KiB/s per node at the default 2 s interval, and
-//! as stale as one advert interval. A stale entry or a false positive costs one short
+//! most 8 KiB per advert. A worker whose pool changed asks for the advert to go out
+//! soon (`BlockSource::pool_changed`: within the membership's 300 ms gap), so a summary
+//! is about 300 ms stale after a request, and at most ~27 KiB/s per node while pools
+//! change (4 KiB/s at the 2 s interval otherwise). A stale entry or a false positive costs one short
 //! answer. Any failure — a peer that is gone, slow, refuses, or sends a block that does
 //! not check — ends that part of the fetch; the prefix is used up to the last good block
 //! and the rest is computed, so the output is the same as without the exchange. A peer
