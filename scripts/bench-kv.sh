@@ -22,14 +22,16 @@ export LAB_PREFIX="pyakv"
 out="$PWD/target/bench"; mkdir -p "$out"
 work=$(mktemp -d)
 pids=()
+ports_busy() { for i in 1 2 3; do ip netns exec "$LAB_PREFIX-$i" ss -Hltnu 2>/dev/null | grep -qE ':(7760|7763) ' && return 0; done; return 1; }
 lab_pids() { for i in 1 2 3; do ip netns pids "$LAB_PREFIX-$i" 2>/dev/null || true; done; }
 # Every process in the lab's namespaces, and wait until they are gone: `$!` of a
 # backgrounded shell function is its subshell, and killing only that left the nodes (and
 # their warm caches) serving the next phase.
 stop_nodes() {
     lab_pids | xargs -r kill -9 2>/dev/null || true
-    for _ in $(seq 1 100); do [ -z "$(lab_pids)" ] && break; sleep 0.1; done
+    for _ in $(seq 1 100); do [ -z "$(lab_pids)" ] && ! ports_busy && break; sleep 0.1; done
     [ -z "$(lab_pids)" ] || { echo "bench-kv: lab processes left running" >&2; exit 1; }
+    ! ports_busy || { echo "bench-kv: the nodes' ports are still taken" >&2; exit 1; }
     pids=()
 }
 cleanup() { stop_nodes; scripts/lab.sh down >/dev/null 2>&1 || true; rm -rf "$work"; }

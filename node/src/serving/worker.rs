@@ -103,11 +103,12 @@ fn after_job(engine: &Engine, stats: &Load, source: &SourceSlot) {
     let counts = |s: &Load| (s.kv_blocks.load(Ordering::Relaxed), s.kv_misses.load(Ordering::Relaxed), s.kv_evicted.load(Ordering::Relaxed));
     let before = counts(stats);
     publish_pool(engine, stats);
+    // Taken whether or not there is a source: the pool keeps them until then.
+    let dropped = engine.pool.lock().take_dropped();
     let Some(source) = source.get() else { return };
     if counts(stats) != before {
         source.pool_changed();
     }
-    let dropped = engine.pool.lock().take_dropped();
     if !dropped.is_empty() {
         source.offload(dropped);
     }
