@@ -203,6 +203,17 @@ const SPOILED: usize = 3;
 
 /// Serves `holder`'s real blocks over the block protocol, spoiling one per answer; counts
 /// the requests it gets.
+/// A holder that has run `prefix` and serves it spoiled by `spoil` (its requests
+/// counted), and a node `victim` that sees the holder's blocks.
+async fn spoiled_holder(dir: &Path, model: &Path, (holder, victim): (&str, &str), prefix: &[u32], spoil: Spoil) -> (Node, Arc<AtomicUsize>, Node) {
+    let mut bad = node(dir, holder, model, &[]).await;
+    run_here(&bad, prefix).await;
+    let asked = serve_spoiled(&mut bad, spoil).await;
+    let victim = node(dir, victim, model, &[&bad]).await;
+    sees_blocks(&victim, &bad, model_id(&bad), prefix, prefix.len() / BLOCK_TOKENS).await;
+    (bad, asked, victim)
+}
+
 async fn serve_spoiled(holder: &mut Node, spoil: Spoil) -> Arc<AtomicUsize> {
     holder.stop_serving_kv_blocks();
     let mut control = holder.inference().control();
@@ -273,11 +284,7 @@ async fn bad_blocks_and_broken_transfers_are_recomputed_with_the_same_output_and
     let reference = cold(&model, &prompt).await;
     for (n, spoil) in [Spoil::Corrupt, Spoil::Truncated, Spoil::ForeignModel, Spoil::Forged, Spoil::Swapped, Spoil::Stall, Spoil::HangUp].into_iter().enumerate() {
         let what = format!("{spoil:?}");
-        let mut bad = node(dir.path(), &format!("bad{n}"), &model, &[]).await;
-        run_here(&bad, &prefix).await;
-        let asked = serve_spoiled(&mut bad, spoil).await;
-        let victim = node(dir.path(), &format!("victim{n}"), &model, &[&bad]).await;
-        sees_blocks(&victim, &bad, model_id(&bad), &prefix, prefix.len() / BLOCK_TOKENS).await;
+        let (bad, asked, victim) = spoiled_holder(dir.path(), &model, (&format!("bad{n}"), &format!("victim{n}")), &prefix, spoil).await;
         let started = std::time::Instant::now();
         let out = run_here(&victim, &prompt).await;
         assert!(started.elapsed() < Duration::from_secs(30), "{what}: no hang ({:?})", started.elapsed());
@@ -333,12 +340,8 @@ async fn a_holder_killed_mid_transfer_costs_a_recompute_and_no_hang() {
     let mut prompt = prefix.clone();
     prompt.extend(tokens(20, 9));
     let reference = cold(&model, &prompt).await;
-    let mut holder = node(dir.path(), "holder", &model, &[]).await;
-    run_here(&holder, &prefix).await;
     // It answers with the first blocks, then holds the stream until it is killed.
-    let asked = serve_spoiled(&mut holder, Spoil::Stall).await;
-    let victim = node(dir.path(), "victim", &model, &[&holder]).await;
-    sees_blocks(&victim, &holder, model_id(&holder), &prefix, prefix.len() / BLOCK_TOKENS).await;
+    let (holder, asked, victim) = spoiled_holder(dir.path(), &model, ("holder", "victim"), &prefix, Spoil::Stall).await;
     let started = std::time::Instant::now();
     let kill = async {
         wait_until("the holder is asked", Duration::from_secs(20), || async { asked.load(Ordering::SeqCst) > 0 }).await;

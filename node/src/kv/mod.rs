@@ -53,6 +53,7 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use pyagent_engine::kv::{BLOCK_TOKENS, BlockHash, KvBlock, KvLayout, ModelId, hash::ROOT};
 use pyagent_protocol::{InferenceCapacity, InferenceRole};
+use pyagent_protocol::api::PeerInfo;
 use pyagent_protocol::kv::KvSummary;
 use tokio::task::JoinHandle;
 
@@ -197,18 +198,20 @@ impl KvExchange {
     /// Which connected members advertise blocks of `model`, and their summaries.
     async fn holders(&self, model: &ModelId) -> Vec<(PeerId, KvSummary)> {
         let Ok(peers) = self.inner.client.peers().await else { return Vec::new() };
+        self.members_serving(&peers, model).into_iter().filter(|(_, c)| !c.kv_blocks.bits.is_empty()).map(|(peer, c)| (peer, c.kv_blocks.clone())).collect()
+    }
+
+    /// The connected members among `peers` (this node and cooling peers left out) that
+    /// serve `model`, with their adverts for it.
+    fn members_serving<'a>(&self, peers: &'a [PeerInfo], model: &ModelId) -> Vec<(PeerId, &'a InferenceCapacity)> {
         let id = model.to_string();
         let now = Instant::now();
         let mut cooldowns = self.inner.cooldowns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         peers
-            .into_iter()
+            .iter()
             .filter(|p| p.connected)
-            .filter_map(|p| {
-                let peer = p.peer_id.parse::<PeerId>().ok()?;
-                let summary = p.capacity.models.into_iter().find(|m| m.model_id == id)?.kv_blocks;
-                (peer != self.inner.me && !summary.bits.is_empty()).then_some((peer, summary))
-            })
-            .filter(|(peer, _)| !cooldowns.is_cooling(peer, now))
+            .filter_map(|p| Some((p.peer_id.parse::<PeerId>().ok()?, p.capacity.models.iter().find(|m| m.model_id == id)?)))
+            .filter(|(peer, _)| *peer != self.inner.me && !cooldowns.is_cooling(peer, now))
             .collect()
     }
 
@@ -232,19 +235,7 @@ impl KvExchange {
             return Vec::new();
         }
         let Ok(peers) = self.inner.client.peers().await else { return Vec::new() };
-        let id = model.to_string();
-        let choice = {
-            let now = Instant::now();
-            let mut cooldowns = self.inner.cooldowns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let able: Vec<(PeerId, &InferenceCapacity)> = peers
-                .iter()
-                .filter(|p| p.connected)
-                .filter_map(|p| Some((p.peer_id.parse::<PeerId>().ok()?, p.capacity.models.iter().find(|m| m.model_id == id)?)))
-                .filter(|(peer, _)| *peer != self.inner.me && !cooldowns.is_cooling(peer, now))
-                .collect();
-            credit::prefill_peer(&able, blocks * BLOCK_TOKENS)
-        };
-        let Some((peer, expected)) = choice else { return Vec::new() };
+        let Some((peer, expected)) = credit::prefill_peer(&self.members_serving(&peers, &model), blocks * BLOCK_TOKENS) else { return Vec::new() };
         // Three times what its advert promises, and a margin for the connection.
         let deadline = Duration::try_from_secs_f64(expected * 3.0 + 5.0).unwrap_or(transfer::MAX_PREFILL_DEADLINE);
         let started = Instant::now();
@@ -332,17 +323,7 @@ impl KvExchange {
         let Some(first) = batch.first() else { return };
         let (model, bytes) = (first.model, batch.iter().map(|b| b.size() as u64).sum::<u64>());
         let Ok(peers) = self.inner.client.peers().await else { return };
-        let id = model.to_string();
-        let now = Instant::now();
-        let target = {
-            let mut cooldowns = self.inner.cooldowns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            peers
-                .iter()
-                .filter(|p| p.connected)
-                .filter_map(|p| Some((p.peer_id.parse::<PeerId>().ok()?, p.capacity.models.iter().find(|m| m.model_id == id)?.kv_free_bytes)))
-                .filter(|(peer, free)| *peer != self.inner.me && *free >= bytes && !cooldowns.is_cooling(peer, now))
-                .max_by_key(|(peer, free)| (*free, *peer))
-        };
+        let target = self.members_serving(&peers, &model).into_iter().map(|(peer, c)| (peer, c.kv_free_bytes)).filter(|(_, free)| *free >= bytes).max_by_key(|(peer, free)| (*free, *peer));
         let Some((peer, _)) = target else {
             tracing::debug!(blocks = batch.len(), "dropped KV blocks let go: no peer has room for them");
             return;
