@@ -65,8 +65,10 @@ def engine(args, prompt: str, extra: list[str]) -> tuple[str, list[dict], int]:
     return proc.stdout, runs, max((r.get("peak_rss_bytes") or 0) for r in runs)
 
 
-def python_onnxruntime(model: str, threads: int, n_prompt: int, n_decode: int) -> tuple[float, float, tuple[float, float] | None]:
-    plain = PlainLoop(model, threads)
+def python_onnxruntime(model: str, threads: int, n_prompt: int, n_decode: int, graph: str) -> tuple[float, float, tuple[float, float] | None]:
+    """Python onnxruntime on `graph` of `model` (the one the engine ran), its plain 1-row
+    loop and (graphs that append in place) its in-place loop: prefill and decode tokens/s."""
+    plain = PlainLoop(model, threads, graph, one_row=True)
     config, session = plain.config, plain.session
     ids = [int(x) for x in np.random.default_rng(7).integers(32, min(config["vocab_size"], 30000), n_prompt)]
 
@@ -96,6 +98,8 @@ def python_onnxruntime(model: str, threads: int, n_prompt: int, n_decode: int) -
         binding.bind_cpu_input("input_ids", np.array([tokens], np.int64))
         binding.bind_cpu_input("attention_mask", np.ones((1, plen + n), np.int64))
         binding.bind_cpu_input("position_ids", np.arange(plen, plen + n, dtype=np.int64)[None])
+        if plain.takes_logits_rows:
+            binding.bind_cpu_input("logits_rows", np.array([1], np.int64))
         binding.bind_output("logits")  # its shape changes from the prompt to one token
         session.run_with_iobinding(binding)
         return binding.get_outputs()[-1].numpy()[0, -1]
@@ -121,8 +125,9 @@ def main() -> None:
     parser.add_argument("--llama-python")
     parser.add_argument("--gguf")
     args = parser.parse_args()
-    report: dict = {"model": args.model, "threads": args.threads}
-    lines = []
+    machine = subprocess.run([os.path.join(os.path.dirname(os.path.abspath(__file__)), "machine.sh")], capture_output=True, text=True).stdout.strip()
+    report: dict = {"model": args.model, "threads": args.threads, "machine": machine}
+    lines = [machine]
 
     # 1 and 2, interleaved for ROUNDS rounds (medians): the engine (cold, then cached; peak
     # RSS), then Python onnxruntime's loops on the same prompt length.
@@ -131,7 +136,9 @@ def main() -> None:
         _, runs, rss = engine(args, LONG, ["--max-prompt-tokens", str(PROMPT_TOKENS), "--max-tokens", str(DECODE_TOKENS), "--repeat", "2"])
         cold, warm = runs[0], runs[1]
         n_prompt, n_decode = cold["prompt_tokens"], cold["tokens"]
-        py_prefill, py_decode, in_place = python_onnxruntime(args.model, args.threads, n_prompt, n_decode)
+        compute = cold.get("compute", "fp32")
+        graph = "model.int8.onnx" if compute == "int8" else "model.onnx"
+        py_prefill, py_decode, in_place = python_onnxruntime(args.model, args.threads, n_prompt, n_decode, graph)
         rounds.append({
             # The first generated token comes with the prefill; decode_secs covers the rest.
             "prefill": n_prompt / cold["prefill_secs"], "decode": (n_decode - 1) / cold["decode_secs"],
@@ -144,7 +151,8 @@ def main() -> None:
     weights = sum(os.path.getsize(os.path.join(args.model, f)) for f in os.listdir(args.model) if f.startswith("model.onnx"))
     report.update(rounds=rounds, medians=m, prompt_tokens=n_prompt, decode_tokens=n_decode, weights_bytes=weights, peak_rss_loaded_bytes=rss_loaded)
     ours_prefill, ours_decode = m["prefill"], m["decode"]
-    lines.append(f"model {args.model}, {args.threads} threads, {n_prompt}-token prompt, {n_decode} generated tokens, median of {ROUNDS} interleaved rounds")
+    report["compute"] = compute
+    lines.append(f"model {args.model} ({compute} compute, chosen by the engine), {args.threads} threads, {n_prompt}-token prompt, {n_decode} generated tokens, median of {ROUNDS} interleaved rounds")
     lines.append(f"prefill: engine {ours_prefill:,.0f} tokens/s, python onnxruntime {m['py_prefill']:,.0f} tokens/s, ratio {ours_prefill / m['py_prefill']:.2f}x")
     lines.append(f"decode:  engine {ours_decode:,.1f} tokens/s, python onnxruntime {m['py_decode']:,.1f} tokens/s, ratio {ours_decode / m['py_decode']:.2f}x")
     if m["ip_decode"] is not None:

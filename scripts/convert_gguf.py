@@ -4,13 +4,14 @@ layout built from ONNX Runtime's fused operators (`fused_decoder.py`; weights st
 it in `model.onnx.data`), `tokenizer.json` rebuilt from the GGUF's tokenizer metadata, and
 `config.json` (with the chat template).
 
-    python3 convert_gguf.py OUT_DIR [--gguf FILE] [--quant fp32|int4 [--int8-compute]]
+    python3 convert_gguf.py OUT_DIR [--gguf FILE] [--quant fp32|int4]
 
 Weights are dequantized with `gguf` (Q8_0 embeddings, Q4_1 matrices). llama.cpp's
 HF-to-GGUF conversion permutes the rows of `attn_q`/`attn_k` for its rotary layout; they
 are permuted back here so the graph applies rotary embeddings the Hugging Face way.
 Weights are fp32 by default; `--quant int4` requantizes them to 4-bit blocks of 32
-(MatMulNBits), `--int8-compute` adds int8 activations (faster decode, not batch-consistent).
+(MatMulNBits), and `model.int8.onnx` is written beside `model.onnx`: the same graph with int8
+activations (the engine picks one by the CPU).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fused_decoder import build_fused  # noqa: E402
+from fused_decoder import INT8_GRAPH, build_fused, write_int8_graph  # noqa: E402
 from make_tiny_model import Dims  # noqa: E402
 
 
@@ -84,7 +85,6 @@ def main() -> None:
     parser.add_argument("out_dir")
     parser.add_argument("--gguf", default=None)
     parser.add_argument("--quant", choices=["fp32", "int4"], default="fp32")
-    parser.add_argument("--int8-compute", action="store_true", help="int4 only: int8 activations (faster decode, not batch-consistent)")
     args = parser.parse_args()
     path = args.gguf or default_gguf()
     reader = gguf.GGUFReader(path)
@@ -123,15 +123,17 @@ def main() -> None:
         weights[f"{p}.mlp.down_proj.weight"] = get(f"{b}.ffn_down.weight").T
     if "output.weight" in tensors:
         sys.exit("convert_gguf: untied output weights are not supported yet")
-    model = build_fused(dims, weights, args.quant, args.int8_compute)
+    model = build_fused(dims, weights, args.quant)
     os.makedirs(args.out_dir, exist_ok=True)
     # Weights go to model.onnx.data next to the graph: ONNX Runtime maps that file instead
     # of copying the weights out of a protobuf buffer (half the peak memory at load).
-    for name in ("model.onnx", "model.onnx.data"):  # onnx appends to an existing data file
+    for name in ("model.onnx", "model.onnx.data", INT8_GRAPH):  # onnx appends to an existing data file
         if os.path.exists(os.path.join(args.out_dir, name)):
             os.remove(os.path.join(args.out_dir, name))
     onnx.save(model, os.path.join(args.out_dir, "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
     os.chmod(os.path.join(args.out_dir, "model.onnx.data"), 0o644)
+    if args.quant == "int4":
+        write_int8_graph(args.out_dir)
     with open(os.path.join(args.out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
         json.dump(tokenizer_json(reader), f, ensure_ascii=False)
     config = {

@@ -1,17 +1,21 @@
 """The fused decoder graph: the same Llama-style model as `make_tiny_model.build`, in the
 same Optimum layout (inputs `input_ids`, `attention_mask`, `position_ids`,
-`past_key_values.{i}.key/value`; outputs `logits`, `present.{i}.key/value`), built from
+`past_key_values.{i}.key/value`; outputs `logits`, `present.{i}.key/value`) plus an input
+`logits_rows` (int64 [1]: logits for the last that many positions only), built from
 ONNX Runtime's fused CPU operators, because decode is memory-bound and per-operator bound.
 Weights are fp32 (`MatMul`) or int4:
 
 - int4: every projection is a `MatMulNBits` (com.microsoft): weights in blocks of 32 along the
   input dimension, 4 bits each with a float scale and a 4-bit zero point per block
   (round-to-nearest between the block's min and max, zero included); q/k/v are one
-  matrix, gate/up another. Compute is fp32 (`accuracy_level` 0) by default: ONNX
-  Runtime's int8 compute (`accuracy_level` 4, `--int8-compute`) decodes faster but
-  rounds activations differently for one row and for several (measured: logits differ
-  by up to 0.8 between a 1-token and a 2-token pass on SmolLM2), so speculative decoding
-  and cached prefixes would no longer give exactly the one-token-at-a-time output;
+  matrix, gate/up another. The graph computes in fp32 (`accuracy_level` 0, `model.onnx`);
+  `write_int8_graph` writes the same graph with ONNX Runtime's int8 compute
+  (`accuracy_level` 4: activations quantized to int8 per block, integer dot products) as
+  `model.int8.onnx` beside it, on the same weights file, and the engine picks one by the
+  CPU (`engine/src/infer/compute.rs`). Both are row-invariant for passes of 2 rows or more
+  (a row's result does not depend on the other rows of its pass), which is how the engine
+  runs them; 1-row passes round differently, and int8 amplifies that (logits up to 0.8 apart
+  on SmolLM2), so the engine never runs a 1-row pass;
 - the tied output projection (lm_head) is the embedding table (int4: quantized the same
   way, and the embedding lookup reads an fp16 copy of the table; fp32: one table for both,
   the projection a `Gemm` by its transpose);
@@ -78,14 +82,30 @@ class Graph(BaseGraph):
         return self.op("MatMulNBits", [x, b, s, z], outputs, domain=MS, K=k, N=n, bits=4, block_size=BLOCK, accuracy_level=self.accuracy_level)
 
 
-def build_fused(d, weights: dict, quant: str = "int4", int8_compute: bool = False) -> onnx.ModelProto:
+INT8_GRAPH = "model.int8.onnx"
+
+
+def write_int8_graph(out_dir: str) -> None:
+    """Writes `out_dir/model.int8.onnx`: `model.onnx` with int8 compute in every
+    `MatMulNBits`, referring to the same external weights (no copy of them)."""
+    import os
+
+    model = onnx.load(os.path.join(out_dir, "model.onnx"), load_external_data=False)
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            for attribute in node.attribute:
+                if attribute.name == "accuracy_level":
+                    attribute.i = 4
+    onnx.save(model, os.path.join(out_dir, INT8_GRAPH))
+
+
+def build_fused(d, weights: dict, quant: str = "int4") -> onnx.ModelProto:
     """The fused graph of a decoder of dims `d` (`make_tiny_model.Dims`) with `weights`
     (Hugging Face names, projections [in, out], float32); `quant` is int4 or fp32."""
     if quant not in ("int4", "fp32"):
         raise ValueError(f"unknown weight format {quant!r} (int4 or fp32)")
     g = Graph()
     g.int4 = quant == "int4"
-    g.accuracy_level = 4 if int8_compute else 0
     w = lambda name: np.asarray(weights[name], dtype=np.float32)  # noqa: E731
     embed = w("model.embed_tokens.weight")  # [vocab, hidden]
     if g.int4:
@@ -140,21 +160,25 @@ def build_fused(d, weights: dict, quant: str = "int4", int8_compute: bool = Fals
 
     final_norm = g.const(w("model.norm.weight"), "model.norm.weight")
     x, _, _, _ = g.op("SkipSimplifiedLayerNormalization", [residual, hidden, final_norm], 4, domain=MS, epsilon=d.rms_eps)
+    # Logits of the last `logits_rows` positions only (a prefill needs one row: the rest
+    # would cost a [chunk, vocab] product and buffer for nothing).
+    x = g.op("Slice", [x, g.op("Neg", ["logits_rows"]), i64([2**62]), i64([1])])
     if g.int4:
         g.matmul4(x, embed.T, "lm_head", "logits")
     else:
-        # x [b, s, H] by the table's transpose, without a transposed copy of the table.
+        # x [b, rows, H] by the table's transpose, without a transposed copy of the table.
         rows = g.op("Reshape", [x, i64([-1, d.hidden])])
         flat = g.op("Gemm", [rows, table], transB=1)
-        shape = g.op("Concat", [g.op("Shape", ["input_ids"]), i64([d.vocab])], axis=0)
+        shape = g.op("Concat", [g.op("Shape", [x], end=2), i64([d.vocab])], axis=0)
         g.op("Reshape", [flat, shape], ["logits"])
 
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]),
         helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"]),
+        helper.make_tensor_value_info("logits_rows", TensorProto.INT64, [1]),
     ]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", d.vocab])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "logits_rows", d.vocab])]
     for layer in range(d.layers):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{layer}.{kind}", TensorProto.FLOAT, ["batch", d.kv_heads, "past", d.head_dim]))

@@ -229,6 +229,10 @@ def main() -> None:
     else:
         model = build(args.seed)
     onnx.save(model, os.path.join(args.out_dir, "model.onnx"))
+    if args.quant == "int4":
+        from fused_decoder import write_int8_graph
+
+        write_int8_graph(args.out_dir)
     with open(os.path.join(args.out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
         json.dump(tokenizer_json(), f, ensure_ascii=False)
     config = {

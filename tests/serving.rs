@@ -106,6 +106,8 @@ async fn cuda_is_used_only_where_it_exists_and_asking_for_it_without_says_why() 
     // No GPU found: auto runs on the CPU and says so in the advert.
     let auto = pyagent_node::serving::ModelWorker::start(config(pyagent_node::config::ProviderChoice::Auto)).await.unwrap();
     assert_eq!(auto.advert().provider, "cpu");
+    // An fp32 model has no int8 graph: fp32 compute, advertised.
+    assert_eq!(auto.advert().compute, "fp32");
     // CUDA asked for, on a CPU-only runtime: the model is not served, and the error says why.
     let err = pyagent_node::serving::ModelWorker::start(config(pyagent_node::config::ProviderChoice::Cuda)).await.unwrap_err().to_string();
     assert!(err.contains("cuda") && err.contains("onnxruntime-gpu"), "{err}");
@@ -113,4 +115,33 @@ async fn cuda_is_used_only_where_it_exists_and_asking_for_it_without_says_why() 
     let fallback = pyagent_node::serving::ModelWorker::start(pyagent_node::serving::ServeConfig { vram_free: Some(8 << 30), ..config(pyagent_node::config::ProviderChoice::Auto) }).await.unwrap();
     assert_eq!(fallback.advert().provider, "cpu");
     assert!(fallback.generate(vec![1, 2, 3], GenerateOptions { max_tokens: 2, ..Default::default() }).await.is_ok());
+}
+
+/// An int4 model runs with the compute mode its CPU suits (int8 where it has AVX2 or Arm dot
+/// product), advertises it, and its model id is that of the graph it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_int4_model_runs_and_advertises_the_compute_mode_its_cpu_suits() {
+    use pyagent_engine::infer::{ComputeChoice, ComputeMode, ModelDir, compute};
+    let Some(tiny) = tiny_model() else { return };
+    let model = tiny.with_file_name("tiny-int4");
+    assert!(model.join(compute::INT8_GRAPH).is_file(), "scripts/prepare-model.sh tiny-int4 writes {}", compute::INT8_GRAPH);
+    let worker = pyagent_node::serving::ModelWorker::start(pyagent_node::serving::ServeConfig {
+        model: model.clone(),
+        ort_lib: None,
+        kv_host_bytes: 16 << 20,
+        ram_available: 1 << 30,
+        provider: pyagent_node::config::ProviderChoice::Cpu,
+        vram_free: None,
+        role: Default::default(),
+    })
+    .await
+    .unwrap();
+    let advert = worker.advert();
+    let expected = compute::mode_for(&compute::cpu_features()).mode;
+    assert_eq!(advert.compute, expected.to_string(), "{:?}", compute::cpu_features());
+    let ran = ModelDir::open_with(&model, ComputeChoice::Fixed(expected)).unwrap();
+    assert_eq!(advert.model_id, ran.id.to_string());
+    // The other mode is another graph: another id, so blocks never cross modes.
+    let other = if expected == ComputeMode::Int8 { ComputeMode::Fp32 } else { ComputeMode::Int8 };
+    assert_ne!(ModelDir::open_with(&model, ComputeChoice::Fixed(other)).unwrap().id, ran.id);
 }

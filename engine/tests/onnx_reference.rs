@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pyagent_engine::infer::{self, Decoder, ModelDir, ModelError, RuntimeError};
+use pyagent_engine::infer::{self, ComputeChoice, ComputeMode, Decoder, ModelDir, ModelError, RuntimeError};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -35,17 +35,37 @@ fn prepared_model(name: &str, test: &str) -> Option<(ModelDir, &'static ort::env
     Some((ModelDir::open(&model_dir).unwrap(), env.unwrap(), python))
 }
 
+/// A prepared model once per compute mode it has (an int4 model: int8 and fp32 compute).
+fn prepared_modes(name: &str, test: &str) -> Vec<(ModelDir, &'static ort::environment::Environment, PathBuf)> {
+    let Some((model, env, python)) = prepared_model(name, test) else { return Vec::new() };
+    let mut out = Vec::new();
+    for mode in [ComputeMode::Int8, ComputeMode::Fp32] {
+        let dir = ModelDir::open_with(&model.dir, ComputeChoice::Fixed(mode)).unwrap();
+        if dir.compute.mode == mode {
+            out.push((dir, env, python.clone()));
+        }
+    }
+    out
+}
+
+/// How far apart two paths that the engine runs with passes of 2 rows or more may be. On
+/// SmolLM2 not at all (its tests assert 0), but the tiny model's attention (head size 8)
+/// takes kernels whose rounding depends on a row's place in its pass: up to 4e-6 measured.
+const TINY_ROUNDING: f32 = 1e-5;
+
 /// The plain tiny model.
 fn prepared(test: &str) -> Option<(ModelDir, &'static ort::environment::Environment, PathBuf)> {
     prepared_model("tiny", test)
 }
 
-fn reference(python: &Path, model: &Path, ids: &[u32], max_tokens: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
+/// Greedy tokens and step logits of Python onnxruntime on the graph `model` runs.
+fn reference(python: &Path, model: &ModelDir, ids: &[u32], max_tokens: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
     let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+    let graph = model.onnx.file_name().unwrap().to_str().unwrap();
     let out = Command::new(python)
         .arg(root().join("scripts/ort_reference.py"))
-        .arg(model)
-        .args(["--ids", &ids.join(","), "--max-tokens", &max_tokens.to_string()])
+        .arg(&model.dir)
+        .args(["--ids", &ids.join(","), "--max-tokens", &max_tokens.to_string(), "--graph", graph])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -65,39 +85,40 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
 }
 
-/// Greedy decoding of `ids` by `decoder` against Python onnxruntime on the same model:
-/// identical tokens, logits within 1e-4 at every step.
-fn assert_matches_reference(decoder: &mut Decoder, python: &Path, model: &ModelDir, ids: &[u32], max_tokens: usize, what: &str) {
+/// Greedy decoding of `ids` by `decoder` against Python onnxruntime on the same graph and
+/// passes: identical tokens, logits within `allowed` at every step.
+fn assert_matches_reference(decoder: &mut Decoder, python: &Path, model: &ModelDir, ids: &[u32], max_tokens: usize, allowed: f32, what: &str) {
     let ours = infer::generate::greedy(decoder, ids, max_tokens, &[], |_| {}).unwrap();
-    let (tokens, logits) = reference(python, &model.dir, ids, max_tokens);
+    let (tokens, logits) = reference(python, model, ids, max_tokens);
     assert_eq!(ours.tokens, tokens, "{what}");
+    assert_eq!(ours.step_logits.len(), logits.len(), "{what}");
     for (step, (a, b)) in ours.step_logits.iter().zip(&logits).enumerate() {
         let worst = max_diff(a, b);
-        assert!(worst < 1e-4, "{what} step {step}: logits differ by {worst}");
+        assert!(worst <= allowed, "{what} ({}) step {step}: logits differ by {worst}", model.compute);
     }
 }
 
 #[test]
 fn greedy_tokens_and_logits_match_python_onnxruntime() {
-    for name in TINY {
-        let Some((model, env, python)) = prepared_model(name, "onnx reference test") else { continue };
+    for (model, env, python) in TINY.into_iter().flat_map(|name| prepared_modes(name, "onnx reference test")) {
+        let name = format!("{} {}", model.dir.display(), model.compute.mode);
         let mut decoder = Decoder::load(&model, env, 1).unwrap();
         for prompt in ["Hello world", "def f(x):\n    return x", "The capital of France is"] {
             let ids = model.encode(prompt).unwrap();
-            assert_matches_reference(&mut decoder, &python, &model, &ids, 12, &format!("{name} {prompt:?}"));
+            assert_matches_reference(&mut decoder, &python, &model, &ids, 12, 1e-4, &format!("{name} {prompt:?}"));
         }
     }
 }
 
 #[test]
 fn a_cached_prefix_gives_the_same_logits_as_recomputing_it() {
-    for name in TINY {
-        cached_prefix_matches_recompute(name);
+    for (model, env, _) in TINY.into_iter().flat_map(|name| prepared_modes(name, "cached prefix test")) {
+        cached_prefix_matches_recompute(&model, env);
     }
 }
 
-fn cached_prefix_matches_recompute(name: &str) {
-    let Some((model, env, _)) = prepared_model(name, "cached prefix test") else { return };
+fn cached_prefix_matches_recompute(model: &ModelDir, env: &'static ort::environment::Environment) {
+    let name = format!("{} {}", model.dir.display(), model.compute.mode);
     let mut decoder = Decoder::load(&model, env, 1).unwrap();
     let ids = model.encode("a prefix computed once, and a continuation").unwrap();
     let (full, _) = decoder.forward(&ids, decoder.empty_cache().unwrap()).unwrap();
@@ -108,7 +129,7 @@ fn cached_prefix_matches_recompute(name: &str) {
     let vocab = decoder.vocab();
     assert_eq!(rest.rows(), ids.len() - split);
     let worst = max_diff(rest.all(), &full.all()[split * vocab..]);
-    assert!(worst < 1e-5, "{name}: cached prefix changed the logits by {worst}");
+    assert!(worst <= TINY_ROUNDING, "{name}: cached prefix changed the logits by {worst}");
 
     // One token at a time from an empty cache, past the size an in-place buffer starts
     // with (it grows, keeping what it holds): the same logits as one pass over them all.
@@ -120,7 +141,7 @@ fn cached_prefix_matches_recompute(name: &str) {
         let (logits, present) = decoder.forward(&[token], cache).unwrap();
         cache = present;
         let worst = max_diff(logits.row(0), all.row(i));
-        assert!(worst < 1e-4, "{name}: position {i} differs by {worst}");
+        assert!(worst <= 1e-4, "{name}: position {i} differs by {worst}");
     }
     assert_eq!(cache.len(), long.len());
 }
@@ -208,48 +229,49 @@ mod engine {
 
     #[test]
     fn cached_exported_and_evicted_blocks_never_change_the_output() {
-        for name in TINY {
-            blocks_never_change_the_output(name);
+        for (model, env, _) in TINY.into_iter().flat_map(|name| prepared_modes(name, "engine prefix-cache test")) {
+            blocks_never_change_the_output(model, env);
         }
     }
 
-    fn blocks_never_change_the_output(name: &str) {
-        let Some((model, env, _)) = prepared_model(name, "engine prefix-cache test") else { return };
+    fn blocks_never_change_the_output(model: ModelDir, env: &'static ort::environment::Environment) {
         let dir = tempfile::tempdir().unwrap();
         let model_dir = model.dir.clone();
+        let choice = ComputeChoice::Fixed(model.compute.mode);
+        let allowed = TINY_ROUNDING;
         let ids = model.encode(PROMPT).unwrap();
         assert!(ids.len() > 3 * BLOCK_TOKENS);
         let options = GenerateOptions { max_tokens: 10, keep_logits: true, ..Default::default() };
-        let mut engine = Engine::new(model, env, 1, &pool(64, 0, dir.path(), &ModelDir::open(&model_dir).unwrap())).unwrap();
+        let mut engine = Engine::new(model, env, 1, &pool(64, 0, dir.path(), &ModelDir::open_with(&model_dir, choice).unwrap())).unwrap();
         let cold = engine.generate(&ids, &options, |_| {}).unwrap();
         assert_eq!(cold.cached_tokens, 0);
         let warm = engine.generate(&ids, &options, |_| {}).unwrap();
         assert_eq!(warm.cached_tokens, (ids.len() - 1) / BLOCK_TOKENS * BLOCK_TOKENS, "the whole-block prefix is reused");
         assert_eq!(warm.tokens, cold.tokens);
-        assert!(same(&warm.step_logits, &cold.step_logits) < 1e-5);
+        assert!(same(&warm.step_logits, &cold.step_logits) <= allowed);
 
         // Blocks exported and imported into a fresh pool of another engine.
         let hashes = block_hashes(&engine.model.id, &ids);
         let exported: Vec<Vec<u8>> = hashes.iter().map(|h| engine.pool.lock().get(h).unwrap().unwrap().export()).collect();
         let fresh_dir = tempfile::tempdir().unwrap();
-        let mut other = Engine::new(ModelDir::open(&model_dir).unwrap(), env, 1, &pool(64, 0, fresh_dir.path(), &engine.model)).unwrap();
+        let mut other = Engine::new(ModelDir::open_with(&model_dir, choice).unwrap(), env, 1, &pool(64, 0, fresh_dir.path(), &engine.model)).unwrap();
         for bytes in &exported {
             other.pool.lock().insert(KvBlock::import(bytes, &other.model.id).unwrap()).unwrap();
         }
         let imported = other.generate(&ids, &options, |_| {}).unwrap();
         assert!(imported.cached_tokens > 0);
         assert_eq!(imported.tokens, cold.tokens);
-        assert!(same(&imported.step_logits, &cold.step_logits) < 1e-5);
+        assert!(same(&imported.step_logits, &cold.step_logits) <= allowed);
 
         // A tiny budget: two blocks in RAM, the rest of the prompt's on disk; blocks are
         // demoted, then found on disk and promoted, without changing the output.
         let tiny_dir = tempfile::tempdir().unwrap();
         let blocks = hashes.len() as u64;
-        let mut tiny = Engine::new(ModelDir::open(&model_dir).unwrap(), env, 1, &pool(2, blocks, tiny_dir.path(), &engine.model)).unwrap();
+        let mut tiny = Engine::new(ModelDir::open_with(&model_dir, choice).unwrap(), env, 1, &pool(2, blocks, tiny_dir.path(), &engine.model)).unwrap();
         for _ in 0..3 {
             let out = tiny.generate(&ids, &options, |_| {}).unwrap();
             assert_eq!(out.tokens, cold.tokens);
-            assert!(same(&out.step_logits, &cold.step_logits) < 1e-5);
+            assert!(same(&out.step_logits, &cold.step_logits) <= allowed);
         }
         assert!(tiny.pool.lock().stats().demotions > 0 && tiny.pool.lock().stats().hits > 0, "{:?}", tiny.pool.lock().stats());
     }
@@ -311,13 +333,13 @@ mod engine {
 
 #[test]
 fn speculative_decoding_yields_exactly_the_greedy_output() {
-    for name in TINY {
-        speculative_matches_greedy(name);
+    for (model, env, _) in TINY.into_iter().flat_map(|name| prepared_modes(name, "speculative decoding test")) {
+        speculative_matches_greedy(&model, env);
     }
 }
 
-fn speculative_matches_greedy(name: &str) {
-    let Some((model, env, _)) = prepared_model(name, "speculative decoding test") else { return };
+fn speculative_matches_greedy(model: &ModelDir, env: &'static ort::environment::Environment) {
+    let name = format!("{} {}", model.dir.display(), model.compute.mode);
     let mut decoder = Decoder::load(&model, env, 1).unwrap();
     let repetitive = "for item in items:\n    total = total + item\nfor item in items:\n    total = total + item\nfor item in";
     let mut saved = 0usize;
@@ -368,7 +390,49 @@ mod smollm2 {
         let text = model.decode(&out.tokens).unwrap();
         assert!(text.contains("Paris"), "{text:?}");
         let ids = model.encode(&chat("What is the capital of France?")).unwrap();
-        assert_matches_reference(&mut decoder, &python, &model, &ids, 8, "int4 chat");
+        assert_matches_reference(&mut decoder, &python, &model, &ids, 8, 0.0, "int4 chat");
+    }
+
+    /// In both compute modes, every path the engine promises to be the same gives the same
+    /// bits (no pass has one row): Python onnxruntime on the same graph and passes, the
+    /// prompt prefilled in other chunks, its prefix from the pool, and speculative decoding.
+    #[test]
+    fn smollm2_int4_paths_are_bit_exact_in_both_compute_modes() {
+        use pyagent_engine::infer::{Engine, GenerateOptions};
+        use pyagent_engine::kv::PoolConfig;
+        let Some((auto, env, python)) = prepared_as("smollm2-int4", "SmolLM2 int4 exactness test") else { return };
+        let code = "def area(w, h):\n    return w * h\n\ndef perimeter(w, h):\n    return 2 * (w + h)\n\n# The same, with type hints:\ndef area(w: float, h: float) -> float:\n    return w * h\n\ndef perimeter(w";
+        for mode in [ComputeMode::Int8, ComputeMode::Fp32] {
+            let model = ModelDir::open_with(&auto.dir, ComputeChoice::Fixed(mode)).unwrap();
+            assert_eq!(model.compute.mode, mode, "prepare-model.sh writes both graphs");
+            let ids = model.encode(code).unwrap();
+            assert!(ids.len() > 40, "{}", ids.len());
+            let mut decoder = Decoder::load(&model, env, 2).unwrap();
+            assert_matches_reference(&mut decoder, &python, &model, &ids, 6, 0.0, &format!("{mode} vs Python"));
+            let greedy = infer::generate::greedy(&mut decoder, &ids, 24, &[], |_| {}).unwrap();
+            let spec = infer::speculative::generate(&mut decoder, &ids, 24, 8, &[]).unwrap();
+            assert_eq!(spec.tokens, greedy.tokens, "{mode}: speculative");
+            assert!(spec.accepted > 0, "{mode}: the code repeats, drafts are accepted");
+            drop(decoder);
+
+            drop(model);
+            // An engine with an empty pool of its own.
+            let fresh = || Engine::new(ModelDir::open_with(&auto.dir, ComputeChoice::Fixed(mode)).unwrap(), env, 2, &PoolConfig { host_bytes: 64 << 20, ..Default::default() }).unwrap();
+            let mut engine = fresh();
+            let options = GenerateOptions { max_tokens: 12, keep_logits: true, ..Default::default() };
+            let cold = engine.generate(&ids, &options, |_| {}).unwrap();
+            let warm = engine.generate(&ids, &options, |_| {}).unwrap();
+            assert!(warm.cached_tokens >= 32, "{}", warm.cached_tokens);
+            assert_eq!(warm.step_logits, cold.step_logits, "{mode}: cached prefix");
+            for chunk in [7, 16, 33] {
+                let mut engine = fresh();
+                engine.prefill_chunk = chunk;
+                let out = engine.generate(&ids, &options, |_| {}).unwrap();
+                assert_eq!(out.cached_tokens, 0);
+                assert_eq!(out.step_logits, cold.step_logits, "{mode}: prefill in chunks of {chunk}");
+            }
+            assert_eq!(cold.tokens, greedy.tokens[..cold.tokens.len()], "{mode}: engine and reference loop");
+        }
     }
 
     fn chat(question: &str) -> String {
@@ -395,7 +459,7 @@ mod smollm2 {
         let mut decoder = Decoder::load(&model, env, 1).unwrap();
         for prompt in [chat("Write a haiku about rivers."), "def fibonacci(n):".to_string()] {
             let ids = model.encode(&prompt).unwrap();
-            assert_matches_reference(&mut decoder, &python, &model, &ids, 8, &format!("{prompt:?}"));
+            assert_matches_reference(&mut decoder, &python, &model, &ids, 8, 1e-4, &format!("{prompt:?}"));
         }
     }
 }

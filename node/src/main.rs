@@ -151,7 +151,11 @@ fn generate(args: &cli::GenerateArgs) -> ExitCode {
     use std::io::Write;
     let run = || -> anyhow::Result<()> {
         let env = infer::environment(args.ort_lib.as_deref()).context("inference is off")?;
-        let model = infer::ModelDir::open(&args.model)?;
+        let model = match args.compute {
+            Some(choice) => infer::ModelDir::open_with(&args.model, choice)?,
+            None => infer::ModelDir::open(&args.model)?,
+        };
+        eprintln!("{}: {}", args.model.display(), model.compute);
         let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
         let pool = pyagent_engine::kv::PoolConfig { host_bytes: 256 << 20, ..Default::default() };
         let mut engine = Engine::new(model, env, threads, &pool)?;
@@ -184,7 +188,7 @@ fn generate(args: &cli::GenerateArgs) -> ExitCode {
                 let secs = started.elapsed().as_secs_f64();
                 println!("{}", engine.model.decode(&out.tokens)?);
                 if args.stats_json {
-                    eprintln!("{}", serde_json::json!({ "mode": "speculative", "k": k, "tokens": out.tokens.len(), "passes": out.passes, "accepted": out.accepted, "secs": secs, "peak_rss_bytes": peak_rss_bytes() }));
+                    eprintln!("{}", serde_json::json!({ "mode": "speculative", "compute": engine.model.compute.mode, "k": k, "tokens": out.tokens.len(), "passes": out.passes, "accepted": out.accepted, "secs": secs, "peak_rss_bytes": peak_rss_bytes() }));
                 } else {
                     eprintln!("{} tokens in {} passes ({} drafted tokens accepted): {:.1} tokens/s", out.tokens.len(), out.passes, out.accepted, rate(out.tokens.len(), secs));
                 }
@@ -200,7 +204,7 @@ fn generate(args: &cli::GenerateArgs) -> ExitCode {
                 eprintln!(
                     "{}",
                     serde_json::json!({
-                        "mode": "generate", "prompt_tokens": out.prompt_tokens, "cached_tokens": out.cached_tokens,
+                        "mode": "generate", "compute": engine.model.compute.mode, "prompt_tokens": out.prompt_tokens, "cached_tokens": out.cached_tokens,
                         "prefill_secs": out.prefill_secs, "tokens": out.tokens.len(), "decode_secs": out.decode_secs,
                         "peak_rss_bytes": peak_rss_bytes(),
                     })

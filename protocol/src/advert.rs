@@ -94,6 +94,10 @@ pub struct InferenceCapacity {
     /// `decode` and `both` nodes; `decode` nodes hand prompts to `prefill` nodes.
     #[serde(default)]
     pub role: InferenceRole,
+    /// How its int4 weights are multiplied: `int8` or `fp32` (the engine picks by the CPU;
+    /// blocks of different modes have different model ids).
+    #[serde(default)]
+    pub compute: String,
 }
 
 /// A node's part in serving a model (disaggregated prefill and decode).
@@ -220,6 +224,7 @@ impl Advert {
             check_text("capacity.models.name", &m.name, MAX_TEXT_LEN)?;
             check_text("capacity.models.model_id", &m.model_id, MAX_TEXT_LEN)?;
             check_text("capacity.models.provider", &m.provider, MAX_TEXT_LEN)?;
+            check_text("capacity.models.compute", &m.compute, MAX_TEXT_LEN)?;
             if m.name.is_empty() {
                 return Err(AdvertError::Field { field: "capacity.models.name", reason: "empty".into() });
             }

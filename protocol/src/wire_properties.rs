@@ -31,10 +31,10 @@ fn versions() -> impl Strategy<Value = VersionRange> {
 fn capacity() -> impl Strategy<Value = Capacity> {
     let gpu = (text(), any::<u64>(), any::<u64>()).prop_map(|(name, vram_total_bytes, vram_free_bytes)| GpuInfo { name, vram_total_bytes, vram_free_bytes });
     let load = (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), any::<bool>());
-    let kv = (any::<u32>(), any::<u8>(), vec(any::<u8>(), 0..64), proptest::sample::select(crate::InferenceRole::ALL.to_vec()))
-        .prop_map(|(blocks, hashes, bits, role)| (crate::kv::KvSummary { blocks, hashes, bits }, role));
+    let kv = (any::<u32>(), any::<u8>(), vec(any::<u8>(), 0..64), proptest::sample::select(crate::InferenceRole::ALL.to_vec()), text())
+        .prop_map(|(blocks, hashes, bits, role, compute)| (crate::kv::KvSummary { blocks, hashes, bits }, role, compute));
     let inference = (text(), text(), any::<u64>(), any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>(), load, text(), kv).prop_map(
-        |(name, model_id, model_bytes, kv_budget_bytes, fits, prefill_tokens_per_s, decode_tokens_per_s, load, provider, (kv_blocks, role))| InferenceCapacity {
+        |(name, model_id, model_bytes, kv_budget_bytes, fits, prefill_tokens_per_s, decode_tokens_per_s, load, provider, (kv_blocks, role, compute))| InferenceCapacity {
             name,
             provider,
             model_id,
@@ -51,6 +51,7 @@ fn capacity() -> impl Strategy<Value = Capacity> {
             decode_tokens_per_s,
             kv_blocks,
             role,
+            compute,
         },
     );
     (any::<u32>(), any::<u64>(), any::<u64>(), vec(gpu, 0..3), vec(inference, 0..3)).prop_map(

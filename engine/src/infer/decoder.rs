@@ -12,6 +12,16 @@
 //!
 //! Logits are read where ONNX Runtime wrote them. Only the KV-block boundary (`cache.rs`)
 //! copies.
+//!
+//! No pass of an in-place graph has one row. ONNX Runtime's kernels (`MatMulNBits` in
+//! both compute modes, `GroupQueryAttention`) give a row the same bits in every pass of 2
+//! rows or more, whatever the other rows and however a prompt is chunked, but a 1-row pass
+//! takes other kernels that round differently (measured: up to 1e-5 in fp32 compute, up to
+//! 0.8 in int8 compute, which amplifies it). So a 1-token pass runs its token twice and
+//! keeps the first row: plain decoding, speculative verification, chunked and cached
+//! prefills all see the same numbers, bit for bit. The second row costs little (decode is
+//! bound by reading the weights, once per pass); its keys and values land past the
+//! sequence's end and are overwritten by the next pass.
 
 use std::borrow::Cow;
 
@@ -23,6 +33,9 @@ use super::model::{ModelDir, ModelError};
 
 /// Positions a shared cache buffer grows by at least (amortizes the copies).
 const GROWTH_STEP: usize = 256;
+
+/// Rows of the smallest pass an in-place graph runs (see the module docs).
+pub const MIN_ROWS: usize = 2;
 
 /// The KV cache of one sequence: per layer, ONNX Runtime tensors of keys and values
 /// `[1, kv_heads, capacity, head_dim]`, of which the first `len` positions are valid
@@ -154,11 +167,15 @@ impl KvState {
     }
 }
 
-/// The logits of a forward pass, `[rows, vocab]`, where ONNX Runtime wrote them.
+/// The logits of a forward pass, `[rows, vocab]`, where ONNX Runtime wrote them: of every
+/// new position, or (graphs with a `logits_rows` input, asked for fewer) of the last ones.
 #[derive(Debug)]
 pub struct Logits {
     value: DynValue,
+    /// New tokens of the pass.
     rows: usize,
+    /// The first of them whose row is held.
+    first: usize,
     vocab: usize,
 }
 
@@ -168,15 +185,18 @@ impl Logits {
         self.rows
     }
 
-    /// All rows, row-major.
+    /// The rows held (all of them unless fewer were asked for), row-major.
     pub fn all(&self) -> &[f32] {
-        // Checked to be f32 of rows x vocab when the pass returned.
-        self.value.try_extract_tensor::<f32>().map(|(_, data)| data).unwrap_or(&[])
+        // Checked to be f32 of at least that many rows when the pass returned (a padded
+        // pass has more rows than it shows).
+        let all = self.value.try_extract_tensor::<f32>().map(|(_, data)| data).unwrap_or(&[]);
+        all.get(..(self.rows - self.first) * self.vocab).unwrap_or(&[])
     }
 
-    /// The logits after new token `i`.
+    /// The logits after new token `i` (empty if its row was not asked for).
     pub fn row(&self, i: usize) -> &[f32] {
-        self.all().get(i * self.vocab..(i + 1) * self.vocab).unwrap_or(&[])
+        let Some(held) = i.checked_sub(self.first) else { return &[] };
+        self.all().get(held * self.vocab..(held + 1) * self.vocab).unwrap_or(&[])
     }
 
     /// The logits after the last new token.
@@ -194,6 +214,8 @@ pub struct Decoder {
     vocab: usize,
     max_positions: Option<usize>,
     share_buffer: bool,
+    /// The graph takes `logits_rows` (logits of the last positions only).
+    logits_rows: bool,
     past_names: Vec<(String, String)>,
     present_names: Vec<(String, String)>,
     arena: Allocator,
@@ -258,6 +280,7 @@ impl Decoder {
             (0..layers).map(|l| (format!("past_key_values.{l}.key"), format!("past_key_values.{l}.value"))).collect();
         let present_names: Vec<(String, String)> = (0..layers).map(|l| (format!("present.{l}.key"), format!("present.{l}.value"))).collect();
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+        let logits_rows = inputs.contains(&"logits_rows");
         let wanted = ["input_ids", "attention_mask", "position_ids"].into_iter().chain(past_names.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]));
         if let Some(missing) = wanted.into_iter().find(|w| !inputs.contains(w)) {
             return Err(ModelError::Layout(missing.to_owned()));
@@ -281,6 +304,7 @@ impl Decoder {
             vocab: model.config.vocab_size as usize,
             max_positions: model.config.max_position_embeddings.map(|m| m as usize),
             share_buffer: model.config.past_present_share_buffer,
+            logits_rows,
             past_names,
             present_names,
             binding: None,
@@ -316,7 +340,8 @@ impl Decoder {
     /// the graph writes in place, otherwise `len` (buffers are exactly the sequence).
     pub fn capacity_for(&self, len: usize, total: usize) -> usize {
         if self.share_buffer {
-            let total = total.max(len);
+            // Room for the padding row of the last pass too.
+            let total = total.max(len) + MIN_ROWS - 1;
             self.max_positions.map_or(total, |m| total.min(m).max(len))
         } else {
             len
@@ -344,6 +369,15 @@ impl Decoder {
     /// present cache (past + new). The past is consumed: with in-place attention, the
     /// present is the same buffers.
     pub fn forward(&mut self, tokens: &[u32], past: KvState) -> Result<(Logits, KvState), ModelError> {
+        self.forward_rows(tokens, past, tokens.len())
+    }
+
+    /// [`Self::forward`], with logits for (at least) the last `want` new positions only
+    /// where the graph can leave the others out (a prefill chunk needs its last).
+    pub fn forward_rows(&mut self, tokens: &[u32], past: KvState, want: usize) -> Result<(Logits, KvState), ModelError> {
+        if tokens.is_empty() {
+            return Err(ModelError::Run("a forward pass needs at least one token".into()));
+        }
         if past.layers.len() != self.layers || past.kv_heads != self.kv_heads || past.head_dim != self.head_dim {
             return Err(ModelError::Run(format!(
                 "the cache is shaped {} layers x {} heads x {}, the model {} x {} x {}",
@@ -355,32 +389,52 @@ impl Decoder {
                 self.head_dim
             )));
         }
-        let s = tokens.len();
-        let total = past.len + s;
+        let total = past.len + tokens.len();
         if let Some(max) = self.max_positions.filter(|&m| total > m) {
             return Err(ModelError::Run(format!("the sequence would hold {total} positions; the model takes at most {max}")));
         }
+        // A 1-token pass of an in-place graph runs the token twice (module docs), unless
+        // the second row would be past the model's last position.
+        let padded: [u32; MIN_ROWS];
+        let (tokens, shown) = match tokens {
+            &[token] if self.share_buffer && self.max_positions.is_none_or(|m| total < m) => {
+                padded = [token; MIN_ROWS];
+                (&padded[..], 1)
+            }
+            _ => (tokens, tokens.len()),
+        };
+        let s = tokens.len();
+        let total = past.len + s;
+        // Rows of logits the graph computes: the last `kept` of the pass, which covers the
+        // `want` last shown ones, and never one row alone where there are more (the same
+        // rule as for the whole pass).
+        let kept = if self.logits_rows { (s - shown + want.clamp(1, shown)).max(MIN_ROWS).min(s) } else { s };
+        let shape = Rows { shown, first: s - kept, kept };
         let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
         let positions: Vec<i64> = (past.len as i64..total as i64).collect();
         let ids = Tensor::from_array(([1usize, s], ids)).map_err(run_err)?;
         let mask = Tensor::from_array(([1usize, total], vec![1i64; total])).map_err(run_err)?;
         let positions = Tensor::from_array(([1usize, s], positions)).map_err(run_err)?;
+        let kept_input = Tensor::from_array(([1usize], vec![kept as i64])).map_err(run_err)?;
         if self.share_buffer {
             let grown = total.max(past.capacity + GROWTH_STEP);
             let past = if past.capacity < total { self.reserve(past, grown)? } else { past };
-            return self.forward_in_place(s, [ids, mask, positions], past);
+            return self.forward_in_place(shape, [ids, mask, positions, kept_input], past);
         }
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(3 + 2 * self.layers);
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(4 + 2 * self.layers);
         inputs.push(("input_ids".into(), ids.into()));
         inputs.push(("attention_mask".into(), mask.into()));
         inputs.push(("position_ids".into(), positions.into()));
+        if self.logits_rows {
+            inputs.push(("logits_rows".into(), kept_input.into()));
+        }
         for ((k, v), (k_name, v_name)) in past.layers.iter().zip(&self.past_names) {
             inputs.push((k_name.as_str().into(), k.into()));
             inputs.push((v_name.as_str().into(), v.into()));
         }
         let vocab = self.vocab;
         let mut outputs = self.session.run(inputs).map_err(run_err)?;
-        let logits = logits_of(&mut outputs, s, vocab)?;
+        let logits = logits_of(&mut outputs, shape, vocab)?;
         let mut layers = Vec::with_capacity(self.layers);
         for (k_name, v_name) in &self.present_names {
             let (k, v) = (take_output(&mut outputs, k_name)?, take_output(&mut outputs, v_name)?);
@@ -399,7 +453,9 @@ impl Decoder {
 
     /// A pass whose attention appends to the past buffers in place. The cache stays bound
     /// from step to step; only the new tokens, the mask and the logits are bound anew.
-    fn forward_in_place(&mut self, s: usize, [ids, mask, positions]: [Tensor<i64>; 3], mut past: KvState) -> Result<(Logits, KvState), ModelError> {
+    /// Of the pass's rows, the first `rows.shown` are its tokens; the rest are padding,
+    /// neither shown in the logits nor kept in the cache.
+    fn forward_in_place(&mut self, rows: Rows, [ids, mask, positions, kept]: [Tensor<i64>; 4], mut past: KvState) -> Result<(Logits, KvState), ModelError> {
         let binding = match self.binding.take() {
             Some((bound, binding)) if bound == past.buffers => binding,
             _ => {
@@ -417,15 +473,18 @@ impl Decoder {
         binding.bind_input("input_ids", &ids).map_err(run_err)?;
         binding.bind_input("attention_mask", &mask).map_err(run_err)?;
         binding.bind_input("position_ids", &positions).map_err(run_err)?;
+        if self.logits_rows {
+            binding.bind_input("logits_rows", &kept).map_err(run_err)?;
+        }
         // The logits' shape follows the number of new tokens.
         binding.bind_output_to_device("logits", &self.cpu).map_err(run_err)?;
         let vocab = self.vocab;
         let logits = {
             let mut outputs = self.session.run_binding(&binding).map_err(run_err)?;
-            logits_of(&mut outputs, s, vocab)?
+            logits_of(&mut outputs, rows, vocab)?
         };
         self.binding = Some((past.buffers, binding));
-        past.len += s;
+        past.len += rows.shown;
         Ok((logits, past))
     }
 }
@@ -450,12 +509,22 @@ fn check_graph(session: &Session, config: &crate::infer::ModelConfig) -> Result<
     Ok(())
 }
 
-fn logits_of(outputs: &mut SessionOutputs<'_>, rows: usize, vocab: usize) -> Result<Logits, ModelError> {
-    let logits = Logits { value: take_output(outputs, "logits")?, rows, vocab };
-    if logits.all().len() != rows * vocab {
-        return Err(ModelError::Run(format!("logits have {} values, expected {rows} x {vocab}", logits.all().len())));
+/// Which rows of a pass are shown (its tokens; padding follows them) and which have logits
+/// (the last `kept`, from `first` on).
+#[derive(Debug, Clone, Copy)]
+struct Rows {
+    shown: usize,
+    first: usize,
+    kept: usize,
+}
+
+fn logits_of(outputs: &mut SessionOutputs<'_>, rows: Rows, vocab: usize) -> Result<Logits, ModelError> {
+    let value = take_output(outputs, "logits")?;
+    let got = f32s(&value)?.len();
+    if got != rows.kept * vocab {
+        return Err(ModelError::Run(format!("logits have {got} values, expected {} x {vocab}", rows.kept)));
     }
-    Ok(logits)
+    Ok(Logits { value, rows: rows.shown, first: rows.first, vocab })
 }
 
 fn take_output(outputs: &mut SessionOutputs<'_>, name: &str) -> Result<DynValue, ModelError> {

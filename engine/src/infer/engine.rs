@@ -195,7 +195,7 @@ impl Engine {
         // Chunks bound the memory of a long prompt (logits are [chunk, vocab]) without
         // changing its result.
         for chunk in prompt[reused * BLOCK_TOKENS..].chunks(self.prefill_chunk.max(1)) {
-            let (logits, present) = self.decoder.forward(chunk, state)?;
+            let (logits, present) = self.decoder.forward_rows(chunk, state, 1)?;
             state = present;
             last = Some(logits);
         }

@@ -25,7 +25,7 @@ pub fn greedy(
         return Err(ModelError::Run("the prompt has no tokens".into()));
     }
     let empty = decoder.reserve(decoder.empty_cache()?, prompt.len() + max_tokens)?;
-    let (logits, mut cache) = decoder.forward(prompt, empty)?;
+    let (logits, mut cache) = decoder.forward_rows(prompt, empty, 1)?;
     let mut last = logits.last().to_vec();
     let mut out = Generation { tokens: Vec::new(), step_logits: Vec::new() };
     while out.tokens.len() < max_tokens {

@@ -1,6 +1,7 @@
 //! LLM inference with ONNX Runtime.
 //!
 //! - [`runtime`]: finding and loading ONNX Runtime 1.31.1 (from the PyPI wheel).
+//! - [`compute`]: int8 or fp32 compute for int4 weights, chosen from the CPU's features.
 //! - [`model`]: a model directory (ONNX file and its external weights, tokenizer, config;
 //!   id = BLAKE3 of the files).
 //! - [`decoder`]: forward passes; the KV cache stays in ONNX Runtime tensors, appended in
@@ -13,6 +14,7 @@
 //! - [`speculative`]: prompt-lookup speculative decoding, exactly greedy.
 
 pub mod cache;
+pub mod compute;
 pub mod decoder;
 pub mod engine;
 pub mod generate;
@@ -24,5 +26,6 @@ pub mod speculative;
 pub use decoder::{Decoder, KvState, Logits, Provider};
 pub use engine::{Alternative, Engine, EngineError, Finish, GenerateOptions, Output, PREFILL_CHUNK, Piece, TokenLogprob};
 pub use sampling::{Logprobs, Sampler, Sampling, logprobs};
+pub use compute::{Compute, ComputeChoice, ComputeMode};
 pub use model::{ModelConfig, ModelDir, ModelError};
 pub use runtime::{RuntimeError, environment, find_library};

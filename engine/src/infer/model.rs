@@ -1,13 +1,15 @@
 //! A model directory: `model.onnx` (decoder-only, Hugging Face Optimum layout) and, when
-//! its weights are stored outside the graph, `model.onnx.data`; `tokenizer.json`, and
-//! `config.json` (layers, KV heads, head size, vocabulary, special tokens). The model id is
-//! BLAKE3 of the ONNX file followed by its external data: KV blocks are only ever shared
-//! between runs of the very same weights.
+//! its weights are stored outside the graph, `model.onnx.data`; for int4 models also
+//! `model.int8.onnx`, the same graph with int8 compute (`compute.rs` picks one);
+//! `tokenizer.json`, and `config.json` (layers, KV heads, head size, vocabulary, special
+//! tokens). The model id is BLAKE3 of the graph run followed by its external data: KV
+//! blocks are only ever shared between runs of the very same weights and arithmetic.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::compute::{Compute, ComputeChoice};
 use crate::kv::{DType, KvLayout, ModelId};
 
 /// Why a model directory could not be used.
@@ -33,6 +35,8 @@ pub enum ModelError {
     Run(String),
     #[error("execution provider {provider}: {reason}")]
     Provider { provider: String, reason: String },
+    #[error("{0}")]
+    Compute(String),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,11 +135,19 @@ pub struct ModelDir {
     pub id: ModelId,
     /// Size of the ONNX file and its external weights (`model.onnx.data`), if any.
     pub bytes: u64,
+    /// How its int4 weights are multiplied (the graph `onnx` is).
+    pub compute: Compute,
 }
 
 impl ModelDir {
+    /// Opens `dir` with the compute mode `PYAGENT_COMPUTE` asks for, or that suits this CPU.
     pub fn open(dir: &Path) -> Result<Self, ModelError> {
-        let onnx = dir.join("model.onnx");
+        Self::open_with(dir, ComputeChoice::from_env().map_err(ModelError::Compute)?)
+    }
+
+    /// Opens `dir` with the compute mode `choice` gives.
+    pub fn open_with(dir: &Path, choice: ComputeChoice) -> Result<Self, ModelError> {
+        let (onnx, compute) = super::compute::resolve(dir, choice);
         // The id covers the graph and its weights, hashed as they stream by (a model is
         // hundreds of MB; reading it whole would double the process's peak memory).
         let data = dir.join("model.onnx.data");
@@ -165,7 +177,7 @@ impl ModelDir {
         {
             return Err(ModelError::TokenizerIdOutOfRange { id, token, model: config.vocab_size as usize });
         }
-        Ok(Self { dir: dir.to_owned(), onnx, config, tokenizer, id, bytes })
+        Ok(Self { dir: dir.to_owned(), onnx, config, tokenizer, id, bytes, compute })
     }
 
     /// The model's chat template, with its BOS and first EOS token texts (empty where the

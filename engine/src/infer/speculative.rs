@@ -3,7 +3,13 @@
 //! pass scores the last token plus the whole draft, and draft tokens are accepted while
 //! each equals the greedy choice at its position; the first mismatch is replaced by the
 //! greedy token. So the output is exactly the greedy output, in fewer passes when the
-//! text repeats itself (code edits, quotes, lists).
+//! text repeats itself (code edits, quotes, lists): every pass has 2 rows or more, whose
+//! results do not depend on how many there are (`decoder.rs`), so the verification sees
+//! the very logits plain decoding sees.
+//!
+//! The draft length adapts to acceptance: it doubles (up to `k`) while whole drafts are
+//! accepted, and falls back to one more than the tokens accepted when a draft is cut
+//! short, so a pass is only as wide as the text has lately been predictable.
 
 use super::decoder::Decoder;
 use super::model::ModelError;
@@ -49,17 +55,19 @@ pub fn generate(decoder: &mut Decoder, prompt: &[u32], max_tokens: usize, k: usi
         return Err(ModelError::Run("the prompt has no tokens".into()));
     }
     let empty = decoder.reserve(decoder.empty_cache()?, prompt.len() + max_tokens + k + 1)?;
-    let (logits, mut cache) = decoder.forward(prompt, empty)?;
+    let (logits, mut cache) = decoder.forward_rows(prompt, empty, 1)?;
     let mut out = Speculated { tokens: Vec::new(), passes: 1, drafted: 0, accepted: 0 };
     let mut sequence = prompt.to_vec();
     let mut next = argmax(logits.last());
+    // Draft length now: adapted to acceptance, at most `k`.
+    let mut width = k.min(4).max(1);
     loop {
         out.tokens.push(next);
         sequence.push(next);
         if stop.contains(&next) || out.tokens.len() >= max_tokens {
             break;
         }
-        let guess = draft(&sequence, k.min(max_tokens - out.tokens.len()));
+        let guess = if k == 0 { Vec::new() } else { draft(&sequence, width.min(max_tokens - out.tokens.len())) };
         out.drafted += guess.len();
         let mut input = vec![next];
         input.extend(&guess);
@@ -78,6 +86,9 @@ pub fn generate(decoder: &mut Decoder, prompt: &[u32], max_tokens: usize, k: usi
             accepted += 1;
         }
         out.accepted += accepted;
+        if !guess.is_empty() {
+            width = if accepted == guess.len() { (width * 2).min(k) } else { accepted + 1 };
+        }
         if out.tokens.len() >= max_tokens || out.tokens.last().is_some_and(|t| stop.contains(t)) {
             break;
         }

@@ -155,6 +155,10 @@ pub struct GenerateArgs {
     /// Run the prompt this many times in one process (later runs reuse cached blocks).
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
+    /// How int4 weights are multiplied: int8, fp32, or auto (int8 where the CPU has AVX2 or
+    /// Arm dot product) [default: PYAGENT_COMPUTE, then auto].
+    #[arg(long, value_name = "MODE")]
+    pub compute: Option<pyagent_engine::infer::ComputeChoice>,
     /// Greedy decoding by prompt lookup with drafts of K tokens (same output, fewer passes).
     #[arg(long, value_name = "K")]
     pub speculative: Option<usize>,

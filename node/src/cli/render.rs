@@ -129,10 +129,11 @@ pub fn render_status(s: &StatusResult) -> String {
                     .iter()
                     .map(|i| {
                         format!(
-                            "{} ({} MB, {}), prefill {} / decode {} tokens/s, {} queued{}",
+                            "{} ({} MB, {}, {} compute), prefill {} / decode {} tokens/s, {} queued{}",
                             i.name,
                             i.model_bytes >> 20,
                             i.model_id.get(..12).unwrap_or(&i.model_id),
+                            if i.compute.is_empty() { "?" } else { &i.compute },
                             i.prefill_tokens_per_s,
                             i.decode_tokens_per_s,
                             i.queued_requests,

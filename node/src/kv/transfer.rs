@@ -34,8 +34,10 @@ const MAX_REASON: usize = 1024;
 pub enum FetchError {
     #[error("cannot open a block stream: {0}")]
     Open(String),
+    #[error("the peer closed the stream before the run's end")]
+    Closed,
     #[error("stream: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("bad frame: {0}")]
@@ -44,6 +46,12 @@ pub enum FetchError {
     BadBlock { index: usize, reason: String },
     #[error("refused: {0}")]
     Refused(String),
+}
+
+impl From<std::io::Error> for FetchError {
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof { Self::Closed } else { Self::Io(e) }
+    }
 }
 
 impl FetchError {

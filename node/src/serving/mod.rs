@@ -398,7 +398,7 @@ impl Models {
                 }
                 Ok(worker) => {
                     let c = worker.capacity();
-                    tracing::info!(model = %model.display(), name = %worker.info.name, prefill = c.prefill_tokens_per_s, decode = c.decode_tokens_per_s, fits = c.fits, "model served (tokens/s measured at start)");
+                    tracing::info!(model = %model.display(), name = %worker.info.name, compute = %c.compute, prefill = c.prefill_tokens_per_s, decode = c.decode_tokens_per_s, fits = c.fits, "model served (tokens/s measured at start)");
                     workers.push(worker);
                 }
                 Err(e) => tracing::warn!("model not served: {e}"),

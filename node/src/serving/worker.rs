@@ -206,6 +206,7 @@ fn load(config: &ServeConfig) -> Result<(Engine, InferenceCapacity, ModelInfo), 
         decode_tokens_per_s: rate(out.tokens.len(), out.decode_secs),
         kv_blocks: Default::default(),
         role: config.role,
+        compute: engine.model.compute.mode.to_string(),
     };
     let info = ModelInfo { name, context_length: context, chat, created };
     Ok((engine, capacity, info))
