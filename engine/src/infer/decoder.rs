@@ -13,15 +13,17 @@
 //! Logits are read where ONNX Runtime wrote them. Only the KV-block boundary (`cache.rs`)
 //! copies.
 //!
-//! No pass of an in-place graph has one row. ONNX Runtime's kernels (`MatMulNBits` in
-//! both compute modes, `GroupQueryAttention`) give a row the same bits in every pass of 2
-//! rows or more, whatever the other rows and however a prompt is chunked, but a 1-row pass
-//! takes other kernels that round differently (measured: up to 1e-5 in fp32 compute, up to
-//! 0.8 in int8 compute, which amplifies it). So a 1-token pass runs its token twice and
-//! keeps the first row: plain decoding, speculative verification, chunked and cached
-//! prefills all see the same numbers, bit for bit. The second row costs little (decode is
-//! bound by reading the weights, once per pass); its keys and values land past the
-//! sequence's end and are overwritten by the next pass.
+//! No pass of an in-place graph has one row. On SmolLM2, ONNX Runtime's kernels
+//! (`MatMulNBits` in both compute modes, `GroupQueryAttention`) give a row the same bits in
+//! every pass of 2 rows or more, whatever the other rows and however a prompt is chunked,
+//! but a 1-row pass takes other kernels that round differently (measured: up to 5e-5 in
+//! fp32 compute, up to 0.72 in int8 compute, which amplifies it; `scripts/row_invariance.py`).
+//! So a 1-token pass runs its token twice and keeps the first row: plain decoding,
+//! speculative verification, chunked and cached prefills all see the same numbers, bit for
+//! bit (asserted on SmolLM2 int4; the tiny test model's attention, head size 8, still
+//! rounds by up to 4e-6 with a row's place in its pass). The second row costs little
+//! (decode is bound by reading the weights, once per pass); its keys and values land past
+//! the sequence's end and are overwritten by the next pass.
 
 use std::borrow::Cow;
 
