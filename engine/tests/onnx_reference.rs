@@ -119,7 +119,7 @@ fn a_cached_prefix_gives_the_same_logits_as_recomputing_it() {
 
 fn cached_prefix_matches_recompute(model: &ModelDir, env: &'static ort::environment::Environment) {
     let name = format!("{} {}", model.dir.display(), model.compute.mode);
-    let mut decoder = Decoder::load(&model, env, 1).unwrap();
+    let mut decoder = Decoder::load(model, env, 1).unwrap();
     let ids = model.encode("a prefix computed once, and a continuation").unwrap();
     let (full, _) = decoder.forward(&ids, decoder.empty_cache().unwrap()).unwrap();
     let split = 20;
@@ -340,7 +340,7 @@ fn speculative_decoding_yields_exactly_the_greedy_output() {
 
 fn speculative_matches_greedy(model: &ModelDir, env: &'static ort::environment::Environment) {
     let name = format!("{} {}", model.dir.display(), model.compute.mode);
-    let mut decoder = Decoder::load(&model, env, 1).unwrap();
+    let mut decoder = Decoder::load(model, env, 1).unwrap();
     let repetitive = "for item in items:\n    total = total + item\nfor item in items:\n    total = total + item\nfor item in";
     let mut saved = 0usize;
     for prompt in ["Hello world", repetitive, "abcabcabcabcabc"] {

@@ -60,7 +60,7 @@ pub fn generate(decoder: &mut Decoder, prompt: &[u32], max_tokens: usize, k: usi
     let mut sequence = prompt.to_vec();
     let mut next = argmax(logits.last());
     // Draft length now: adapted to acceptance, at most `k`.
-    let mut width = k.min(4).max(1);
+    let mut width = k.clamp(1, 4);
     loop {
         out.tokens.push(next);
         sequence.push(next);
