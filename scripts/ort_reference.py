@@ -5,8 +5,8 @@
 Prints JSON: {"tokens": [...], "step_logits": [[...], ...]} — the same loop as the
 engine (prefill, then one token at a time with past keys/values), on the graph FILE of
 MODEL_DIR (default model.onnx; model.int8.onnx is the int8-compute one). Like the engine,
-a 1-token pass of a graph that appends in place (`past_present_share_buffer`) runs its
-token twice and keeps the first row (ONNX Runtime rounds 1-row passes differently:
+a 1-token pass of an int8-compute graph that appends in place (`past_present_share_buffer`)
+runs its token twice and keeps the first row (ONNX Runtime rounds 1-row passes differently:
 engine/src/infer/decoder.rs); `--one-row` runs plain 1-row passes instead.
 """
 
@@ -24,7 +24,8 @@ class PlainLoop:
 
     def __init__(self, model_dir: str, threads: int, graph: str = "model.onnx", one_row: bool = False):
         self.config = json.load(open(os.path.join(model_dir, "config.json")))
-        self.min_rows = 1 if one_row or not self.config.get("past_present_share_buffer") else 2
+        # As the engine: 2-row passes at least for in-place graphs with int8 compute.
+        self.min_rows = 2 if self.config.get("past_present_share_buffer") and graph == "model.int8.onnx" and not one_row else 1
         self.layers, self.kv_heads = self.config["num_hidden_layers"], self.config["num_key_value_heads"]
         self.head_dim = self.config.get("head_dim") or self.config["hidden_size"] // self.config["num_attention_heads"]
         options = ort.SessionOptions()

@@ -81,6 +81,12 @@ fn reference(python: &Path, model: &ModelDir, ids: &[u32], max_tokens: usize) ->
 }
 
 /// The largest difference between two runs of floats.
+/// The largest difference between two generations' step logits (as many steps each).
+fn steps_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| max_diff(x, y)).fold(0f32, f32::max)
+}
+
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
 }
@@ -393,11 +399,12 @@ mod smollm2 {
         assert_matches_reference(&mut decoder, &python, &model, &ids, 8, 0.0, "int4 chat");
     }
 
-    /// In both compute modes, every path the engine promises to be the same gives the same
-    /// bits (no pass has one row): Python onnxruntime on the same graph and passes, the
-    /// prompt prefilled in other chunks, its prefix from the pool, and speculative decoding.
+    /// With int8 compute, every path the engine promises to be the same gives the same bits
+    /// (no pass has one row): Python onnxruntime on the same graph and passes, the prompt
+    /// prefilled in other chunks, its prefix from the pool, and speculative decoding. With
+    /// fp32 compute (1-row decode passes) the same tokens, logits within 1e-4.
     #[test]
-    fn smollm2_int4_paths_are_bit_exact_in_both_compute_modes() {
+    fn smollm2_int4_paths_are_bit_exact_with_int8_compute_and_within_rounding_with_fp32() {
         use pyagent_engine::infer::{Engine, GenerateOptions};
         use pyagent_engine::kv::PoolConfig;
         let Some((auto, env, python)) = prepared_as("smollm2-int4", "SmolLM2 int4 exactness test") else { return };
@@ -407,8 +414,9 @@ mod smollm2 {
             assert_eq!(model.compute.mode, mode, "prepare-model.sh writes both graphs");
             let ids = model.encode(code).unwrap();
             assert!(ids.len() > 40, "{}", ids.len());
+            let allowed = if mode == ComputeMode::Int8 { 0.0 } else { 1e-4 };
             let mut decoder = Decoder::load(&model, env, 2).unwrap();
-            assert_matches_reference(&mut decoder, &python, &model, &ids, 6, 0.0, &format!("{mode} vs Python"));
+            assert_matches_reference(&mut decoder, &python, &model, &ids, 6, allowed, &format!("{mode} vs Python"));
             let greedy = infer::generate::greedy(&mut decoder, &ids, 24, &[], |_| {}).unwrap();
             let spec = infer::speculative::generate(&mut decoder, &ids, 24, 8, &[]).unwrap();
             assert_eq!(spec.tokens, greedy.tokens, "{mode}: speculative");
@@ -423,13 +431,15 @@ mod smollm2 {
             let cold = engine.generate(&ids, &options, |_| {}).unwrap();
             let warm = engine.generate(&ids, &options, |_| {}).unwrap();
             assert!(warm.cached_tokens >= 32, "{}", warm.cached_tokens);
-            assert_eq!(warm.step_logits, cold.step_logits, "{mode}: cached prefix");
+            assert_eq!(warm.tokens, cold.tokens, "{mode}: cached prefix");
+            assert!(steps_diff(&warm.step_logits, &cold.step_logits) <= allowed, "{mode}: cached prefix");
             for chunk in [7, 16, 33] {
                 let mut engine = fresh();
                 engine.prefill_chunk = chunk;
                 let out = engine.generate(&ids, &options, |_| {}).unwrap();
                 assert_eq!(out.cached_tokens, 0);
-                assert_eq!(out.step_logits, cold.step_logits, "{mode}: prefill in chunks of {chunk}");
+                assert_eq!(out.tokens, cold.tokens, "{mode}: prefill in chunks of {chunk}");
+                assert!(steps_diff(&out.step_logits, &cold.step_logits) <= allowed, "{mode}: prefill in chunks of {chunk}");
             }
             assert_eq!(cold.tokens, greedy.tokens[..cold.tokens.len()], "{mode}: engine and reference loop");
         }

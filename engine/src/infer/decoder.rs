@@ -13,17 +13,20 @@
 //! Logits are read where ONNX Runtime wrote them. Only the KV-block boundary (`cache.rs`)
 //! copies.
 //!
-//! No pass of an in-place graph has one row. On SmolLM2, ONNX Runtime's kernels
-//! (`MatMulNBits` in both compute modes, `GroupQueryAttention`) give a row the same bits in
+//! No pass of an in-place graph with int8 compute has one row. On SmolLM2, ONNX Runtime's
+//! kernels (`MatMulNBits` in both compute modes, `GroupQueryAttention`) give a row the same bits in
 //! every pass of 2 rows or more, whatever the other rows and however a prompt is chunked,
 //! but a 1-row pass takes other kernels that round differently (measured: up to 5e-5 in
 //! fp32 compute, up to 0.72 in int8 compute, which amplifies it; `scripts/row_invariance.py`).
 //! So a 1-token pass runs its token twice and keeps the first row: plain decoding,
 //! speculative verification, chunked and cached prefills all see the same numbers, bit for
 //! bit (asserted on SmolLM2 int4; the tiny test model's attention, head size 8, still
-//! rounds by up to 4e-6 with a row's place in its pass). The second row costs little
-//! (decode is bound by reading the weights, once per pass); its keys and values land past
-//! the sequence's end and are overwritten by the next pass.
+//! rounds by up to 4e-6 with a row's place in its pass). The second row costs up to ~15%
+//! of int8 decode speed (measured: 44–53 against 51 tokens/s on a noisy 2-core machine);
+//! its keys and values land past the sequence's end and are overwritten by the next pass. With fp32 compute the second
+//! row would cost as much again (`MatMulNBits` dequantizes its weights for passes of more
+//! than one row: decode 18 against 42 tokens/s measured), so fp32 compute keeps 1-row
+//! decode passes, exact up to that rounding (5e-5), as before.
 
 use std::borrow::Cow;
 
@@ -218,6 +221,8 @@ pub struct Decoder {
     share_buffer: bool,
     /// The graph takes `logits_rows` (logits of the last positions only).
     logits_rows: bool,
+    /// 1-token passes run as 2 rows (module docs): in-place graphs with int8 compute.
+    pad_single: bool,
     past_names: Vec<(String, String)>,
     present_names: Vec<(String, String)>,
     arena: Allocator,
@@ -307,6 +312,7 @@ impl Decoder {
             max_positions: model.config.max_position_embeddings.map(|m| m as usize),
             share_buffer: model.config.past_present_share_buffer,
             logits_rows,
+            pad_single: model.config.past_present_share_buffer && model.compute.mode == super::compute::ComputeMode::Int8,
             past_names,
             present_names,
             binding: None,
@@ -343,7 +349,7 @@ impl Decoder {
     pub fn capacity_for(&self, len: usize, total: usize) -> usize {
         if self.share_buffer {
             // Room for the padding row of the last pass too.
-            let total = total.max(len) + MIN_ROWS - 1;
+            let total = total.max(len) + if self.pad_single { MIN_ROWS - 1 } else { 0 };
             self.max_positions.map_or(total, |m| total.min(m).max(len))
         } else {
             len
@@ -399,7 +405,7 @@ impl Decoder {
         // the second row would be past the model's last position.
         let padded: [u32; MIN_ROWS];
         let (tokens, shown) = match tokens {
-            &[token] if self.share_buffer && self.max_positions.is_none_or(|m| total < m) => {
+            &[token] if self.pad_single && self.max_positions.is_none_or(|m| total < m) => {
                 padded = [token; MIN_ROWS];
                 (&padded[..], 1)
             }
