@@ -9,7 +9,8 @@
 //!
 //! - [`infer`]: ONNX Runtime (loaded at run time from the PyPI wheel), model directories
 //!   (fp32 or int4 graphs in the Optimum layout; int4 with int8 or fp32 compute, chosen
-//!   from the CPU), the decoder's forward pass (int8: never one row, bit-exact across passes) with the KV
+//!   from the CPU), the decoder's forward pass (int8: never one row, bit-exact across
+//!   passes) with the KV
 //!   cache kept in ONNX Runtime tensors (appended in place where the graph allows), the
 //!   engine (prefix reuse from the pool, chunked prefill, sampling, stop strings,
 //!   streaming) and prompt-lookup speculative decoding.
