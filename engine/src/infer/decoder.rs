@@ -34,6 +34,8 @@ use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, Memory
 use ort::session::{IoBinding, Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor};
 
+pub use super::logits::Logits;
+use super::logits::Rows;
 use super::model::{ModelDir, ModelError};
 
 /// Positions a shared cache buffer grows by at least (amortizes the copies).
@@ -169,44 +171,6 @@ impl KvState {
         }
         *self = Self::from_host(host, len, heads, dim)?;
         Ok(())
-    }
-}
-
-/// The logits of a forward pass, `[rows, vocab]`, where ONNX Runtime wrote them: of every
-/// new position, or (graphs with a `logits_rows` input, asked for fewer) of the last ones.
-#[derive(Debug)]
-pub struct Logits {
-    value: DynValue,
-    /// New tokens of the pass.
-    rows: usize,
-    /// The first of them whose row is held.
-    first: usize,
-    vocab: usize,
-}
-
-impl Logits {
-    /// One row per new token.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// The rows held (all of them unless fewer were asked for), row-major.
-    pub fn all(&self) -> &[f32] {
-        // Checked to be f32 of at least that many rows when the pass returned (a padded
-        // pass has more rows than it shows).
-        let all = self.value.try_extract_tensor::<f32>().map(|(_, data)| data).unwrap_or(&[]);
-        all.get(..(self.rows - self.first) * self.vocab).unwrap_or(&[])
-    }
-
-    /// The logits after new token `i` (empty if its row was not asked for).
-    pub fn row(&self, i: usize) -> &[f32] {
-        let Some(held) = i.checked_sub(self.first) else { return &[] };
-        self.all().get(held * self.vocab..(held + 1) * self.vocab).unwrap_or(&[])
-    }
-
-    /// The logits after the last new token.
-    pub fn last(&self) -> &[f32] {
-        self.row(self.rows.saturating_sub(1))
     }
 }
 
@@ -517,22 +481,13 @@ fn check_graph(session: &Session, config: &crate::infer::ModelConfig) -> Result<
     Ok(())
 }
 
-/// Which rows of a pass are shown (its tokens; padding follows them) and which have logits
-/// (the last `kept`, from `first` on).
-#[derive(Debug, Clone, Copy)]
-struct Rows {
-    shown: usize,
-    first: usize,
-    kept: usize,
-}
-
 fn logits_of(outputs: &mut SessionOutputs<'_>, rows: Rows, vocab: usize) -> Result<Logits, ModelError> {
     let value = take_output(outputs, "logits")?;
     let got = f32s(&value)?.len();
     if got != rows.kept * vocab {
         return Err(ModelError::Run(format!("logits have {got} values, expected {} x {vocab}", rows.kept)));
     }
-    Ok(Logits { value, rows: rows.shown, first: rows.first, vocab })
+    Ok(Logits::new(value, rows, vocab))
 }
 
 fn take_output(outputs: &mut SessionOutputs<'_>, name: &str) -> Result<DynValue, ModelError> {

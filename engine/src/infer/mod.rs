@@ -18,6 +18,7 @@ pub mod compute;
 pub mod decoder;
 pub mod engine;
 pub mod generate;
+mod logits;
 pub mod model;
 pub mod runtime;
 pub mod sampling;
