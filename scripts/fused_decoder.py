@@ -12,10 +12,10 @@ Weights are fp32 (`MatMul`) or int4:
   `write_int8_graph` writes the same graph with ONNX Runtime's int8 compute
   (`accuracy_level` 4: activations quantized to int8 per block, integer dot products) as
   `model.int8.onnx` beside it, on the same weights file, and the engine picks one by the
-  CPU (`engine/src/infer/compute.rs`). Both are row-invariant for passes of 2 rows or more
-  (a row's result does not depend on the other rows of its pass), which is how the engine
-  runs them; 1-row passes round differently, and int8 amplifies that (logits up to 0.8 apart
-  on SmolLM2), so the engine never runs a 1-row pass;
+  CPU (`engine/src/infer/compute.rs`). On SmolLM2 both are row-invariant for passes of 2
+  rows or more (a row's result does not depend on the other rows of its pass); 1-row passes
+  round differently, and int8 amplifies that (logits up to 0.72 apart), so with int8
+  compute the engine never runs a 1-row pass;
 - the tied output projection (lm_head) is the embedding table (int4: quantized the same
   way, and the embedding lookup reads an fp16 copy of the table; fp32: one table for both,
   the projection a `Gemm` by its transpose);

@@ -1,6 +1,7 @@
-"""How far the engine's pass schedule (no 1-row passes: a 1-token pass runs its token twice)
-is from the classic loop of 1-row decode passes, on a corpus of code prompts: greedy
-tokens of both with Python onnxruntime on the same graph, for each graph of MODEL_DIR.
+"""How far a schedule without 1-row passes (a 1-token pass runs its token twice: what the
+engine runs with int8 compute, and what speculative verification sees in either mode) is
+from the classic loop of 1-row decode passes, on a corpus of code prompts: greedy tokens of
+both with Python onnxruntime on the same graph, for each graph of MODEL_DIR.
 
     python one_row_agreement.py MODEL_DIR [--prompts N] [--tokens N] [--threads N]
 
@@ -53,7 +54,9 @@ def main() -> None:
             continue
         same, diverged, worst = 0, [], 0.0
         for prompt in prompts:
-            ours, our_logits = greedy(PlainLoop(args.model_dir, args.threads, graph), prompt, args.tokens)
+            two_rows = PlainLoop(args.model_dir, args.threads, graph)
+            two_rows.min_rows = 2
+            ours, our_logits = greedy(two_rows, prompt, args.tokens)
             theirs, their_logits = greedy(PlainLoop(args.model_dir, args.threads, graph, one_row=True), prompt, args.tokens)
             first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
             upto = args.tokens if first is None else first + 1
