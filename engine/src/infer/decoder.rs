@@ -14,19 +14,20 @@
 //! copies.
 //!
 //! No pass of an in-place graph with int8 compute has one row. On SmolLM2, ONNX Runtime's
-//! kernels (`MatMulNBits` in both compute modes, `GroupQueryAttention`) give a row the same bits in
-//! every pass of 2 rows or more, whatever the other rows and however a prompt is chunked,
-//! but a 1-row pass takes other kernels that round differently (measured: up to 5e-5 in
-//! fp32 compute, up to 0.72 in int8 compute, which amplifies it; `scripts/row_invariance.py`).
-//! So a 1-token pass runs its token twice and keeps the first row: plain decoding,
-//! speculative verification, chunked and cached prefills all see the same numbers, bit for
-//! bit (asserted on SmolLM2 int4; the tiny test model's attention, head size 8, still
-//! rounds by up to 4e-6 with a row's place in its pass). The second row costs up to ~15%
-//! of int8 decode speed (measured: 44–53 against 51 tokens/s on a noisy 2-core machine);
-//! its keys and values land past the sequence's end and are overwritten by the next pass. With fp32 compute the second
-//! row would cost as much again (`MatMulNBits` dequantizes its weights for passes of more
-//! than one row: decode 18 against 42 tokens/s measured), so fp32 compute keeps 1-row
-//! decode passes, exact up to that rounding (5e-5), as before.
+//! kernels (`MatMulNBits` in both compute modes, `GroupQueryAttention`) give a row the same
+//! bits in every pass of 2 rows or more, whatever the other rows and however a prompt is
+//! chunked, but a 1-row pass takes other kernels that round differently (measured: up to
+//! 5e-5 in fp32 compute, up to 0.72 in int8 compute, which amplifies it;
+//! `scripts/row_invariance.py`). So a 1-token pass runs its token twice and keeps the first
+//! row: plain decoding, speculative verification, chunked and cached prefills all see the
+//! same numbers, bit for bit (asserted on SmolLM2 int4; the tiny test model's attention,
+//! head size 8, still rounds by up to 4e-6 with a row's place in its pass). The second row
+//! costs up to ~15% of int8 decode speed at a 600-token context (44–53 against 51 tokens/s
+//! on a noisy 2-core machine) and ~30% at 1,024; its keys and values land past the
+//! sequence's end and are overwritten by the next pass. With fp32 compute the second row
+//! would cost as much again (`MatMulNBits` dequantizes its weights for passes of more than
+//! one row: decode 18 against 42 tokens/s measured), so fp32 compute keeps 1-row decode
+//! passes, exact up to that rounding (5e-5), as before.
 
 use std::borrow::Cow;
 
