@@ -41,6 +41,10 @@ class PlainLoop:
 
     def forward(self, ids: list[int]) -> np.ndarray:
         """Runs `ids` after what ran before; returns the last position's logits."""
+        return self.forward_all(ids)[-1]
+
+    def forward_all(self, ids: list[int]) -> np.ndarray:
+        """Runs `ids` after what ran before; returns the logits of each of them."""
         shown = len(ids)
         ids = ids + [ids[-1]] * (self.min_rows - shown)
         n = len(ids)
@@ -55,7 +59,7 @@ class PlainLoop:
         out = dict(zip(self.names, self.session.run(None, feed)))
         self.past_len += shown
         self.past = {name: out[name.replace("past_key_values", "present")][:, :, : self.past_len] for name in self.past_names()}
-        return out["logits"][0, shown - 1]
+        return out["logits"][0, :shown]
 
 
 def main() -> None:

@@ -20,9 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
-import onnxruntime as ort
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ort_reference import PlainLoop  # noqa: E402
 
 
 def main() -> None:
@@ -32,8 +35,6 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=300)
     args = parser.parse_args()
     cfg = json.load(open(os.path.join(args.model_dir, "config.json")))
-    layers, kv_heads = cfg["num_hidden_layers"], cfg["num_key_value_heads"]
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     n = args.tokens
     prompt = [int(x) for x in np.random.default_rng(0).integers(0, min(cfg["vocab_size"], 5000), n)]
     ways = {
@@ -47,30 +48,10 @@ def main() -> None:
         path = os.path.join(args.model_dir, graph)
         if not os.path.exists(path):
             continue
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        takes_rows = any(i.name == "logits_rows" for i in session.get_inputs())
 
         def run(chunks: list[list[int]]) -> np.ndarray:
-            past = {f"past_key_values.{i}.{k}": np.zeros((1, kv_heads, 0, head_dim), np.float32) for i in range(layers) for k in ("key", "value")}
-            done, rows = 0, []
-            for ids in chunks:
-                m = len(ids)
-                feed = {
-                    "input_ids": np.array([ids], np.int64),
-                    "attention_mask": np.ones((1, done + m), np.int64),
-                    "position_ids": np.arange(done, done + m, dtype=np.int64)[None],
-                    **past,
-                }
-                if takes_rows:
-                    feed["logits_rows"] = np.array([m], np.int64)
-                out = dict(zip(names, session.run(None, feed)))
-                past = {k: out[k.replace("past_key_values", "present")] for k in past}
-                done += m
-                rows.append(out["logits"][0])
-            return np.concatenate(rows)
+            loop = PlainLoop(args.model_dir, args.threads, graph, one_row=True)
+            return np.concatenate([loop.forward_all(ids) for ids in chunks])
 
         whole = run([prompt])
         print(f"{graph}: {n}-token prompt, one pass vs")
