@@ -405,7 +405,7 @@ mod smollm2 {
     /// fp32 compute (1-row decode passes) the same tokens, logits within 1e-4.
     #[test]
     fn smollm2_int4_paths_are_bit_exact_with_int8_compute_and_within_rounding_with_fp32() {
-        use pyagent_engine::infer::{Engine, GenerateOptions};
+        use pyagent_engine::infer::{Engine, GenerateOptions, Lookahead, Sampling};
         use pyagent_engine::kv::PoolConfig;
         let Some((auto, env, python)) = prepared_as("smollm2-int4", "SmolLM2 int4 exactness test") else { return };
         let code = "def area(w, h):\n    return w * h\n\ndef perimeter(w, h):\n    return 2 * (w + h)\n\n# The same, with type hints:\ndef area(w: float, h: float) -> float:\n    return w * h\n\ndef perimeter(w";
@@ -433,6 +433,27 @@ mod smollm2 {
             assert!(warm.cached_tokens >= 32, "{}", warm.cached_tokens);
             assert_eq!(warm.tokens, cold.tokens, "{mode}: cached prefix");
             assert!(steps_diff(&warm.step_logits, &cold.step_logits) <= allowed, "{mode}: cached prefix");
+            // Guesses in the free second row of int8-compute decode passes change nothing,
+            // greedy or sampled; fp32 compute has no free row.
+            // 32 tokens: some guesses are wrong before the end.
+            let longer = GenerateOptions { max_tokens: 32, ..options.clone() };
+            let sampled = GenerateOptions { sampling: Sampling { temperature: 0.9, top_k: 40, top_p: 0.95, seed: 5 }, ..longer.clone() };
+            let with_guesses = [fresh().generate(&ids, &longer, |_| {}).unwrap(), fresh().generate(&ids, &sampled, |_| {}).unwrap()];
+            let without = [fresh_without(&fresh).generate(&ids, &longer, |_| {}).unwrap(), fresh_without(&fresh).generate(&ids, &sampled, |_| {}).unwrap()];
+            for (with, without) in with_guesses.iter().zip(&without) {
+                assert_eq!(with.tokens, without.tokens, "{mode}: lookahead");
+                assert!(steps_diff(&with.step_logits, &without.step_logits) <= allowed, "{mode}: lookahead");
+                assert_eq!(without.lookahead, Default::default());
+            }
+            assert_eq!(with_guesses[0].tokens[..cold.tokens.len()], cold.tokens, "{mode}: lookahead");
+            if mode == ComputeMode::Int8 {
+                for with in &with_guesses {
+                    let Lookahead { guessed, right } = with.lookahead;
+                    assert!(right > 0 && right < guessed, "{mode}: the code repeats, some guesses are right and some wrong: {guessed} guessed, {right} right");
+                }
+            } else {
+                assert_eq!(with_guesses[0].lookahead.guessed, 0, "{mode}: 1-row passes, no free row");
+            }
             for chunk in [7, 16, 33] {
                 let mut engine = fresh();
                 engine.prefill_chunk = chunk;
@@ -443,6 +464,12 @@ mod smollm2 {
             }
             assert_eq!(cold.tokens, greedy.tokens[..cold.tokens.len()], "{mode}: engine and reference loop");
         }
+    }
+
+    fn fresh_without(fresh: &impl Fn() -> pyagent_engine::infer::Engine) -> pyagent_engine::infer::Engine {
+        let mut engine = fresh();
+        engine.lookahead = false;
+        engine
     }
 
     fn chat(question: &str) -> String {

@@ -160,6 +160,7 @@ fn generate(args: &cli::GenerateArgs) -> ExitCode {
         let pool = pyagent_engine::kv::PoolConfig { host_bytes: 256 << 20, ..Default::default() };
         let mut engine = Engine::new(model, env, threads, &pool)?;
         engine.prefill_chunk = args.prefill_chunk.max(1);
+        engine.lookahead = !args.no_lookahead;
         let text = if args.chat {
             use pyagent_engine::chat::ChatMessage;
             let template = engine.model.chat_template().with_context(|| format!("--chat with {}", args.model.display()))?;
@@ -206,18 +207,20 @@ fn generate(args: &cli::GenerateArgs) -> ExitCode {
                     serde_json::json!({
                         "mode": "generate", "compute": engine.model.compute.mode, "prompt_tokens": out.prompt_tokens, "cached_tokens": out.cached_tokens,
                         "prefill_secs": out.prefill_secs, "tokens": out.tokens.len(), "decode_secs": out.decode_secs,
+                        "lookahead_guessed": out.lookahead.guessed, "lookahead_right": out.lookahead.right,
                         "peak_rss_bytes": peak_rss_bytes(),
                     })
                 );
             } else {
                 eprintln!(
-                    "{} prompt tokens ({} cached): prefill {:.1} tokens/s, first token after {:.1} ms; {} generated: decode {:.1} tokens/s",
+                    "{} prompt tokens ({} cached): prefill {:.1} tokens/s, first token after {:.1} ms; {} generated: decode {:.1} tokens/s ({} passes saved by lookahead)",
                     out.prompt_tokens,
                     out.cached_tokens,
                     rate(out.prompt_tokens - out.cached_tokens, out.prefill_secs),
                     out.prefill_secs * 1000.0,
                     out.tokens.len(),
-                    rate(out.tokens.len(), out.decode_secs)
+                    rate(out.tokens.len(), out.decode_secs),
+                    out.lookahead.right
                 );
             }
         }

@@ -38,6 +38,7 @@ use ort::value::{DynValue, Tensor};
 pub use super::logits::Logits;
 use super::logits::Rows;
 use super::model::{ModelDir, ModelError};
+pub use super::runtime::Provider;
 
 /// Positions a shared cache buffer grows by at least (amortizes the copies).
 const GROWTH_STEP: usize = 256;
@@ -206,26 +207,6 @@ impl std::fmt::Debug for Decoder {
     }
 }
 
-/// Where a model's forward passes run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Provider {
-    /// ONNX Runtime's CPU execution provider.
-    #[default]
-    Cpu,
-    /// The CUDA execution provider on GPU `device`: needs the onnxruntime-gpu wheel's
-    /// library and an NVIDIA GPU. The KV cache stays in host tensors (copied per step).
-    Cuda { device: i32 },
-}
-
-impl std::fmt::Display for Provider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Cpu => f.write_str("cpu"),
-            Self::Cuda { device } => write!(f, "cuda:{device}"),
-        }
-    }
-}
-
 impl Decoder {
     /// Opens `model`'s ONNX file in `env` with `threads` intra-op threads, on the CPU.
     pub fn load(model: &ModelDir, env: &ort::environment::Environment, threads: usize) -> Result<Self, ModelError> {
@@ -288,6 +269,12 @@ impl Decoder {
     /// a sequence is done, so that its memory can serve the next one.
     pub fn release(&mut self) {
         self.binding = None;
+    }
+
+    /// Whether a 1-token pass after `len` positions runs 2 rows anyway (module docs): its
+    /// second row may then carry a guess of the next token at no cost.
+    pub fn second_row_free(&self, len: usize) -> bool {
+        self.pad_single && self.max_positions.is_none_or(|m| len + MIN_ROWS <= m)
     }
 
     pub fn vocab(&self) -> usize {
@@ -370,7 +357,7 @@ impl Decoder {
         // the second row would be past the model's last position.
         let padded: [u32; MIN_ROWS];
         let (tokens, shown) = match tokens {
-            &[token] if self.pad_single && self.max_positions.is_none_or(|m| total < m) => {
+            &[token] if self.second_row_free(past.len) => {
                 padded = [token; MIN_ROWS];
                 (&padded[..], 1)
             }

@@ -92,6 +92,16 @@ pub struct Output {
     pub finish: Finish,
     /// One per generated token, with `GenerateOptions::logprobs`.
     pub logprobs: Vec<TokenLogprob>,
+    /// Guesses carried by the free second row of decode passes ([`Engine::lookahead`]).
+    pub lookahead: Lookahead,
+}
+
+/// How the guesses of [`Engine::lookahead`] fared: each one the sampler then picked saved
+/// a forward pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lookahead {
+    pub guessed: usize,
+    pub right: usize,
 }
 
 impl Output {
@@ -121,6 +131,12 @@ pub struct Engine {
     pub prefill_chunk: usize,
     /// Where the forward passes run.
     pub provider: super::decoder::Provider,
+    /// Where a decode pass runs 2 rows anyway (int8 compute, `decoder.rs`), the second
+    /// carries a guess of the next token (prompt lookup, as [`super::speculative`]); when
+    /// the sampler picks that token, the row's logits are the next step's and its pass is
+    /// saved. Rows of such passes do not depend on each other, so the output is the same
+    /// bits either way (on by default; off to measure it).
+    pub lookahead: bool,
 }
 
 impl Engine {
@@ -133,7 +149,7 @@ impl Engine {
     pub fn new_on(model: ModelDir, env: &ort::environment::Environment, threads: usize, pool: &PoolConfig, provider: super::decoder::Provider) -> Result<Self, EngineError> {
         let decoder = Decoder::load_on(&model, env, threads, provider)?;
         let pool = SharedPool::new(BlockPool::new(model.id, model.config.kv_layout(), pool)?);
-        Ok(Self { model, decoder, pool, prefill_chunk: PREFILL_CHUNK, provider })
+        Ok(Self { model, decoder, pool, prefill_chunk: PREFILL_CHUNK, provider, lookahead: true })
     }
 
     /// Greedy output by prompt-lookup speculative decoding (no pool, no streaming): for
@@ -249,6 +265,7 @@ impl Engine {
             decode_secs: 0.0,
             finish: Finish::Length,
             logprobs: Vec::new(),
+            lookahead: Lookahead::default(),
         };
         let mut text = TextStream::default();
         let longest_stop = options.stop.iter().map(String::len).max().unwrap_or(0);
@@ -256,10 +273,14 @@ impl Engine {
         let mut emitted = 0usize;
         // Log-probabilities handed to `on_piece`.
         let mut emitted_logprobs = 0usize;
+        // The row of `last` this step picks from, and the guess the pass's next row holds.
+        let (mut row, mut guess) = (last.rows() - 1, None::<u32>);
+        let mut sequence = prompt.to_vec();
         while out.tokens.len() < options.max_tokens {
-            let token = sampler.pick(last.last());
+            let logits = last.row(row);
+            let token = sampler.pick(logits);
             if options.keep_logits {
-                out.step_logits.push(last.last().to_vec());
+                out.step_logits.push(logits.to_vec());
             }
             if eos.contains(&token) {
                 out.finish = Finish::Eos;
@@ -267,7 +288,7 @@ impl Engine {
             }
             out.tokens.push(token);
             if let Some(top) = options.logprobs {
-                out.logprobs.push(self.token_logprob(last.last(), token, top)?);
+                out.logprobs.push(self.token_logprob(logits, token, top)?);
             }
             if let Some(piece) = text.next(&self.model, &out.tokens)? {
                 if push_text(&mut out.text, &piece, &options.stop, longest_stop) {
@@ -289,9 +310,30 @@ impl Engine {
             if out.tokens.len() == options.max_tokens {
                 break;
             }
-            let (logits, present) = self.decoder.forward(&[token], state)?;
-            state = present;
-            last = logits;
+            sequence.push(token);
+            match guess.take() {
+                // The next row already follows this token.
+                Some(guessed) if guessed == token => {
+                    out.lookahead.right += 1;
+                    row += 1;
+                    continue;
+                }
+                // Its keys and values are past the sequence's end now.
+                Some(_) => state.truncate(state.len() - 1)?,
+                None => {}
+            }
+            guess = if self.lookahead && self.decoder.second_row_free(state.len()) {
+                super::speculative::draft(&sequence, 1).first().copied()
+            } else {
+                None
+            };
+            out.lookahead.guessed += usize::from(guess.is_some());
+            let (logits, present) = self.decoder.forward(&[&[token][..], guess.as_slice()].concat(), state)?;
+            (state, last, row) = (present, logits, 0);
+        }
+        if guess.is_some() {
+            // A guess not taken: its position is not part of the sequence.
+            state.truncate(state.len() - 1)?;
         }
         if matches!(out.finish, Finish::Eos | Finish::Length) {
             // A tail held back as an incomplete character.

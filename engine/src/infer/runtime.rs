@@ -79,3 +79,23 @@ pub fn environment(explicit: Option<&Path>) -> Result<&'static ort::environment:
     let (_, env) = LOADED.get_or_init(|| (path, env));
     Ok(env)
 }
+
+/// Where a model's forward passes run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Provider {
+    /// ONNX Runtime's CPU execution provider.
+    #[default]
+    Cpu,
+    /// The CUDA execution provider on GPU `device`: needs the onnxruntime-gpu wheel's
+    /// library and an NVIDIA GPU. The KV cache stays in host tensors (copied per step).
+    Cuda { device: i32 },
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda { device } => write!(f, "cuda:{device}"),
+        }
+    }
+}

@@ -93,6 +93,8 @@ pub fn output(frame: InferFrame, text: String, logprobs: Vec<TokenLogprob>) -> O
             WireFinish::Length => Finish::Length,
         },
         logprobs,
+        // Counted where the generation ran.
+        lookahead: Default::default(),
     })
 }
 
