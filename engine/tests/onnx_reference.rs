@@ -468,7 +468,7 @@ mod smollm2 {
 
     fn fresh_without(fresh: &impl Fn() -> pyagent_engine::infer::Engine) -> pyagent_engine::infer::Engine {
         let mut engine = fresh();
-        engine.lookahead = false;
+        engine.lookahead = 0;
         engine
     }
 

@@ -160,7 +160,7 @@ fn generate(args: &cli::GenerateArgs) -> ExitCode {
         let pool = pyagent_engine::kv::PoolConfig { host_bytes: 256 << 20, ..Default::default() };
         let mut engine = Engine::new(model, env, threads, &pool)?;
         engine.prefill_chunk = args.prefill_chunk.max(1);
-        engine.lookahead = !args.no_lookahead;
+        engine.lookahead = args.lookahead;
         let text = if args.chat {
             use pyagent_engine::chat::ChatMessage;
             let template = engine.model.chat_template().with_context(|| format!("--chat with {}", args.model.display()))?;

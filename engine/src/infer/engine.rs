@@ -15,6 +15,9 @@ use super::sampling::{Sampler, Sampling};
 /// prompt (logits are `[chunk, vocab]`: 50 MB for SmolLM2); measured fastest here too.
 pub const PREFILL_CHUNK: usize = 256;
 
+/// Guesses per decode pass at most, by default ([`Engine::lookahead`]).
+pub const LOOKAHEAD: usize = 4;
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
@@ -92,7 +95,7 @@ pub struct Output {
     pub finish: Finish,
     /// One per generated token, with `GenerateOptions::logprobs`.
     pub logprobs: Vec<TokenLogprob>,
-    /// Guesses carried by the free second row of decode passes ([`Engine::lookahead`]).
+    /// Guesses carried by decode passes ([`Engine::lookahead`]).
     pub lookahead: Lookahead,
 }
 
@@ -131,12 +134,15 @@ pub struct Engine {
     pub prefill_chunk: usize,
     /// Where the forward passes run.
     pub provider: super::decoder::Provider,
-    /// Where a decode pass runs 2 rows anyway (int8 compute, `decoder.rs`), the second
-    /// carries a guess of the next token (prompt lookup, as [`super::speculative`]); when
-    /// the sampler picks that token, the row's logits are the next step's and its pass is
-    /// saved. Rows of such passes do not depend on each other, so the output is the same
-    /// bits either way (on by default; off to measure it).
-    pub lookahead: bool,
+    /// At most this many guesses per decode pass (0: none). Where a decode pass runs 2
+    /// rows anyway (int8 compute, `decoder.rs`), the rows after its token carry guesses of
+    /// the next tokens (prompt lookup, as [`super::speculative`]); each guess the sampler
+    /// then picks has its logits computed already, so its pass is saved. Rows of such
+    /// passes do not depend on each other, so the output is the same bits either way,
+    /// greedy or sampled. One guess rides in the free row; more are carried only while
+    /// every guess of the last pass was right (the width doubles, and falls back to one
+    /// more than the guesses taken).
+    pub lookahead: usize,
 }
 
 impl Engine {
@@ -149,7 +155,7 @@ impl Engine {
     pub fn new_on(model: ModelDir, env: &ort::environment::Environment, threads: usize, pool: &PoolConfig, provider: super::decoder::Provider) -> Result<Self, EngineError> {
         let decoder = Decoder::load_on(&model, env, threads, provider)?;
         let pool = SharedPool::new(BlockPool::new(model.id, model.config.kv_layout(), pool)?);
-        Ok(Self { model, decoder, pool, prefill_chunk: PREFILL_CHUNK, provider, lookahead: true })
+        Ok(Self { model, decoder, pool, prefill_chunk: PREFILL_CHUNK, provider, lookahead: LOOKAHEAD })
     }
 
     /// Greedy output by prompt-lookup speculative decoding (no pool, no streaming): for
@@ -273,8 +279,9 @@ impl Engine {
         let mut emitted = 0usize;
         // Log-probabilities handed to `on_piece`.
         let mut emitted_logprobs = 0usize;
-        // The row of `last` this step picks from, and the guess the pass's next row holds.
-        let (mut row, mut guess) = (last.rows() - 1, None::<u32>);
+        // The row of `last` this step picks from; the guesses its pass carried (row i + 1
+        // follows guess i); the guesses the next pass may carry.
+        let (mut row, mut guesses, mut width) = (last.rows() - 1, Vec::new(), 1usize);
         let mut sequence = prompt.to_vec();
         while out.tokens.len() < options.max_tokens {
             let logits = last.row(row);
@@ -311,29 +318,33 @@ impl Engine {
                 break;
             }
             sequence.push(token);
-            match guess.take() {
+            if guesses.get(row) == Some(&token) {
                 // The next row already follows this token.
-                Some(guessed) if guessed == token => {
-                    out.lookahead.right += 1;
-                    row += 1;
-                    continue;
-                }
-                // Its keys and values are past the sequence's end now.
-                Some(_) => state.truncate(state.len() - 1)?,
-                None => {}
+                out.lookahead.right += 1;
+                row += 1;
+                continue;
             }
-            guess = if self.lookahead && self.decoder.second_row_free(state.len()) {
-                super::speculative::draft(&sequence, 1).first().copied()
+            if !guesses.is_empty() {
+                // The guesses from this row on were wrong: their keys and values are past
+                // the sequence's end now.
+                let wrong = guesses.len() - row;
+                state.truncate(state.len() - wrong)?;
+                width = if wrong == 0 { (width * 2).min(self.lookahead) } else { row + 1 };
+            }
+            let room = options.max_tokens - out.tokens.len() - 1;
+            let positions = self.model.config.max_position_embeddings.map_or(usize::MAX, |m| (m as usize).saturating_sub(state.len() + 1));
+            guesses = if self.lookahead > 0 && self.decoder.second_row_free(state.len()) {
+                super::speculative::draft(&sequence, width.min(room.max(1)).min(positions).min(self.lookahead))
             } else {
-                None
+                Vec::new()
             };
-            out.lookahead.guessed += usize::from(guess.is_some());
-            let (logits, present) = self.decoder.forward(&[&[token][..], guess.as_slice()].concat(), state)?;
+            out.lookahead.guessed += guesses.len();
+            let (logits, present) = self.decoder.forward(&[&[token][..], &guesses].concat(), state)?;
             (state, last, row) = (present, logits, 0);
         }
-        if guess.is_some() {
-            // A guess not taken: its position is not part of the sequence.
-            state.truncate(state.len() - 1)?;
+        if !guesses.is_empty() {
+            // Guesses not taken: their positions are not part of the sequence.
+            state.truncate(state.len() - (guesses.len() - row))?;
         }
         if matches!(out.finish, Finish::Eos | Finish::Length) {
             // A tail held back as an incomplete character.

@@ -165,10 +165,10 @@ pub struct GenerateArgs {
     /// Print each run's measurements as one JSON line on stderr.
     #[arg(long)]
     pub stats_json: bool,
-    /// Leave the second row of int8-compute decode passes empty instead of guessing the
-    /// next token in it (same output; to measure what the guesses save).
-    #[arg(long)]
-    pub no_lookahead: bool,
+    /// Guesses of the next tokens per int8-compute decode pass, at most (prompt lookup; the
+    /// first rides in a row the pass runs anyway): same output, fewer passes. 0 = none.
+    #[arg(long, default_value_t = pyagent_engine::infer::LOOKAHEAD, value_name = "N")]
+    pub lookahead: usize,
     /// Prompt tokens per prefill pass: more can be faster, and costs memory (logits are
     /// N x vocabulary floats).
     #[arg(long, default_value_t = pyagent_engine::infer::PREFILL_CHUNK, value_name = "N")]
