@@ -6,12 +6,13 @@
 
 1. `pyagent generate` on a 1,024-token prompt, twice in one process: cold prefill and
    decode tokens/s, then the time to first token with the prompt's prefix cached; the
-   process's peak RSS against the model's weights on disk.
+   process's peak RSS against the model's weights on disk. Decode again without lookahead
+   (`--lookahead 0`: one token per pass), the rate of the forward passes themselves.
 2. Python onnxruntime running the same loop (prefill, then one token at a time with past
-   keys/values) on the same model, prompt length and thread count: the ratio is the
-   engine's own overhead (or gain).
-3. Prompt-lookup speculative (k=8) vs plain greedy decoding on code prompts,
-   same output checked.
+   keys/values) on the same model, prompt length and thread count: the ratio (without
+   lookahead) is the engine's own overhead (or gain).
+3. Plain decoding (one token per pass) vs the engine's default (lookahead) and
+   prompt-lookup speculative (k=8) on code prompts, same output checked.
 4. With --gguf: llama.cpp (llama-cpp-python) on the original GGUF, same prompt, same
    threads — what a user would run instead.
 """
@@ -130,10 +131,13 @@ def main() -> None:
     lines = [machine]
 
     # 1 and 2, interleaved for ROUNDS rounds (medians): the engine (cold, then cached; peak
-    # RSS), then Python onnxruntime's loops on the same prompt length.
+    # RSS), the engine without lookahead (one token per decode pass, as every other loop
+    # here), then Python onnxruntime's loops on the same prompt length.
     rounds = []
     for _ in range(ROUNDS):
-        _, runs, rss = engine(args, LONG, ["--max-prompt-tokens", str(PROMPT_TOKENS), "--max-tokens", str(DECODE_TOKENS), "--repeat", "2"])
+        long_args = ["--max-prompt-tokens", str(PROMPT_TOKENS), "--max-tokens", str(DECODE_TOKENS)]
+        _, runs, rss = engine(args, LONG, [*long_args, "--repeat", "2"])
+        _, one_per_pass, _ = engine(args, LONG, [*long_args, "--lookahead", "0"])
         cold, warm = runs[0], runs[1]
         n_prompt, n_decode = cold["prompt_tokens"], cold["tokens"]
         compute = cold.get("compute", "fp32")
@@ -142,6 +146,8 @@ def main() -> None:
         rounds.append({
             # The first generated token comes with the prefill; decode_secs covers the rest.
             "prefill": n_prompt / cold["prefill_secs"], "decode": (n_decode - 1) / cold["decode_secs"],
+            "decode_no_lookahead": (one_per_pass[0]["tokens"] - 1) / one_per_pass[0]["decode_secs"],
+            "lookahead_right": cold.get("lookahead_right", 0), "lookahead_guessed": cold.get("lookahead_guessed", 0),
             "cold_ms": cold["prefill_secs"] * 1e3, "cached_ms": warm["prefill_secs"] * 1e3, "cached_tokens": warm["cached_tokens"],
             "rss": rss, "py_prefill": py_prefill, "py_decode": py_decode,
             "ip_prefill": in_place[0] if in_place else None, "ip_decode": in_place[1] if in_place else None,
@@ -150,15 +156,19 @@ def main() -> None:
     _, _, rss_loaded = engine(args, "Hello", ["--max-tokens", "1"])
     weights = sum(os.path.getsize(os.path.join(args.model, f)) for f in os.listdir(args.model) if f.startswith("model.onnx"))
     report.update(rounds=rounds, medians=m, prompt_tokens=n_prompt, decode_tokens=n_decode, weights_bytes=weights, peak_rss_loaded_bytes=rss_loaded)
-    ours_prefill, ours_decode = m["prefill"], m["decode"]
+    ours_prefill, ours_decode, ours_one = m["prefill"], m["decode"], m["decode_no_lookahead"]
     report["compute"] = compute
     lines.append(f"model {args.model} ({compute} compute, chosen by the engine), {args.threads} threads, {n_prompt}-token prompt, {n_decode} generated tokens, median of {ROUNDS} interleaved rounds")
     lines.append(f"prefill: engine {ours_prefill:,.0f} tokens/s, python onnxruntime {m['py_prefill']:,.0f} tokens/s, ratio {ours_prefill / m['py_prefill']:.2f}x")
-    lines.append(f"decode:  engine {ours_decode:,.1f} tokens/s, python onnxruntime {m['py_decode']:,.1f} tokens/s, ratio {ours_decode / m['py_decode']:.2f}x")
+    lines.append(
+        f"decode:  engine {ours_decode:,.1f} tokens/s ({m['lookahead_right']:.0f} of {m['lookahead_guessed']:.0f} lookahead guesses right), "
+        f"without lookahead {ours_one:,.1f} tokens/s ({ours_decode / ours_one:.2f}x); python onnxruntime {m['py_decode']:,.1f} tokens/s (random prompt), "
+        f"ratio without lookahead {ours_one / m['py_decode']:.2f}x"
+    )
     if m["ip_decode"] is not None:
         lines.append(
             f"  python onnxruntime with in-place KV (I/O binding): prefill {m['ip_prefill']:,.0f} tokens/s (engine {ours_prefill / m['ip_prefill']:.2f}x), "
-            f"decode {m['ip_decode']:,.1f} tokens/s (engine {ours_decode / m['ip_decode']:.2f}x)"
+            f"decode {m['ip_decode']:,.1f} tokens/s (engine without lookahead {ours_one / m['ip_decode']:.2f}x)"
         )
     lines.append(
         f"time to first token: cold {m['cold_ms']:.1f} ms, prefix cached ({m['cached_tokens']:.0f} of {n_prompt} tokens) "
@@ -169,25 +179,31 @@ def main() -> None:
         f"whole {n_prompt}-token run (KV cache, block pool, logits) {m['rss'] / 2**20:,.0f} MiB = {m['rss'] / weights:.2f}x"
     )
 
-    # 3. Speculative vs plain: a continuation that repeats code, and (models with a chat
-    # template) an edit request whose answer copies most of its prompt. Rates include the
-    # prefill on both sides.
+    # 3. Speculative vs plain (one token per pass: --lookahead 0): the engine's default
+    # (lookahead) and --speculative 8, on a continuation that repeats code and (models with
+    # a chat template) an edit request whose answer copies most of its prompt. Rates
+    # include the prefill on every side.
     prompts = [("continuation", CODE)]
     if json.load(open(f"{args.model}/config.json")).get("chat_template"):
         prompts.append(("chat edit", EDIT))
     for label, prompt in prompts:
-        plain_rates, spec_rates, same = [], [], True
+        plain_rates, look_rates, spec_rates, same = [], [], [], True
         for _ in range(ROUNDS):
-            plain_text, plain, _ = engine(args, prompt, ["--max-tokens", str(DECODE_TOKENS)])
+            plain_text, plain, _ = engine(args, prompt, ["--max-tokens", str(DECODE_TOKENS), "--lookahead", "0"])
+            look_text, look, _ = engine(args, prompt, ["--max-tokens", str(DECODE_TOKENS)])
             spec_text, spec, _ = engine(args, prompt, ["--max-tokens", str(DECODE_TOKENS), "--speculative", "8"])
             plain_rates.append(plain[0]["tokens"] / (plain[0]["prefill_secs"] + plain[0]["decode_secs"]))
+            look_rates.append(look[0]["tokens"] / (look[0]["prefill_secs"] + look[0]["decode_secs"]))
             spec_rates.append(spec[0]["tokens"] / spec[0]["secs"])
-            same = same and plain_text.strip() == spec_text.strip()
-        plain_rate, spec_rate = median(plain_rates), median(spec_rates)
-        report.setdefault("speculative", []).append({"prompt": label, "plain_tps": plain_rate, "speculative_tps": spec_rate, "same_output": same})
+            same = same and plain_text.strip() == spec_text.strip() == look_text.strip()
+        plain_rate, look_rate, spec_rate = median(plain_rates), median(look_rates), median(spec_rates)
+        report.setdefault("speculative", []).append(
+            {"prompt": label, "plain_tps": plain_rate, "lookahead_tps": look_rate, "speculative_tps": spec_rate, "same_output": same}
+        )
         lines.append(
-            f"speculative (k=8) vs plain, {label} prompt + {plain[0]['tokens']} tokens: {spec_rate:,.1f} vs {plain_rate:,.1f} tokens/s "
-            f"({spec_rate / plain_rate:.2f}x), {spec[0]['passes']} passes, same output: {same}"
+            f"vs plain (one token per pass), {label} prompt + {plain[0]['tokens']} tokens: lookahead (default) {look_rate:,.1f} ({look_rate / plain_rate:.2f}x, "
+            f"{look[0].get('lookahead_right', 0)} passes saved), speculative (k=8) {spec_rate:,.1f} ({spec_rate / plain_rate:.2f}x, {spec[0]['passes']} passes), "
+            f"plain {plain_rate:,.1f} tokens/s; same output: {same}"
         )
 
     # 4. llama.cpp on the original GGUF.
@@ -209,7 +225,7 @@ def main() -> None:
         report.update(llama_runs=llama_runs, llama_prefill_tps=l_prefill, llama_decode_tps=l_decode, llama_peak_rss_bytes=l_rss)
         lines.append(
             f"llama.cpp ({os.path.basename(args.gguf)}, median of {ROUNDS}): prefill {l_prefill:,.0f} tokens/s (engine {ours_prefill / l_prefill:.2f}x), "
-            f"decode {l_decode:,.1f} tokens/s (engine {ours_decode / l_decode:.2f}x), peak RSS {l_rss / 2**20:,.0f} MiB"
+            f"decode {l_decode:,.1f} tokens/s (engine {ours_decode / l_decode:.2f}x; without lookahead {ours_one / l_decode:.2f}x), peak RSS {l_rss / 2**20:,.0f} MiB"
         )
     print("\n".join(lines))
     json.dump(report, open(args.out, "w"), indent=1)
