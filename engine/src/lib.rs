@@ -13,7 +13,8 @@
 //!   passes) with the KV
 //!   cache kept in ONNX Runtime tensors (appended in place where the graph allows), the
 //!   engine (prefix reuse from the pool, chunked prefill, sampling, stop strings,
-//!   streaming) and prompt-lookup speculative decoding.
+//!   streaming, lookahead guesses in decode passes) and prompt-lookup speculative
+//!   decoding.
 //! - [`chat`]: a conversation rendered with the model's own Hugging Face chat template
 //!   (Jinja, as `transformers` renders it).
 

@@ -24,7 +24,8 @@
 //! head size 8, still rounds by up to 4e-6 with a row's place in its pass). The second row
 //! costs up to ~15% of int8 decode speed at a 600-token context (44–53 against 51 tokens/s
 //! on a noisy 2-core machine) and ~30% at 1,024; its keys and values land past the
-//! sequence's end and are overwritten by the next pass. With fp32 compute the second row
+//! sequence's end and are overwritten by the next pass. The engine puts a guess of the
+//! next token in that row ([`Decoder::second_row_free`]; `Engine::lookahead`). With fp32 compute the second row
 //! would cost as much again (`MatMulNBits` dequantizes its weights for passes of more than
 //! one row: decode 18 against 42 tokens/s measured), so fp32 compute keeps 1-row decode
 //! passes, exact up to that rounding (5e-5), as before.

@@ -10,7 +10,8 @@
 //! - [`sampling`]: greedy, temperature, top-k, top-p, seeded.
 //! - [`cache`]: a sequence's KV cache to and from 16-token blocks.
 //! - [`engine`]: model + decoder + block pool: prefix reuse, chunked prefill, stop strings,
-//!   incremental detokenization and streaming.
+//!   incremental detokenization and streaming; lookahead (guessed tokens in the rows an
+//!   int8-compute decode pass runs anyway).
 //! - [`speculative`]: prompt-lookup speculative decoding, exactly greedy.
 
 pub mod cache;
