@@ -18,11 +18,14 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// Newest peer protocol version this build speaks. Version 2: postcard frames (codec
-/// version 2) and version ranges instead of one version in the swarm's names.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// version 2) and version ranges instead of one version in the swarm's names. Version 3:
+/// an advert's inference capacity carries the model's KV block summary, the node's role
+/// and the compute mode — new fields in the middle of a postcard frame, which a version-2
+/// node cannot decode, so version 2 is no longer spoken.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Oldest peer protocol version this build speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 2;
+pub const MIN_PROTOCOL_VERSION: u16 = 3;
 
 /// An inclusive range of peer protocol versions, `min..=max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
