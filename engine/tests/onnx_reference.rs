@@ -466,6 +466,29 @@ mod smollm2 {
         }
     }
 
+    /// Lookahead guesses from earlier requests too: asked again, the engine guesses its
+    /// own earlier answer, and the output does not change.
+    #[test]
+    fn smollm2_int4_lookahead_guesses_from_earlier_requests() {
+        use pyagent_engine::infer::{Engine, GenerateOptions};
+        use pyagent_engine::kv::PoolConfig;
+        let Some((auto, env, _)) = prepared_as("smollm2-int4", "SmolLM2 int4 lookahead test") else { return };
+        let model = ModelDir::open_with(&auto.dir, ComputeChoice::Fixed(ComputeMode::Int8)).unwrap();
+        let ids = model.encode(&chat("Name three rivers of Europe and say where each one reaches the sea.")).unwrap();
+        let mut engine = Engine::new(model, env, 2, &PoolConfig { host_bytes: 64 << 20, ..Default::default() }).unwrap();
+        let options = GenerateOptions { max_tokens: 40, keep_logits: true, ..Default::default() };
+        let first = engine.generate(&ids, &options, |_| {}).unwrap();
+        let again = engine.generate(&ids, &options, |_| {}).unwrap();
+        assert_eq!(again.tokens, first.tokens);
+        assert_eq!(steps_diff(&again.step_logits, &first.step_logits), 0.0);
+        assert!(
+            again.lookahead.right > first.lookahead.right + 5,
+            "the first answer is there to guess from: {:?} then {:?}",
+            first.lookahead,
+            again.lookahead
+        );
+    }
+
     fn fresh_without(fresh: &impl Fn() -> pyagent_engine::infer::Engine) -> pyagent_engine::infer::Engine {
         let mut engine = fresh();
         engine.lookahead = 0;

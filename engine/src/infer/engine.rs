@@ -18,6 +18,9 @@ pub const PREFILL_CHUNK: usize = 256;
 /// Guesses per decode pass at most, by default ([`Engine::lookahead`]).
 pub const LOOKAHEAD: usize = 4;
 
+/// Tokens of earlier requests that lookahead guesses from, at most (newest kept).
+pub const RECENT_TOKENS: usize = 16_384;
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
@@ -141,8 +144,11 @@ pub struct Engine {
     /// passes do not depend on each other, so the output is the same bits either way,
     /// greedy or sampled. One guess rides in the free row; more are carried only while
     /// every guess of the last pass was right (the width doubles, and falls back to one
-    /// more than the guesses taken).
+    /// more than the guesses taken). Guesses come from the sequence itself, then from
+    /// the engine's earlier requests (up to [`RECENT_TOKENS`]).
     pub lookahead: usize,
+    /// Earlier requests' prompts and outputs, newest last.
+    recent: std::collections::VecDeque<Vec<u32>>,
 }
 
 impl Engine {
@@ -155,7 +161,7 @@ impl Engine {
     pub fn new_on(model: ModelDir, env: &ort::environment::Environment, threads: usize, pool: &PoolConfig, provider: super::decoder::Provider) -> Result<Self, EngineError> {
         let decoder = Decoder::load_on(&model, env, threads, provider)?;
         let pool = SharedPool::new(BlockPool::new(model.id, model.config.kv_layout(), pool)?);
-        Ok(Self { model, decoder, pool, prefill_chunk: PREFILL_CHUNK, provider, lookahead: LOOKAHEAD })
+        Ok(Self { model, decoder, pool, prefill_chunk: PREFILL_CHUNK, provider, lookahead: LOOKAHEAD, recent: Default::default() })
     }
 
     /// Greedy output by prompt-lookup speculative decoding (no pool, no streaming): for
@@ -334,7 +340,8 @@ impl Engine {
             let room = options.max_tokens - out.tokens.len() - 1;
             let positions = self.model.config.max_position_embeddings.map_or(usize::MAX, |m| (m as usize).saturating_sub(state.len() + 1));
             guesses = if self.lookahead > 0 && self.decoder.second_row_free(state.len()) {
-                super::speculative::draft(&sequence, width.min(room.max(1)).min(positions).min(self.lookahead))
+                let recent = self.recent.iter().rev().map(Vec::as_slice);
+                super::speculative::draft_among(&sequence, recent, width.min(room.max(1)).min(positions).min(self.lookahead))
             } else {
                 Vec::new()
             };
@@ -368,7 +375,24 @@ impl Engine {
         for block in blocks {
             pool.insert(block)?;
         }
+        drop(pool);
+        self.remember(all);
         Ok(out)
+    }
+
+    /// Keeps `sequence` for later requests' guesses, within [`RECENT_TOKENS`].
+    fn remember(&mut self, mut sequence: Vec<u32>) {
+        if sequence.len() > RECENT_TOKENS {
+            sequence.drain(..sequence.len() - RECENT_TOKENS);
+        }
+        let mut held: usize = self.recent.iter().map(Vec::len).sum::<usize>() + sequence.len();
+        while held > RECENT_TOKENS {
+            match self.recent.pop_front() {
+                Some(old) => held -= old.len(),
+                None => break,
+            }
+        }
+        self.recent.push_back(sequence);
     }
 }
 

@@ -26,7 +26,7 @@ pub mod sampling;
 pub mod speculative;
 
 pub use decoder::{Decoder, KvState, Logits, Provider};
-pub use engine::{Alternative, Engine, EngineError, Finish, GenerateOptions, LOOKAHEAD, Lookahead, Output, PREFILL_CHUNK, Piece, TokenLogprob};
+pub use engine::{Alternative, Engine, EngineError, Finish, GenerateOptions, LOOKAHEAD, Lookahead, Output, PREFILL_CHUNK, Piece, RECENT_TOKENS, TokenLogprob};
 pub use sampling::{Logprobs, Sampler, Sampling, logprobs};
 pub use compute::{Compute, ComputeChoice, ComputeMode};
 pub use model::{ModelConfig, ModelDir, ModelError};

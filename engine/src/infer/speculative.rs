@@ -21,23 +21,33 @@ pub const MAX_NGRAM: usize = 3;
 /// The draft after `sequence`: up to `k` tokens that followed the last occurrence of its
 /// final n-gram.
 pub fn draft(sequence: &[u32], k: usize) -> Vec<u32> {
+    draft_among(sequence, std::iter::empty(), k)
+}
+
+/// [`draft`], looking in `others` too (earlier sequences, newest first) where `sequence`
+/// has no earlier occurrence of its final n-gram: longer n-grams win, and at one length
+/// `sequence` itself comes first.
+pub fn draft_among<'a>(sequence: &[u32], others: impl Iterator<Item = &'a [u32]> + Clone, k: usize) -> Vec<u32> {
     for n in (1..=MAX_NGRAM).rev() {
-        if sequence.len() <= n {
+        if sequence.len() < n {
             continue;
         }
         let tail = &sequence[sequence.len() - n..];
-        // Latest earlier occurrence (not the tail itself).
-        for start in (0..sequence.len() - n).rev() {
-            if &sequence[start..start + n] == tail {
-                let from = start + n;
-                let end = (from + k).min(sequence.len());
-                if from < end {
-                    return sequence[from..end].to_vec();
-                }
-            }
+        // In `sequence`, an earlier occurrence (not the tail itself).
+        if let Some(found) = follows(sequence, tail, k).or_else(|| others.clone().find_map(|other| follows(other, tail, k))) {
+            return found;
         }
     }
     Vec::new()
+}
+
+/// Up to `k` tokens that follow the latest occurrence of `tail` in `haystack` that has
+/// at least one token after it.
+fn follows(haystack: &[u32], tail: &[u32], k: usize) -> Option<Vec<u32>> {
+    let n = tail.len();
+    let start = (0..haystack.len().saturating_sub(n)).rev().find(|&start| &haystack[start..start + n] == tail)?;
+    let from = start + n;
+    Some(haystack[from..(from + k).min(haystack.len())].to_vec()).filter(|d| !d.is_empty())
 }
 
 /// A speculative generation's tokens and how many forward passes it took.
@@ -115,5 +125,17 @@ mod tests {
         // Falls back to shorter n-grams, and to nothing.
         assert_eq!(draft(&[4, 7, 6, 4], 3), vec![7, 6, 4]);
         assert!(draft(&[1, 2, 3], 4).is_empty());
+    }
+
+    #[test]
+    fn drafts_come_from_earlier_sequences_where_this_one_has_none() {
+        let earlier: [&[u32]; 2] = [&[7, 1, 2, 3, 4], &[9, 2, 3, 8, 8]];
+        // [2 3] is in both: the newest (first) one wins; the sequence's own match comes first.
+        assert_eq!(draft_among(&[5, 2, 3], earlier.iter().copied(), 2), vec![4]);
+        assert_eq!(draft_among(&[2, 3, 6, 2, 3], earlier.iter().copied(), 2), vec![6, 2]);
+        // A longer n-gram elsewhere beats a shorter one here.
+        assert_eq!(draft_among(&[3, 0, 1, 2, 3], [&[1, 2, 3, 5][..]].into_iter(), 1), vec![5]);
+        assert!(draft_among(&[6], earlier.iter().copied(), 3).is_empty());
+        assert_eq!(draft_among(&[8], earlier.iter().copied(), 3), vec![8]);
     }
 }
