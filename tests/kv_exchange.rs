@@ -71,6 +71,7 @@ async fn cold(model: &Path, prompt: &[u32]) -> Output {
         provider: pyagent_node::config::ProviderChoice::Cpu,
         vram_free: None,
         role: Default::default(),
+        lookahead: pyagent_engine::infer::LOOKAHEAD,
     };
     let worker = ModelWorker::start(config).await.unwrap();
     worker.generate(prompt.to_vec(), options()).await.unwrap()

@@ -102,6 +102,7 @@ async fn cuda_is_used_only_where_it_exists_and_asking_for_it_without_says_why() 
         provider,
         vram_free: None,
         role: Default::default(),
+        lookahead: pyagent_engine::infer::LOOKAHEAD,
     };
     // No GPU found: auto runs on the CPU and says so in the advert.
     let auto = pyagent_node::serving::ModelWorker::start(config(pyagent_node::config::ProviderChoice::Auto)).await.unwrap();
@@ -133,6 +134,7 @@ async fn an_int4_model_runs_and_advertises_the_compute_mode_its_cpu_suits() {
         provider: pyagent_node::config::ProviderChoice::Cpu,
         vram_free: None,
         role: Default::default(),
+        lookahead: pyagent_engine::infer::LOOKAHEAD,
     })
     .await
     .unwrap();

@@ -227,6 +227,7 @@ impl Node {
                 provider: settings.provider,
                 vram_free,
                 role: settings.role,
+                lookahead: settings.lookahead,
             })
             .collect();
         let models = Models::start(serve).await;

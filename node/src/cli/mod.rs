@@ -345,6 +345,10 @@ pub struct NodeArgs {
     /// KV block pool budget in host RAM, MiB [default: 256].
     #[arg(long, value_name = "MIB")]
     pub kv_host_mb: Option<u64>,
+    /// Guesses of the next tokens per int8-compute decode pass, at most; 0 = none
+    /// [default: 4].
+    #[arg(long, value_name = "N")]
+    pub lookahead: Option<usize>,
     /// Compute every prompt prefix here instead of fetching the KV blocks peers hold.
     #[arg(long)]
     pub no_kv_fetch: bool,
@@ -400,6 +404,7 @@ impl NodeArgs {
             kv_fetch: self.no_kv_fetch.then_some(false),
             role: self.role,
             kv_host_mb: self.kv_host_mb,
+            lookahead: self.lookahead,
             ort_lib: self.ort_lib.clone(),
             http: self.no_http.then_some(false),
             http_bind: self.http,

@@ -27,7 +27,15 @@ pub struct InferenceConfig {
     /// Where models run: `auto` (the CUDA execution provider when an NVIDIA GPU is found
     /// and the runtime has it, else the CPU), `cpu`, or `cuda` (fail rather than fall back).
     pub provider: ProviderChoice,
+    /// Guesses of the next tokens per decode pass, at most (lookahead: int8 compute only;
+    /// same output, fewer passes where the text repeats itself). 0: none — a request that
+    /// repeats an earlier one then no longer decodes faster than one that does not.
+    pub lookahead: usize,
 }
+
+/// Most guesses per decode pass a config may ask for: wider passes cost more than the
+/// guesses they can save.
+pub const MAX_LOOKAHEAD: usize = 16;
 
 /// `inference.provider`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -41,6 +49,14 @@ pub enum ProviderChoice {
 
 impl Default for InferenceConfig {
     fn default() -> Self {
-        Self { models: Vec::new(), ort_lib: None, kv_host_mb: 256, kv_fetch: true, role: pyagent_protocol::InferenceRole::Both, provider: ProviderChoice::Auto }
+        Self {
+            models: Vec::new(),
+            ort_lib: None,
+            kv_host_mb: 256,
+            kv_fetch: true,
+            role: pyagent_protocol::InferenceRole::Both,
+            provider: ProviderChoice::Auto,
+            lookahead: pyagent_engine::infer::LOOKAHEAD,
+        }
     }
 }

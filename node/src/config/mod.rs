@@ -247,6 +247,7 @@ impl Config {
         set(&mut self.inference.kv_fetch, o.kv_fetch);
         set(&mut self.inference.role, o.role);
         set(&mut self.inference.kv_host_mb, o.kv_host_mb);
+        set(&mut self.inference.lookahead, o.lookahead);
         if o.ort_lib.is_some() {
             self.inference.ort_lib = o.ort_lib;
         }
@@ -332,6 +333,9 @@ impl Config {
         if !(1..=1_048_576).contains(&self.inference.kv_host_mb) {
             return Err(invalid("inference.kv_host_mb", "must be between 1 and 1048576"));
         }
+        if self.inference.lookahead > inference::MAX_LOOKAHEAD {
+            return Err(invalid("inference.lookahead", format!("must be at most {} (0 turns it off)", inference::MAX_LOOKAHEAD)));
+        }
         let h = &self.history;
         if !(1..=16).contains(&h.replicas) {
             return Err(invalid("history.replicas", "must be between 1 and 16"));
@@ -362,6 +366,7 @@ impl Config {
             kv_host_bytes: self.inference.kv_host_mb << 20,
             kv_fetch: self.inference.kv_fetch,
             role: self.inference.role,
+            lookahead: self.inference.lookahead,
             protocol_versions: VersionRange::SUPPORTED,
             data_dir,
             namespace,
@@ -449,6 +454,8 @@ pub struct Settings {
     pub kv_fetch: bool,
     /// `--role`: prefill, decode or both.
     pub role: pyagent_protocol::InferenceRole,
+    /// Guesses per decode pass at most (`inference.lookahead`).
+    pub lookahead: usize,
     /// The history DHT's replication.
     pub history: HistorySettings,
     /// The OpenAI-compatible HTTP API; `None`: off.

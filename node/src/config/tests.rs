@@ -218,3 +218,21 @@ fn the_role_comes_from_file_env_and_flags_and_a_wrong_one_is_named() {
     let err = Config::from_toml("[inference]\nrole = \"router\"\n").unwrap_err();
     assert!(err.contains("role") || err.contains("router"), "{err}");
 }
+
+#[test]
+fn lookahead_comes_from_file_env_and_flags_and_too_many_guesses_are_refused() {
+    let mut c = Config::from_toml("[inference]\nlookahead = 0\n").unwrap();
+    assert_eq!(c.inference.lookahead, 0);
+    c.data_dir = Some("/tmp/x".into());
+    assert_eq!(c.validate().unwrap().lookahead, 0);
+    c.apply(env(&[("PYAGENT_LOOKAHEAD", "2")]));
+    assert_eq!(c.validate().unwrap().lookahead, 2);
+    c.apply(Overrides { lookahead: Some(8), ..Default::default() });
+    assert_eq!(c.validate().unwrap().lookahead, 8);
+    assert_eq!(Config::default().inference.lookahead, pyagent_engine::infer::LOOKAHEAD);
+    c.inference.lookahead = 17;
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("inference.lookahead") && err.contains("at most 16"), "{err}");
+    let err = Overrides::from_env([("PYAGENT_LOOKAHEAD".to_string(), "many".to_string())]).unwrap_err().to_string();
+    assert!(err.contains("PYAGENT_LOOKAHEAD"), "{err}");
+}

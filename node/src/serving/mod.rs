@@ -81,6 +81,8 @@ pub struct ServeConfig {
     pub vram_free: Option<u64>,
     /// The node's part in serving (`--role`), advertised with the model.
     pub role: pyagent_protocol::InferenceRole,
+    /// Guesses per decode pass at most (`Engine::lookahead`).
+    pub lookahead: usize,
 }
 
 /// Why a request was not served.
@@ -446,7 +448,7 @@ mod tests {
     #[tokio::test]
     async fn a_model_that_cannot_be_loaded_is_an_error_that_names_it() {
         let dir = tempfile::tempdir().unwrap();
-        let config = ServeConfig { model: dir.path().join("nope"), ort_lib: None, kv_host_bytes: 1 << 20, ram_available: 1 << 30, provider: crate::config::ProviderChoice::Auto, vram_free: None, role: Default::default() };
+        let config = ServeConfig { model: dir.path().join("nope"), ort_lib: None, kv_host_bytes: 1 << 20, ram_available: 1 << 30, provider: crate::config::ProviderChoice::Auto, vram_free: None, role: Default::default(), lookahead: 4 };
         let err = ModelWorker::start(config.clone()).await.unwrap_err();
         assert!(matches!(err, ServeError::Load { ref model, .. } if model.ends_with("nope")), "{err}");
         assert!(Models::start(vec![config]).await.is_empty());

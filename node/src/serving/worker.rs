@@ -177,6 +177,7 @@ fn load(config: &ServeConfig) -> Result<(Engine, InferenceCapacity, ModelInfo), 
             Err(e) => return Err(format!("{e} (inference.provider = cuda; use auto to fall back to the CPU)")),
         },
     };
+    engine.lookahead = config.lookahead;
     let vocab = engine.model.config.vocab_size.clamp(2, 256);
     let prompt: Vec<u32> = (0..PROBE_PROMPT_TOKENS as u32).map(|i| (i * 7 + 3) % vocab).collect();
     let started = Instant::now();
