@@ -41,15 +41,19 @@ pub fn credits(
         .collect()
 }
 
-/// The prefill peer to hand `tokens` prompt tokens to, and the seconds it is expected to
-/// take (its queue ahead plus the prompt, at its measured rate): among `peers` (members
-/// serving the model, this node and cooling peers left out), those advertising
-/// `--role prefill` whose model fits, the soonest done.
-pub fn prefill_peer(peers: &[(PeerId, &InferenceCapacity)], tokens: usize) -> Option<(PeerId, f64)> {
+/// The prefill peer to hand a prompt of whole blocks `hashes` to, and the seconds it is
+/// expected to take (its queue ahead plus the blocks it does not hold by its advert's
+/// summary, at its measured rate): among `peers` (members serving the model, this node
+/// and cooling peers left out), those advertising `--role prefill` whose model fits, the
+/// soonest done.
+pub fn prefill_peer(peers: &[(PeerId, &InferenceCapacity)], hashes: &[[u8; 32]]) -> Option<(PeerId, f64)> {
     peers
         .iter()
         .filter(|(_, c)| c.role == InferenceRole::Prefill && c.fits && c.prefill_tokens_per_s > 0)
-        .map(|(peer, c)| (*peer, (c.queued_prefill_tokens as f64 + tokens as f64) / f64::from(c.prefill_tokens_per_s)))
+        .map(|(peer, c)| {
+            let to_compute = (hashes.len() - c.kv_blocks.run(hashes)) * BLOCK_TOKENS;
+            (*peer, (c.queued_prefill_tokens as f64 + to_compute as f64) / f64::from(c.prefill_tokens_per_s))
+        })
         .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
 }
 
@@ -91,13 +95,23 @@ mod tests {
         let cap = |role, rate, queued, fits| InferenceCapacity { role, prefill_tokens_per_s: rate, queued_prefill_tokens: queued, fits, ..Default::default() };
         let (f, b, o, u) = (cap(InferenceRole::Prefill, 1000, 0, true), cap(InferenceRole::Prefill, 4000, 20_000, true), cap(InferenceRole::Both, 9000, 0, true), cap(InferenceRole::Prefill, 9000, 0, false));
         let peers = [(fast, &f), (busy, &b), (both, &o), (unfit, &u)];
-        let (peer, secs) = prefill_peer(&peers, 1000).unwrap();
+        let blocks = |n: u32| -> Vec<[u8; 32]> { (0..n).map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes()).collect() };
+        let (peer, secs) = prefill_peer(&peers, &blocks(64)).unwrap();
         assert_eq!(peer, fast);
-        assert!((secs - 1.0).abs() < 1e-9, "{secs}");
+        assert!((secs - 1.024).abs() < 1e-9, "{secs}");
         // A long enough prompt makes the busy but faster peer the sooner one.
-        assert_eq!(prefill_peer(&peers, 100_000).unwrap().0, busy);
+        assert_eq!(prefill_peer(&peers, &blocks(6400)).unwrap().0, busy);
         // Nodes serving both roles, or whose model does not fit, are not asked.
-        assert_eq!(prefill_peer(&peers[2..], 1000), None);
+        assert_eq!(prefill_peer(&peers[2..], &blocks(64)), None);
+        // A slower peer that holds most of the prompt computes only the rest: it wins.
+        let long = blocks(640);
+        let slow = PeerId::random();
+        let s = InferenceCapacity { kv_blocks: pyagent_protocol::kv::KvSummary::of(&long[..600], 4096), ..cap(InferenceRole::Prefill, 500, 0, true) };
+        let (peer, secs) = prefill_peer(&[(fast, &f), (slow, &s)], &long).unwrap();
+        assert_eq!(peer, slow);
+        assert!((secs - 40.0 * 16.0 / 500.0).abs() < 1e-9, "{secs}");
+        let other: Vec<[u8; 32]> = (0..64u32).map(|i| *blake3::hash(&(i + 100_000).to_le_bytes()).as_bytes()).collect();
+        assert_eq!(prefill_peer(&[(fast, &f), (slow, &s)], &other).unwrap().0, fast, "none of this prompt held");
     }
 
     #[test]

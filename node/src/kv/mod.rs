@@ -30,7 +30,8 @@
 //! **Roles** (`--role`, advertised with each model): a `prefill` node ranks after every
 //! other candidate in placement, so requests go to the others; a `decode` node answers no
 //! prefill requests, and when its peers hold only part of a prompt's prefix it asks the
-//! prefill peer expected to be done soonest (`credit::prefill_peer`) to compute the
+//! prefill peer expected to be done soonest, counting the blocks it already holds
+//! (`credit::prefill_peer`), to compute the
 //! prompt's blocks (a `Prefill` request on the same stream protocol), fetches them as it
 //! would held ones and decodes. If that fails or runs past three times the peer's
 //! advertised rate (at most [`transfer::MAX_PREFILL_DEADLINE`]) it computes the rest
@@ -235,7 +236,8 @@ impl KvExchange {
             return Vec::new();
         }
         let Ok(peers) = self.inner.client.peers().await else { return Vec::new() };
-        let Some((peer, expected)) = credit::prefill_peer(&self.members_serving(&peers, &model), blocks * BLOCK_TOKENS) else { return Vec::new() };
+        let held: Vec<[u8; 32]> = hashes[..blocks].iter().map(|h| h.0).collect();
+        let Some((peer, expected)) = credit::prefill_peer(&self.members_serving(&peers, &model), &held) else { return Vec::new() };
         // Three times what its advert promises, and a margin for the connection.
         let deadline = Duration::try_from_secs_f64(expected * 3.0 + 5.0).unwrap_or(transfer::MAX_PREFILL_DEADLINE);
         let started = Instant::now();
