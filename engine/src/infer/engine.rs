@@ -369,8 +369,12 @@ impl Engine {
         // come back with it), go to the pool.
         let mut all = prompt.to_vec();
         all.extend(&out.tokens);
-        let parent = block_hashes(&self.model.id, &prompt[..reused_blocks * BLOCK_TOKENS]).last().copied().unwrap_or(ROOT);
-        let blocks = cache::blocks_of(self.model.id, self.model.config.kv_layout(), &state, &all, reused_blocks, parent)?;
+        // Blocks the pool holds already (a repeated request's) are not cut again.
+        let full = state.len().min(all.len()) / BLOCK_TOKENS;
+        let hashes = block_hashes(&self.model.id, &all[..full * BLOCK_TOKENS]);
+        let skip = self.pool.lock().held_run(&hashes).max(reused_blocks);
+        let parent = skip.checked_sub(1).map_or(ROOT, |i| hashes[i]);
+        let blocks = cache::blocks_of(self.model.id, self.model.config.kv_layout(), &state, &all, skip, parent)?;
         let mut pool = self.pool.lock();
         for block in blocks {
             pool.insert(block)?;
