@@ -160,7 +160,7 @@ status, _, body = raw("GET", "/readyz", key=None)
 check(status == 200 and json.loads(body)["ready"] is True and MODEL in json.loads(body)["models"], f"readyz: {body}")
 status, _, body = raw("GET", "/metrics")
 metrics = body.decode()
-for name in ["pyagent_http_requests_total", "pyagent_generated_tokens_total", "pyagent_time_to_first_token_seconds_bucket", "pyagent_queue_depth", "pyagent_kv_blocks_stored", "pyagent_connected_peers"]:
+for name in ["pyagent_http_requests_total", "pyagent_generated_tokens_total", "pyagent_time_to_first_token_seconds_bucket", "pyagent_queue_depth", "pyagent_kv_blocks_stored", "pyagent_connected_peers", "pyagent_lookahead_tokens{"]:
     check(name in metrics, f"/metrics has {name}")
 
 # The bearer key.

@@ -146,4 +146,16 @@ async fn an_int4_model_runs_and_advertises_the_compute_mode_its_cpu_suits() {
     // The other mode is another graph: another id, so blocks never cross modes.
     let other = if expected == ComputeMode::Int8 { ComputeMode::Fp32 } else { ComputeMode::Int8 };
     assert_ne!(ModelDir::open_with(&model, ComputeChoice::Fixed(other)).unwrap().id, ran.id);
+    // With int8 compute the worker's decode passes carry lookahead guesses, counted for
+    // `/metrics`; a prompt that repeats itself gives the lookup something to find.
+    let repeats: Vec<u32> = (0..48).map(|i| 5 + i % 6).collect();
+    let out = worker.generate(repeats, GenerateOptions { max_tokens: 24, ..Default::default() }).await.unwrap();
+    let load = worker.load();
+    assert_eq!(load.lookahead_guessed.load(std::sync::atomic::Ordering::Relaxed), out.lookahead.guessed as u64);
+    assert_eq!(load.lookahead_right.load(std::sync::atomic::Ordering::Relaxed), out.lookahead.right as u64);
+    if expected == ComputeMode::Int8 {
+        assert!(out.lookahead.guessed > 0, "{:?}", out.lookahead);
+    } else {
+        assert_eq!(out.lookahead.guessed, 0, "no free row with fp32 compute");
+    }
 }

@@ -35,6 +35,7 @@ pub struct Metrics {
     kv_misses: Family<Labels, Gauge>,
     kv_blocks: Family<Labels, Gauge>,
     kv_evicted: Family<Labels, Gauge>,
+    lookahead: Family<Labels, Gauge>,
     /// The KV exchange's counters, by name (`kv_blocks_fetched`, ...).
     exchange: Family<Labels, Gauge>,
     peers: Gauge,
@@ -69,6 +70,7 @@ impl Default for Metrics {
             kv_misses: Family::default(),
             kv_blocks: Family::default(),
             kv_evicted: Family::default(),
+            lookahead: Family::default(),
             exchange: Family::default(),
             peers: Gauge::default(),
             members: Gauge::default(),
@@ -87,6 +89,11 @@ impl Default for Metrics {
         registry.register("kv_block_misses", "KV pool lookups that found none (this run)", m.kv_misses.clone());
         registry.register("kv_blocks_stored", "KV blocks held in the pool now", m.kv_blocks.clone());
         registry.register("kv_blocks_evicted", "KV blocks evicted from the pool (this run)", m.kv_evicted.clone());
+        registry.register(
+            "lookahead_tokens",
+            "Tokens guessed in decode passes (this run), by model and what: guessed, right (each right guess saved a pass)",
+            m.lookahead.clone(),
+        );
         registry.register(
             "kv_exchange",
             "KV blocks between peers (this run), by what: blocks_fetched, bytes_fetched, blocks_served, bytes_served, fetch_failures, bad_blocks, fallbacks (prefixes partly computed instead), blocks_offloaded, blocks_kept_for_peers, prefills_served, blocks_prefilled_by_peers, fetch_bytes_per_second",
@@ -143,6 +150,9 @@ pub(super) async fn render(State(state): State<Arc<AppState>>) -> Response {
         m.kv_misses.get_or_create(&labels).set(get(&load.kv_misses));
         m.kv_blocks.get_or_create(&labels).set(get(&load.kv_blocks));
         m.kv_evicted.get_or_create(&labels).set(get(&load.kv_evicted));
+        for (what, value) in [("guessed", &load.lookahead_guessed), ("right", &load.lookahead_right)] {
+            m.lookahead.get_or_create(&vec![("model", worker.info().name.clone()), ("what", what.to_owned())]).set(get(value));
+        }
     }
     if let Some(kv) = state.inference.kv() {
         let s = kv.stats();

@@ -181,6 +181,9 @@ pub struct Load {
     pub kv_evicted: AtomicU64,
     /// Bytes of KV blocks held in host memory.
     pub kv_host_bytes: AtomicU64,
+    /// Lookahead (this run): tokens guessed in decode passes, and those the sampler took.
+    pub lookahead_guessed: AtomicU64,
+    pub lookahead_right: AtomicU64,
 }
 
 /// A request's share of [`Load`], given back when it is done (or dropped).

@@ -92,6 +92,10 @@ pub(super) fn serve(config: ServeConfig, mut jobs: mpsc::Receiver<Work>, ready: 
                 })
                 .map_err(|e| ServeError::Generate(e.to_string()))
         });
+        if let Ok(out) = &result {
+            stats.lookahead_guessed.fetch_add(out.lookahead.guessed as u64, Ordering::Relaxed);
+            stats.lookahead_right.fetch_add(out.lookahead.right as u64, Ordering::Relaxed);
+        }
         after_job(&engine, &stats, &source);
         let _ = job.reply.send(result);
     }
