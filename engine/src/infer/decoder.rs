@@ -25,8 +25,8 @@
 //! costs up to ~15% of int8 decode speed at a 600-token context (44–53 against 51 tokens/s
 //! on a noisy 2-core machine) and ~30% at 1,024; its keys and values land past the
 //! sequence's end and are overwritten by the next pass. The engine puts a guess of the
-//! next token in that row ([`Decoder::second_row_free`]; `Engine::lookahead`). With fp32 compute the second row
-//! would cost as much again (`MatMulNBits` dequantizes its weights for passes of more than
+//! next token in that row ([`Decoder::guess_room`]; `Engine::lookahead`). With fp32
+//! compute the second row would cost as much again (`MatMulNBits` dequantizes its weights for passes of more than
 //! one row: decode 18 against 42 tokens/s measured), so fp32 compute keeps 1-row decode
 //! passes, exact up to that rounding (5e-5), as before.
 
@@ -272,10 +272,14 @@ impl Decoder {
         self.binding = None;
     }
 
-    /// Whether a 1-token pass after `len` positions runs 2 rows anyway (module docs): its
-    /// second row may then carry a guess of the next token at no cost.
-    pub fn second_row_free(&self, len: usize) -> bool {
-        self.pad_single && self.max_positions.is_none_or(|m| len + MIN_ROWS <= m)
+    /// How many guesses of the next tokens a 1-token pass after `len` positions may carry
+    /// (0: none): where such a pass runs 2 rows anyway (module docs), the first costs
+    /// nothing; the model's last position bounds them all.
+    pub fn guess_room(&self, len: usize) -> usize {
+        if !self.pad_single {
+            return 0;
+        }
+        self.max_positions.map_or(usize::MAX, |m| m.saturating_sub(len + 1))
     }
 
     pub fn vocab(&self) -> usize {
@@ -358,7 +362,7 @@ impl Decoder {
         // the second row would be past the model's last position.
         let padded: [u32; MIN_ROWS];
         let (tokens, shown) = match tokens {
-            &[token] if self.second_row_free(past.len) => {
+            &[token] if self.guess_room(past.len) > 0 => {
                 padded = [token; MIN_ROWS];
                 (&padded[..], 1)
             }

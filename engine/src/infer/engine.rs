@@ -300,6 +300,7 @@ impl Engine {
                 break;
             }
             out.tokens.push(token);
+            sequence.push(token);
             if let Some(top) = options.logprobs {
                 out.logprobs.push(self.token_logprob(logits, token, top)?);
             }
@@ -323,7 +324,6 @@ impl Engine {
             if out.tokens.len() == options.max_tokens {
                 break;
             }
-            sequence.push(token);
             if guesses.get(row) == Some(&token) {
                 // The next row already follows this token.
                 out.lookahead.right += 1;
@@ -337,11 +337,13 @@ impl Engine {
                 state.truncate(state.len() - wrong)?;
                 width = if wrong == 0 { (width * 2).min(self.lookahead) } else { row + 1 };
             }
+            // At most one guess more than picks are left (the first is free), and no more
+            // than the decoder has rows for.
             let room = options.max_tokens - out.tokens.len() - 1;
-            let positions = self.model.config.max_position_embeddings.map_or(usize::MAX, |m| (m as usize).saturating_sub(state.len() + 1));
-            guesses = if self.lookahead > 0 && self.decoder.second_row_free(state.len()) {
+            let fits = self.decoder.guess_room(state.len());
+            guesses = if self.lookahead > 0 && fits > 0 {
                 let recent = self.recent.iter().rev().map(Vec::as_slice);
-                super::speculative::draft_among(&sequence, recent, width.min(room.max(1)).min(positions).min(self.lookahead))
+                super::speculative::draft_among(&sequence, recent, width.min(room.max(1)).min(fits).min(self.lookahead))
             } else {
                 Vec::new()
             };
@@ -367,8 +369,7 @@ impl Engine {
         self.decoder.release();
         // The new full blocks of the prompt, and of the generated text (multi-turn prompts
         // come back with it), go to the pool.
-        let mut all = prompt.to_vec();
-        all.extend(&out.tokens);
+        let all = sequence;
         // Blocks the pool holds already (a repeated request's) are not cut again.
         let full = state.len().min(all.len()) / BLOCK_TOKENS;
         let hashes = block_hashes(&self.model.id, &all[..full * BLOCK_TOKENS]);

@@ -236,8 +236,8 @@ impl KvExchange {
             return Vec::new();
         }
         let Ok(peers) = self.inner.client.peers().await else { return Vec::new() };
-        let held: Vec<[u8; 32]> = hashes[..blocks].iter().map(|h| h.0).collect();
-        let Some((peer, expected)) = credit::prefill_peer(&self.members_serving(&peers, &model), &held) else { return Vec::new() };
+        let prompt: Vec<[u8; 32]> = hashes[..blocks].iter().map(|h| h.0).collect();
+        let Some((peer, expected)) = credit::prefill_peer(&self.members_serving(&peers, &model), &prompt) else { return Vec::new() };
         // Three times what its advert promises, and a margin for the connection.
         let deadline = Duration::try_from_secs_f64(expected * 3.0 + 5.0).unwrap_or(transfer::MAX_PREFILL_DEADLINE);
         let started = Instant::now();
