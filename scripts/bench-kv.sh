@@ -7,7 +7,8 @@
 #      cache hit for reference
 #   2. block transfer rate of those fetches (the swarm's Noise + Yamux transport, blocks
 #      checked on arrival) next to one raw TCP stream between the same two machines
-#      (target >= 50% of it)
+#      (target >= 50% of it); and one stream over each transport stack on loopback next to
+#      raw TCP in the same process (`pyagent bench-transport`)
 #   3. a shared-prefix workload: 32 requests over 4 distinct 512-token prefixes, sent in
 #      turn to the 3 machines: mean TTFT with KV-aware placement (exchange on) vs pinned
 #      round-robin with the exchange off (target >= 2x lower)
@@ -86,6 +87,8 @@ for _ in range(2048): c.sendall(b)
 c.close()"
 wait $!
 tcp=$(cat "$work/tcp")
+echo "loopback: one stream over each transport stack, next to raw TCP (1 GiB, 3 runs each)" >&2
+loopback=$("$BIN" bench-transport --mib 1024 --runs 3 | python3 -c 'import json,sys; print(json.dumps([json.loads(l) for l in sys.stdin]))')
 
 results=()
 for name in "${MODELS[@]}"; do
@@ -104,11 +107,12 @@ for name in "${MODELS[@]}"; do
     results+=("{\"model\": \"$name\", \"ttft\": $ttft, \"aware\": $aware, \"round_robin\": $rr}")
 done
 
-python3 - "$tcp" "${results[@]}" <<'PY' | tee "$out/kv.json"
+python3 - "$tcp" "$loopback" "${results[@]}" <<'PY' | tee "$out/kv.json"
 import json, sys
 tcp = float(sys.argv[1])
-out = {"raw_tcp_gbytes_per_s": round(tcp, 3), "models": []}
-for r in map(json.loads, sys.argv[2:]):
+loopback = {r["stack"]: {"gbytes_per_s": r["best_gbytes_per_s"], "over_raw_tcp": r["over_raw_tcp"]} for r in json.loads(sys.argv[2])}
+out = {"raw_tcp_gbytes_per_s": round(tcp, 3), "loopback": loopback, "models": []}
+for r in map(json.loads, sys.argv[3:]):
     t = r["ttft"]
     out["models"].append({
         "model": r["model"],

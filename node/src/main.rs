@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         CliCommand::Generate(args) => return generate(&args),
         CliCommand::Infer(args) => runtime.block_on(cli::infer::run(args)),
         CliCommand::Improve(args) => runtime.block_on(cli::improve::run(args)),
+        CliCommand::BenchTransport(args) => runtime.block_on(cli::bench_transport::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -41,7 +41,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot set up encryption: {0}")]
-    Noise(#[from] libp2p::noise::Error),
+    Transport(#[from] crate::p2p::transport::TransportError),
     #[error(transparent)]
     Behaviour(#[from] BehaviourError),
     #[error("cannot subscribe to the advert topic: {0}")]

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, LogFormat, Overrides};
 
+pub mod bench_transport;
 pub mod improve;
 pub mod infer;
 mod render;
@@ -57,6 +58,9 @@ pub enum CliCommand {
     /// Improve one Python function: candidate rewrites from a node's model (llm.suggest),
     /// voted on by every node's agents; prints the winner as a unified diff.
     Improve(improve::ImproveArgs),
+    /// Measure one stream's throughput over each transport stack (TCP + Noise + Yamux,
+    /// with a swarm key, QUIC) on loopback, next to raw TCP.
+    BenchTransport(bench_transport::BenchTransportArgs),
 }
 
 /// How the query commands reach the local node.

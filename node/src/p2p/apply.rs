@@ -37,7 +37,12 @@ impl Router {
             Effect::PublishTask(message) => self.publish(self.topics.tasks.clone(), "task message", &message),
             Effect::PublishVote(message) => self.publish(self.topics.votes.clone(), "vote message", &message),
             Effect::Dial { peer, addrs } => {
-                let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing).build();
+                let (addrs, at_once) = super::addrs::dial_order(addrs);
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(addrs)
+                    .override_dial_concurrency_factor(at_once)
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
                 if let Err(e) = self.swarm.dial(opts) {
                     tracing::debug!(%peer, "dial not started: {e}");
                 }

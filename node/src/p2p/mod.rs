@@ -14,7 +14,8 @@
 //!                            └─ Event (broadcast) ─► API PUB socket, tests
 //! ```
 //!
-//! - [`transport`]: TCP (+ pnet when a swarm key is set) + Noise + Yamux, and QUIC.
+//! - [`transport`]: TCP (+ pnet when a swarm key is set) + Noise + Yamux, and QUIC;
+//!   [`throughput`]: one stream's rate over each stack (`pyagent bench-transport`).
 //! - [`behaviour`]: the composed `NetworkBehaviour`; [`pending_limit`]: handshakes in
 //!   progress bounded per source address.
 //! - [`codec`]: the request-response codec, generic over `pyagent_protocol::rpc`'s
@@ -34,6 +35,7 @@ pub mod facts;
 mod history;
 pub mod pending_limit;
 pub mod router;
+pub mod throughput;
 pub mod transport;
 
 pub use client::{ClientError, Command, NodeClient};

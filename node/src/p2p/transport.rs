@@ -19,20 +19,49 @@ const UPGRADE_TIMEOUT: Duration = Duration::from_secs(4);
 const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(1);
 const QUIC_IDLE_TIMEOUT_MS: u32 = 5_000;
 
+/// Why the transport could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("Noise keys: {0}")]
+    Noise(#[from] noise::Error),
+    #[error("TLS certificate: {0}")]
+    Tls(#[from] libp2p::tls::certificate::GenError),
+}
+
+/// The security handshake of TCP connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    Noise,
+    Tls,
+}
+
 /// Builds the node's transport.
-pub fn build(keypair: &Keypair, psk: Option<PreSharedKey>, with_quic: bool) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
-    let noise = noise::Config::new(keypair)?;
+pub fn build(keypair: &Keypair, psk: Option<PreSharedKey>, with_quic: bool) -> Result<Boxed<(PeerId, StreamMuxerBox)>, TransportError> {
+    build_with(keypair, psk, with_quic, Security::Noise)
+}
+
+/// Builds a transport whose TCP connections are secured by `security`.
+pub fn build_with(keypair: &Keypair, psk: Option<PreSharedKey>, with_quic: bool, security: Security) -> Result<Boxed<(PeerId, StreamMuxerBox)>, TransportError> {
     let base = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
     let maybe_private = match psk {
         Some(psk) => Either::Left(base.and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))),
         None => Either::Right(base),
     };
-    let tcp = maybe_private
-        .upgrade(Version::V1Lazy)
-        .authenticate(noise)
-        .multiplex(yamux::Config::default())
-        .timeout(UPGRADE_TIMEOUT)
-        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+    let upgraded = maybe_private.upgrade(Version::V1Lazy);
+    let tcp = match security {
+        Security::Noise => upgraded
+            .authenticate(noise::Config::new(keypair)?)
+            .multiplex(yamux::Config::default())
+            .timeout(UPGRADE_TIMEOUT)
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+        Security::Tls => upgraded
+            .authenticate(libp2p::tls::Config::new(keypair)?)
+            .multiplex(yamux::Config::default())
+            .timeout(UPGRADE_TIMEOUT)
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+    };
     if !with_quic {
         return Ok(tcp.boxed());
     }

@@ -1,0 +1,238 @@
+//! How fast one stream moves bytes over each of the node's transport stacks, next to a
+//! raw TCP stream in the same process (`pyagent bench-transport`): two swarms on
+//! loopback, built with [`super::transport::build`] as a node builds its own, one
+//! `libp2p_stream` stream from one to the other, written in frames the size of a KV block.
+//! The ceiling for a KV-block fetch on one machine, and a way to see what the security and
+//! multiplexing layers cost.
+
+use std::time::{Duration, Instant};
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::identity::Keypair;
+use libp2p::pnet::PreSharedKey;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::transport;
+
+const BENCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/pyagent/bench-transport/1");
+/// Longest any one measurement may take (listening, dialing and moving the bytes).
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// A transport stack a node can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stack {
+    /// TCP + Noise + Yamux (the default for TCP).
+    Tcp,
+    /// TCP + pnet (a swarm key) + Noise + Yamux.
+    TcpPrivate,
+    /// TCP + TLS 1.3 + Yamux.
+    TcpTls,
+    /// QUIC (TLS 1.3 inside).
+    Quic,
+    /// One plain TCP stream, no libp2p: the reference.
+    RawTcp,
+}
+
+impl Stack {
+    pub const ALL: [Stack; 5] = [Stack::RawTcp, Stack::Tcp, Stack::TcpPrivate, Stack::TcpTls, Stack::Quic];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp+noise+yamux",
+            Self::TcpPrivate => "tcp+pnet+noise+yamux",
+            Self::TcpTls => "tcp+tls+yamux",
+            Self::Quic => "quic",
+            Self::RawTcp => "raw tcp",
+        }
+    }
+}
+
+/// Why a measurement could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ThroughputError {
+    #[error("building the transport: {0}")]
+    Transport(#[from] transport::TransportError),
+    #[error("listening on loopback: {0}")]
+    Listen(String),
+    #[error("the stream: {0}")]
+    Stream(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not done within {DEADLINE:?}")]
+    Timeout,
+}
+
+/// One measurement: `bytes` moved in `seconds`, from the first byte written to the
+/// last one read.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Measured {
+    pub stack: &'static str,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub gbytes_per_s: f64,
+}
+
+/// Moves `bytes` (whole frames of `frame` bytes) over `streams` streams of one connection
+/// of `stack` on loopback (raw TCP: one stream).
+pub async fn measure(stack: Stack, bytes: u64, frame: usize, streams: usize) -> Result<Measured, ThroughputError> {
+    let frame = frame.max(1);
+    let frames = bytes.div_ceil(frame as u64);
+    let started = tokio::time::timeout(DEADLINE, async {
+        match stack {
+            Stack::RawTcp => raw_tcp(frames, frame).await,
+            _ => over_libp2p(stack, frames, frame, streams.max(1)).await,
+        }
+    })
+    .await
+    .map_err(|_| ThroughputError::Timeout)??;
+    let (moved, seconds) = started;
+    Ok(Measured { stack: stack.name(), bytes: moved, seconds, gbytes_per_s: moved as f64 / seconds.max(1e-9) / 1e9 })
+}
+
+async fn raw_tcp(frames: u64, frame: usize) -> Result<(u64, f64), ThroughputError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let reader = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = socket.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>((total, Instant::now()));
+            }
+            total += n as u64;
+        }
+    });
+    let mut socket = tokio::net::TcpStream::connect(addr).await?;
+    socket.set_nodelay(true)?;
+    let payload = vec![0x5au8; frame];
+    let start = Instant::now();
+    for _ in 0..frames {
+        socket.write_all(&payload).await?;
+    }
+    socket.shutdown().await?;
+    drop(socket);
+    let (total, end) = reader.await.map_err(|e| ThroughputError::Stream(e.to_string()))??;
+    Ok((total, (end - start).as_secs_f64()))
+}
+
+type BenchSwarm = Swarm<libp2p_stream::Behaviour>;
+
+fn swarm(stack: Stack) -> Result<BenchSwarm, ThroughputError> {
+    let keypair = Keypair::generate_ed25519();
+    let psk = (stack == Stack::TcpPrivate).then(|| PreSharedKey::new([7u8; 32]));
+    let security = if stack == Stack::TcpTls { transport::Security::Tls } else { transport::Security::Noise };
+    let transport = transport::build_with(&keypair, psk, stack == Stack::Quic, security)?;
+    let config = libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(DEADLINE);
+    Ok(Swarm::new(transport, libp2p_stream::Behaviour::new(), keypair.public().to_peer_id(), config))
+}
+
+fn listen_addr(stack: Stack) -> Multiaddr {
+    let text = if stack == Stack::Quic { "/ip4/127.0.0.1/udp/0/quic-v1" } else { "/ip4/127.0.0.1/tcp/0" };
+    text.parse().unwrap_or_else(|_| Multiaddr::empty())
+}
+
+async fn over_libp2p(stack: Stack, frames: u64, frame: usize, streams: usize) -> Result<(u64, f64), ThroughputError> {
+    let mut server = swarm(stack)?;
+    let mut client = swarm(stack)?;
+    server.listen_on(listen_addr(stack)).map_err(|e| ThroughputError::Listen(e.to_string()))?;
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+            break address;
+        }
+    };
+    let server_id: PeerId = *server.local_peer_id();
+    let mut incoming = server.behaviour().new_control().accept(BENCH_PROTOCOL).map_err(|e| ThroughputError::Stream(e.to_string()))?;
+    let mut control = client.behaviour().new_control();
+    client.dial(addr).map_err(|e| ThroughputError::Stream(e.to_string()))?;
+    // Both sides driven until the client is connected (the server's events matter too).
+    loop {
+        tokio::select! {
+            event = client.select_next_some() => match event {
+                SwarmEvent::ConnectionEstablished { .. } => break,
+                SwarmEvent::OutgoingConnectionError { error, .. } => return Err(ThroughputError::Stream(error.to_string())),
+                _ => {}
+            },
+            _ = server.select_next_some() => {}
+        }
+    }
+    let drive = |mut swarm: BenchSwarm| tokio::spawn(async move { loop { swarm.select_next_some().await; } });
+    let (server_task, client_task) = (drive(server), drive(client));
+
+    // One reader per stream; the run ends when the last one has read its stream's end.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(streams.max(1));
+    let reader = tokio::spawn(async move {
+        for _ in 0..streams {
+            let Some((_, mut stream)) = incoming.next().await else { return };
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut total = 0u64;
+                let result = loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) => break Ok((total, Instant::now())),
+                        Ok(n) => total += n as u64,
+                        Err(e) => break Err(e),
+                    }
+                };
+                let _ = done.send(result).await;
+            });
+        }
+    });
+    let outcome = async {
+        let mut opened = Vec::with_capacity(streams);
+        for _ in 0..streams {
+            opened.push(control.open_stream(server_id, BENCH_PROTOCOL).await.map_err(|e| ThroughputError::Stream(e.to_string()))?);
+        }
+        let start = Instant::now();
+        let writers: Vec<_> = opened
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut stream)| {
+                // Frames dealt out in turn: stream i writes frames i, i + streams, ...
+                let count = (frames + (streams - 1 - i) as u64) / streams as u64;
+                tokio::spawn(async move {
+                    let payload = vec![0x5au8; frame];
+                    for _ in 0..count {
+                        stream.write_all(&payload).await?;
+                    }
+                    stream.close().await
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.map_err(|e| ThroughputError::Stream(e.to_string()))??;
+        }
+        let (mut total, mut end) = (0, start);
+        for _ in 0..streams {
+            let (n, at) = done_rx.recv().await.ok_or_else(|| ThroughputError::Stream("a reader stopped".into()))??;
+            total += n;
+            end = end.max(at);
+        }
+        Ok((total, (end - start).as_secs_f64()))
+    }
+    .await;
+    for task in [server_task, client_task, reader] {
+        task.abort();
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_stack_moves_every_byte() {
+        for stack in Stack::ALL {
+            for streams in [1, 3] {
+                let m = measure(stack, 3 * 100_000 + 5, 100_000, streams).await.unwrap();
+                assert_eq!(m.bytes, 4 * 100_000, "{stack:?} over {streams} streams");
+                assert!(m.gbytes_per_s > 0.0, "{stack:?}");
+            }
+        }
+    }
+}
