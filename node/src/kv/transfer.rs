@@ -4,7 +4,7 @@
 //! from one peer with every block checked before it is used.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
@@ -166,7 +166,10 @@ async fn serve_prefill(stream: &mut libp2p::Stream, models: &Models, model: Mode
 /// Answers with the blocks `hashes` from `worker`'s pool, in order, up to the first it
 /// lacks (answered `Missing`).
 async fn send_blocks(stream: &mut libp2p::Stream, worker: &ModelWorker, hashes: Vec<BlockHash>, counters: &Counters) -> Result<(), FetchError> {
+    let started = Instant::now();
+    let (mut reading, mut writing, mut sent) = (Duration::ZERO, Duration::ZERO, 0);
     for hash in hashes {
+        let read = Instant::now();
         // Read under the lock, exported outside it.
         let block = worker.pool().lock().peek(&hash).map_err(|e| FetchError::Frame(format!("this node's pool: {e}")))?;
         let Some(block) = block else {
@@ -174,9 +177,15 @@ async fn send_blocks(stream: &mut libp2p::Stream, worker: &ModelWorker, hashes: 
             break;
         };
         let bytes = block.export();
+        reading += read.elapsed();
+        let write = Instant::now();
         write_frame(stream, KvFrameKind::Block, &bytes).await?;
+        writing += write.elapsed();
         counters.add_served(bytes.len());
+        sent += 1;
     }
+    // Where a fetch's time goes, on both ends (RUST_LOG=pyagent_node::kv=debug).
+    tracing::debug!(blocks = sent, reading_ms = reading.as_secs_f64() * 1e3, writing_ms = writing.as_secs_f64() * 1e3, total_ms = started.elapsed().as_secs_f64() * 1e3, "KV blocks served");
     Ok(())
 }
 
@@ -284,13 +293,19 @@ struct Run<'a> {
 
 async fn fetch_into(control: &mut libp2p_stream::Control, peer: PeerId, request: &KvRequest, run: &Run<'_>, got: &mut Vec<KvBlock>) -> Result<(), FetchError> {
     let (model, layout, mut parent) = (run.model, run.layout, run.parent);
+    let started = Instant::now();
     let mut stream = open(control, peer, request).await?;
+    let opened = started.elapsed();
+    let (mut first, mut checking) = (Duration::ZERO, Duration::ZERO);
     let expected = KvBlock::export_len(&layout);
     let mut buf = Vec::with_capacity(expected);
     for (index, hash) in run.hashes.iter().enumerate() {
         let mut header = [0u8; KV_FRAME_HEADER];
         let deadline = if index == 0 { run.first_frame } else { FRAME_DEADLINE };
         read_exact_within(&mut stream, &mut header, deadline).await?;
+        if index == 0 {
+            first = started.elapsed();
+        }
         let (kind, len) = parse_header(header, expected.max(MAX_REASON)).map_err(|e| FetchError::Frame(e.to_string()))?;
         buf.resize(len, 0);
         read_exact(&mut stream, &mut buf).await?;
@@ -302,7 +317,9 @@ async fn fetch_into(control: &mut libp2p_stream::Control, peer: PeerId, request:
                 if len != expected {
                     return Err(bad(format!("{len} bytes; a block of this model is {expected}")));
                 }
+                let check = Instant::now();
                 let block = KvBlock::import(&buf, &model).map_err(|e| bad(e.to_string()))?;
+                checking += check.elapsed();
                 if block.layout != layout {
                     return Err(bad(format!("layout {:?}; this model's is {layout:?}", block.layout)));
                 }
@@ -315,6 +332,7 @@ async fn fetch_into(control: &mut libp2p_stream::Control, peer: PeerId, request:
         }
     }
     let _ = stream.close().await;
+    tracing::debug!(%peer, blocks = got.len(), open_ms = opened.as_secs_f64() * 1e3, first_block_ms = first.as_secs_f64() * 1e3, checking_ms = checking.as_secs_f64() * 1e3, total_ms = started.elapsed().as_secs_f64() * 1e3, "KV blocks fetched");
     Ok(())
 }
 
