@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
 use libp2p::pnet::PreSharedKey;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
@@ -131,8 +132,8 @@ fn swarm(stack: Stack) -> Result<BenchSwarm, ThroughputError> {
 }
 
 fn listen_addr(stack: Stack) -> Multiaddr {
-    let text = if stack == Stack::Quic { "/ip4/127.0.0.1/udp/0/quic-v1" } else { "/ip4/127.0.0.1/tcp/0" };
-    text.parse().unwrap_or_else(|_| Multiaddr::empty())
+    let loopback = Multiaddr::from(std::net::Ipv4Addr::LOCALHOST);
+    if stack == Stack::Quic { loopback.with(Protocol::Udp(0)).with(Protocol::QuicV1) } else { loopback.with(Protocol::Tcp(0)) }
 }
 
 async fn over_libp2p(stack: Stack, frames: u64, frame: usize, streams: usize) -> Result<(u64, f64), ThroughputError> {
@@ -160,11 +161,12 @@ async fn over_libp2p(stack: Stack, frames: u64, frame: usize, streams: usize) ->
         }
     }
     let drive = |mut swarm: BenchSwarm| tokio::spawn(async move { loop { swarm.select_next_some().await; } });
-    let (server_task, client_task) = (drive(server), drive(client));
+    // Both swarms and the readers stop with this measurement, also when it times out.
+    let mut tasks = AbortOnDrop(vec![drive(server), drive(client)]);
 
     // One reader per stream; the run ends when the last one has read its stream's end.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(streams.max(1));
-    let reader = tokio::spawn(async move {
+    tasks.0.push(tokio::spawn(async move {
         for _ in 0..streams {
             let Some((_, mut stream)) = incoming.next().await else { return };
             let done = done_tx.clone();
@@ -181,7 +183,7 @@ async fn over_libp2p(stack: Stack, frames: u64, frame: usize, streams: usize) ->
                 let _ = done.send(result).await;
             });
         }
-    });
+    }));
     let outcome = async {
         let mut opened = Vec::with_capacity(streams);
         for _ in 0..streams {
@@ -215,10 +217,18 @@ async fn over_libp2p(stack: Stack, frames: u64, frame: usize, streams: usize) ->
         Ok((total, (end - start).as_secs_f64()))
     }
     .await;
-    for task in [server_task, client_task, reader] {
-        task.abort();
-    }
+    drop(tasks);
     outcome
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,8 @@ pub enum TransportError {
     Tls(#[from] libp2p::tls::certificate::GenError),
 }
 
-/// The security handshake of TCP connections.
+/// The security handshake of TCP connections. Nodes run Noise; TLS 1.3 (libp2p-tls, the
+/// same as inside QUIC) is built only by `pyagent bench-transport`, to compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Security {
     Noise,
@@ -63,7 +64,7 @@ pub fn build_with(keypair: &Keypair, psk: Option<PreSharedKey>, with_quic: bool,
             .boxed(),
     };
     if !with_quic {
-        return Ok(tcp.boxed());
+        return Ok(tcp);
     }
     let mut quic_config = quic::Config::new(keypair);
     // QUIC gets no FIN from a killed process: keep-alives every second and a 5 s idle
