@@ -3,6 +3,7 @@
 //! prefill node, computing a decode peer's prompt first), and fetching a run of blocks
 //! from one peer with every block checked before it is used.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -292,48 +293,104 @@ struct Run<'a> {
 }
 
 async fn fetch_into(control: &mut libp2p_stream::Control, peer: PeerId, request: &KvRequest, run: &Run<'_>, got: &mut Vec<KvBlock>) -> Result<(), FetchError> {
-    let (model, layout, mut parent) = (run.model, run.layout, run.parent);
     let started = Instant::now();
     let mut stream = open(control, peer, request).await?;
     let opened = started.elapsed();
-    let (mut first, mut checking) = (Duration::ZERO, Duration::ZERO);
-    let expected = KvBlock::export_len(&layout);
-    let mut buf = Vec::with_capacity(expected);
-    for (index, hash) in run.hashes.iter().enumerate() {
-        let mut header = [0u8; KV_FRAME_HEADER];
-        let deadline = if index == 0 { run.first_frame } else { FRAME_DEADLINE };
-        read_exact_within(&mut stream, &mut header, deadline).await?;
-        if index == 0 {
-            first = started.elapsed();
-        }
-        let (kind, len) = parse_header(header, expected.max(MAX_REASON)).map_err(|e| FetchError::Frame(e.to_string()))?;
-        buf.resize(len, 0);
-        read_exact(&mut stream, &mut buf).await?;
-        match kind {
-            KvFrameKind::Missing => break,
-            KvFrameKind::Refused => return Err(FetchError::Refused(String::from_utf8_lossy(&buf).into_owned())),
-            KvFrameKind::Block => {
-                let bad = |reason: String| FetchError::BadBlock { index, reason };
-                if len != expected {
-                    return Err(bad(format!("{len} bytes; a block of this model is {expected}")));
+    let mut first = Duration::ZERO;
+    let mut checks = Checks { run, pending: VecDeque::new(), parent: run.parent, waited: Duration::ZERO, failed: false };
+    let expected = KvBlock::export_len(&run.layout);
+    let mut read = async {
+        for index in 0..run.hashes.len() {
+            let mut header = [0u8; KV_FRAME_HEADER];
+            let deadline = if index == 0 { run.first_frame } else { FRAME_DEADLINE };
+            read_exact_within(&mut stream, &mut header, deadline).await?;
+            if index == 0 {
+                first = started.elapsed();
+            }
+            let (kind, len) = parse_header(header, expected.max(MAX_REASON)).map_err(|e| FetchError::Frame(e.to_string()))?;
+            let mut buf = vec![0u8; len];
+            read_exact(&mut stream, &mut buf).await?;
+            match kind {
+                KvFrameKind::Missing => break,
+                KvFrameKind::Refused => return Err(FetchError::Refused(String::from_utf8_lossy(&buf).into_owned())),
+                KvFrameKind::Block if len != expected => {
+                    return Err(FetchError::BadBlock { index, reason: format!("{len} bytes; a block of this model is {expected}") });
                 }
-                let check = Instant::now();
-                let block = KvBlock::import(&buf, &model).map_err(|e| bad(e.to_string()))?;
-                checking += check.elapsed();
-                if block.layout != layout {
-                    return Err(bad(format!("layout {:?}; this model's is {layout:?}", block.layout)));
-                }
-                if block.hash != *hash || block.parent != parent {
-                    return Err(bad(format!("it is block {} after {}; {hash} after {parent} was asked for", block.hash, block.parent)));
-                }
-                parent = block.hash;
-                got.push(block);
+                KvFrameKind::Block => checks.start(index, buf, got).await?,
             }
         }
+        Ok(())
     }
+    .await;
+    // Blocks read before a failure are still checked and kept; a bad one among them is
+    // the error to report (it came first).
+    let drained = checks.finish(got).await;
+    read = drained.and(read);
     let _ = stream.close().await;
-    tracing::debug!(%peer, blocks = got.len(), open_ms = opened.as_secs_f64() * 1e3, first_block_ms = first.as_secs_f64() * 1e3, checking_ms = checking.as_secs_f64() * 1e3, total_ms = started.elapsed().as_secs_f64() * 1e3, "KV blocks fetched");
-    Ok(())
+    tracing::debug!(%peer, blocks = got.len(), open_ms = opened.as_secs_f64() * 1e3, first_block_ms = first.as_secs_f64() * 1e3, waiting_for_checks_ms = checks.waited.as_secs_f64() * 1e3, total_ms = started.elapsed().as_secs_f64() * 1e3, "KV blocks fetched");
+    read
+}
+
+/// Blocks checked on blocking threads while the next ones are read (checking a block —
+/// its BLAKE3 sum, its fields, a copy — takes about as long as receiving it); taken in
+/// order, each against the hash asked for and the block before it.
+struct Checks<'a> {
+    run: &'a Run<'a>,
+    pending: VecDeque<(usize, tokio::task::JoinHandle<Result<KvBlock, pyagent_engine::kv::BlockError>>)>,
+    parent: BlockHash,
+    /// Time the reader spent waiting for checks (a full queue, the end).
+    waited: Duration,
+    /// A block failed its check: none after it is taken.
+    failed: bool,
+}
+
+/// Blocks in flight between the reader and the checks.
+const CHECKS_AHEAD: usize = 4;
+
+impl Checks<'_> {
+    async fn start(&mut self, index: usize, bytes: Vec<u8>, got: &mut Vec<KvBlock>) -> Result<(), FetchError> {
+        let model = self.run.model;
+        self.pending.push_back((index, tokio::task::spawn_blocking(move || KvBlock::import(&bytes, &model))));
+        if self.pending.len() >= CHECKS_AHEAD {
+            self.take_one(got).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self, got: &mut Vec<KvBlock>) -> Result<(), FetchError> {
+        while !self.pending.is_empty() && !self.failed {
+            self.take_one(got).await?;
+        }
+        Ok(())
+    }
+
+    async fn take_one(&mut self, got: &mut Vec<KvBlock>) -> Result<(), FetchError> {
+        if self.failed {
+            return Ok(());
+        }
+        let Some((index, check)) = self.pending.pop_front() else { return Ok(()) };
+        let waiting = Instant::now();
+        let imported = check.await;
+        self.waited += waiting.elapsed();
+        let block = self.accept(index, imported);
+        self.failed = block.is_err();
+        got.push(block?);
+        Ok(())
+    }
+
+    fn accept(&mut self, index: usize, imported: Result<Result<KvBlock, pyagent_engine::kv::BlockError>, tokio::task::JoinError>) -> Result<KvBlock, FetchError> {
+        let bad = |reason: String| FetchError::BadBlock { index, reason };
+        let block = imported.map_err(|e| bad(format!("its check did not finish: {e}")))?.map_err(|e| bad(e.to_string()))?;
+        let (layout, hash, parent) = (self.run.layout, self.run.hashes[index], self.parent);
+        if block.layout != layout {
+            return Err(bad(format!("layout {:?}; this model's is {layout:?}", block.layout)));
+        }
+        if block.hash != hash || block.parent != parent {
+            return Err(bad(format!("it is block {} after {}; {hash} after {parent} was asked for", block.hash, block.parent)));
+        }
+        self.parent = block.hash;
+        Ok(block)
+    }
 }
 
 /// A block stream to `peer` with `request` written, within [`OPEN_DEADLINE`].
