@@ -1,4 +1,5 @@
-//! Command-line interface: `pyagent node | keygen | status | peers | call | analyze`.
+//! Command-line interface: `pyagent node | keygen | status | peers | call | analyze | history |
+//! shards | propose | ballot | tally | generate | infer | improve | bench-transport`.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
