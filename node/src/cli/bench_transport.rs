@@ -47,17 +47,22 @@ pub async fn run(args: BenchTransportArgs) -> anyhow::Result<()> {
         if stack == Stack::RawTcp {
             raw = Some(best);
         }
-        let over_raw = raw.filter(|_| stack != Stack::RawTcp).map(|r| (best / r * 1000.0).round() / 1000.0);
+        let over_raw = raw.filter(|_| stack != Stack::RawTcp).map(|r| milli(best / r));
         let line = serde_json::json!({
             "stack": stack.name(),
             "mib": args.mib,
             "frame_bytes": args.frame_bytes,
             "streams": if stack == Stack::RawTcp { 1 } else { args.streams },
-            "best_gbytes_per_s": (best * 1000.0).round() / 1000.0,
-            "runs_gbytes_per_s": runs.iter().map(|r| (r * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+            "best_gbytes_per_s": milli(best),
+            "runs_gbytes_per_s": runs.iter().copied().map(milli).collect::<Vec<_>>(),
             "over_raw_tcp": over_raw,
         });
         println!("{line}");
     }
     Ok(())
+}
+
+/// `x` to three decimals, for printing.
+fn milli(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }

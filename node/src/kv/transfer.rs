@@ -365,9 +365,6 @@ impl Checks<'_> {
     }
 
     async fn take_one(&mut self, got: &mut Vec<KvBlock>) -> Result<(), FetchError> {
-        if self.failed {
-            return Ok(());
-        }
         let Some((index, check)) = self.pending.pop_front() else { return Ok(()) };
         let waiting = Instant::now();
         let imported = check.await;

@@ -95,7 +95,8 @@ pub async fn measure(stack: Stack, bytes: u64, frame: usize, streams: usize) -> 
 async fn raw_tcp(frames: u64, frame: usize) -> Result<(u64, f64), ThroughputError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let reader = tokio::spawn(async move {
+    // Stopped with this measurement, also when it fails or times out.
+    let mut reader = AbortOnDrop(vec![tokio::spawn(async move {
         let (mut socket, _) = listener.accept().await?;
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
@@ -106,7 +107,7 @@ async fn raw_tcp(frames: u64, frame: usize) -> Result<(u64, f64), ThroughputErro
             }
             total += n as u64;
         }
-    });
+    })]);
     let mut socket = tokio::net::TcpStream::connect(addr).await?;
     socket.set_nodelay(true)?;
     let payload = vec![0x5au8; frame];
@@ -116,7 +117,8 @@ async fn raw_tcp(frames: u64, frame: usize) -> Result<(u64, f64), ThroughputErro
     }
     socket.shutdown().await?;
     drop(socket);
-    let (total, end) = reader.await.map_err(|e| ThroughputError::Stream(e.to_string()))??;
+    let read = reader.0.first_mut().ok_or_else(|| ThroughputError::Stream("no reader".into()))?;
+    let (total, end) = read.await.map_err(|e| ThroughputError::Stream(e.to_string()))??;
     Ok((total, (end - start).as_secs_f64()))
 }
 
@@ -221,9 +223,9 @@ async fn over_libp2p(stack: Stack, frames: u64, frame: usize, streams: usize) ->
     outcome
 }
 
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+struct AbortOnDrop<T>(Vec<tokio::task::JoinHandle<T>>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         for task in &self.0 {
             task.abort();
