@@ -244,7 +244,7 @@ async fn serve_spoiled(holder: &mut Node, spoil: Spoil) -> Arc<AtomicUsize> {
                         match spoil {
                             Spoil::Corrupt => bytes[500] ^= 0x40,
                             Spoil::Truncated => bytes.truncate(bytes.len() - 100),
-                            Spoil::ForeignModel => bytes = KvBlock::new(ModelId::of(b"another model"), block.parent, block.tokens, block.layout, block.data.clone()).unwrap().export(),
+                            Spoil::ForeignModel => bytes = KvBlock::new(ModelId::of(b"another model"), block.parent, block.tokens, block.layout, block.data()).unwrap().export(),
                             Spoil::Forged => {
                                 let mut forged = (*block).clone();
                                 forged.hash = BlockHash([7; 32]);
@@ -253,7 +253,7 @@ async fn serve_spoiled(holder: &mut Node, spoil: Spoil) -> Arc<AtomicUsize> {
                             Spoil::Swapped => {
                                 let mut tokens = block.tokens;
                                 tokens[0] = tokens[0].wrapping_add(1);
-                                bytes = KvBlock::new(block.model, block.parent, tokens, block.layout, block.data.clone()).unwrap().export();
+                                bytes = KvBlock::new(block.model, block.parent, tokens, block.layout, block.data()).unwrap().export();
                             }
                             Spoil::Stall => {
                                 tokio::time::sleep(Duration::from_secs(3600)).await;

@@ -1,76 +1,109 @@
 //! Between a sequence's KV cache (`KvState`, per layer `[kv_heads, len, head_dim]`) and
 //! KV blocks of 16 tokens: cut the full blocks out of a cache, and rebuild a cache from
 //! a chain of blocks (a cached prefix).
+//!
+//! Both directions go a layer at a time and let go of each layer of the source as soon
+//! as it is copied (a block holds one allocation per layer): the cache and its blocks are
+//! never both whole, so a run's memory peaks at one copy of its keys and values, not two.
+
+use std::sync::Arc;
 
 use crate::kv::{BLOCK_TOKENS, BlockHash, KvBlock, KvLayout, ModelId};
-
-use ort::memory::Allocator;
 
 use super::decoder::KvState;
 use super::model::ModelError;
 
-fn f32s_to_bytes(values: impl Iterator<Item = f32>, out: &mut Vec<u8>) {
+fn f32s_to_bytes(values: &[f32], out: &mut Vec<u8>) {
     for v in values {
         out.extend_from_slice(&v.to_le_bytes());
     }
 }
 
+fn layout_err(what: &str) -> ModelError {
+    ModelError::Run(format!("a KV block does not match the cache layout: {what}"))
+}
+
 /// The full blocks of `state` (which holds `tokens`), from block `skip` on, chained from
-/// `parent` (the hash of block `skip - 1`, or the root).
-pub fn blocks_of(
-    model: ModelId,
-    layout: KvLayout,
-    state: &KvState,
-    tokens: &[u32],
-    skip: usize,
-    mut parent: BlockHash,
-) -> Result<Vec<KvBlock>, ModelError> {
+/// `parent` (the hash of block `skip - 1`, or the root). The cache is used up: each of
+/// its layers is let go once the blocks have their copy of it.
+pub fn blocks_of(model: ModelId, layout: KvLayout, state: KvState, tokens: &[u32], skip: usize, mut parent: BlockHash) -> Result<Vec<KvBlock>, ModelError> {
     let (heads, dim) = (layout.kv_heads as usize, layout.head_dim as usize);
-    let full = state.len().min(tokens.len()) / BLOCK_TOKENS;
-    let layers = (0..state.layer_count()).map(|l| state.layer(l)).collect::<Result<Vec<_>, _>>()?;
-    let mut out = Vec::new();
-    for b in skip..full {
-        let mut data = Vec::with_capacity(layout.block_bytes());
-        for &(keys, values) in &layers {
+    if state.layer_count() != layout.layers as usize {
+        return Err(layout_err(&format!("{} layers in the cache, {} in the layout", state.layer_count(), layout.layers)));
+    }
+    let (capacity, full) = (state.capacity(), state.len().min(tokens.len()) / BLOCK_TOKENS);
+    let first = skip.min(full);
+    let run = BLOCK_TOKENS * dim;
+    let mut layers: Vec<Vec<Box<[u8]>>> = (first..full).map(|_| Vec::with_capacity(layout.layers as usize)).collect();
+    state.consume_layers(|l, keys, values| {
+        for (b, out) in (first..full).zip(&mut layers) {
+            let mut data = Vec::with_capacity(layout.layer_bytes());
             for tensor in [keys, values] {
                 for h in 0..heads {
-                    let start = (h * state.capacity() + b * BLOCK_TOKENS) * dim;
-                    f32s_to_bytes(tensor[start..start + BLOCK_TOKENS * dim].iter().copied(), &mut data);
+                    let start = (h * capacity + b * BLOCK_TOKENS) * dim;
+                    let src = tensor.get(start..start + run).ok_or_else(|| layout_err(&format!("layer {l} is too short")))?;
+                    f32s_to_bytes(src, &mut data);
                 }
             }
+            out.push(data.into_boxed_slice());
         }
+        Ok(())
+    })?;
+    let mut out = Vec::with_capacity(layers.len());
+    for (b, layers) in (first..full).zip(layers) {
         let ids: [u32; BLOCK_TOKENS] = std::array::from_fn(|i| tokens[b * BLOCK_TOKENS + i]);
-        match KvBlock::new(model, parent, ids, layout, data) {
-            Ok(block) => {
-                parent = block.hash;
-                out.push(block);
-            }
-            Err(e) => return Err(ModelError::Run(format!("a KV block does not fit its layout: {e}"))),
-        }
+        let block = KvBlock::from_layers(model, parent, ids, layout, layers).map_err(|e| layout_err(&e.to_string()))?;
+        parent = block.hash;
+        out.push(block);
     }
     Ok(out)
 }
 
+/// Where a layer of a block is read from while a cache is rebuilt.
+enum Source {
+    /// A block nobody else holds: its layers go as they are copied.
+    Owned(Vec<Option<Box<[u8]>>>),
+    Shared(Arc<KvBlock>),
+}
+
 /// The cache of the tokens of a chain of blocks, in buffers of `capacity` positions (at
-/// least the blocks' tokens) allocated by `allocator`.
-pub fn state_of<B: std::borrow::Borrow<KvBlock>>(allocator: &Allocator, layout: KvLayout, blocks: &[B], capacity: usize) -> Result<KvState, ModelError> {
+/// least the blocks' tokens). Blocks handed over as the only holder (a pool that lent
+/// them) are let go a layer at a time; shared ones are only read.
+pub fn state_of(layout: KvLayout, blocks: Vec<Arc<KvBlock>>, capacity: usize) -> Result<KvState, ModelError> {
     let (heads, dim, layers) = (layout.kv_heads as usize, layout.head_dim as usize, layout.layers as usize);
     let len = blocks.len() * BLOCK_TOKENS;
     let capacity = capacity.max(len);
-    let per_tensor = heads * BLOCK_TOKENS * dim;
     let run = BLOCK_TOKENS * dim;
-    KvState::build(allocator, (layers, heads, dim), len, capacity, |l, t, out| {
-        // Per head, the blocks' runs of 16 positions one after another.
-        for h in 0..heads {
-            let mut runs = out[h * capacity * dim..(h * capacity + len) * dim].chunks_exact_mut(run);
-            for block in blocks {
-                let start = ((l * 2 + t) * per_tensor + h * run) * 4;
-                let bytes = block.borrow().data.get(start..start + run * 4);
-                let (Some(bytes), Some(dest)) = (bytes, runs.next()) else {
-                    return Err(ModelError::Run("a KV block does not match the cache layout".into()));
-                };
-                for (d, c) in dest.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    if let Some(bad) = blocks.iter().find(|b| b.layout != layout) {
+        return Err(layout_err(&format!("block {} is {:?}, the cache {layout:?}", bad.hash, bad.layout)));
+    }
+    let mut sources: Vec<Source> = blocks
+        .into_iter()
+        .map(|b| match Arc::try_unwrap(b) {
+            Ok(block) => Source::Owned(block.into_layers().into_iter().map(Some).collect()),
+            Err(shared) => Source::Shared(shared),
+        })
+        .collect();
+    KvState::build((layers, heads, dim), len, capacity, |l, keys, values| {
+        for (b, source) in sources.iter_mut().enumerate() {
+            let taken: Option<Box<[u8]>>;
+            let bytes = match source {
+                Source::Owned(layers) => {
+                    taken = layers.get_mut(l).and_then(Option::take);
+                    taken.as_deref()
+                }
+                Source::Shared(block) => block.layer(l),
+            };
+            let bytes = bytes.ok_or_else(|| layout_err(&format!("block {b} has no layer {l}")))?;
+            // Per head, keys then values: runs of 16 positions.
+            for (t, dest) in [&mut *keys, &mut *values].into_iter().enumerate() {
+                for h in 0..heads {
+                    let at = ((t * heads + h) * run) * 4;
+                    let src = bytes.get(at..at + run * 4).ok_or_else(|| layout_err(&format!("block {b}'s layer {l} is too short")))?;
+                    let start = h * capacity * dim + b * run;
+                    for (d, c) in dest[start..start + run].iter_mut().zip(src.chunks_exact(4)) {
+                        *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    }
                 }
             }
         }
@@ -96,13 +129,13 @@ mod tests {
         let n = 3 * len * 4;
         let host: Vec<(Vec<f32>, Vec<f32>)> =
             (0..2).map(|l| ((0..n).map(|i| (l * 1000 + i) as f32).collect(), (0..n).map(|i| -((l * 1000 + i) as f32)).collect())).collect();
-        let state = KvState::from_host(host.clone(), len, 3, 4).unwrap();
-        let tokens: Vec<u32> = (0..len as u32).collect();
+                let tokens: Vec<u32> = (0..len as u32).collect();
         let model = ModelId::of(b"m");
-        let blocks = blocks_of(model, layout, &state, &tokens, 0, ROOT).unwrap();
+        let blocks = blocks_of(model, layout, KvState::from_host(host.clone(), len, 3, 4).unwrap(), &tokens, 0, ROOT).unwrap();
         assert_eq!(blocks.len(), 2, "the partial block is left out");
         assert_eq!(blocks.iter().map(|b| b.hash).collect::<Vec<_>>(), block_hashes(&model, &tokens));
-        let rebuilt = state_of(&Allocator::default(), layout, &blocks, 0).unwrap();
+        let shared: Vec<Arc<KvBlock>> = blocks.iter().cloned().map(Arc::new).collect();
+        let rebuilt = state_of(layout, shared.clone(), 0).unwrap();
         assert_eq!(rebuilt.len(), 2 * BLOCK_TOKENS);
         for (l, (keys, values)) in host.iter().enumerate() {
             let (k, v) = rebuilt.layer(l).unwrap();
@@ -118,11 +151,21 @@ mod tests {
             }
         }
         // In buffers with room for more positions (in-place graphs), the same blocks.
-        let roomy = state_of(&Allocator::default(), layout, &blocks, 3 * BLOCK_TOKENS).unwrap();
+        // In buffers with room for more positions (in-place graphs), the same blocks; blocks
+        // handed over as their only holder give the same cache.
+        let owned: Vec<Arc<KvBlock>> = blocks.iter().cloned().map(Arc::new).collect();
+        let roomy = state_of(layout, owned, 3 * BLOCK_TOKENS).unwrap();
         assert_eq!((roomy.len(), roomy.capacity()), (2 * BLOCK_TOKENS, 3 * BLOCK_TOKENS));
-        assert_eq!(blocks_of(model, layout, &roomy, &tokens, 0, ROOT).unwrap(), blocks);
+        assert_eq!(blocks_of(model, layout, roomy, &tokens, 0, ROOT).unwrap(), blocks);
+        // The shared blocks are still whole.
+        assert_eq!(shared.iter().map(|b| (**b).clone()).collect::<Vec<_>>(), blocks);
         // Blocks from the second on chain onto the first.
-        let tail = blocks_of(model, layout, &state, &tokens, 1, blocks[0].hash).unwrap();
-        assert_eq!(tail[0], blocks[1]);
+        let tail = blocks_of(model, layout, KvState::from_host(host.clone(), len, 3, 4).unwrap(), &tokens, 1, blocks[0].hash).unwrap();
+        assert_eq!(tail, blocks[1..]);
+        // A cache of another layout is refused, not misread.
+        let other = KvLayout { layers: 3, ..layout };
+        assert!(blocks_of(model, other, KvState::from_host(host.clone(), len, 3, 4).unwrap(), &tokens, 0, ROOT).is_err());
+        let other = KvLayout { head_dim: 8, ..layout };
+        assert!(state_of(other, shared, 0).is_err());
     }
 }

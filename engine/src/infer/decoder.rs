@@ -95,32 +95,41 @@ impl KvState {
         Ok(Self { layers, buffers: next_buffers_id(), len, capacity: len, kv_heads, head_dim })
     }
 
-    /// A cache of `len` valid positions in buffers of `capacity` (≥ `len`) allocated by
-    /// `allocator` (a session's arena reuses memory it already holds: no page faults on a
-    /// hot path), filled by `fill(layer, 0 for keys | 1 for values, [kv_heads, capacity,
-    /// head_dim])`.
+    /// A cache of `len` valid positions in buffers of `capacity` (≥ `len`) positions, per
+    /// layer keys and values `[kv_heads, capacity, head_dim]`, filled layer by layer by
+    /// `fill(layer, keys, values)`. The buffers come from ONNX Runtime's plain CPU
+    /// allocator, not from a session's arena (which never gives memory back): a cache can
+    /// be let go a layer at a time ([`Self::consume_layers`]) as its blocks are made, and
+    /// the memory serves them, so that the two are never whole at once.
     pub fn build(
-        allocator: &Allocator,
         shape: (usize, usize, usize),
         len: usize,
         capacity: usize,
-        mut fill: impl FnMut(usize, usize, &mut [f32]) -> Result<(), ModelError>,
+        mut fill: impl FnMut(usize, &mut [f32], &mut [f32]) -> Result<(), ModelError>,
     ) -> Result<Self, ModelError> {
         let (layers, kv_heads, head_dim) = shape;
         let capacity = capacity.max(len);
         if capacity == 0 {
             return Self::empty(layers, kv_heads, head_dim);
         }
+        let allocator = Allocator::default();
         let mut out = Vec::with_capacity(layers);
-        let mut make = |l: usize, t: usize| -> Result<DynValue, ModelError> {
-            let mut tensor = Tensor::<f32>::new(allocator, [1usize, kv_heads, capacity, head_dim]).map_err(run_err)?;
-            fill(l, t, tensor.extract_tensor_mut().1)?;
-            Ok(tensor.into_dyn())
-        };
         for l in 0..layers {
-            out.push((make(l, 0)?, make(l, 1)?));
+            let mut keys = Tensor::<f32>::new(&allocator, [1usize, kv_heads, capacity, head_dim]).map_err(run_err)?;
+            let mut values = Tensor::<f32>::new(&allocator, [1usize, kv_heads, capacity, head_dim]).map_err(run_err)?;
+            fill(l, keys.extract_tensor_mut().1, values.extract_tensor_mut().1)?;
+            out.push((keys.into_dyn(), values.into_dyn()));
         }
         Ok(Self { layers: out, buffers: next_buffers_id(), len, capacity, kv_heads, head_dim })
+    }
+
+    /// Hands `each` every layer's keys and values (`[kv_heads, capacity, head_dim]`), in
+    /// order, and lets go of each layer's buffers as soon as `each` is done with it.
+    pub fn consume_layers(self, mut each: impl FnMut(usize, &[f32], &[f32]) -> Result<(), ModelError>) -> Result<(), ModelError> {
+        for (l, (k, v)) in self.layers.into_iter().enumerate() {
+            each(l, f32s(&k)?, f32s(&v)?)?;
+        }
+        Ok(())
     }
 
     /// Positions held.
@@ -192,7 +201,6 @@ pub struct Decoder {
     pad_single: bool,
     past_names: Vec<(String, String)>,
     present_names: Vec<(String, String)>,
-    arena: Allocator,
     cpu: MemoryInfo<'static>,
     /// In-place graphs: the binding of the last cache run, and which buffers it binds.
     binding: Option<(u64, IoBinding)>,
@@ -246,10 +254,7 @@ impl Decoder {
         }
         check_graph(&session, &model.config)?;
         let cpu = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Arena, MemoryType::Default).map_err(onnx)?;
-        // The session's CPU arena; the process-wide default allocator if there is none.
-        let arena = Allocator::new(&session, cpu.clone()).unwrap_or_default();
         Ok(Self {
-            arena,
             cpu,
             session,
             layers,
@@ -267,7 +272,7 @@ impl Decoder {
     }
 
     /// Lets go of the cache buffers kept bound between steps (in-place graphs): call when
-    /// a sequence is done, so that its memory can serve the next one.
+    /// a sequence is done, before its cache is let go.
     pub fn release(&mut self) {
         self.binding = None;
     }
@@ -289,11 +294,6 @@ impl Decoder {
     /// Layers, KV heads and head size of the cache.
     pub fn cache_shape(&self) -> (usize, usize, usize) {
         (self.layers, self.kv_heads, self.head_dim)
-    }
-
-    /// The allocator that caches are best built with (`KvState::build`).
-    pub fn arena(&self) -> &Allocator {
-        &self.arena
     }
 
     /// The cache of no tokens, shaped for this model.
@@ -319,12 +319,15 @@ impl Decoder {
         if capacity <= state.capacity {
             return Ok(state);
         }
-        let (old, len, dim) = (state.capacity, state.len, self.head_dim);
-        KvState::build(&self.arena, self.cache_shape(), len, capacity, |l, t, out| {
-            let (k, v) = state.layer(l)?;
-            let src = if t == 0 { k } else { v };
-            for h in 0..self.kv_heads {
-                out[h * capacity * dim..(h * capacity + len) * dim].copy_from_slice(&src[h * old * dim..(h * old + len) * dim]);
+        let (old, len, heads, dim) = (state.capacity, state.len, self.kv_heads, self.head_dim);
+        // The old buffers go a layer at a time as the new ones are filled.
+        let mut layers = state.layers.into_iter();
+        KvState::build(self.cache_shape(), len, capacity, |l, keys, values| {
+            let (k, v) = layers.next().ok_or_else(|| ModelError::Run(format!("no layer {l} in the cache")))?;
+            for (src, out) in [(f32s(&k)?, keys), (f32s(&v)?, values)] {
+                for h in 0..heads {
+                    out[h * capacity * dim..(h * capacity + len) * dim].copy_from_slice(&src[h * old * dim..(h * old + len) * dim]);
+                }
             }
             Ok(())
         })

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use crate::kv::{BLOCK_TOKENS, BlockPool, PoolConfig, PoolError, SharedPool, block_hashes, hash::ROOT};
+use crate::kv::{BLOCK_TOKENS, BlockHash, BlockPool, PoolConfig, PoolError, SharedPool, block_hashes, hash::ROOT};
 
 use super::cache;
 use super::decoder::{Decoder, KvState, Logits};
@@ -186,29 +186,31 @@ impl Engine {
         if self.pool.lock().held_run(&hashes) == hashes.len() {
             return Ok(0);
         }
-        let (_, state, reused) = self.prefill(tokens, 0)?;
+        let (_, state, loan) = self.prefill(tokens, 0)?;
         self.decoder.release();
-        let parent = reused.checked_sub(1).map_or(ROOT, |i| hashes[i]);
-        let blocks = cache::blocks_of(self.model.id, self.model.config.kv_layout(), &state, tokens, reused, parent)?;
-        let computed = blocks.len();
+        // The lent blocks come back cut from the cache, with the new ones.
+        let blocks = cache::blocks_of(self.model.id, self.model.config.kv_layout(), state, tokens, 0, ROOT)?;
+        let computed = blocks.len().saturating_sub(loan.blocks());
         let mut pool = self.pool.lock();
         for block in blocks {
             pool.insert(block)?;
         }
+        drop(pool);
+        drop(loan);
         Ok(computed)
     }
 
     /// Prefills `prompt` (reusing cached blocks) in chunks of `prefill_chunk` tokens and
-    /// returns the last position's logits, the cache, and how many prompt blocks came from
-    /// the pool. Storing the new blocks waits until the generation is over: it is not on
-    /// the way to the first token.
-    fn prefill(&mut self, prompt: &[u32], max_tokens: usize) -> Result<(Logits, KvState, usize), EngineError> {
+    /// returns the last position's logits, the cache, and the loan of the prompt blocks
+    /// that came from the pool (the cache is built from them, which the pool lends rather
+    /// than copies: they come back cut from the cache). Storing the new blocks waits until
+    /// the generation is over: it is not on the way to the first token.
+    fn prefill(&mut self, prompt: &[u32], max_tokens: usize) -> Result<(Logits, KvState, Loan), EngineError> {
         let layout = self.model.config.kv_layout();
-        let mut cached = self.pool.lock().longest_prefix(prompt)?;
         // At least one token must run to get logits.
-        while !cached.is_empty() && cached.len() * BLOCK_TOKENS >= prompt.len() {
-            cached.pop();
-        }
+        let usable = prompt.len().saturating_sub(1) / BLOCK_TOKENS;
+        let cached = self.pool.lock().lend_prefix(prompt, usable)?;
+        let loan = Loan { pool: self.pool.clone(), hashes: cached.iter().map(|b| b.hash).collect() };
         let reused = cached.len();
         // Room for the whole generation up front where the graph appends in place.
         let total = prompt.len() + max_tokens;
@@ -216,9 +218,8 @@ impl Engine {
             self.decoder.reserve(self.decoder.empty_cache()?, total)?
         } else {
             let capacity = self.decoder.capacity_for(reused * BLOCK_TOKENS, total);
-            cache::state_of(self.decoder.arena(), layout, &cached, capacity)?
+            cache::state_of(layout, cached, capacity)?
         };
-        drop(cached);
         let mut last = None;
         // Chunks bound the memory of a long prompt (logits are [chunk, vocab]) without
         // changing its result.
@@ -228,7 +229,7 @@ impl Engine {
             last = Some(logits);
         }
         let last = last.ok_or_else(|| ModelError::Run("nothing of the prompt was left to run".into()))?;
-        Ok((last, state, reused))
+        Ok((last, state, loan))
     }
 
     fn token_logprob(&self, logits: &[f32], token: u32, top: usize) -> Result<TokenLogprob, ModelError> {
@@ -261,8 +262,8 @@ impl Engine {
             return Err(ModelError::Run("the prompt has no tokens".into()).into());
         }
         let started = Instant::now();
-        let (mut last, mut state, reused_blocks) = self.prefill(prompt, options.max_tokens)?;
-        let cached_tokens = reused_blocks * BLOCK_TOKENS;
+        let (mut last, mut state, loan) = self.prefill(prompt, options.max_tokens)?;
+        let cached_tokens = loan.blocks() * BLOCK_TOKENS;
         let prefill_secs = started.elapsed().as_secs_f64();
         let decode_started = Instant::now();
         let eos = self.model.config.eos_tokens();
@@ -370,17 +371,19 @@ impl Engine {
         // The new full blocks of the prompt, and of the generated text (multi-turn prompts
         // come back with it), go to the pool.
         let all = sequence;
-        // Blocks the pool holds already (a repeated request's) are not cut again.
+        // Lent blocks come back cut from the cache; otherwise blocks the pool holds already
+        // (a repeated request's) are not cut again.
         let full = state.len().min(all.len()) / BLOCK_TOKENS;
         let hashes = block_hashes(&self.model.id, &all[..full * BLOCK_TOKENS]);
-        let skip = self.pool.lock().held_run(&hashes).max(reused_blocks);
+        let skip = if loan.blocks() > 0 { 0 } else { self.pool.lock().held_run(&hashes) };
         let parent = skip.checked_sub(1).map_or(ROOT, |i| hashes[i]);
-        let blocks = cache::blocks_of(self.model.id, self.model.config.kv_layout(), &state, &all, skip, parent)?;
+        let blocks = cache::blocks_of(self.model.id, self.model.config.kv_layout(), state, &all, skip, parent)?;
         let mut pool = self.pool.lock();
         for block in blocks {
             pool.insert(block)?;
         }
         drop(pool);
+        drop(loan);
         self.remember(all);
         Ok(out)
     }
@@ -398,6 +401,27 @@ impl Engine {
             }
         }
         self.recent.push_back(sequence);
+    }
+}
+
+/// The blocks a pool lent to the running sequence ([`BlockPool::lend_prefix`]): those not
+/// given back by the time this is dropped (the sequence failed) are let go.
+struct Loan {
+    pool: SharedPool,
+    hashes: Vec<BlockHash>,
+}
+
+impl Loan {
+    fn blocks(&self) -> usize {
+        self.hashes.len()
+    }
+}
+
+impl Drop for Loan {
+    fn drop(&mut self) {
+        if !self.hashes.is_empty() {
+            self.pool.lock().end_loan(&self.hashes);
+        }
     }
 }
 

@@ -37,9 +37,15 @@ pub struct KvLayout {
 }
 
 impl KvLayout {
-    /// Bytes of one block: layers × (key, value) × kv heads × tokens × head dim × dtype.
+    /// Bytes of one layer of a block: (key, value) × kv heads × tokens × head dim × dtype
+    /// (saturating: a layout read off the wire may be absurd).
+    pub fn layer_bytes(&self) -> usize {
+        (2 * BLOCK_TOKENS * self.dtype.bytes()).saturating_mul(self.kv_heads as usize).saturating_mul(self.head_dim as usize)
+    }
+
+    /// Bytes of one block: every layer's.
     pub fn block_bytes(&self) -> usize {
-        self.layers as usize * 2 * self.kv_heads as usize * BLOCK_TOKENS * self.head_dim as usize * self.dtype.bytes()
+        self.layer_bytes().saturating_mul(self.layers as usize)
     }
 }
 
@@ -68,34 +74,67 @@ pub struct KvBlock {
     pub hash: BlockHash,
     pub tokens: [u32; BLOCK_TOKENS],
     pub layout: KvLayout,
-    /// `layout.block_bytes()` bytes: per layer, keys then values, each [kv heads, 16, head dim].
-    pub data: Vec<u8>,
+    /// Per layer, `layout.layer_bytes()`: keys then values, each [kv heads, 16, head dim].
+    /// One allocation per layer, so that a sequence's cache (per layer, all positions) and
+    /// its blocks can trade memory a layer at a time instead of both being whole at once
+    /// (`infer::cache`).
+    layers: Vec<Box<[u8]>>,
 }
 
 impl KvBlock {
-    /// A block for `tokens` after `parent`; `data` must match the layout's size.
+    /// A block for `tokens` after `parent`; `data` (every layer, one after another) must
+    /// match the layout's size.
     pub fn new(model: ModelId, parent: BlockHash, tokens: [u32; BLOCK_TOKENS], layout: KvLayout, data: Vec<u8>) -> Result<Self, BlockError> {
+        Self::from_data(model, parent, tokens, layout, &data)
+    }
+
+    fn from_data(model: ModelId, parent: BlockHash, tokens: [u32; BLOCK_TOKENS], layout: KvLayout, data: &[u8]) -> Result<Self, BlockError> {
         if data.len() != layout.block_bytes() {
             return Err(BlockError::Size { got: data.len(), expected: layout.block_bytes() });
         }
+        let layers = data.chunks_exact(layout.layer_bytes().max(1)).map(Box::from).collect();
+        Self::from_layers(model, parent, tokens, layout, layers)
+    }
+
+    /// A block from its layers' bytes (`layout.layers` of `layout.layer_bytes()` each).
+    pub fn from_layers(model: ModelId, parent: BlockHash, tokens: [u32; BLOCK_TOKENS], layout: KvLayout, layers: Vec<Box<[u8]>>) -> Result<Self, BlockError> {
+        let got: usize = layers.iter().map(|l| l.len()).sum();
+        if layers.len() != layout.layers as usize || layers.iter().any(|l| l.len() != layout.layer_bytes()) {
+            return Err(BlockError::Size { got, expected: layout.block_bytes() });
+        }
         let hash = block_hash(&model, &parent, &tokens);
-        Ok(Self { model, parent, hash, tokens, layout, data })
+        Ok(Self { model, parent, hash, tokens, layout, layers })
+    }
+
+    /// Layer `l`'s keys then values.
+    pub fn layer(&self, l: usize) -> Option<&[u8]> {
+        self.layers.get(l).map(|b| &b[..])
+    }
+
+    /// The layers' bytes, to be let go one by one.
+    pub fn into_layers(self) -> Vec<Box<[u8]>> {
+        self.layers
+    }
+
+    /// Every layer's bytes, one after another (a copy).
+    pub fn data(&self) -> Vec<u8> {
+        self.layers.concat()
     }
 
     /// Length of the byte form of a block of `layout`: the header (magic, version, model,
     /// parent, hash, tokens, layout, data length), the data, the checksum.
     pub fn export_len(layout: &KvLayout) -> usize {
-        4 + 2 + 3 * 32 + 4 * BLOCK_TOKENS + 3 * 4 + 1 + 8 + layout.block_bytes() + 32
+        (4 + 2 + 3 * 32 + 4 * BLOCK_TOKENS + 3 * 4 + 1 + 8 + 32usize).saturating_add(layout.block_bytes())
     }
 
     /// Bytes this block takes in a tier.
     pub fn size(&self) -> usize {
-        self.data.len()
+        self.layers.iter().map(|l| l.len()).sum()
     }
 
     /// The byte form.
     pub fn export(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.data.len() + 256);
+        let mut out = Vec::with_capacity(Self::export_len(&self.layout));
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(&self.model.0);
@@ -111,8 +150,10 @@ impl KvBlock {
             DType::F32 => 0,
             DType::F16 => 1,
         });
-        out.extend_from_slice(&(self.data.len() as u64).to_le_bytes());
-        out.extend_from_slice(&self.data);
+        out.extend_from_slice(&(self.size() as u64).to_le_bytes());
+        for layer in &self.layers {
+            out.extend_from_slice(layer);
+        }
         let checksum = *blake3::hash(&out).as_bytes();
         out.extend_from_slice(&checksum);
         out
@@ -152,12 +193,12 @@ impl KvBlock {
             _ => return Err(BlockError::Format("unknown dtype")),
         };
         let len = u64::from_le_bytes(r.array()?) as usize;
-        let data = r.take(len)?.to_vec();
+        let data = r.take(len)?;
         if r.at != body.len() {
             return Err(BlockError::Format("trailing bytes"));
         }
         let layout = KvLayout { layers, kv_heads, head_dim, dtype };
-        let block = Self::new(block_model, parent, tokens, layout, data)?;
+        let block = Self::from_data(block_model, parent, tokens, layout, data)?;
         if block.hash != hash {
             return Err(BlockError::WrongHash);
         }

@@ -90,6 +90,9 @@ pub struct BlockPool {
     stats: PoolStats,
     /// Blocks the last tier dropped, newest last, until taken.
     dropped: std::collections::VecDeque<Arc<KvBlock>>,
+    /// Blocks on loan to a running sequence ([`Self::lend_prefix`]): out of every tier
+    /// until they come back, so that their keys and values are in memory once.
+    lent: std::collections::HashSet<BlockHash>,
 }
 
 impl std::fmt::Debug for BlockPool {
@@ -116,7 +119,7 @@ impl BlockPool {
             };
             tiers.push(TierStore { tier, policy: Policy::new(config.eviction, capacity), memory: HashMap::new(), disk });
         }
-        Ok(Self { model, layout, tiers, stats: PoolStats::default(), dropped: Default::default() })
+        Ok(Self { model, layout, tiers, stats: PoolStats::default(), dropped: Default::default(), lent: Default::default() })
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -131,9 +134,10 @@ impl BlockPool {
         self.layout
     }
 
-    /// Every block held, in any tier (for a summary of what this pool can serve).
+    /// Every block held, in any tier or on loan (for a summary of what this pool can
+    /// serve: lent blocks come back when their sequence ends).
     pub fn hashes(&self) -> Vec<BlockHash> {
-        let mut out: Vec<BlockHash> = Vec::new();
+        let mut out: Vec<BlockHash> = self.lent.iter().copied().collect();
         for tier in &self.tiers {
             out.extend(tier.policy.keys());
         }
@@ -146,9 +150,10 @@ impl BlockPool {
         self.dropped.drain(..).collect()
     }
 
-    /// How many of `hashes`, from the first on, the pool holds (no promotion, no counting).
+    /// How many of `hashes`, from the first on, the pool holds or has lent (no promotion,
+    /// no counting): what a request placed here will find once the running one is done.
     pub fn held_run(&self, hashes: &[BlockHash]) -> usize {
-        hashes.iter().take_while(|h| self.tier_of(h).is_some()).count()
+        hashes.iter().take_while(|h| self.lent.contains(h) || self.tier_of(h).is_some()).count()
     }
 
     /// The block with `hash`, if held, without promoting it or counting a hit: for
@@ -170,12 +175,13 @@ impl BlockPool {
         self.tiers.iter().map(|t| (t.tier, t.policy.len())).collect()
     }
 
-    /// Adds a block at the top tier (demoting what it displaces).
+    /// Adds a block at the top tier (demoting what it displaces); a lent block comes back.
     pub fn insert(&mut self, block: impl Into<Arc<KvBlock>>) -> Result<(), PoolError> {
         let block = block.into();
         if block.model != self.model || block.layout != self.layout {
             return Err(PoolError::Mismatch { block: block.model, pool: self.model, block_layout: block.layout, pool_layout: self.layout });
         }
+        self.lent.remove(&block.hash);
         if self.tier_of(&block.hash).is_some() {
             return Ok(());
         }
@@ -237,6 +243,40 @@ impl BlockPool {
             }
         }
         Ok(found)
+    }
+}
+
+impl BlockPool {
+    /// The longest run (at most `max` blocks) of cached blocks at the start of `tokens`,
+    /// taken out of the pool and lent to the sequence that runs them: it builds its cache
+    /// from them (the only copy, if nobody else holds them) and gives them back cut from
+    /// that cache when it ends ([`Self::insert`]), or ends the loan ([`Self::end_loan`]).
+    /// While lent they are not served to peers ([`Self::peek`] finds nothing), but still
+    /// summarized and counted by [`Self::held_run`].
+    pub fn lend_prefix(&mut self, tokens: &[u32], max: usize) -> Result<Vec<Arc<KvBlock>>, PoolError> {
+        let hashes = block_hashes(&self.model, tokens);
+        let wanted = hashes.len().min(max);
+        let mut lent = Vec::new();
+        for hash in hashes.into_iter().take(wanted) {
+            let Some(level) = self.tiers.iter().position(|t| t.holds(&hash)) else { break };
+            let model = self.model;
+            let Some(block) = self.tiers[level].take(&hash, &model)? else { break };
+            self.stats.hits += 1;
+            self.lent.insert(hash);
+            lent.push(block);
+        }
+        if lent.len() < wanted {
+            self.stats.misses += 1;
+        }
+        Ok(lent)
+    }
+
+    /// Ends the loan of those of `hashes` that did not come back (their sequence failed):
+    /// they are no longer held.
+    pub fn end_loan(&mut self, hashes: &[BlockHash]) {
+        for hash in hashes {
+            self.lent.remove(hash);
+        }
     }
 }
 
