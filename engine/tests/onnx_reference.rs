@@ -251,10 +251,21 @@ mod engine {
         let mut engine = Engine::new(model, env, 1, &pool(64, 0, dir.path(), &ModelDir::open_with(&model_dir, choice).unwrap())).unwrap();
         let cold = engine.generate(&ids, &options, |_| {}).unwrap();
         assert_eq!(cold.cached_tokens, 0);
+        let held = engine.pool.lock().hashes().len();
         let warm = engine.generate(&ids, &options, |_| {}).unwrap();
         assert_eq!(warm.cached_tokens, (ids.len() - 1) / BLOCK_TOKENS * BLOCK_TOKENS, "the whole-block prefix is reused");
         assert_eq!(warm.tokens, cold.tokens);
         assert!(same(&warm.step_logits, &cold.step_logits) <= allowed);
+        // The pool lent the prefix to the warm run, which gave every block back.
+        assert_eq!(engine.pool.lock().counts().iter().map(|(_, n)| n).sum::<usize>(), held);
+        // A prompt with a token outside the vocabulary after the same prefix is refused
+        // before anything is lent: the prefix stays, and serves the next run.
+        let mut bad = ids.clone();
+        bad.push(engine.model.config.vocab_size + 3);
+        assert!(engine.generate(&bad, &options, |_| {}).is_err());
+        assert_eq!(engine.pool.lock().counts().iter().map(|(_, n)| n).sum::<usize>(), held);
+        let again = engine.generate(&ids, &options, |_| {}).unwrap();
+        assert_eq!((again.cached_tokens, &again.tokens), (warm.cached_tokens, &cold.tokens));
 
         // Blocks exported and imported into a fresh pool of another engine.
         let hashes = block_hashes(&engine.model.id, &ids);

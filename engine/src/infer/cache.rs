@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::kv::{BLOCK_TOKENS, BlockHash, KvBlock, KvLayout, ModelId};
+use crate::kv::{BLOCK_TOKENS, KvBlock, KvLayout, ModelId, block_hashes, hash::ROOT};
 
 use super::decoder::KvState;
 use super::model::ModelError;
@@ -23,20 +23,20 @@ fn layout_err(what: &str) -> ModelError {
     ModelError::Run(format!("a KV block does not match the cache layout: {what}"))
 }
 
-/// The full blocks of `state` (which holds `tokens`), from block `skip` on, chained from
-/// `parent` (the hash of block `skip - 1`, or the root). The cache is used up: each of
-/// its layers is let go once the blocks have their copy of it.
-pub fn blocks_of(model: ModelId, layout: KvLayout, state: KvState, tokens: &[u32], skip: usize, mut parent: BlockHash) -> Result<Vec<KvBlock>, ModelError> {
+/// The full blocks of `state` (which holds `tokens`) whose index `wanted` accepts, each
+/// chained to the one before it. The cache is used up: each of its layers is let go once
+/// the blocks have their copy of it.
+pub fn blocks_of(model: ModelId, layout: KvLayout, state: KvState, tokens: &[u32], wanted: impl Fn(usize) -> bool) -> Result<Vec<KvBlock>, ModelError> {
     let (heads, dim) = (layout.kv_heads as usize, layout.head_dim as usize);
     if state.layer_count() != layout.layers as usize {
         return Err(layout_err(&format!("{} layers in the cache, {} in the layout", state.layer_count(), layout.layers)));
     }
     let (capacity, full) = (state.capacity(), state.len().min(tokens.len()) / BLOCK_TOKENS);
-    let first = skip.min(full);
+    let picked: Vec<usize> = (0..full).filter(|&b| wanted(b)).collect();
     let run = BLOCK_TOKENS * dim;
-    let mut layers: Vec<Vec<Box<[u8]>>> = (first..full).map(|_| Vec::with_capacity(layout.layers as usize)).collect();
+    let mut layers: Vec<Vec<Box<[u8]>>> = picked.iter().map(|_| Vec::with_capacity(layout.layers as usize)).collect();
     state.consume_layers(|l, keys, values| {
-        for (b, out) in (first..full).zip(&mut layers) {
+        for (&b, out) in picked.iter().zip(&mut layers) {
             let mut data = Vec::with_capacity(layout.layer_bytes());
             for tensor in [keys, values] {
                 for h in 0..heads {
@@ -49,12 +49,12 @@ pub fn blocks_of(model: ModelId, layout: KvLayout, state: KvState, tokens: &[u32
         }
         Ok(())
     })?;
+    let hashes = block_hashes(&model, &tokens[..full * BLOCK_TOKENS]);
     let mut out = Vec::with_capacity(layers.len());
-    for (b, layers) in (first..full).zip(layers) {
+    for (&b, layers) in picked.iter().zip(layers) {
         let ids: [u32; BLOCK_TOKENS] = std::array::from_fn(|i| tokens[b * BLOCK_TOKENS + i]);
-        let block = KvBlock::from_layers(model, parent, ids, layout, layers).map_err(|e| layout_err(&e.to_string()))?;
-        parent = block.hash;
-        out.push(block);
+        let parent = b.checked_sub(1).map_or(ROOT, |p| hashes[p]);
+        out.push(KvBlock::from_layers(model, parent, ids, layout, layers).map_err(|e| layout_err(&e.to_string()))?);
     }
     Ok(out)
 }
@@ -114,7 +114,7 @@ pub fn state_of(layout: KvLayout, blocks: Vec<Arc<KvBlock>>, capacity: usize) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::{DType, block_hashes, hash::ROOT};
+    use crate::kv::DType;
 
     #[test]
     fn blocks_and_state_round_trip() {
@@ -131,7 +131,7 @@ mod tests {
             (0..2).map(|l| ((0..n).map(|i| (l * 1000 + i) as f32).collect(), (0..n).map(|i| -((l * 1000 + i) as f32)).collect())).collect();
                 let tokens: Vec<u32> = (0..len as u32).collect();
         let model = ModelId::of(b"m");
-        let blocks = blocks_of(model, layout, KvState::from_host(host.clone(), len, 3, 4).unwrap(), &tokens, 0, ROOT).unwrap();
+        let blocks = blocks_of(model, layout, KvState::from_host(host.clone(), len, 3, 4).unwrap(), &tokens, |_| true).unwrap();
         assert_eq!(blocks.len(), 2, "the partial block is left out");
         assert_eq!(blocks.iter().map(|b| b.hash).collect::<Vec<_>>(), block_hashes(&model, &tokens));
         let shared: Vec<Arc<KvBlock>> = blocks.iter().cloned().map(Arc::new).collect();
@@ -156,15 +156,15 @@ mod tests {
         let owned: Vec<Arc<KvBlock>> = blocks.iter().cloned().map(Arc::new).collect();
         let roomy = state_of(layout, owned, 3 * BLOCK_TOKENS).unwrap();
         assert_eq!((roomy.len(), roomy.capacity()), (2 * BLOCK_TOKENS, 3 * BLOCK_TOKENS));
-        assert_eq!(blocks_of(model, layout, roomy, &tokens, 0, ROOT).unwrap(), blocks);
+        assert_eq!(blocks_of(model, layout, roomy, &tokens, |_| true).unwrap(), blocks);
         // The shared blocks are still whole.
         assert_eq!(shared.iter().map(|b| (**b).clone()).collect::<Vec<_>>(), blocks);
         // Blocks from the second on chain onto the first.
-        let tail = blocks_of(model, layout, KvState::from_host(host.clone(), len, 3, 4).unwrap(), &tokens, 1, blocks[0].hash).unwrap();
+        let tail = blocks_of(model, layout, KvState::from_host(host.clone(), len, 3, 4).unwrap(), &tokens, |b| b >= 1).unwrap();
         assert_eq!(tail, blocks[1..]);
         // A cache of another layout is refused, not misread.
         let other = KvLayout { layers: 3, ..layout };
-        assert!(blocks_of(model, other, KvState::from_host(host.clone(), len, 3, 4).unwrap(), &tokens, 0, ROOT).is_err());
+        assert!(blocks_of(model, other, KvState::from_host(host.clone(), len, 3, 4).unwrap(), &tokens, |_| true).is_err());
         let other = KvLayout { head_dim: 8, ..layout };
         assert!(state_of(other, shared, 0).is_err());
     }

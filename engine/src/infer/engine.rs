@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use crate::kv::{BLOCK_TOKENS, BlockHash, BlockPool, PoolConfig, PoolError, SharedPool, block_hashes, hash::ROOT};
+use crate::kv::{BLOCK_TOKENS, BlockHash, BlockPool, PoolConfig, PoolError, SharedPool, block_hashes};
 
 use super::cache;
 use super::decoder::{Decoder, KvState, Logits};
@@ -178,10 +178,6 @@ impl Engine {
         if tokens.is_empty() || !tokens.len().is_multiple_of(BLOCK_TOKENS) {
             return Err(ModelError::Run(format!("{} tokens are not whole blocks of {BLOCK_TOKENS}", tokens.len())).into());
         }
-        let vocab = self.model.config.vocab_size;
-        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab as usize) {
-            return Err(ModelError::Run(format!("token {bad} is outside the vocabulary of {vocab}")).into());
-        }
         let hashes = block_hashes(&self.model.id, tokens);
         if self.pool.lock().held_run(&hashes) == hashes.len() {
             return Ok(0);
@@ -189,7 +185,7 @@ impl Engine {
         let (_, state, loan) = self.prefill(tokens, 0)?;
         self.decoder.release();
         // The lent blocks come back cut from the cache, with the new ones.
-        let blocks = cache::blocks_of(self.model.id, self.model.config.kv_layout(), state, tokens, 0, ROOT)?;
+        let blocks = self.cut(state, tokens)?;
         let computed = blocks.len().saturating_sub(loan.blocks());
         let mut pool = self.pool.lock();
         for block in blocks {
@@ -207,6 +203,12 @@ impl Engine {
     /// the generation is over: it is not on the way to the first token.
     fn prefill(&mut self, prompt: &[u32], max_tokens: usize) -> Result<(Logits, KvState, Loan), EngineError> {
         let layout = self.model.config.kv_layout();
+        // Refused before anything is lent: a request that fails later loses the blocks it
+        // was lent (its cache goes with it).
+        let vocab = self.model.config.vocab_size;
+        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= vocab as usize) {
+            return Err(ModelError::Run(format!("token {bad} is outside the vocabulary of {vocab}")).into());
+        }
         // At least one token must run to get logits.
         let usable = prompt.len().saturating_sub(1) / BLOCK_TOKENS;
         let cached = self.pool.lock().lend_prefix(prompt, usable)?;
@@ -371,13 +373,8 @@ impl Engine {
         // The new full blocks of the prompt, and of the generated text (multi-turn prompts
         // come back with it), go to the pool.
         let all = sequence;
-        // Lent blocks come back cut from the cache; otherwise blocks the pool holds already
-        // (a repeated request's) are not cut again.
-        let full = state.len().min(all.len()) / BLOCK_TOKENS;
-        let hashes = block_hashes(&self.model.id, &all[..full * BLOCK_TOKENS]);
-        let skip = if loan.blocks() > 0 { 0 } else { self.pool.lock().held_run(&hashes) };
-        let parent = skip.checked_sub(1).map_or(ROOT, |i| hashes[i]);
-        let blocks = cache::blocks_of(self.model.id, self.model.config.kv_layout(), state, &all, skip, parent)?;
+        // Lent blocks come back cut from the cache.
+        let blocks = self.cut(state, &all)?;
         let mut pool = self.pool.lock();
         for block in blocks {
             pool.insert(block)?;
@@ -386,6 +383,18 @@ impl Engine {
         drop(loan);
         self.remember(all);
         Ok(out)
+    }
+
+    /// The full blocks of `state` (which holds `tokens`) that the pool does not hold: new
+    /// ones and lent ones. Blocks it holds already (a repeated request's) are not cut again.
+    fn cut(&self, state: KvState, tokens: &[u32]) -> Result<Vec<crate::kv::KvBlock>, ModelError> {
+        let full = state.len().min(tokens.len()) / BLOCK_TOKENS;
+        let hashes = block_hashes(&self.model.id, &tokens[..full * BLOCK_TOKENS]);
+        let held: Vec<bool> = {
+            let pool = self.pool.lock();
+            hashes.iter().map(|h| pool.tier_of(h).is_some()).collect()
+        };
+        cache::blocks_of(self.model.id, self.model.config.kv_layout(), state, tokens, |b| !held[b])
     }
 
     /// Keeps `sequence` for later requests' guesses, within [`RECENT_TOKENS`].

@@ -410,6 +410,39 @@ mod tests {
     }
 
     #[test]
+    fn a_lent_prefix_is_out_of_the_tiers_until_it_comes_back() {
+        for disk in [0, 4] {
+            let dir = tempfile::tempdir().unwrap();
+            // With a disk tier, two of the four blocks are lent from disk.
+            let mut p = pool(Eviction::Lru, if disk > 0 { 2 } else { 8 }, disk, dir.path());
+            let model = ModelId::of(b"m");
+            let prompt: Vec<u32> = (0..4 * BLOCK_TOKENS as u32 + 5).collect();
+            let all = blocks(model, &prompt);
+            for b in &all {
+                p.insert(b.clone()).unwrap();
+            }
+            let hashes: Vec<BlockHash> = all.iter().map(|b| b.hash).collect();
+            // At most three: the fourth stays.
+            let lent = p.lend_prefix(&prompt, 3).unwrap();
+            assert_eq!(lent.iter().map(|b| (**b).clone()).collect::<Vec<_>>(), all[..3], "disk {disk}");
+            assert!(lent.iter().all(|b| Arc::strong_count(b) == 1), "the pool keeps no copy of a lent block");
+            assert_eq!(p.counts().iter().map(|(_, n)| n).sum::<usize>(), 1);
+            assert!(p.peek(&hashes[0]).unwrap().is_none(), "lent blocks are not served");
+            assert_eq!(p.held_run(&hashes), 4, "but they count as held");
+            assert_eq!(p.hashes().len(), 4, "and are summarized");
+            assert!(p.lend_prefix(&prompt, 3).unwrap().is_empty(), "nor lent twice");
+            // Two come back; the sequence fails before the third does.
+            p.insert(all[0].clone()).unwrap();
+            p.insert(all[1].clone()).unwrap();
+            p.end_loan(&hashes[..3]);
+            assert_eq!(p.held_run(&hashes), 2);
+            assert_eq!(p.hashes().len(), 3);
+            assert_eq!(p.peek(&hashes[1]).unwrap().as_deref(), Some(&all[1]));
+            assert_eq!(p.lend_prefix(&prompt, 9).unwrap().len(), 2, "the run stops at the missing block");
+        }
+    }
+
+    #[test]
     fn blocks_of_another_model_or_layout_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut p = pool(Eviction::Lru, 4, 0, dir.path());
