@@ -3,6 +3,8 @@
 //! block evicted from a tier is demoted to the next one rather than lost; only the last
 //! tier drops blocks. A block found in a lower tier is promoted back to the top on use.
 //! Disk blocks are files in their byte form ([`KvBlock::export`]), checked on the way in.
+//! A sequence that starts from a cached prefix borrows its blocks ([`BlockPool::lend_prefix`])
+//! instead of copying them: its cache is built from them and they come back cut from it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
