@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::kv::{BLOCK_TOKENS, KvBlock, KvLayout, ModelId, block_hashes, hash::ROOT};
+use crate::kv::{BLOCK_TOKENS, BlockHash, KvBlock, KvLayout, ModelId, block_hashes, hash::ROOT};
 
 use super::decoder::KvState;
 use super::model::ModelError;
@@ -23,16 +23,17 @@ fn layout_err(what: &str) -> ModelError {
     ModelError::Run(format!("a KV block does not match the cache layout: {what}"))
 }
 
-/// The full blocks of `state` (which holds `tokens`) whose index `wanted` accepts, each
-/// chained to the one before it. The cache is used up: each of its layers is let go once
+/// The full blocks of `state` (which holds `tokens`) whose hash `wanted` accepts (asked
+/// for every block before anything is copied), each chained to the one before it. The cache is used up: each of its layers is let go once
 /// the blocks have their copy of it.
-pub fn blocks_of(model: ModelId, layout: KvLayout, state: KvState, tokens: &[u32], wanted: impl Fn(usize) -> bool) -> Result<Vec<KvBlock>, ModelError> {
+pub fn blocks_of(model: ModelId, layout: KvLayout, state: KvState, tokens: &[u32], wanted: impl Fn(&BlockHash) -> bool) -> Result<Vec<KvBlock>, ModelError> {
     let (heads, dim) = (layout.kv_heads as usize, layout.head_dim as usize);
     if state.layer_count() != layout.layers as usize {
         return Err(layout_err(&format!("{} layers in the cache, {} in the layout", state.layer_count(), layout.layers)));
     }
     let (capacity, full) = (state.capacity(), state.len().min(tokens.len()) / BLOCK_TOKENS);
-    let picked: Vec<usize> = (0..full).filter(|&b| wanted(b)).collect();
+    let hashes = block_hashes(&model, &tokens[..full * BLOCK_TOKENS]);
+    let picked: Vec<usize> = (0..full).filter(|&b| wanted(&hashes[b])).collect();
     let run = BLOCK_TOKENS * dim;
     let mut layers: Vec<Vec<Box<[u8]>>> = picked.iter().map(|_| Vec::with_capacity(layout.layers as usize)).collect();
     state.consume_layers(|l, keys, values| {
@@ -49,7 +50,6 @@ pub fn blocks_of(model: ModelId, layout: KvLayout, state: KvState, tokens: &[u32
         }
         Ok(())
     })?;
-    let hashes = block_hashes(&model, &tokens[..full * BLOCK_TOKENS]);
     let mut out = Vec::with_capacity(layers.len());
     for (&b, layers) in picked.iter().zip(layers) {
         let ids: [u32; BLOCK_TOKENS] = std::array::from_fn(|i| tokens[b * BLOCK_TOKENS + i]);
@@ -160,7 +160,7 @@ mod tests {
         // The shared blocks are still whole.
         assert_eq!(shared.iter().map(|b| (**b).clone()).collect::<Vec<_>>(), blocks);
         // Blocks from the second on chain onto the first.
-        let tail = blocks_of(model, layout, KvState::from_host(host.clone(), len, 3, 4).unwrap(), &tokens, |b| b >= 1).unwrap();
+        let tail = blocks_of(model, layout, KvState::from_host(host.clone(), len, 3, 4).unwrap(), &tokens, |h| *h != blocks[0].hash).unwrap();
         assert_eq!(tail, blocks[1..]);
         // A cache of another layout is refused, not misread.
         let other = KvLayout { layers: 3, ..layout };

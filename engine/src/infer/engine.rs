@@ -185,15 +185,8 @@ impl Engine {
         let (_, state, loan) = self.prefill(tokens, 0)?;
         self.decoder.release();
         // The lent blocks come back cut from the cache, with the new ones.
-        let blocks = self.cut(state, tokens)?;
-        let computed = blocks.len().saturating_sub(loan.blocks());
-        let mut pool = self.pool.lock();
-        for block in blocks {
-            pool.insert(block)?;
-        }
-        drop(pool);
-        drop(loan);
-        Ok(computed)
+        let stored = self.store(state, tokens)?;
+        Ok(stored.saturating_sub(loan.blocks()))
     }
 
     /// Prefills `prompt` (reusing cached blocks) in chunks of `prefill_chunk` tokens and
@@ -374,27 +367,24 @@ impl Engine {
         // come back with it), go to the pool.
         let all = sequence;
         // Lent blocks come back cut from the cache.
-        let blocks = self.cut(state, &all)?;
-        let mut pool = self.pool.lock();
-        for block in blocks {
-            pool.insert(block)?;
-        }
-        drop(pool);
+        self.store(state, &all)?;
         drop(loan);
         self.remember(all);
         Ok(out)
     }
 
-    /// The full blocks of `state` (which holds `tokens`) that the pool does not hold: new
-    /// ones and lent ones. Blocks it holds already (a repeated request's) are not cut again.
-    fn cut(&self, state: KvState, tokens: &[u32]) -> Result<Vec<crate::kv::KvBlock>, ModelError> {
-        let full = state.len().min(tokens.len()) / BLOCK_TOKENS;
-        let hashes = block_hashes(&self.model.id, &tokens[..full * BLOCK_TOKENS]);
-        let held: Vec<bool> = {
-            let pool = self.pool.lock();
-            hashes.iter().map(|h| pool.tier_of(h).is_some()).collect()
-        };
-        cache::blocks_of(self.model.id, self.model.config.kv_layout(), state, tokens, |b| !held[b])
+    /// Cuts the full blocks of `state` (which holds `tokens`) that the pool does not hold —
+    /// new ones and lent ones — into the pool, and says how many. Blocks it holds already
+    /// (a repeated request's) are not cut again.
+    fn store(&self, state: KvState, tokens: &[u32]) -> Result<usize, EngineError> {
+        let layout = self.model.config.kv_layout();
+        let blocks = cache::blocks_of(self.model.id, layout, state, tokens, |hash| self.pool.lock().tier_of(hash).is_none())?;
+        let stored = blocks.len();
+        let mut pool = self.pool.lock();
+        for block in blocks {
+            pool.insert(block)?;
+        }
+        Ok(stored)
     }
 
     /// Keeps `sequence` for later requests' guesses, within [`RECENT_TOKENS`].
