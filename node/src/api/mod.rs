@@ -72,6 +72,12 @@ fn socket_options(max_message_bytes: usize, queue_messages: usize) -> zeromq::So
     options
 }
 
+/// The events socket (PUB): small messages, at most [`EVENT_QUEUE_MESSAGES`] queued in its
+/// fan-out and for each subscriber (a queue's slots are allocated when it is made).
+pub fn events_socket() -> zeromq::PubSocket {
+    zeromq::PubSocket::with_options(socket_options(MAX_EVENTS_MESSAGE_BYTES, EVENT_QUEUE_MESSAGES))
+}
+
 fn endpoint_of(addr: SocketAddr) -> String {
     format!("tcp://{addr}")
 }
@@ -98,7 +104,7 @@ impl ApiServer {
             .await
             .map_err(|source| ApiStartError::Bind { addr: bind, source })?
             .to_string();
-        let mut publisher = zeromq::PubSocket::with_options(socket_options(MAX_EVENTS_MESSAGE_BYTES, EVENT_QUEUE_MESSAGES));
+        let mut publisher = events_socket();
         let events_endpoint = publisher
             .bind(&endpoint_of(events_bind))
             .await
@@ -300,4 +306,19 @@ async fn publish_events(mut publisher: zeromq::PubSocket, mut events: broadcast:
         }
     }
     let _ = publisher.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every node makes the events socket at start, subscriber or not: its fan-out queue
+    /// must take the events bound, not the library's 100,000 slots (4 MB, all written when
+    /// the queue is made).
+    #[tokio::test]
+    async fn the_events_socket_queues_at_most_the_events_bound() {
+        let socket = events_socket();
+        assert_eq!(socket.fanout_capacity(), EVENT_QUEUE_MESSAGES);
+        assert!(EVENT_QUEUE_MESSAGES <= 4096, "an events queue of {EVENT_QUEUE_MESSAGES} slots is allocated whole in every node");
+    }
 }

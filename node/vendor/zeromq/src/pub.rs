@@ -98,7 +98,14 @@ impl PubFanoutQueue {
 }
 
 fn spawn_pub_fanout_queue(backend: Arc<PubSocketBackend>) -> PubFanoutQueue {
-    let queue = Arc::new(ArrayQueue::new(PUB_SEND_QUEUE_CAPACITY));
+    // PATCH (pyagent): the fan-out queue is bounded by the socket's send queue capacity
+    // too. An `ArrayQueue` allocates and writes every slot up front: at upstream's fixed
+    // 100,000 messages that was 4 MB resident in every process with a PUB socket.
+    let capacity = backend
+        .socket_options
+        .send_queue_capacity
+        .unwrap_or(PUB_SEND_QUEUE_CAPACITY);
+    let queue = Arc::new(ArrayQueue::new(capacity));
     let wake_pending = Arc::new(AtomicBool::new(false));
     let (wake_sender, mut wake_receiver) = mpsc::unbounded();
     let worker_queue = queue.clone();
@@ -292,6 +299,14 @@ pub struct PubSocket {
     pub(crate) backend: Arc<PubSocketBackend>,
     fanout_queue: PubFanoutQueue,
     binds: HashMap<Endpoint, AcceptStopHandle>,
+}
+
+impl PubSocket {
+    /// PATCH (pyagent): how many messages the fan-out queue holds before it drops them
+    /// (the socket's send queue capacity, or upstream's 100,000 without one).
+    pub fn fanout_capacity(&self) -> usize {
+        self.fanout_queue.queue.capacity()
+    }
 }
 
 impl Drop for PubSocket {
