@@ -235,17 +235,6 @@ impl BlockPool {
         Ok(block)
     }
 
-    /// The longest run of cached blocks at the start of `tokens`: prefill can skip them.
-    pub fn longest_prefix(&mut self, tokens: &[u32]) -> Result<Vec<Arc<KvBlock>>, PoolError> {
-        let mut found = Vec::new();
-        for hash in block_hashes(&self.model, tokens) {
-            match self.get(&hash)? {
-                Some(block) => found.push(block),
-                None => break,
-            }
-        }
-        Ok(found)
-    }
 }
 
 impl BlockPool {
@@ -403,12 +392,17 @@ mod tests {
         // Same first two blocks, then different tokens: two blocks reusable.
         let mut next: Vec<u32> = prompt[..2 * BLOCK_TOKENS].to_vec();
         next.extend(500..530);
-        assert_eq!(p.longest_prefix(&next).unwrap().len(), 2);
+        let lent = p.lend_prefix(&next, usize::MAX).unwrap();
+        assert_eq!(lent.len(), 2);
+        for block in lent {
+            p.insert(block).unwrap();
+        }
         // A different first token: nothing.
         let mut other = prompt.clone();
         other[0] = 77;
-        assert!(p.longest_prefix(&other).unwrap().is_empty());
-        assert_eq!(p.longest_prefix(&prompt).unwrap().len(), 3);
+        assert!(p.lend_prefix(&other, usize::MAX).unwrap().is_empty());
+        assert_eq!(p.lend_prefix(&prompt, usize::MAX).unwrap().len(), 3);
+        assert_eq!(p.lend_prefix(&prompt, 1).unwrap().len(), 0, "all three are on loan now");
     }
 
     #[test]
