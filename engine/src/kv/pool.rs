@@ -234,7 +234,6 @@ impl BlockPool {
         }
         Ok(block)
     }
-
 }
 
 impl BlockPool {
