@@ -78,7 +78,7 @@ fn socket_options(max_message_bytes: usize, queue_messages: usize) -> zeromq::So
 
 /// The events socket (PUB): small messages, at most `EVENT_QUEUE_MESSAGES` queued in its
 /// fan-out and for each subscriber (a queue's slots are allocated when it is made).
-pub fn events_socket() -> zeromq::PubSocket {
+fn events_socket() -> zeromq::PubSocket {
     zeromq::PubSocket::with_options(socket_options(MAX_EVENTS_MESSAGE_BYTES, EVENT_QUEUE_MESSAGES))
 }
 
