@@ -2,8 +2,10 @@
 //! fetched by another (counted, and the output unchanged); peers that serve corrupt,
 //! truncated, foreign-model or forged blocks, that stall or hang up mid-transfer, are
 //! detected, the prefix is computed instead with the same output, and the bad peer is
-//! left alone for a while; a holder killed mid-transfer costs a recompute, not a hang; a
-//! decode node has a prefill node compute its prompts; an outsider gets no blocks.
+//! left alone for a while — over the block stream and over the bulk path (where forged
+//! records and an unreachable bulk port are added); a holder killed mid-transfer costs a
+//! recompute, not a hang; a decode node has a prefill node compute its prompts; an
+//! outsider gets no blocks.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,7 +20,10 @@ use pyagent_node::config::Config;
 use pyagent_node::inference::{InferRequest, Target};
 use pyagent_node::serving::{ModelWorker, Prompt, ServeConfig};
 use pyagent_protocol::InferenceRole;
-use pyagent_protocol::kv::{KV_PROTOCOL, KvFrameKind, KvRequest, frame_header};
+use pyagent_node::kv::bulk::{BulkListener, RecordSealer};
+use pyagent_node::kv::transfer::{Fetched, Path as Via};
+use pyagent_protocol::kv::{BulkOffer, KV_PROTOCOL, KvFrameKind, KvRequest, frame_header};
+use tokio::io::AsyncWriteExt as _;
 
 use crate::openai_api::tiny_chat_model;
 use crate::support::{self, Opts, wait_until};
@@ -127,6 +132,7 @@ async fn a_prefix_computed_on_one_peer_is_fetched_by_another_and_changes_nothing
     same_output(&fetched, &reference, "fetched prefix");
     let (bs, as_) = (b.kv().stats(), a.kv().stats());
     assert_eq!(bs.blocks_fetched, blocks as u64, "{bs:?}");
+    assert_eq!(bs.blocks_fetched_bulk, blocks as u64, "the bulk path carried them: {bs:?}");
     assert_eq!(as_.blocks_served, blocks as u64, "{as_:?}");
     assert_eq!((bs.fetch_failures, bs.fallbacks, bs.bad_blocks), (0, 0, 0), "{bs:?}");
 
@@ -182,7 +188,7 @@ async fn blocks_a_full_pool_drops_are_offloaded_to_a_peer_and_fetched_back_uncha
 }
 
 /// How a hostile peer spoils the block at [`SPOILED`] of each answer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Spoil {
     /// One byte of the data flipped (the checksum no longer holds).
     Corrupt,
@@ -198,6 +204,58 @@ enum Spoil {
     Stall,
     /// The stream is closed mid-answer.
     HangUp,
+    /// Bulk path only: the record is sealed with another key.
+    ForgedRecord,
+    /// Bulk path only: a record's sealed bytes flipped in flight.
+    TamperedRecord,
+}
+
+/// How the hostile peer answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Over {
+    /// Over the block stream, whatever was asked.
+    Stream,
+    /// Over its bulk path when asked for it.
+    Bulk,
+    /// It offers the bulk path on a port where nothing listens, then answers plain
+    /// fetches over the stream, unspoiled.
+    UnreachableBulk,
+}
+
+/// Where the hostile peer writes its answer frames.
+enum FakeSink<'a> {
+    Stream(&'a mut libp2p::Stream),
+    Bulk(tokio::net::TcpStream, RecordSealer),
+}
+
+impl FakeSink<'_> {
+    async fn send(&mut self, kind: KvFrameKind, bytes: &[u8], spoil: Option<Spoil>) -> bool {
+        match self {
+            Self::Stream(stream) => stream.write_all(&frame_header(kind, bytes.len())).await.is_ok() && stream.write_all(bytes).await.is_ok(),
+            Self::Bulk(tcp, sealer) => {
+                let mut record = Vec::new();
+                match spoil {
+                    Some(Spoil::ForgedRecord) => RecordSealer::new(&[0x5A; 32]).unwrap().seal(kind, bytes, &mut record).unwrap(),
+                    _ => sealer.seal(kind, bytes, &mut record).unwrap(),
+                }
+                if spoil == Some(Spoil::TamperedRecord) {
+                    record[1000] ^= 0x01;
+                }
+                tcp.write_all(&record).await.is_ok()
+            }
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Self::Stream(stream) => {
+                let _ = stream.close().await;
+            }
+            Self::Bulk(mut tcp, ..) => {
+                let _ = tcp.shutdown().await;
+            }
+        }
+    }
 }
 
 const SPOILED: usize = 3;
@@ -206,16 +264,16 @@ const SPOILED: usize = 3;
 /// the requests it gets.
 /// A holder that has run `prefix` and serves it spoiled by `spoil` (its requests
 /// counted), and a node `victim` that sees the holder's blocks.
-async fn spoiled_holder(dir: &Path, model: &Path, (holder, victim): (&str, &str), prefix: &[u32], spoil: Spoil) -> (Node, Arc<AtomicUsize>, Node) {
+async fn spoiled_holder(dir: &Path, model: &Path, (holder, victim): (&str, &str), prefix: &[u32], spoil: Spoil, over: Over) -> (Node, Arc<AtomicUsize>, Node) {
     let mut bad = node(dir, holder, model, &[]).await;
     run_here(&bad, prefix).await;
-    let asked = serve_spoiled(&mut bad, spoil).await;
+    let asked = serve_spoiled(&mut bad, spoil, over).await;
     let victim = node(dir, victim, model, &[&bad]).await;
     sees_blocks(&victim, &bad, model_id(&bad), prefix, prefix.len() / BLOCK_TOKENS).await;
     (bad, asked, victim)
 }
 
-async fn serve_spoiled(holder: &mut Node, spoil: Spoil) -> Arc<AtomicUsize> {
+async fn serve_spoiled(holder: &mut Node, spoil: Spoil, over: Over) -> Arc<AtomicUsize> {
     holder.stop_serving_kv_blocks();
     let mut control = holder.inference().control();
     let mut incoming = loop {
@@ -227,48 +285,74 @@ async fn serve_spoiled(holder: &mut Node, spoil: Spoil) -> Arc<AtomicUsize> {
     let pool = holder.model().unwrap().pool().clone();
     let asked = Arc::new(AtomicUsize::new(0));
     let counter = asked.clone();
+    let (bulk, _) = BulkListener::start(std::net::IpAddr::from([127, 0, 0, 1])).unwrap();
     tokio::spawn(async move {
         while let Some((_, mut stream)) = incoming.next().await {
             counter.fetch_add(1, Ordering::SeqCst);
-            let pool = pool.clone();
+            let (pool, bulk) = (pool.clone(), bulk.clone());
             tokio::spawn(async move {
                 let mut len = [0u8; 4];
                 stream.read_exact(&mut len).await.unwrap();
                 let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
                 stream.read_exact(&mut body).await.unwrap();
-                let Ok(KvRequest::Fetch { hashes, .. }) = pyagent_protocol::decode::<KvRequest>(&body, 1 << 16) else { return };
+                let (hashes, asked_bulk) = match pyagent_protocol::decode::<KvRequest>(&body, 1 << 16) {
+                    Ok(KvRequest::Fetch { hashes, .. }) => (hashes, false),
+                    Ok(KvRequest::FetchBulk { hashes, .. }) => (hashes, true),
+                    _ => return,
+                };
+                let mut sink = match over {
+                    Over::Bulk if asked_bulk => {
+                        let (offer, handoff) = bulk.offer(Duration::from_secs(5)).unwrap();
+                        stream.write_all(&frame_header(KvFrameKind::Bulk, 66)).await.unwrap();
+                        stream.write_all(&offer.to_bytes()).await.unwrap();
+                        let Some(tcp) = handoff.connection(Duration::from_secs(5)).await else { return };
+                        FakeSink::Bulk(tcp, RecordSealer::new(&offer.key).unwrap())
+                    }
+                    Over::UnreachableBulk if asked_bulk => {
+                        let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                        let port = nobody.local_addr().unwrap().port();
+                        drop(nobody);
+                        let offer = BulkOffer { port, token: [1; 32], key: [2; 32] };
+                        stream.write_all(&frame_header(KvFrameKind::Bulk, 66)).await.unwrap();
+                        stream.write_all(&offer.to_bytes()).await.unwrap();
+                        let _ = stream.close().await;
+                        return;
+                    }
+                    _ => FakeSink::Stream(&mut stream),
+                };
+                let spoil = (over != Over::UnreachableBulk).then_some(spoil);
                 for (i, hash) in hashes.iter().enumerate() {
                     let block = pool.lock().peek(&BlockHash(*hash)).unwrap().unwrap();
                     let mut bytes = block.export();
-                    if i == SPOILED {
-                        match spoil {
-                            Spoil::Corrupt => bytes[500] ^= 0x40,
-                            Spoil::Truncated => bytes.truncate(bytes.len() - 100),
-                            Spoil::ForeignModel => bytes = KvBlock::new(ModelId::of(b"another model"), block.parent, block.tokens, block.layout, block.data()).unwrap().export(),
-                            Spoil::Forged => {
-                                let mut forged = (*block).clone();
-                                forged.hash = BlockHash([7; 32]);
-                                bytes = forged.export();
-                            }
-                            Spoil::Swapped => {
-                                let mut tokens = block.tokens;
-                                tokens[0] = tokens[0].wrapping_add(1);
-                                bytes = KvBlock::new(block.model, block.parent, tokens, block.layout, block.data()).unwrap().export();
-                            }
-                            Spoil::Stall => {
-                                tokio::time::sleep(Duration::from_secs(3600)).await;
-                            }
-                            Spoil::HangUp => {
-                                let _ = stream.close().await;
-                                return;
-                            }
+                    let spoiled = if i == SPOILED { spoil } else { None };
+                    match spoiled {
+                        None | Some(Spoil::ForgedRecord | Spoil::TamperedRecord) => {}
+                        Some(Spoil::Corrupt) => bytes[500] ^= 0x40,
+                        Some(Spoil::Truncated) => bytes.truncate(bytes.len() - 100),
+                        Some(Spoil::ForeignModel) => bytes = KvBlock::new(ModelId::of(b"another model"), block.parent, block.tokens, block.layout, block.data()).unwrap().export(),
+                        Some(Spoil::Forged) => {
+                            let mut forged = (*block).clone();
+                            forged.hash = BlockHash([7; 32]);
+                            bytes = forged.export();
+                        }
+                        Some(Spoil::Swapped) => {
+                            let mut tokens = block.tokens;
+                            tokens[0] = tokens[0].wrapping_add(1);
+                            bytes = KvBlock::new(block.model, block.parent, tokens, block.layout, block.data()).unwrap().export();
+                        }
+                        Some(Spoil::Stall) => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                        }
+                        Some(Spoil::HangUp) => {
+                            sink.close().await;
+                            return;
                         }
                     }
-                    if stream.write_all(&frame_header(KvFrameKind::Block, bytes.len())).await.is_err() || stream.write_all(&bytes).await.is_err() {
+                    if !sink.send(KvFrameKind::Block, &bytes, spoiled).await {
                         return;
                     }
                 }
-                let _ = stream.close().await;
+                sink.close().await;
             });
         }
     });
@@ -283,9 +367,11 @@ async fn bad_blocks_and_broken_transfers_are_recomputed_with_the_same_output_and
     let mut prompt = prefix.clone();
     prompt.extend(tokens(20, 4));
     let reference = cold(&model, &prompt).await;
-    for (n, spoil) in [Spoil::Corrupt, Spoil::Truncated, Spoil::ForeignModel, Spoil::Forged, Spoil::Swapped, Spoil::Stall, Spoil::HangUp].into_iter().enumerate() {
-        let what = format!("{spoil:?}");
-        let (bad, asked, victim) = spoiled_holder(dir.path(), &model, (&format!("bad{n}"), &format!("victim{n}")), &prefix, spoil).await;
+    let over_stream = [Spoil::Corrupt, Spoil::Truncated, Spoil::ForeignModel, Spoil::Forged, Spoil::Swapped, Spoil::Stall, Spoil::HangUp].map(|s| (s, Over::Stream));
+    let over_bulk = [Spoil::ForgedRecord, Spoil::TamperedRecord, Spoil::Corrupt, Spoil::Forged, Spoil::Stall, Spoil::HangUp].map(|s| (s, Over::Bulk));
+    for (n, (spoil, over)) in over_stream.into_iter().chain(over_bulk).enumerate() {
+        let what = format!("{spoil:?} over {over:?}");
+        let (bad, asked, victim) = spoiled_holder(dir.path(), &model, (&format!("bad{n}"), &format!("victim{n}")), &prefix, spoil, over).await;
         let started = std::time::Instant::now();
         let out = run_here(&victim, &prompt).await;
         assert!(started.elapsed() < Duration::from_secs(30), "{what}: no hang ({:?})", started.elapsed());
@@ -294,8 +380,10 @@ async fn bad_blocks_and_broken_transfers_are_recomputed_with_the_same_output_and
         assert_eq!(out.cached_tokens, SPOILED * BLOCK_TOKENS, "{what}");
         let stats = victim.kv().stats();
         assert_eq!((stats.blocks_fetched, stats.fetch_failures, stats.fallbacks), (SPOILED as u64, 1, 1), "{what}: {stats:?}");
-        let expect_bad = matches!(spoil, Spoil::Corrupt | Spoil::Truncated | Spoil::ForeignModel | Spoil::Forged | Spoil::Swapped);
+        let expect_bad = !matches!(spoil, Spoil::Stall | Spoil::HangUp);
         assert_eq!(stats.bad_blocks, u64::from(expect_bad), "{what}: {stats:?}");
+        let bulk = if over == Over::Bulk { SPOILED as u64 } else { 0 };
+        assert_eq!(stats.blocks_fetched_bulk, bulk, "{what}: {stats:?}");
         // A second request with the same prefix does not go back to the bad peer.
         let mut other = prefix.clone();
         other.extend(tokens(24, 5));
@@ -307,6 +395,46 @@ async fn bad_blocks_and_broken_transfers_are_recomputed_with_the_same_output_and
         victim.shutdown().await;
         bad.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_bulk_port_or_a_holder_without_one_costs_nothing_but_the_bulk_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(model) = tiny_chat_model(dir.path()) else { return };
+    let (prefix, later) = (tokens(160, 12), tokens(160, 13));
+    let (holder, asked, victim) = spoiled_holder(dir.path(), &model, ("holder", "victim"), &prefix, Spoil::Corrupt, Over::UnreachableBulk).await;
+    let blocks = prefix.len() / BLOCK_TOKENS;
+    let mut prompt = prefix.clone();
+    prompt.extend(tokens(20, 14));
+    let out = run_here(&victim, &prompt).await;
+    same_output(&out, &cold(&model, &prompt).await, "bulk port unreachable");
+    assert_eq!(out.cached_tokens, blocks * BLOCK_TOKENS, "every block came over the stream instead");
+    let stats = victim.kv().stats();
+    assert_eq!((stats.blocks_fetched, stats.blocks_fetched_bulk, stats.fetch_failures, stats.fallbacks), (blocks as u64, 0, 0, 0), "{stats:?}");
+    assert_eq!(asked.load(Ordering::SeqCst), 2, "the bulk request, then a plain one");
+    // The holder is not offered the bulk path again for a while: one plain request.
+    run_here(&holder, &later).await;
+    sees_blocks(&victim, &holder, model_id(&holder), &later, blocks).await;
+    let mut prompt = later.clone();
+    prompt.extend(tokens(20, 15));
+    assert_eq!(run_here(&victim, &prompt).await.cached_tokens, blocks * BLOCK_TOKENS);
+    assert_eq!(asked.load(Ordering::SeqCst), 3);
+    victim.shutdown().await;
+    holder.shutdown().await;
+
+    // A holder with the bulk path off answers bulk requests over the stream.
+    let plain = start(dir.path(), "plain", &model, &[], |c| c.inference.kv_bulk = false).await;
+    run_here(&plain, &prefix).await;
+    let asker = node(dir.path(), "asker", &model, &[&plain]).await;
+    sees_blocks(&asker, &plain, model_id(&plain), &prefix, blocks).await;
+    let mut prompt = prefix.clone();
+    prompt.extend(tokens(20, 16));
+    let out = run_here(&asker, &prompt).await;
+    assert_eq!(out.cached_tokens, blocks * BLOCK_TOKENS);
+    let stats = asker.kv().stats();
+    assert_eq!((stats.blocks_fetched, stats.blocks_fetched_bulk, stats.fetch_failures), (blocks as u64, 0, 0), "{stats:?}");
+    asker.shutdown().await;
+    plain.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -322,8 +450,11 @@ async fn a_peer_outside_the_swarm_gets_no_blocks() {
     let id = model_id(&a);
     let hashes = block_hashes(&id, &prefix);
     let layout = a.model().unwrap().pool().lock().layout();
-    let (got, error) = pyagent_node::kv::transfer::fetch_run(&mut outsider.inference().control(), a.peer_id(), id, layout, &hashes, pyagent_engine::kv::hash::ROOT).await;
+    // Asking for the bulk path changes nothing: no offer goes to an outsider.
+    let loopback = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+    let Fetched { blocks: got, error, path } = pyagent_node::kv::transfer::fetch_run(&mut outsider.inference().control(), a.peer_id(), loopback, id, layout, &hashes, pyagent_engine::kv::hash::ROOT).await;
     assert!(got.is_empty());
+    assert_eq!(path, Via::Stream);
     // Refused by a, or the connection to a closed first (the namespaces differ): either
     // way an error, never blocks.
     let error = error.expect("an outsider's fetch must fail").to_string();
@@ -342,7 +473,7 @@ async fn a_holder_killed_mid_transfer_costs_a_recompute_and_no_hang() {
     prompt.extend(tokens(20, 9));
     let reference = cold(&model, &prompt).await;
     // It answers with the first blocks, then holds the stream until it is killed.
-    let (holder, asked, victim) = spoiled_holder(dir.path(), &model, ("holder", "victim"), &prefix, Spoil::Stall).await;
+    let (holder, asked, victim) = spoiled_holder(dir.path(), &model, ("holder", "victim"), &prefix, Spoil::Stall, Over::Stream).await;
     let started = std::time::Instant::now();
     let kill = async {
         wait_until("the holder is asked", Duration::from_secs(20), || async { asked.load(Ordering::SeqCst) > 0 }).await;

@@ -287,7 +287,8 @@ impl Node {
         let p2p_addrs = task.listen_addrs();
         let router_task = tokio::spawn(task.run());
         let executor = crate::inference::executor::start(streams.clone(), models.clone(), client.clone());
-        let (kv, kv_server) = crate::kv::KvExchange::start(peer_id, streams.clone(), &models, client.clone(), settings.kv_fetch, settings.role, kv_counters);
+        let kv_settings = crate::kv::KvSettings { fetch: settings.kv_fetch, role: settings.role, bulk: settings.kv_bulk.then_some(settings.listen_ip) };
+        let (kv, kv_server) = crate::kv::KvExchange::start(peer_id, streams.clone(), &models, client.clone(), kv_settings, kv_counters);
         let inference = crate::inference::Inference::new(peer_id, models.clone(), client.clone(), streams).with_kv(kv.clone());
         // From here on, a failure must stop the router again.
         let rest = async {

@@ -17,6 +17,20 @@
 //! requester checks each one against its checksum, layout, size and the hash it asked for
 //! before importing it.
 //!
+//! **Bulk path** ([`KvRequest::FetchBulk`]): an encrypted libp2p stream moves blocks at
+//! the speed of its cipher and framing (ChaCha20-Poly1305 in small Noise messages, Yamux
+//! frames), well below what the machines' TCP can carry. So a server with a bulk listener
+//! may answer a `FetchBulk` with one `Bulk` frame, a [`BulkOffer`]: a TCP port, a one-time
+//! 32-byte token and a fresh AES-256-GCM key, all sent inside the authenticated stream.
+//! The requester opens a plain TCP connection to that port at the address it reached the
+//! server at, writes the token, and reads the answer there instead: each frame as on the
+//! stream (header and payload) sealed as one record — a 4-byte big-endian length, then
+//! the frame sealed with the offer's key, nonce [`bulk_nonce`] of the record's number, no
+//! associated data, ending in the 16-byte tag. A record that does not open is a bad
+//! frame; every block is then checked as on the stream. The stream stays open until the
+//! answer ends; an unknown or late token gets the connection closed. A requester that
+//! cannot reach the port fetches over the stream (`Fetch`) instead.
+//!
 //! **Offload**: a node short of KV memory writes [`KvRequest::Push`] and then the blocks
 //! it would drop, as `Block` frames, to a peer that advertises free KV memory; the peer
 //! checks each one and keeps it, and its summary then advertises it, so the node fetches
@@ -182,6 +196,10 @@ pub enum KvRequest {
     /// Compute the KV blocks of `tokens` (whole blocks of a prompt's start, at most
     /// [`MAX_PREFILL_TOKENS`]) and answer with blocks `from..` of them, as for a `Fetch`.
     Prefill { model_id: [u8; 32], tokens: Vec<u32>, from: u32 },
+    /// As `Fetch`, and the server may move the blocks over its bulk path: it answers
+    /// either as for a `Fetch` or with one [`KvFrameKind::Bulk`] frame (a [`BulkOffer`]),
+    /// after which the blocks come over that connection instead (see the module docs).
+    FetchBulk { model_id: [u8; 32], hashes: Vec<[u8; 32]> },
 }
 
 /// Why a request is refused before it is served.
@@ -200,9 +218,9 @@ pub enum KvRequestError {
 impl KvRequest {
     pub fn validate(&self) -> Result<(), KvRequestError> {
         match self {
-            Self::Fetch { hashes, .. } if hashes.is_empty() => Err(KvRequestError::Empty),
-            Self::Fetch { hashes, .. } if hashes.len() > MAX_FETCH_BLOCKS => Err(KvRequestError::TooMany(hashes.len())),
-            Self::Fetch { .. } => Ok(()),
+            Self::Fetch { hashes, .. } | Self::FetchBulk { hashes, .. } if hashes.is_empty() => Err(KvRequestError::Empty),
+            Self::Fetch { hashes, .. } | Self::FetchBulk { hashes, .. } if hashes.len() > MAX_FETCH_BLOCKS => Err(KvRequestError::TooMany(hashes.len())),
+            Self::Fetch { .. } | Self::FetchBulk { .. } => Ok(()),
             Self::Push { blocks: 0, .. } => Err(KvRequestError::Empty),
             Self::Push { blocks, .. } if *blocks as usize > MAX_FETCH_BLOCKS => Err(KvRequestError::TooMany(*blocks as usize)),
             Self::Push { .. } => Ok(()),
@@ -226,6 +244,9 @@ pub enum KvFrameKind {
     Missing,
     /// The request is refused; the payload says why (UTF-8).
     Refused,
+    /// The answer to a `FetchBulk` moves to the bulk path: the payload is a [`BulkOffer`]
+    /// ([`BULK_OFFER_BYTES`]).
+    Bulk,
 }
 
 /// Bytes before an answer frame's payload: kind, then length.
@@ -237,6 +258,7 @@ impl KvFrameKind {
             Self::Block => 1,
             Self::Missing => 2,
             Self::Refused => 3,
+            Self::Bulk => 4,
         }
     }
 
@@ -245,9 +267,72 @@ impl KvFrameKind {
             1 => Some(Self::Block),
             2 => Some(Self::Missing),
             3 => Some(Self::Refused),
+            4 => Some(Self::Bulk),
             _ => None,
         }
     }
+}
+
+/// Bytes of a [`BulkOffer`] on the wire: port, token, key.
+pub const BULK_OFFER_BYTES: usize = 2 + 32 + 32;
+/// Bytes of a bulk record's length, before the sealed frame.
+pub const BULK_RECORD_HEADER: usize = 4;
+/// Bytes of the AES-256-GCM tag that ends each bulk record.
+pub const BULK_TAG_BYTES: usize = 16;
+
+/// Where and how a `FetchBulk` answer goes on: the TCP port of the server's bulk listener
+/// (on the address the requester reached it at), the one-time token the requester writes
+/// first on that connection, and the AES-256-GCM key the records are sealed with. Sent
+/// only over the authenticated, encrypted block stream; each offer is used once.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BulkOffer {
+    pub port: u16,
+    pub token: [u8; 32],
+    pub key: [u8; 32],
+}
+
+impl std::fmt::Debug for BulkOffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token and key are secrets.
+        f.debug_struct("BulkOffer").field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+impl BulkOffer {
+    pub fn to_bytes(&self) -> [u8; BULK_OFFER_BYTES] {
+        let mut b = [0u8; BULK_OFFER_BYTES];
+        b[..2].copy_from_slice(&self.port.to_be_bytes());
+        b[2..34].copy_from_slice(&self.token);
+        b[34..].copy_from_slice(&self.key);
+        b
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Result<Self, KvFrameError> {
+        if b.len() != BULK_OFFER_BYTES {
+            return Err(KvFrameError::Offer(b.len()));
+        }
+        let port = u16::from_be_bytes([b[0], b[1]]);
+        if port == 0 {
+            return Err(KvFrameError::OfferPort);
+        }
+        let (mut token, mut key) = ([0u8; 32], [0u8; 32]);
+        token.copy_from_slice(&b[2..34]);
+        key.copy_from_slice(&b[34..]);
+        Ok(Self { port, token, key })
+    }
+}
+
+/// The 96-bit AES-GCM nonce of bulk record `n` (from 0): four zero bytes, then `n`
+/// big-endian. A key seals one connection's records only, so no nonce repeats.
+pub fn bulk_nonce(n: u64) -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&n.to_be_bytes());
+    nonce
+}
+
+/// Largest sealed part of a bulk record whose frame payload is at most `max` bytes.
+pub fn max_bulk_record(max: usize) -> usize {
+    KV_FRAME_HEADER + max.min(MAX_KV_FRAME_BYTES) + BULK_TAG_BYTES
 }
 
 /// An answer frame's header.
@@ -263,6 +348,10 @@ pub enum KvFrameError {
     Kind(u8),
     #[error("a frame of {0} bytes, limit {1}")]
     TooLarge(usize, usize),
+    #[error("a bulk offer of {0} bytes; one is {BULK_OFFER_BYTES}")]
+    Offer(usize),
+    #[error("a bulk offer of port 0")]
+    OfferPort,
 }
 
 /// Reads a header; `max` bounds the payload (the size of one block of the model asked for).
@@ -350,5 +439,30 @@ mod tests {
         assert_eq!(parse_header(frame_header(KvFrameKind::Block, 1001), 1000), Err(KvFrameError::TooLarge(1001, 1000)));
         assert_eq!(parse_header([9, 0, 0, 0, 0], 10), Err(KvFrameError::Kind(9)));
         assert_eq!(parse_header([1, 0xff, 0xff, 0xff, 0xff], usize::MAX), Err(KvFrameError::TooLarge(u32::MAX as usize, MAX_KV_FRAME_BYTES)));
+        let bulk = |n: usize| KvRequest::FetchBulk { model_id: [0; 32], hashes: vec![[0; 32]; n] };
+        assert_eq!(bulk(0).validate(), Err(KvRequestError::Empty));
+        assert_eq!(bulk(MAX_FETCH_BLOCKS + 1).validate(), Err(KvRequestError::TooMany(MAX_FETCH_BLOCKS + 1)));
+        assert_eq!(bulk(MAX_FETCH_BLOCKS).validate(), Ok(()));
+    }
+
+    #[test]
+    fn bulk_offers_round_trip_and_malformed_ones_are_refused() {
+        let offer = BulkOffer { port: 40_123, token: [3; 32], key: [9; 32] };
+        let bytes = offer.to_bytes();
+        assert_eq!(BulkOffer::from_bytes(&bytes), Ok(offer.clone()));
+        assert_eq!(BulkOffer::from_bytes(&bytes[..65]), Err(KvFrameError::Offer(65)));
+        assert_eq!(BulkOffer::from_bytes(&[bytes.as_slice(), &[0]].concat()), Err(KvFrameError::Offer(67)));
+        let mut zero_port = bytes;
+        zero_port[..2].copy_from_slice(&[0, 0]);
+        assert_eq!(BulkOffer::from_bytes(&zero_port), Err(KvFrameError::OfferPort));
+        // Secrets stay out of logs.
+        let shown = format!("{offer:?}");
+        assert!(shown.contains("40123") && !shown.contains("[3,") && !shown.contains("9, 9"), "{shown}");
+        assert_eq!(KvFrameKind::from_byte(KvFrameKind::Bulk.byte()), Some(KvFrameKind::Bulk));
+        // Nonces differ per record and never wrap within a connection's life.
+        assert_ne!(bulk_nonce(0), bulk_nonce(1));
+        assert_eq!(&bulk_nonce(u64::MAX)[..4], &[0; 4]);
+        assert_eq!(max_bulk_record(1000), 1000 + KV_FRAME_HEADER + BULK_TAG_BYTES);
+        assert_eq!(max_bulk_record(usize::MAX), MAX_KV_FRAME_BYTES + KV_FRAME_HEADER + BULK_TAG_BYTES);
     }
 }

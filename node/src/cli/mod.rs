@@ -357,6 +357,10 @@ pub struct NodeArgs {
     /// Compute every prompt prefix here instead of fetching the KV blocks peers hold.
     #[arg(long)]
     pub no_kv_fetch: bool,
+    /// Move KV blocks over libp2p streams only, not over the bulk path (a TCP port
+    /// beside libp2p, records sealed with AES-256-GCM).
+    #[arg(long)]
+    pub no_kv_bulk: bool,
     /// This node's part in serving: prefill (computes prompts' KV blocks for decode
     /// nodes), decode (runs requests, prompts prefilled by a prefill node when there is
     /// one) or both [default: both].
@@ -407,6 +411,7 @@ impl NodeArgs {
             models: (!self.model.is_empty()).then(|| self.model.clone()),
             provider: self.provider,
             kv_fetch: self.no_kv_fetch.then_some(false),
+            kv_bulk: self.no_kv_bulk.then_some(false),
             role: self.role,
             kv_host_mb: self.kv_host_mb,
             lookahead: self.lookahead,

@@ -149,8 +149,9 @@ pub fn render_status(s: &StatusResult) -> String {
         (
             "kv blocks",
             format!(
-                "{} fetched, {} served, {} fetch failures ({} bad blocks), {} prefixes partly computed instead, {} offloaded, {} kept for peers, {} prefilled by peers, {} prompts prefilled for peers",
+                "{} fetched ({} over the bulk path), {} served, {} fetch failures ({} bad blocks), {} prefixes partly computed instead, {} offloaded, {} kept for peers, {} prefilled by peers, {} prompts prefilled for peers",
                 s.kv.blocks_fetched,
+                s.kv.blocks_fetched_bulk,
                 s.kv.blocks_served,
                 s.kv.fetch_failures,
                 s.kv.bad_blocks,

@@ -27,6 +27,7 @@ pub struct Overrides {
     pub models: Option<Vec<PathBuf>>,
     pub provider: Option<super::ProviderChoice>,
     pub kv_fetch: Option<bool>,
+    pub kv_bulk: Option<bool>,
     pub role: Option<pyagent_protocol::InferenceRole>,
     pub kv_host_mb: Option<u64>,
     pub lookahead: Option<usize>,
@@ -53,6 +54,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PYAGENT_MODELS", "inference.models (comma-separated directories)"),
     ("PYAGENT_PROVIDER", "inference.provider (auto/cpu/cuda)"),
     ("PYAGENT_KV_FETCH", "inference.kv_fetch (true/false)"),
+    ("PYAGENT_KV_BULK", "inference.kv_bulk (true/false)"),
     ("PYAGENT_ROLE", "inference.role (prefill, decode or both)"),
     ("PYAGENT_KV_HOST_MB", "inference.kv_host_mb"),
     ("PYAGENT_LOOKAHEAD", "inference.lookahead (0 = none)"),
@@ -130,6 +132,7 @@ impl Overrides {
                 })
                 .transpose()?,
             kv_fetch: parse_env_bool(&vars, "PYAGENT_KV_FETCH")?,
+            kv_bulk: parse_env_bool(&vars, "PYAGENT_KV_BULK")?,
             role: parse_env(&vars, "PYAGENT_ROLE")?,
             kv_host_mb: parse_env(&vars, "PYAGENT_KV_HOST_MB")?,
             lookahead: parse_env(&vars, "PYAGENT_LOOKAHEAD")?,

@@ -19,6 +19,12 @@ pub struct InferenceConfig {
     /// Before prefill, fetch the prompt's prefix blocks from peers that hold them (the
     /// swarm's KV exchange). Off: compute every prefix here (blocks are still served).
     pub kv_fetch: bool,
+    /// Move fetched blocks over the bulk path: a plain TCP port (any free one, on the p2p
+    /// listen address) next to libp2p, its records sealed with AES-256-GCM under a key
+    /// agreed inside the encrypted stream; several times less CPU per byte than the
+    /// stream. Off: blocks move over libp2p streams only (a firewall that allows only
+    /// the p2p port needs nothing: an unreachable bulk port falls back to the stream).
+    pub kv_bulk: bool,
     /// This node's part in serving: `both` (default) runs whole requests; `decode` runs
     /// requests and has a `prefill` peer compute their prompts' KV blocks when one is
     /// there; `prefill` computes prompts for decode peers and gets requests only when no
@@ -54,6 +60,7 @@ impl Default for InferenceConfig {
             ort_lib: None,
             kv_host_mb: 256,
             kv_fetch: true,
+            kv_bulk: true,
             role: pyagent_protocol::InferenceRole::Both,
             provider: ProviderChoice::Auto,
             lookahead: pyagent_engine::infer::LOOKAHEAD,

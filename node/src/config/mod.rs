@@ -245,6 +245,7 @@ impl Config {
         set(&mut self.inference.models, o.models);
         set(&mut self.inference.provider, o.provider);
         set(&mut self.inference.kv_fetch, o.kv_fetch);
+        set(&mut self.inference.kv_bulk, o.kv_bulk);
         set(&mut self.inference.role, o.role);
         set(&mut self.inference.kv_host_mb, o.kv_host_mb);
         set(&mut self.inference.lookahead, o.lookahead);
@@ -365,6 +366,7 @@ impl Config {
             ort_lib: self.inference.ort_lib.clone(),
             kv_host_bytes: self.inference.kv_host_mb << 20,
             kv_fetch: self.inference.kv_fetch,
+            kv_bulk: self.inference.kv_bulk,
             role: self.inference.role,
             lookahead: self.inference.lookahead,
             protocol_versions: VersionRange::SUPPORTED,
@@ -452,6 +454,8 @@ pub struct Settings {
     pub kv_host_bytes: u64,
     /// Fetch prompt prefixes from peers that hold them before prefill.
     pub kv_fetch: bool,
+    /// Move fetched KV blocks over the bulk path (a TCP port beside libp2p).
+    pub kv_bulk: bool,
     /// `--role`: prefill, decode or both.
     pub role: pyagent_protocol::InferenceRole,
     /// Guesses per decode pass at most (`inference.lookahead`).

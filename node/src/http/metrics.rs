@@ -96,7 +96,7 @@ impl Default for Metrics {
         );
         registry.register(
             "kv_exchange",
-            "KV blocks between peers (this run), by what: blocks_fetched, bytes_fetched, blocks_served, bytes_served, fetch_failures, bad_blocks, fallbacks (prefixes partly computed instead), blocks_offloaded, blocks_kept_for_peers, prefills_served, blocks_prefilled_by_peers, fetch_bytes_per_second",
+            "KV blocks between peers (this run), by what: blocks_fetched, bytes_fetched, blocks_fetched_bulk (of those, over the bulk path), blocks_served, bytes_served, fetch_failures, bad_blocks, fallbacks (prefixes partly computed instead), blocks_offloaded, blocks_kept_for_peers, prefills_served, blocks_prefilled_by_peers, fetch_bytes_per_second",
             m.exchange.clone(),
         );
         registry.register("connected_peers", "Peers with an open connection", m.peers.clone());
@@ -159,6 +159,7 @@ pub(super) async fn render(State(state): State<Arc<AppState>>) -> Response {
         let values = [
             ("blocks_fetched", s.blocks_fetched as i64),
             ("bytes_fetched", s.bytes_fetched as i64),
+            ("blocks_fetched_bulk", s.blocks_fetched_bulk as i64),
             ("blocks_served", s.blocks_served as i64),
             ("bytes_served", s.bytes_served as i64),
             ("fetch_failures", s.fetch_failures as i64),

@@ -37,16 +37,29 @@
 //! advertised rate (at most [`transfer::MAX_PREFILL_DEADLINE`]) it computes the rest
 //! itself. `both` (the default) does each part itself.
 //!
+//! **Bulk path** (on unless `--no-kv-bulk`): a fetch asks for it (`FetchBulk`); a holder
+//! with a bulk listener (any free TCP port on the p2p listen address) answers with a
+//! one-time token and AES-256-GCM key inside the stream, and the blocks come over a
+//! plain TCP connection to that port, sealed in one record per block — about as fast as
+//! the machines' TCP and AES, where the stream's Noise ChaCha20-Poly1305 and Yamux frames
+//! cost several times more CPU per byte. Blocks are checked the same way either path. A
+//! holder whose bulk port cannot be reached (a firewall) is fetched from over the stream,
+//! and not offered the bulk path again for [`BULK_UNREACHABLE_FOR`].
+//!
 //! - [`credit`]: what placement credits a candidate with; which prefill peer (pure).
 //! - [`plan`]: which peer serves which blocks (pure).
 //! - [`transfer`]: the stream protocol, both sides.
+//! - [`bulk`]: the bulk path's listener, connection and sealed records.
 
+pub mod bulk;
 pub mod credit;
 pub mod plan;
 pub mod transfer;
 
 pub use credit::{Credit, credits};
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,12 +81,17 @@ const _: () = assert!(pyagent_protocol::kv::BLOCK_TOKENS == BLOCK_TOKENS);
 pub const FETCH_DEADLINE: Duration = Duration::from_secs(10);
 /// Transfer rate assumed before any fetch was measured (bytes/s): a conservative LAN.
 pub const DEFAULT_FETCH_RATE: f64 = 100e6;
+/// How long a peer whose bulk port could not be reached is fetched from over the stream
+/// without asking for the bulk path.
+pub const BULK_UNREACHABLE_FOR: Duration = Duration::from_secs(300);
 
 /// What the exchange has done, for `/metrics` and `pyagent status`.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub blocks_fetched: AtomicU64,
     pub bytes_fetched: AtomicU64,
+    /// Of the blocks fetched, those that came over the bulk path.
+    pub blocks_fetched_bulk: AtomicU64,
     pub blocks_served: AtomicU64,
     pub bytes_served: AtomicU64,
     /// Parts of fetches that ended in an error (peer gone, slow, refused, bad block).
@@ -121,6 +139,7 @@ impl Counters {
         KvStats {
             blocks_fetched: get(&self.blocks_fetched),
             bytes_fetched: get(&self.bytes_fetched),
+            blocks_fetched_bulk: get(&self.blocks_fetched_bulk),
             blocks_served: get(&self.blocks_served),
             bytes_served: get(&self.bytes_served),
             fetch_failures: get(&self.fetch_failures),
@@ -159,6 +178,21 @@ struct Inner {
     /// This node's part (`--role`): a decode node has prefill peers compute the blocks
     /// of a prompt that no peer holds.
     role: InferenceRole,
+    /// Fetches ask for the bulk path (`--no-kv-bulk`: never).
+    bulk: bool,
+    /// Peers whose bulk port could not be reached, and since when.
+    bulk_unreachable: Mutex<HashMap<PeerId, Instant>>,
+}
+
+/// How a node takes part in the exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvSettings {
+    /// Workers fetch missing prefixes (`--no-kv-fetch`: off).
+    pub fetch: bool,
+    pub role: InferenceRole,
+    /// The bulk path: listen on this address (the p2p listen address) and ask peers for
+    /// theirs; `None` (`--no-kv-bulk`): blocks go over streams only.
+    pub bulk: Option<IpAddr>,
 }
 
 /// Batches of dropped blocks waiting to be pushed to a peer.
@@ -174,13 +208,40 @@ impl KvExchange {
     /// Serves this node's blocks to members, offloads the blocks its pools drop, and,
     /// when `fetch` is on, makes every worker fetch missing prefixes before prefill. Must run inside the tokio runtime.
     /// `counters` are shared with whoever reports them (`pyagent status`).
-    pub fn start(me: PeerId, control: libp2p_stream::Control, models: &Models, client: NodeClient, fetch: bool, role: InferenceRole, counters: Arc<Counters>) -> (Self, Option<JoinHandle<()>>) {
+    pub fn start(me: PeerId, control: libp2p_stream::Control, models: &Models, client: NodeClient, settings: KvSettings, counters: Arc<Counters>) -> (Self, Option<JoinHandle<()>>) {
+        let KvSettings { fetch, role, bulk } = settings;
         let prefill = role != InferenceRole::Decode;
-        let server = if models.is_empty() { None } else { transfer::serve(control.clone(), models.clone(), client.clone(), counters.clone(), prefill) };
-        let (offload, batches) = tokio::sync::mpsc::channel(OFFLOAD_QUEUE);
-        let exchange = Self {
-            inner: Arc::new(Inner { me, control, client, counters, cooldowns: Mutex::default(), runtime: tokio::runtime::Handle::current(), offload, fetch, role }),
+        let server = if models.is_empty() {
+            None
+        } else {
+            let listener = bulk.and_then(|ip| match bulk::BulkListener::start(ip) {
+                Ok((listener, task)) => {
+                    tracing::debug!(%ip, port = listener.port(), "KV bulk path listening");
+                    Some((listener, task))
+                }
+                Err(e) => {
+                    tracing::warn!(%ip, "KV blocks are served over streams only: cannot listen for the bulk path: {e}");
+                    None
+                }
+            });
+            let listener = listener.map_or((None, None), |(l, t)| (Some(l), Some(t)));
+            transfer::serve(control.clone(), models.clone(), client.clone(), counters.clone(), prefill, listener)
         };
+        let (offload, batches) = tokio::sync::mpsc::channel(OFFLOAD_QUEUE);
+        let inner = Inner {
+            me,
+            control,
+            client,
+            counters,
+            cooldowns: Mutex::default(),
+            runtime: tokio::runtime::Handle::current(),
+            offload,
+            fetch,
+            role,
+            bulk: bulk.is_some(),
+            bulk_unreachable: Mutex::default(),
+        };
+        let exchange = Self { inner: Arc::new(inner) };
         // Ends when the last handle (and with it the sender) is gone.
         tokio::spawn(exchange.clone().offloader(batches));
         models.set_block_source(Arc::new(exchange.clone()));
@@ -272,7 +333,10 @@ impl KvExchange {
             let mut control = self.inner.control.clone();
             let parent = part.range.start.checked_sub(1).map_or(ROOT, |i| hashes[i]);
             let run = &hashes[part.range.clone()];
-            async move { transfer::fetch_run(&mut control, part.peer, model, layout, run, parent).await }
+            async move {
+                let bulk = self.bulk_address(part.peer).await;
+                transfer::fetch_run(&mut control, part.peer, bulk, model, layout, run, parent).await
+            }
         });
         let results = match tokio::time::timeout(FETCH_DEADLINE, futures::future::join_all(runs)).await {
             Ok(results) => results,
@@ -287,17 +351,23 @@ impl KvExchange {
         // The usable prefix: parts in order, up to the first one that came back short.
         let mut blocks = Vec::with_capacity(planned);
         let mut whole = true;
-        for (part, (got, error)) in parts.iter().zip(results) {
-            if let Some(e) = error {
-                self.failed(part.peer, &e);
+        let c = &self.inner.counters;
+        for (part, fetched) in parts.iter().zip(results) {
+            if let Some(e) = &fetched.error {
+                self.failed(part.peer, e);
+            }
+            if fetched.path == transfer::Path::BulkUnreachable {
+                self.inner.bulk_unreachable.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(part.peer, Instant::now());
             }
             if whole {
-                whole = got.len() == part.range.len();
-                blocks.extend(got);
+                whole = fetched.blocks.len() == part.range.len();
+                if fetched.path == transfer::Path::Bulk {
+                    c.blocks_fetched_bulk.fetch_add(fetched.blocks.len() as u64, Ordering::Relaxed);
+                }
+                blocks.extend(fetched.blocks);
             }
         }
         let bytes = (blocks.len() * KvBlock::export_len(&layout)) as u64;
-        let c = &self.inner.counters;
         c.blocks_fetched.fetch_add(blocks.len() as u64, Ordering::Relaxed);
         c.bytes_fetched.fetch_add(bytes, Ordering::Relaxed);
         c.measured(bytes, secs);
@@ -306,6 +376,23 @@ impl KvExchange {
         }
         tracing::debug!(fetched = blocks.len(), planned, ms = (secs * 1e3) as u64, "KV prefix fetched");
         blocks
+    }
+
+    /// Where to reach `peer`'s bulk path (the address of this node's connection to it),
+    /// unless the bulk path is off here or the peer's port was unreachable lately.
+    async fn bulk_address(&self, peer: PeerId) -> Option<IpAddr> {
+        if !self.inner.bulk {
+            return None;
+        }
+        {
+            let mut unreachable = self.inner.bulk_unreachable.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            unreachable.retain(|_, since| now.duration_since(*since) < BULK_UNREACHABLE_FOR);
+            if unreachable.contains_key(&peer) {
+                return None;
+            }
+        }
+        self.inner.client.peer_ip(peer).await.ok().flatten()
     }
 
     /// Pushes batches of dropped blocks to the member with the most free KV memory for

@@ -1,20 +1,28 @@
 //! The block transfer stream protocol (`/pyagent/kv/1`, framing in
 //! `pyagent_protocol::kv`): serving this node's blocks to swarm members (and, on a
 //! prefill node, computing a decode peer's prompt first), and fetching a run of blocks
-//! from one peer with every block checked before it is used.
+//! from one peer with every block checked before it is used — over the stream, or over
+//! the bulk path ([`super::bulk`]) that the stream agrees.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
 use pyagent_engine::kv::{BlockHash, KvBlock, KvLayout, ModelId, block_hashes};
-use pyagent_protocol::kv::{KV_FRAME_HEADER, KV_PROTOCOL, KvFrameKind, KvRequest, MAX_KV_REQUEST_BYTES, frame_header, parse_header};
+use pyagent_protocol::kv::{
+    BULK_RECORD_HEADER, BulkOffer, KV_FRAME_HEADER, KV_PROTOCOL, KvFrameKind, KvRequest, MAX_KV_REQUEST_BYTES, frame_header, max_bulk_record, parse_header,
+};
+use tokio::io::AsyncReadExt as _;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use super::Counters;
+use super::bulk::{self, BulkError, BulkListener, RecordOpener, RecordSealer};
 use crate::inference::frames;
 use crate::p2p::NodeClient;
 use crate::serving::{ModelWorker, Models};
@@ -47,6 +55,8 @@ pub enum FetchError {
     BadBlock { index: usize, reason: String },
     #[error("refused: {0}")]
     Refused(String),
+    #[error("bulk path: {0}")]
+    Bulk(#[from] BulkError),
 }
 
 impl From<std::io::Error> for FetchError {
@@ -58,13 +68,21 @@ impl From<std::io::Error> for FetchError {
 impl FetchError {
     /// The peer misbehaved (as opposed to merely being slow or gone).
     pub fn is_bad_peer(&self) -> bool {
-        matches!(self, Self::Frame(_) | Self::BadBlock { .. })
+        matches!(self, Self::Frame(_) | Self::BadBlock { .. } | Self::Bulk(BulkError::Sealed(_) | BulkError::Short(_)))
     }
 }
 
 /// Starts serving block streams (and prompts to prefill, unless `prefill` is off: a
-/// decode node); abort the handle to stop.
-pub(super) fn serve(mut control: libp2p_stream::Control, models: Models, client: NodeClient, counters: Arc<Counters>, prefill: bool) -> Option<JoinHandle<()>> {
+/// decode node), answering `FetchBulk` over `bulk` when there is one; abort the handle
+/// to stop (the bulk listener's task, `bulk_task`, stops with it).
+pub(super) fn serve(
+    mut control: libp2p_stream::Control,
+    models: Models,
+    client: NodeClient,
+    counters: Arc<Counters>,
+    prefill: bool,
+    (bulk, bulk_task): (Option<BulkListener>, Option<JoinHandle<()>>),
+) -> Option<JoinHandle<()>> {
     let mut incoming = match control.accept(libp2p::StreamProtocol::new(KV_PROTOCOL)) {
         Ok(incoming) => incoming,
         Err(e) => {
@@ -74,8 +92,9 @@ pub(super) fn serve(mut control: libp2p_stream::Control, models: Models, client:
     };
     let permits = Arc::new(Semaphore::new(MAX_SERVED_STREAMS));
     Some(tokio::spawn(async move {
+        let _bulk_task = bulk_task.map(AbortOnDrop);
         while let Some((peer, mut stream)) = incoming.next().await {
-            let (models, client, counters) = (models.clone(), client.clone(), counters.clone());
+            let (models, client, counters, bulk) = (models.clone(), client.clone(), counters.clone(), bulk.clone());
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 tokio::spawn(async move { refuse(&mut stream, &format!("{MAX_SERVED_STREAMS} block streams are being served here")).await });
                 continue;
@@ -83,7 +102,7 @@ pub(super) fn serve(mut control: libp2p_stream::Control, models: Models, client:
             tokio::spawn(async move {
                 let member = client.peers().await.is_ok_and(|peers| peers.iter().any(|p| p.peer_id == peer.to_string()));
                 if member {
-                    if let Err(e) = serve_one(&mut stream, &models, &counters, prefill).await {
+                    if let Err(e) = serve_one(&mut stream, &models, &counters, prefill, bulk.as_ref()).await {
                         tracing::debug!(%peer, "KV block stream ended: {e}");
                     }
                 } else {
@@ -97,6 +116,15 @@ pub(super) fn serve(mut control: libp2p_stream::Control, models: Models, client:
     }))
 }
 
+/// Aborts a task when dropped (with the task that holds it).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn refuse(stream: &mut libp2p::Stream, reason: &str) {
     let reason = &reason.as_bytes()[..reason.len().min(MAX_REASON)];
     let mut frame = frame_header(KvFrameKind::Refused, reason.len()).to_vec();
@@ -108,7 +136,7 @@ async fn refuse(stream: &mut libp2p::Stream, reason: &str) {
     .await;
 }
 
-async fn serve_one(stream: &mut libp2p::Stream, models: &Models, counters: &Counters, prefill: bool) -> Result<(), FetchError> {
+async fn serve_one(stream: &mut libp2p::Stream, models: &Models, counters: &Counters, prefill: bool, bulk: Option<&BulkListener>) -> Result<(), FetchError> {
     let request = match tokio::time::timeout(OPEN_DEADLINE, frames::read::<_, KvRequest>(stream, MAX_KV_REQUEST_BYTES)).await {
         Ok(Ok(Some(request))) => request,
         Ok(Ok(None)) => return Ok(()),
@@ -125,8 +153,9 @@ async fn serve_one(stream: &mut libp2p::Stream, models: &Models, counters: &Coun
         refuse(stream, &e.to_string()).await;
         return Err(FetchError::Frame(e.to_string()));
     }
-    let (model_id, hashes) = match request {
-        KvRequest::Fetch { model_id, hashes } => (model_id, hashes.into_iter().map(BlockHash).collect()),
+    let (model_id, hashes, bulk) = match request {
+        KvRequest::Fetch { model_id, hashes } => (model_id, hashes.into_iter().map(BlockHash).collect(), None),
+        KvRequest::FetchBulk { model_id, hashes } => (model_id, hashes.into_iter().map(BlockHash).collect(), bulk),
         KvRequest::Push { model_id, blocks } => return keep_pushed(stream, models, ModelId(model_id), blocks as usize, counters).await,
         KvRequest::Prefill { .. } if !prefill => {
             refuse(stream, "this node decodes only (--role decode); ask a prefill node").await;
@@ -138,7 +167,52 @@ async fn serve_one(stream: &mut libp2p::Stream, models: &Models, counters: &Coun
         refuse(stream, &format!("this node does not host model {}", ModelId(model_id))).await;
         return Ok(());
     };
-    send_blocks(stream, worker, hashes, counters).await
+    match bulk {
+        Some(bulk) => serve_bulk(stream, bulk, worker, hashes, counters).await,
+        None => send_blocks(&mut Sink::Stream(stream), worker, hashes, counters).await,
+    }
+}
+
+/// Answers a `FetchBulk`: offers the bulk path on the stream, then sends the blocks over
+/// the connection that shows the offer's token (over the stream when no offer can be
+/// made). The stream stays open until the answer ends.
+async fn serve_bulk(stream: &mut libp2p::Stream, bulk: &BulkListener, worker: &ModelWorker, hashes: Vec<BlockHash>, counters: &Counters) -> Result<(), FetchError> {
+    let (offer, handoff) = match bulk.offer(OPEN_DEADLINE) {
+        Ok(offer) => offer,
+        Err(e) => {
+            tracing::debug!("{e}: answering over the block stream");
+            return send_blocks(&mut Sink::Stream(stream), worker, hashes, counters).await;
+        }
+    };
+    write_frame(stream, KvFrameKind::Bulk, &offer.to_bytes()).await?;
+    let Some(tcp) = handoff.connection(OPEN_DEADLINE).await else {
+        return Err(FetchError::Open("the requester did not reach the bulk port in time".into()));
+    };
+    let mut sink = Sink::Bulk { tcp, sealer: RecordSealer::new(&offer.key)?, record: Vec::new() };
+    let sent = send_blocks(&mut sink, worker, hashes, counters).await;
+    if let Sink::Bulk { tcp, .. } = &mut sink {
+        let _ = tokio::time::timeout(FRAME_DEADLINE, tcp.shutdown()).await;
+    }
+    sent
+}
+
+/// Where answer frames go: the block stream, or a bulk connection as sealed records.
+enum Sink<'a> {
+    Stream(&'a mut libp2p::Stream),
+    Bulk { tcp: TcpStream, sealer: RecordSealer, record: Vec<u8> },
+}
+
+impl Sink<'_> {
+    async fn frame(&mut self, kind: KvFrameKind, payload: &[u8]) -> Result<(), FetchError> {
+        match self {
+            Self::Stream(stream) => write_frame(stream, kind, payload).await,
+            Self::Bulk { tcp, sealer, record } => {
+                sealer.seal(kind, payload, record)?;
+                tokio::time::timeout(FRAME_DEADLINE, tcp.write_all(record)).await.map_err(|_| FetchError::Timeout(FRAME_DEADLINE))??;
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Computes the blocks of a decode peer's prompt `tokens` (in turn with this node's own
@@ -161,12 +235,12 @@ async fn serve_prefill(stream: &mut libp2p::Stream, models: &Models, model: Mode
         }
     }
     counters.prefills_served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    send_blocks(stream, worker, hashes, counters).await
+    send_blocks(&mut Sink::Stream(stream), worker, hashes, counters).await
 }
 
 /// Answers with the blocks `hashes` from `worker`'s pool, in order, up to the first it
 /// lacks (answered `Missing`).
-async fn send_blocks(stream: &mut libp2p::Stream, worker: &ModelWorker, hashes: Vec<BlockHash>, counters: &Counters) -> Result<(), FetchError> {
+async fn send_blocks(sink: &mut Sink<'_>, worker: &ModelWorker, hashes: Vec<BlockHash>, counters: &Counters) -> Result<(), FetchError> {
     let started = Instant::now();
     let (mut reading, mut writing, mut sent) = (Duration::ZERO, Duration::ZERO, 0);
     for hash in hashes {
@@ -174,19 +248,19 @@ async fn send_blocks(stream: &mut libp2p::Stream, worker: &ModelWorker, hashes: 
         // Read under the lock, exported outside it.
         let block = worker.pool().lock().peek(&hash).map_err(|e| FetchError::Frame(format!("this node's pool: {e}")))?;
         let Some(block) = block else {
-            write_frame(stream, KvFrameKind::Missing, &[]).await?;
+            sink.frame(KvFrameKind::Missing, &[]).await?;
             break;
         };
         let bytes = block.export();
         reading += read.elapsed();
         let write = Instant::now();
-        write_frame(stream, KvFrameKind::Block, &bytes).await?;
+        sink.frame(KvFrameKind::Block, &bytes).await?;
         writing += write.elapsed();
         counters.add_served(bytes.len());
         sent += 1;
     }
     // Where a fetch's time goes, on both ends (RUST_LOG=pyagent_node::kv=debug).
-    tracing::debug!(blocks = sent, reading_ms = reading.as_secs_f64() * 1e3, writing_ms = writing.as_secs_f64() * 1e3, total_ms = started.elapsed().as_secs_f64() * 1e3, "KV blocks served");
+    tracing::debug!(blocks = sent, bulk = matches!(sink, Sink::Bulk { .. }), reading_ms = reading.as_secs_f64() * 1e3, writing_ms = writing.as_secs_f64() * 1e3, total_ms = started.elapsed().as_secs_f64() * 1e3, "KV blocks served");
     Ok(())
 }
 
@@ -243,22 +317,57 @@ async fn write_frame(stream: &mut libp2p::Stream, kind: KvFrameKind, payload: &[
     Ok(())
 }
 
+/// How a fetch's blocks came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Over the block stream.
+    Stream,
+    /// Over the bulk path the stream agreed.
+    Bulk,
+    /// The bulk path was offered but its port could not be reached: over a second
+    /// stream instead.
+    BulkUnreachable,
+}
+
+/// What a fetch from one peer brought: the blocks got (those before a failure too), the
+/// failure, and how they came.
+#[derive(Debug)]
+pub struct Fetched {
+    pub blocks: Vec<KvBlock>,
+    pub error: Option<FetchError>,
+    pub path: Path,
+}
+
 /// The blocks `hashes` (a run chained from `parent`) from `peer`, as far as it holds them
 /// and each one checks: its checksum, the model, `layout`, its size, the hash asked for,
-/// the parent before it. The blocks got before a failure come back with it.
+/// the parent before it. With `bulk` (the address this node reached the peer at), the
+/// peer may move them over its bulk path; if that cannot be reached, they come over the
+/// stream.
 pub async fn fetch_run(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
+    bulk: Option<IpAddr>,
     model: ModelId,
     layout: KvLayout,
     hashes: &[BlockHash],
     parent: BlockHash,
-) -> (Vec<KvBlock>, Option<FetchError>) {
-    let request = KvRequest::Fetch { model_id: model.0, hashes: hashes.iter().map(|h| h.0).collect() };
+) -> Fetched {
+    let raw = || hashes.iter().map(|h| h.0).collect();
     let run = Run { model, layout, hashes, parent, first_frame: FRAME_DEADLINE };
-    let mut got = Vec::with_capacity(hashes.len());
-    let error = fetch_into(control, peer, &request, &run, &mut got).await.err();
-    (got, error)
+    let mut blocks = Vec::with_capacity(hashes.len());
+    let request = match bulk {
+        Some(_) => KvRequest::FetchBulk { model_id: model.0, hashes: raw() },
+        None => KvRequest::Fetch { model_id: model.0, hashes: raw() },
+    };
+    let mut path = Path::Stream;
+    let mut error = fetch_into(control, peer, &request, bulk, &run, &mut blocks, &mut path).await.err();
+    if let Some(e @ FetchError::Bulk(BulkError::Unreachable { .. })) = &error {
+        tracing::info!(%peer, "{e}; fetching over the block stream instead");
+        path = Path::BulkUnreachable;
+        let request = KvRequest::Fetch { model_id: model.0, hashes: raw() };
+        error = fetch_into(control, peer, &request, None, &run, &mut blocks, &mut Path::Stream).await.err();
+    }
+    Fetched { blocks, error, path }
 }
 
 /// A prompt a decode node hands to a prefill peer: whole blocks of `tokens`, whose block
@@ -279,7 +388,7 @@ pub async fn prefill_run(control: &mut libp2p_stream::Control, peer: PeerId, ask
     let parent = from.checked_sub(1).and_then(|i| ask.hashes.get(i)).copied().unwrap_or(pyagent_engine::kv::hash::ROOT);
     let run = Run { model: ask.model, layout: ask.layout, hashes: run, parent, first_frame: deadline.min(MAX_PREFILL_DEADLINE) };
     let mut got = Vec::with_capacity(run.hashes.len());
-    let error = fetch_into(control, peer, &request, &run, &mut got).await.err();
+    let error = fetch_into(control, peer, &request, None, &run, &mut got, &mut Path::Stream).await.err();
     (got, error)
 }
 
@@ -292,32 +401,54 @@ struct Run<'a> {
     first_frame: Duration,
 }
 
-async fn fetch_into(control: &mut libp2p_stream::Control, peer: PeerId, request: &KvRequest, run: &Run<'_>, got: &mut Vec<KvBlock>) -> Result<(), FetchError> {
+/// Reads the answer to `request` into `got`; a `Bulk` offer first moves it to the bulk
+/// path (only when `bulk` is the peer's address: an unasked offer is a bad frame), and
+/// `path` says so.
+async fn fetch_into(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    request: &KvRequest,
+    bulk: Option<IpAddr>,
+    run: &Run<'_>,
+    got: &mut Vec<KvBlock>,
+    path: &mut Path,
+) -> Result<(), FetchError> {
     let started = Instant::now();
-    let mut stream = open(control, peer, request).await?;
+    let mut answer = Answer { stream: open(control, peer, request).await?, bulk: None };
     let opened = started.elapsed();
     let mut first = Duration::ZERO;
     let mut checks = Checks { run, pending: VecDeque::new(), parent: run.parent, waited: Duration::ZERO, failed: false };
     let expected = KvBlock::export_len(&run.layout);
+    let max = expected.max(MAX_REASON);
+    let answer_ref = &mut answer;
     let mut read = async {
-        for index in 0..run.hashes.len() {
-            let mut header = [0u8; KV_FRAME_HEADER];
+        let answer = answer_ref;
+        let mut index = 0;
+        while index < run.hashes.len() {
             let deadline = if index == 0 { run.first_frame } else { FRAME_DEADLINE };
-            read_exact_within(&mut stream, &mut header, deadline).await?;
+            let (kind, buf, at) = answer.next(max, deadline).await?;
             if index == 0 {
                 first = started.elapsed();
             }
-            let (kind, len) = parse_header(header, expected.max(MAX_REASON)).map_err(|e| FetchError::Frame(e.to_string()))?;
-            let mut buf = vec![0u8; len];
-            read_exact(&mut stream, &mut buf).await?;
+            let len = buf.len() - at;
             match kind {
                 KvFrameKind::Missing => break,
-                KvFrameKind::Refused => return Err(FetchError::Refused(String::from_utf8_lossy(&buf).into_owned())),
+                KvFrameKind::Refused => return Err(FetchError::Refused(String::from_utf8_lossy(&buf[at..]).into_owned())),
+                KvFrameKind::Bulk => match bulk {
+                    Some(ip) if index == 0 && answer.bulk.is_none() => {
+                        let offer = BulkOffer::from_bytes(&buf).map_err(|e| FetchError::Frame(e.to_string()))?;
+                        answer.bulk = Some(bulk::connect(ip, &offer).await?);
+                        *path = Path::Bulk;
+                        continue;
+                    }
+                    _ => return Err(FetchError::Frame("a bulk offer that was not asked for".into())),
+                },
                 KvFrameKind::Block if len != expected => {
                     return Err(FetchError::BadBlock { index, reason: format!("{len} bytes; a block of this model is {expected}") });
                 }
-                KvFrameKind::Block => checks.start(index, buf, got).await?,
+                KvFrameKind::Block => checks.start(index, buf, at, got).await?,
             }
+            index += 1;
         }
         Ok(())
     }
@@ -326,9 +457,57 @@ async fn fetch_into(control: &mut libp2p_stream::Control, peer: PeerId, request:
     // the error to report (it came first).
     let drained = checks.finish(got).await;
     read = drained.and(read);
-    let _ = stream.close().await;
-    tracing::debug!(%peer, blocks = got.len(), open_ms = opened.as_secs_f64() * 1e3, first_block_ms = first.as_secs_f64() * 1e3, waiting_for_checks_ms = checks.waited.as_secs_f64() * 1e3, total_ms = started.elapsed().as_secs_f64() * 1e3, "KV blocks fetched");
+    answer.close().await;
+    tracing::debug!(%peer, blocks = got.len(), ?path, open_ms = opened.as_secs_f64() * 1e3, first_block_ms = first.as_secs_f64() * 1e3, waiting_for_checks_ms = checks.waited.as_secs_f64() * 1e3, total_ms = started.elapsed().as_secs_f64() * 1e3, "KV blocks fetched");
     read
+}
+
+/// Where an answer's frames come from: the block stream, or (after a `Bulk` offer) the
+/// bulk connection, with the stream kept open until the end.
+struct Answer {
+    stream: libp2p::Stream,
+    bulk: Option<(TcpStream, RecordOpener)>,
+}
+
+impl Answer {
+    /// The next frame, its payload at most `max` bytes: its kind, and a buffer whose
+    /// bytes from `.2` on are the payload. `deadline` bounds the wait for it to start.
+    async fn next(&mut self, max: usize, deadline: Duration) -> Result<(KvFrameKind, Vec<u8>, usize), FetchError> {
+        let Some((tcp, opener)) = &mut self.bulk else {
+            let mut header = [0u8; KV_FRAME_HEADER];
+            read_exact_within(&mut self.stream, &mut header, deadline).await?;
+            let (kind, len) = parse_header(header, max).map_err(|e| FetchError::Frame(e.to_string()))?;
+            let mut buf = vec![0u8; len];
+            read_exact(&mut self.stream, &mut buf).await?;
+            return Ok((kind, buf, 0));
+        };
+        let mut header = [0u8; BULK_RECORD_HEADER];
+        read_tcp(tcp, &mut header, deadline).await?;
+        let len = u32::from_be_bytes(header) as usize;
+        if len > max_bulk_record(max) {
+            return Err(FetchError::Frame(format!("a bulk record of {len} bytes, limit {}", max_bulk_record(max))));
+        }
+        let mut buf = vec![0u8; len];
+        read_tcp(tcp, &mut buf, FRAME_DEADLINE).await?;
+        let frame = opener.open(&mut buf)?;
+        let mut header = [0u8; KV_FRAME_HEADER];
+        header.copy_from_slice(&buf[..KV_FRAME_HEADER]);
+        let (kind, payload) = parse_header(header, max).map_err(|e| FetchError::Frame(e.to_string()))?;
+        if KV_FRAME_HEADER + payload != frame {
+            return Err(FetchError::Frame(format!("a sealed frame of {frame} bytes says its payload is {payload}")));
+        }
+        buf.truncate(frame);
+        Ok((kind, buf, KV_FRAME_HEADER))
+    }
+
+    async fn close(mut self) {
+        let _ = self.stream.close().await;
+    }
+}
+
+async fn read_tcp(tcp: &mut TcpStream, buf: &mut [u8], deadline: Duration) -> Result<(), FetchError> {
+    tokio::time::timeout(deadline, tcp.read_exact(buf)).await.map_err(|_| FetchError::Timeout(deadline))??;
+    Ok(())
 }
 
 /// Blocks checked on blocking threads while the next ones are read (checking a block —
@@ -348,9 +527,10 @@ struct Checks<'a> {
 const CHECKS_AHEAD: usize = 4;
 
 impl Checks<'_> {
-    async fn start(&mut self, index: usize, bytes: Vec<u8>, got: &mut Vec<KvBlock>) -> Result<(), FetchError> {
+    /// Starts checking the block whose byte form is `bytes[at..]`.
+    async fn start(&mut self, index: usize, bytes: Vec<u8>, at: usize, got: &mut Vec<KvBlock>) -> Result<(), FetchError> {
         let model = self.run.model;
-        self.pending.push_back((index, tokio::task::spawn_blocking(move || KvBlock::import(&bytes, &model))));
+        self.pending.push_back((index, tokio::task::spawn_blocking(move || KvBlock::import(&bytes[at..], &model))));
         if self.pending.len() >= CHECKS_AHEAD {
             self.take_one(got).await?;
         }

@@ -21,6 +21,15 @@ pub fn is_unspecified(addr: &Multiaddr) -> bool {
     })
 }
 
+/// The IP address in `addr`, if it has one.
+pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
 fn is_quic(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::Quic | Protocol::QuicV1))
 }

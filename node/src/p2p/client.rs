@@ -40,6 +40,9 @@ pub enum Command {
     /// What this node advertises changed (its KV pool's blocks): publish the advert now,
     /// or soon if one just went out (no reply).
     AdvertSoon,
+    /// The IP address of this node's connection to a peer (none while not connected, or
+    /// over a transport without one).
+    PeerIp { peer: PeerId, reply: oneshot::Sender<Option<std::net::IpAddr>> },
     /// Close every connection and stop; the reply comes once the swarm is dropped.
     Shutdown(oneshot::Sender<()>),
 }
@@ -95,6 +98,11 @@ impl NodeClient {
 
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, ClientError> {
         self.ask(Command::Peers).await
+    }
+
+    /// See [`Command::PeerIp`].
+    pub async fn peer_ip(&self, peer: PeerId) -> Result<Option<std::net::IpAddr>, ClientError> {
+        self.ask(|reply| Command::PeerIp { peer, reply }).await
     }
 
     pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), ClientError> {

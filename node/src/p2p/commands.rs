@@ -46,6 +46,9 @@ impl Router {
             Command::Tally { proposal, reply } => {
                 let _ = reply.send(domain.votes.tally(&proposal, now_unix_ms()));
             }
+            Command::PeerIp { peer, reply } => {
+                let _ = reply.send(self.peer_ips.get(&peer).copied());
+            }
             Command::Shutdown(reply) => {
                 // The loop handles shutdown before calling here; answering is harmless.
                 let _ = reply.send(());

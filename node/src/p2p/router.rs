@@ -89,6 +89,9 @@ pub struct Router {
     pub(super) history_channels: HashMap<u64, request_response::ResponseChannel<pyagent_protocol::history::HistoryResponse>>,
     pub(super) next_history_channel: u64,
     pub(super) history_members: Vec<PeerId>,
+    /// The IP address of the latest connection to each connected peer (the KV bulk path
+    /// is reached there).
+    pub(super) peer_ips: HashMap<PeerId, std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for Router {
@@ -127,6 +130,7 @@ impl Router {
             history_channels: HashMap::new(),
             next_history_channel: 0,
             history_members: Vec::new(),
+            peer_ips: HashMap::new(),
         })
     }
 
@@ -200,6 +204,9 @@ impl Router {
             SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
                 tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if let Some(ip) = super::addrs::ip_of(endpoint.get_remote_address()) {
+                    self.peer_ips.insert(peer_id, ip);
+                }
                 let dialed = match &endpoint {
                     ConnectedPoint::Dialer { address, .. } => Some(address),
                     ConnectedPoint::Listener { .. } => None,
@@ -208,6 +215,7 @@ impl Router {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
                 tracing::debug!(%peer_id, ?cause, "disconnected");
+                self.peer_ips.remove(&peer_id);
                 self.domain.membership.on_disconnected(peer_id, fx);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => tracing::debug!(?peer_id, "dial failed: {error}"),

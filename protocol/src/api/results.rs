@@ -197,6 +197,9 @@ pub struct StatusResult {
 pub struct KvExchangeCounters {
     pub blocks_fetched: u64,
     pub bytes_fetched: u64,
+    /// Of the blocks fetched, those that came over the bulk path.
+    #[serde(default)]
+    pub blocks_fetched_bulk: u64,
     pub blocks_served: u64,
     pub bytes_served: u64,
     /// Parts of fetches that ended in an error (peer gone, slow, refused, bad block).
