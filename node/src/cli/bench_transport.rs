@@ -52,7 +52,7 @@ pub async fn run(args: BenchTransportArgs) -> anyhow::Result<()> {
             "stack": stack.name(),
             "mib": args.mib,
             "frame_bytes": args.frame_bytes,
-            "streams": if stack == Stack::RawTcp { 1 } else { args.streams },
+            "streams": if matches!(stack, Stack::RawTcp | Stack::Bulk) { 1 } else { args.streams },
             "best_gbytes_per_s": milli(best),
             "runs_gbytes_per_s": runs.iter().copied().map(milli).collect::<Vec<_>>(),
             "over_raw_tcp": over_raw,

@@ -60,7 +60,7 @@ pub enum CliCommand {
     /// voted on by every node's agents; prints the winner as a unified diff.
     Improve(improve::ImproveArgs),
     /// Measure one stream's throughput over each transport stack (TCP + Noise + Yamux,
-    /// with a swarm key, QUIC) on loopback, next to raw TCP.
+    /// with a swarm key, QUIC, the KV bulk path) on loopback, next to raw TCP.
     BenchTransport(bench_transport::BenchTransportArgs),
 }
 

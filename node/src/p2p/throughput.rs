@@ -34,10 +34,13 @@ pub enum Stack {
     Quic,
     /// One plain TCP stream, no libp2p: the reference.
     RawTcp,
+    /// The KV bulk path: one TCP connection reached with a bulk offer, each frame sealed
+    /// as an AES-256-GCM record and opened on arrival (`crate::kv::bulk`).
+    Bulk,
 }
 
 impl Stack {
-    pub const ALL: [Stack; 5] = [Stack::RawTcp, Stack::Tcp, Stack::TcpPrivate, Stack::TcpTls, Stack::Quic];
+    pub const ALL: [Stack; 6] = [Stack::RawTcp, Stack::Bulk, Stack::Tcp, Stack::TcpPrivate, Stack::TcpTls, Stack::Quic];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -46,6 +49,7 @@ impl Stack {
             Self::TcpTls => "tcp+tls+yamux",
             Self::Quic => "quic",
             Self::RawTcp => "raw tcp",
+            Self::Bulk => "kv bulk (tcp+aes-256-gcm)",
         }
     }
 }
@@ -83,6 +87,7 @@ pub async fn measure(stack: Stack, bytes: u64, frame: usize, streams: usize) -> 
     let started = tokio::time::timeout(DEADLINE, async {
         match stack {
             Stack::RawTcp => raw_tcp(frames, frame).await,
+            Stack::Bulk => bulk(frames, frame).await,
             _ => over_libp2p(stack, frames, frame, streams.max(1)).await,
         }
     })
@@ -119,6 +124,47 @@ async fn raw_tcp(frames: u64, frame: usize) -> Result<(u64, f64), ThroughputErro
     drop(socket);
     let read = reader.0.first_mut().ok_or_else(|| ThroughputError::Stream("no reader".into()))?;
     let (total, end) = read.await.map_err(|e| ThroughputError::Stream(e.to_string()))??;
+    Ok((total, (end - start).as_secs_f64()))
+}
+
+/// The KV bulk path on loopback: one offer, its connection, `frames` sealed records of
+/// `frame` payload bytes, each opened by the reader (which counts payload bytes).
+async fn bulk(frames: u64, frame: usize) -> Result<(u64, f64), ThroughputError> {
+    use crate::kv::bulk::{self, BulkListener, RecordSealer};
+    use pyagent_protocol::kv::{BULK_RECORD_HEADER, KV_FRAME_HEADER, KvFrameKind};
+    let failed = |e: bulk::BulkError| ThroughputError::Stream(e.to_string());
+    let loopback = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
+    let (listener, accepting) = BulkListener::start(loopback)?;
+    let mut tasks = AbortOnDrop(vec![accepting]);
+    let (offer, handoff) = listener.offer(DEADLINE).map_err(failed)?;
+    let (mut tcp, mut opener) = bulk::connect(loopback, &offer).await.map_err(failed)?;
+    let reader = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let mut total = 0u64;
+        loop {
+            let mut len = [0u8; BULK_RECORD_HEADER];
+            match tcp.read_exact(&mut len).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok((total, Instant::now())),
+                Err(e) => return Err(ThroughputError::Io(e)),
+            }
+            buf.resize(u32::from_be_bytes(len) as usize, 0);
+            tcp.read_exact(&mut buf).await?;
+            total += (opener.open(&mut buf).map_err(failed)? - KV_FRAME_HEADER) as u64;
+        }
+    });
+    let mut socket = handoff.connection(DEADLINE).await.ok_or_else(|| ThroughputError::Stream("the bulk connection did not arrive".into()))?;
+    let mut sealer = RecordSealer::new(&offer.key).map_err(failed)?;
+    let (payload, mut record) = (vec![0x5au8; frame], Vec::new());
+    let start = Instant::now();
+    for _ in 0..frames {
+        sealer.seal(KvFrameKind::Block, &payload, &mut record).map_err(failed)?;
+        socket.write_all(&record).await?;
+    }
+    socket.shutdown().await?;
+    drop(socket);
+    let (total, end) = reader.await.map_err(|e| ThroughputError::Stream(e.to_string()))??;
+    tasks.0.clear();
     Ok((total, (end - start).as_secs_f64()))
 }
 
