@@ -12,7 +12,9 @@
 #   3. a shared-prefix workload: 32 requests over 4 distinct 512-token prefixes, sent in
 #      turn to the 3 machines: mean TTFT with KV-aware placement (exchange on) vs pinned
 #      round-robin with the exchange off (target >= 2x lower)
-# Prints the machine and a JSON summary (also in target/bench/kv.json).
+# Prints the machine and a JSON summary (also in target/bench/kv.json). BENCH_KV_LOG sets the
+# nodes' RUST_LOG (e.g. pyagent_node::kv=debug: where each fetch's time goes); their logs are
+# kept in target/bench/kv-logs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "bench-kv: needs root (network namespaces)" >&2; exit 1; }
@@ -35,7 +37,11 @@ stop_nodes() {
     ! ports_busy || { echo "bench-kv: the nodes' ports are still taken" >&2; exit 1; }
     pids=()
 }
-cleanup() { stop_nodes; scripts/lab.sh down >/dev/null 2>&1 || true; rm -rf "$work"; }
+cleanup() {
+    stop_nodes
+    rm -rf "$out/kv-logs"; mkdir -p "$out/kv-logs"; cp "$work"/n*.log "$out/kv-logs/" 2>/dev/null || true
+    scripts/lab.sh down >/dev/null 2>&1 || true; rm -rf "$work"
+}
 trap cleanup EXIT
 scripts/machine.sh
 scripts/lab.sh down >/dev/null
@@ -48,7 +54,8 @@ url() { echo "http://$(addr "$1"):7763"; }
 start() { # start I MODEL_DIR [flags...]
     local i=$1 model=$2; shift 2
     rm -rf "$work/d$i"
-    RUST_LOG=warn ip netns exec "$LAB_PREFIX-$i" "$BIN" node --data-dir "$work/d$i" --model "$model" --http "$(addr "$i"):7763" \
+    [ ! -f "$work/n$i.log" ] || mv "$work/n$i.log" "$work/n$i-earlier.log"
+    RUST_LOG="${BENCH_KV_LOG:-warn}" ip netns exec "$LAB_PREFIX-$i" "$BIN" node --data-dir "$work/d$i" --model "$model" --http "$(addr "$i"):7763" \
         --http-allow-non-loopback --http-api-key "$work/key" "$@" >/dev/null 2>"$work/n$i.log" &
     pids[$i]=$!
 }

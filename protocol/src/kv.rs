@@ -23,13 +23,16 @@
 //! may answer a `FetchBulk` with one `Bulk` frame, a [`BulkOffer`]: a TCP port, a one-time
 //! 32-byte token and a fresh AES-256-GCM key, all sent inside the authenticated stream.
 //! The requester opens a plain TCP connection to that port at the address it reached the
-//! server at, writes the token, and reads the answer there instead: each frame as on the
-//! stream (header and payload) sealed as one record — a 4-byte big-endian length, then
-//! the frame sealed with the offer's key, nonce [`bulk_nonce`] of the record's number, no
-//! associated data, ending in the 16-byte tag. A record that does not open is a bad
-//! frame; every block is then checked as on the stream. The stream stays open until the
-//! answer ends; an unknown or late token gets the connection closed. A requester that
-//! cannot reach the port fetches over the stream (`Fetch`) instead.
+//! server at, writes the token, and reads the answer there instead: each frame as one
+//! record — the frame's header as on the stream (kind and payload length, in the clear
+//! but authenticated), then the payload sealed with AES-256-GCM under the offer's key,
+//! nonce [`bulk_nonce`] of the record's number (from 0), the header as associated data,
+//! then the 16-byte tag. A record that does not open is a bad block. A block's byte form
+//! on this path carries a zero checksum (`Integrity::Authenticated` in the engine: the
+//! AEAD already refuses any change on the way); everything else of it is checked as on the
+//! stream. The stream stays open until the answer ends; an unknown or late token gets the
+//! connection closed. A requester that cannot reach the port fetches over the stream
+//! (`Fetch`) instead.
 //!
 //! **Offload**: a node short of KV memory writes [`KvRequest::Push`] and then the blocks
 //! it would drop, as `Block` frames, to a peer that advertises free KV memory; the peer
@@ -275,8 +278,6 @@ impl KvFrameKind {
 
 /// Bytes of a [`BulkOffer`] on the wire: port, token, key.
 pub const BULK_OFFER_BYTES: usize = 2 + 32 + 32;
-/// Bytes of a bulk record's length, before the sealed frame.
-pub const BULK_RECORD_HEADER: usize = 4;
 /// Bytes of the AES-256-GCM tag that ends each bulk record.
 pub const BULK_TAG_BYTES: usize = 16;
 
@@ -328,11 +329,6 @@ pub fn bulk_nonce(n: u64) -> [u8; 12] {
     let mut nonce = [0u8; 12];
     nonce[4..].copy_from_slice(&n.to_be_bytes());
     nonce
-}
-
-/// Largest sealed part of a bulk record whose frame payload is at most `max` bytes.
-pub fn max_bulk_record(max: usize) -> usize {
-    KV_FRAME_HEADER + max.min(MAX_KV_FRAME_BYTES) + BULK_TAG_BYTES
 }
 
 /// An answer frame's header.
@@ -462,7 +458,5 @@ mod tests {
         // Nonces differ per record and never wrap within a connection's life.
         assert_ne!(bulk_nonce(0), bulk_nonce(1));
         assert_eq!(&bulk_nonce(u64::MAX)[..4], &[0; 4]);
-        assert_eq!(max_bulk_record(1000), 1000 + KV_FRAME_HEADER + BULK_TAG_BYTES);
-        assert_eq!(max_bulk_record(usize::MAX), MAX_KV_FRAME_BYTES + KV_FRAME_HEADER + BULK_TAG_BYTES);
     }
 }

@@ -135,6 +135,15 @@ impl KvBlock {
     /// The byte form.
     pub fn export(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(Self::export_len(&self.layout));
+        self.export_into(&mut out, Integrity::Checksum);
+        out
+    }
+
+    /// Appends the byte form to `out` ([`Self::export_len`] bytes); with
+    /// [`Integrity::Authenticated`] its checksum is left zero.
+    pub fn export_into(&self, out: &mut Vec<u8>, integrity: Integrity) {
+        let start = out.len();
+        out.reserve(Self::export_len(&self.layout));
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(&self.model.0);
@@ -154,18 +163,26 @@ impl KvBlock {
         for layer in &self.layers {
             out.extend_from_slice(layer);
         }
-        let checksum = *blake3::hash(&out).as_bytes();
+        let checksum = match integrity {
+            Integrity::Checksum => *blake3::hash(&out[start..]).as_bytes(),
+            Integrity::Authenticated => [0; 32],
+        };
         out.extend_from_slice(&checksum);
-        out
     }
 
     /// Reads a block's byte form, checking everything; `model` is the model it must be for.
     pub fn import(bytes: &[u8], model: &ModelId) -> Result<Self, BlockError> {
+        Self::import_with(bytes, model, Integrity::Checksum)
+    }
+
+    /// As [`Self::import`]; with [`Integrity::Authenticated`] the checksum is not checked
+    /// (everything else is: format, model, layout, size, the hash of the tokens).
+    pub fn import_with(bytes: &[u8], model: &ModelId, integrity: Integrity) -> Result<Self, BlockError> {
         if bytes.len() < 32 {
             return Err(BlockError::Format("too short"));
         }
         let (body, checksum) = bytes.split_at(bytes.len() - 32);
-        if blake3::hash(body).as_bytes() != checksum {
+        if integrity == Integrity::Checksum && blake3::hash(body).as_bytes() != checksum {
             return Err(BlockError::Checksum);
         }
         let mut r = Reader { bytes: body, at: 0 };
@@ -204,6 +221,18 @@ impl KvBlock {
         }
         Ok(block)
     }
+}
+
+/// What guards a byte form's bytes on their way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integrity {
+    /// Its BLAKE3 checksum (disk, a plain or unauthenticated channel).
+    Checksum,
+    /// The channel carries it authenticated (an AEAD record keyed for this one transfer,
+    /// as on the KV bulk path): any change on the way is refused there, so the checksum
+    /// is neither computed nor checked. It never guarded against the sender, who
+    /// computes it.
+    Authenticated,
 }
 
 struct Reader<'a> {
@@ -262,5 +291,26 @@ mod tests {
         forged.hash = BlockHash([7; 32]);
         assert_eq!(KvBlock::import(&forged.export(), &b.model), Err(BlockError::WrongHash));
         assert!(matches!(KvBlock::new(b.model, ROOT, b.tokens, layout(), vec![0; 3]), Err(BlockError::Size { .. })));
+    }
+
+    #[test]
+    fn an_authenticated_byte_form_skips_only_the_checksum() {
+        let b = block(6);
+        let mut out = vec![9u8; 5]; // appended after what the buffer holds
+        b.export_into(&mut out, Integrity::Authenticated);
+        let bytes = &out[5..];
+        assert_eq!(bytes.len(), KvBlock::export_len(&b.layout));
+        assert_eq!(&bytes[bytes.len() - 32..], &[0; 32], "no checksum computed");
+        assert_eq!(bytes[..bytes.len() - 32], b.export()[..bytes.len() - 32], "the same bytes otherwise");
+        assert_eq!(KvBlock::import_with(bytes, &b.model, Integrity::Authenticated).unwrap(), b);
+        assert_eq!(KvBlock::import(bytes, &b.model), Err(BlockError::Checksum), "a plain import still checks it");
+        // Everything but the checksum is still checked.
+        assert_eq!(KvBlock::import_with(bytes, &ModelId::of(b"other"), Integrity::Authenticated), Err(BlockError::WrongModel));
+        assert!(KvBlock::import_with(&bytes[..bytes.len() - 40], &b.model, Integrity::Authenticated).is_err());
+        let mut forged = b.clone();
+        forged.hash = BlockHash([7; 32]);
+        let mut out = Vec::new();
+        forged.export_into(&mut out, Integrity::Authenticated);
+        assert_eq!(KvBlock::import_with(&out, &b.model, Integrity::Authenticated), Err(BlockError::WrongHash));
     }
 }

@@ -11,7 +11,7 @@ pub mod hash;
 pub mod policy;
 pub mod pool;
 
-pub use block::{BlockError, DType, KvBlock, KvLayout};
+pub use block::{BlockError, DType, Integrity, KvBlock, KvLayout};
 pub use hash::{BLOCK_TOKENS, BlockHash, ModelId, block_hashes};
 pub use policy::Eviction;
 pub use pool::{BlockPool, PoolConfig, PoolError, PoolStats, SharedPool, Tier};

@@ -5,7 +5,8 @@
 //! - [`BulkListener`]: the server's side — hands out one-time [`BulkOffer`]s and gives the
 //!   connection that shows an offer's token to whoever made the offer ([`Handoff`]).
 //! - [`connect`]: the requester's side — reaches the offer's port, shows the token.
-//! - [`RecordSealer`] / [`RecordOpener`]: the record form of answer frames (pure).
+//! - [`RecordSealer`] / [`RecordOpener`]: the record form of answer frames (pure): the
+//!   frame header in the clear (authenticated), the payload sealed, the tag.
 //!
 //! Hostile connections cost little: one that has not shown a token within
 //! [`TOKEN_DEADLINE`] is closed, at most [`MAX_WAITING`] wait at once (more are closed at
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-use pyagent_protocol::kv::{BULK_RECORD_HEADER, BULK_TAG_BYTES, BulkOffer, KV_FRAME_HEADER, KvFrameKind, bulk_nonce, frame_header};
+use pyagent_protocol::kv::{BULK_TAG_BYTES, BulkOffer, KV_FRAME_HEADER, KvFrameKind, bulk_nonce, frame_header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
@@ -40,7 +41,7 @@ pub enum BulkError {
     Unreachable { addr: SocketAddr, reason: String },
     #[error("{0} bulk offers are waiting to be taken up")]
     Busy(usize),
-    #[error("a bulk record of {0} bytes: shorter than a frame")]
+    #[error("a bulk record sealing {0} bytes: shorter than its tag")]
     Short(usize),
     #[error("bulk record {0} does not open with the offer's key (forged, corrupt or out of order)")]
     Sealed(u64),
@@ -220,48 +221,51 @@ impl RecordSealer {
 
     /// The record of the frame `kind`, `payload` in `out` (replacing what it held).
     pub fn seal(&mut self, kind: KvFrameKind, payload: &[u8], out: &mut Vec<u8>) -> Result<(), BulkError> {
+        self.seal_with(kind, out, |out| out.extend_from_slice(payload))
+    }
+
+    /// The record of the frame `kind` whose payload `write` appends, in `out` (replacing
+    /// what it held): the payload is written once, straight into the record.
+    pub fn seal_with(&mut self, kind: KvFrameKind, out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> Result<(), BulkError> {
         out.clear();
-        out.reserve(BULK_RECORD_HEADER + KV_FRAME_HEADER + payload.len() + BULK_TAG_BYTES);
-        out.extend_from_slice(&[0; BULK_RECORD_HEADER]);
-        out.extend_from_slice(&frame_header(kind, payload.len()));
-        out.extend_from_slice(payload);
+        out.extend_from_slice(&[0; KV_FRAME_HEADER]);
+        write(out);
+        let header = frame_header(kind, out.len() - KV_FRAME_HEADER);
+        out[..KV_FRAME_HEADER].copy_from_slice(&header);
         let nonce = Nonce::assume_unique_for_key(bulk_nonce(self.next));
-        let tag = self.key.seal_in_place_separate_tag(nonce, Aad::empty(), &mut out[BULK_RECORD_HEADER..]).map_err(|_| BulkError::Seal)?;
+        let tag = self.key.seal_in_place_separate_tag(nonce, Aad::from(header), &mut out[KV_FRAME_HEADER..]).map_err(|_| BulkError::Seal)?;
         out.extend_from_slice(tag.as_ref());
-        let sealed = u32::try_from(out.len() - BULK_RECORD_HEADER).map_err(|_| BulkError::Seal)?;
-        out[..BULK_RECORD_HEADER].copy_from_slice(&sealed.to_be_bytes());
         self.next += 1;
         Ok(())
     }
 }
 
-/// Opens records in the order they were sealed.
+/// Opens records by their number (cheap to clone: records can be opened on several
+/// threads, each once).
+#[derive(Clone)]
 pub struct RecordOpener {
-    key: LessSafeKey,
-    next: u64,
+    key: Arc<LessSafeKey>,
 }
 
 impl std::fmt::Debug for RecordOpener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecordOpener").field("next", &self.next).finish_non_exhaustive()
+        f.debug_struct("RecordOpener").finish_non_exhaustive()
     }
 }
 
 impl RecordOpener {
     pub fn new(key_bytes: &[u8; 32]) -> Result<Self, BulkError> {
-        Ok(Self { key: key(key_bytes)?, next: 0 })
+        Ok(Self { key: Arc::new(key(key_bytes)?) })
     }
 
-    /// Opens the sealed part of the next record in place; returns the frame's length
-    /// (header and payload, at the start of `sealed`).
-    pub fn open(&mut self, sealed: &mut [u8]) -> Result<usize, BulkError> {
-        if sealed.len() < KV_FRAME_HEADER + BULK_TAG_BYTES {
+    /// Opens record `number` — its `header` and its sealed payload and tag, `sealed` — in
+    /// place; returns the payload's length (at the start of `sealed`).
+    pub fn open(&self, number: u64, header: [u8; KV_FRAME_HEADER], sealed: &mut [u8]) -> Result<usize, BulkError> {
+        if sealed.len() < BULK_TAG_BYTES {
             return Err(BulkError::Short(sealed.len()));
         }
-        let nonce = Nonce::assume_unique_for_key(bulk_nonce(self.next));
-        let frame = self.key.open_in_place(nonce, Aad::empty(), sealed).map_err(|_| BulkError::Sealed(self.next))?.len();
-        self.next += 1;
-        Ok(frame)
+        let nonce = Nonce::assume_unique_for_key(bulk_nonce(number));
+        Ok(self.key.open_in_place(nonce, Aad::from(header), sealed).map_err(|_| BulkError::Sealed(number))?.len())
     }
 }
 
@@ -270,40 +274,45 @@ mod tests {
     use super::*;
     use pyagent_protocol::kv::parse_header;
 
-    fn opened(opener: &mut RecordOpener, record: &mut [u8]) -> Result<(KvFrameKind, Vec<u8>), BulkError> {
-        let len = u32::from_be_bytes(record[..4].try_into().unwrap()) as usize;
-        assert_eq!(len, record.len() - 4);
-        let frame = opener.open(&mut record[4..])?;
-        let (kind, payload) = parse_header(record[4..9].try_into().unwrap(), 1 << 20).unwrap();
-        assert_eq!(frame, KV_FRAME_HEADER + payload);
-        Ok((kind, record[9..9 + payload].to_vec()))
+    /// Opens a whole record (header, sealed payload, tag) as record `number`.
+    fn opened(opener: &RecordOpener, number: u64, record: &[u8]) -> Result<(KvFrameKind, Vec<u8>), BulkError> {
+        let header: [u8; KV_FRAME_HEADER] = record[..KV_FRAME_HEADER].try_into().unwrap();
+        let (kind, payload) = parse_header(header, 1 << 20).unwrap();
+        assert_eq!(record.len(), KV_FRAME_HEADER + payload + BULK_TAG_BYTES);
+        let mut sealed = record[KV_FRAME_HEADER..].to_vec();
+        assert_eq!(opener.open(number, header, &mut sealed)?, payload);
+        sealed.truncate(payload);
+        Ok((kind, sealed))
     }
 
     #[test]
-    fn records_open_in_order_with_their_key_and_nothing_else_opens() {
+    fn records_open_by_their_number_with_their_key_and_nothing_else_opens() {
         let (k, other) = ([7u8; 32], [8u8; 32]);
         let mut sealer = RecordSealer::new(&k).unwrap();
         let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
         sealer.seal(KvFrameKind::Block, &[1, 2, 3], &mut a).unwrap();
-        sealer.seal(KvFrameKind::Block, &vec![9; 100_000], &mut b).unwrap();
+        sealer.seal_with(KvFrameKind::Block, &mut b, |out| out.resize(out.len() + 100_000, 9)).unwrap();
         sealer.seal(KvFrameKind::Missing, &[], &mut c).unwrap();
-        assert_eq!(a.len(), 4 + KV_FRAME_HEADER + 3 + BULK_TAG_BYTES);
+        assert_eq!(a.len(), KV_FRAME_HEADER + 3 + BULK_TAG_BYTES);
         assert!(!a.windows(3).any(|w| w == [1, 2, 3]), "the payload is sealed, not sent as is");
-        let mut opener = RecordOpener::new(&k).unwrap();
-        assert_eq!(opened(&mut opener, &mut a.clone()).unwrap(), (KvFrameKind::Block, vec![1, 2, 3]));
-        assert_eq!(opened(&mut opener, &mut b.clone()).unwrap(), (KvFrameKind::Block, vec![9; 100_000]));
-        assert_eq!(opened(&mut opener, &mut c.clone()).unwrap(), (KvFrameKind::Missing, vec![]));
-        // Another key, a replayed or reordered record, a flipped bit, a cut tag: refused.
-        assert!(matches!(RecordOpener::new(&other).unwrap().open(&mut a.clone()[4..]), Err(BulkError::Sealed(0))));
-        let mut fresh = RecordOpener::new(&k).unwrap();
-        assert!(matches!(fresh.open(&mut b.clone()[4..]), Err(BulkError::Sealed(0))), "record 1 is not record 0");
+        let opener = RecordOpener::new(&k).unwrap();
+        // Each by its number, in any order (several threads open them).
+        assert_eq!(opened(&opener, 2, &c).unwrap(), (KvFrameKind::Missing, vec![]));
+        assert_eq!(opened(&opener, 0, &a).unwrap(), (KvFrameKind::Block, vec![1, 2, 3]));
+        assert_eq!(opened(&opener, 1, &b).unwrap(), (KvFrameKind::Block, vec![9; 100_000]));
+        // Another key, another number (a replayed or reordered record), a flipped bit in
+        // the payload or in the header (which travels in the clear), a cut tag: refused.
+        assert!(matches!(opened(&RecordOpener::new(&other).unwrap(), 0, &a), Err(BulkError::Sealed(0))));
+        assert!(matches!(opened(&opener, 0, &b), Err(BulkError::Sealed(0))), "record 1 is not record 0");
         let mut flipped = b.clone();
         flipped[50_000] ^= 1;
-        let mut second = RecordOpener::new(&k).unwrap();
-        second.open(&mut a.clone()[4..]).unwrap();
-        assert!(matches!(second.open(&mut flipped[4..]), Err(BulkError::Sealed(1))));
-        assert!(matches!(RecordOpener::new(&k).unwrap().open(&mut a.clone()[4..a.len() - 1]), Err(BulkError::Sealed(0))));
-        assert!(matches!(RecordOpener::new(&k).unwrap().open(&mut b.clone()[4..8]), Err(BulkError::Short(4))));
+        assert!(matches!(opened(&opener, 1, &flipped), Err(BulkError::Sealed(1))));
+        let mut relabeled = c.clone();
+        relabeled[0] = KvFrameKind::Refused.byte();
+        assert!(matches!(opened(&opener, 2, &relabeled), Err(BulkError::Sealed(2))), "the header is authenticated");
+        let header: [u8; KV_FRAME_HEADER] = a[..KV_FRAME_HEADER].try_into().unwrap();
+        assert!(matches!(opener.open(0, header, &mut a.clone()[KV_FRAME_HEADER..a.len() - 1]), Err(BulkError::Sealed(0))));
+        assert!(matches!(opener.open(0, header, &mut [0u8; 15]), Err(BulkError::Short(15))));
     }
 
     #[tokio::test]
@@ -312,14 +321,14 @@ mod tests {
         let ip = IpAddr::from([127, 0, 0, 1]);
         // The right token: the offer's maker gets the connection, and what it sends opens.
         let (offer, handoff) = listener.offer(Duration::from_secs(5)).unwrap();
-        let (mut tcp, mut opener) = connect(ip, &offer).await.unwrap();
+        let (mut tcp, opener) = connect(ip, &offer).await.unwrap();
         let mut server = handoff.connection(Duration::from_secs(5)).await.expect("the connection with the token");
         let mut record = Vec::new();
         RecordSealer::new(&offer.key).unwrap().seal(KvFrameKind::Block, b"block", &mut record).unwrap();
         server.write_all(&record).await.unwrap();
         let mut got = vec![0u8; record.len()];
         tcp.read_exact(&mut got).await.unwrap();
-        assert_eq!(opened(&mut opener, &mut got).unwrap(), (KvFrameKind::Block, b"block".to_vec()));
+        assert_eq!(opened(&opener, 0, &got).unwrap(), (KvFrameKind::Block, b"block".to_vec()));
         // The same token again: closed, and nobody gets the connection.
         let (mut again, _) = connect(ip, &offer).await.unwrap();
         assert_eq!(again.read(&mut [0u8; 1]).await.unwrap(), 0, "a used token gets the connection closed");

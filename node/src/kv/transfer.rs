@@ -11,10 +11,8 @@ use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
-use pyagent_engine::kv::{BlockHash, KvBlock, KvLayout, ModelId, block_hashes};
-use pyagent_protocol::kv::{
-    BULK_RECORD_HEADER, BulkOffer, KV_FRAME_HEADER, KV_PROTOCOL, KvFrameKind, KvRequest, MAX_KV_REQUEST_BYTES, frame_header, max_bulk_record, parse_header,
-};
+use pyagent_engine::kv::{BlockHash, Integrity, KvBlock, KvLayout, ModelId, block_hashes};
+use pyagent_protocol::kv::{BULK_TAG_BYTES, BulkOffer, KV_FRAME_HEADER, KV_PROTOCOL, KvFrameKind, KvRequest, MAX_KV_REQUEST_BYTES, frame_header, parse_header};
 use tokio::io::AsyncReadExt as _;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
@@ -169,7 +167,7 @@ async fn serve_one(stream: &mut libp2p::Stream, models: &Models, counters: &Coun
     };
     match bulk {
         Some(bulk) => serve_bulk(stream, bulk, worker, hashes, counters).await,
-        None => send_blocks(&mut Sink::Stream(stream), worker, hashes, counters).await,
+        None => send_blocks(stream, worker, hashes, counters).await,
     }
 }
 
@@ -181,38 +179,62 @@ async fn serve_bulk(stream: &mut libp2p::Stream, bulk: &BulkListener, worker: &M
         Ok(offer) => offer,
         Err(e) => {
             tracing::debug!("{e}: answering over the block stream");
-            return send_blocks(&mut Sink::Stream(stream), worker, hashes, counters).await;
+            return send_blocks(stream, worker, hashes, counters).await;
         }
     };
     write_frame(stream, KvFrameKind::Bulk, &offer.to_bytes()).await?;
-    let Some(tcp) = handoff.connection(OPEN_DEADLINE).await else {
+    let Some(mut tcp) = handoff.connection(OPEN_DEADLINE).await else {
         return Err(FetchError::Open("the requester did not reach the bulk port in time".into()));
     };
-    let mut sink = Sink::Bulk { tcp, sealer: RecordSealer::new(&offer.key)?, record: Vec::new() };
-    let sent = send_blocks(&mut sink, worker, hashes, counters).await;
-    if let Sink::Bulk { tcp, .. } = &mut sink {
-        let _ = tokio::time::timeout(FRAME_DEADLINE, tcp.shutdown()).await;
-    }
+    let sent = send_records(&mut tcp, RecordSealer::new(&offer.key)?, worker, hashes, counters).await;
+    let _ = tokio::time::timeout(FRAME_DEADLINE, tcp.shutdown()).await;
     sent
 }
 
-/// Where answer frames go: the block stream, or a bulk connection as sealed records.
-enum Sink<'a> {
-    Stream(&'a mut libp2p::Stream),
-    Bulk { tcp: TcpStream, sealer: RecordSealer, record: Vec<u8> },
-}
+/// Sealed records made ahead of the connection, at most.
+const RECORDS_AHEAD: usize = 4;
 
-impl Sink<'_> {
-    async fn frame(&mut self, kind: KvFrameKind, payload: &[u8]) -> Result<(), FetchError> {
-        match self {
-            Self::Stream(stream) => write_frame(stream, kind, payload).await,
-            Self::Bulk { tcp, sealer, record } => {
-                sealer.seal(kind, payload, record)?;
-                tokio::time::timeout(FRAME_DEADLINE, tcp.write_all(record)).await.map_err(|_| FetchError::Timeout(FRAME_DEADLINE))??;
-                Ok(())
+/// Answers with the blocks `hashes` as [`send_blocks`] does, as records sealed by
+/// `sealer` on `tcp`. The records are made (block taken from the pool, its byte form
+/// written straight into the record, sealed) on a blocking thread while the ones before
+/// them are written.
+async fn send_records(tcp: &mut TcpStream, mut sealer: RecordSealer, worker: &ModelWorker, hashes: Vec<BlockHash>, counters: &Counters) -> Result<(), FetchError> {
+    let started = Instant::now();
+    let pool = worker.pool().clone();
+    let (records, mut sealed) = tokio::sync::mpsc::channel::<Vec<u8>>(RECORDS_AHEAD);
+    let maker = tokio::task::spawn_blocking(move || {
+        for hash in hashes {
+            let block = pool.lock().peek(&hash).map_err(|e| FetchError::Frame(format!("this node's pool: {e}")))?;
+            let mut record = Vec::new();
+            match &block {
+                Some(block) => sealer.seal_with(KvFrameKind::Block, &mut record, |out| block.export_into(out, Integrity::Authenticated))?,
+                None => sealer.seal(KvFrameKind::Missing, &[], &mut record)?,
+            }
+            // The writer stopped (its error is the one to report).
+            if records.blocking_send(record).is_err() || block.is_none() {
+                break;
             }
         }
+        Ok::<_, FetchError>(())
+    });
+    let (mut writing, mut sent) = (Duration::ZERO, 0);
+    let written = async {
+        while let Some(record) = sealed.recv().await {
+            let write = Instant::now();
+            tokio::time::timeout(FRAME_DEADLINE, tcp.write_all(&record)).await.map_err(|_| FetchError::Timeout(FRAME_DEADLINE))??;
+            writing += write.elapsed();
+            if record.first() == Some(&KvFrameKind::Block.byte()) {
+                counters.add_served(record.len() - KV_FRAME_HEADER - BULK_TAG_BYTES);
+                sent += 1;
+            }
+        }
+        Ok::<_, FetchError>(())
     }
+    .await;
+    drop(sealed);
+    let made = maker.await.map_err(|e| FetchError::Frame(format!("making the records: {e}")))?;
+    tracing::debug!(blocks = sent, bulk = true, writing_ms = writing.as_secs_f64() * 1e3, total_ms = started.elapsed().as_secs_f64() * 1e3, "KV blocks served");
+    written.and(made)
 }
 
 /// Computes the blocks of a decode peer's prompt `tokens` (in turn with this node's own
@@ -235,12 +257,12 @@ async fn serve_prefill(stream: &mut libp2p::Stream, models: &Models, model: Mode
         }
     }
     counters.prefills_served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    send_blocks(&mut Sink::Stream(stream), worker, hashes, counters).await
+    send_blocks(stream, worker, hashes, counters).await
 }
 
 /// Answers with the blocks `hashes` from `worker`'s pool, in order, up to the first it
 /// lacks (answered `Missing`).
-async fn send_blocks(sink: &mut Sink<'_>, worker: &ModelWorker, hashes: Vec<BlockHash>, counters: &Counters) -> Result<(), FetchError> {
+async fn send_blocks(stream: &mut libp2p::Stream, worker: &ModelWorker, hashes: Vec<BlockHash>, counters: &Counters) -> Result<(), FetchError> {
     let started = Instant::now();
     let (mut reading, mut writing, mut sent) = (Duration::ZERO, Duration::ZERO, 0);
     for hash in hashes {
@@ -248,19 +270,19 @@ async fn send_blocks(sink: &mut Sink<'_>, worker: &ModelWorker, hashes: Vec<Bloc
         // Read under the lock, exported outside it.
         let block = worker.pool().lock().peek(&hash).map_err(|e| FetchError::Frame(format!("this node's pool: {e}")))?;
         let Some(block) = block else {
-            sink.frame(KvFrameKind::Missing, &[]).await?;
+            write_frame(stream, KvFrameKind::Missing, &[]).await?;
             break;
         };
         let bytes = block.export();
         reading += read.elapsed();
         let write = Instant::now();
-        sink.frame(KvFrameKind::Block, &bytes).await?;
+        write_frame(stream, KvFrameKind::Block, &bytes).await?;
         writing += write.elapsed();
         counters.add_served(bytes.len());
         sent += 1;
     }
     // Where a fetch's time goes, on both ends (RUST_LOG=pyagent_node::kv=debug).
-    tracing::debug!(blocks = sent, bulk = matches!(sink, Sink::Bulk { .. }), reading_ms = reading.as_secs_f64() * 1e3, writing_ms = writing.as_secs_f64() * 1e3, total_ms = started.elapsed().as_secs_f64() * 1e3, "KV blocks served");
+    tracing::debug!(blocks = sent, bulk = false, reading_ms = reading.as_secs_f64() * 1e3, writing_ms = writing.as_secs_f64() * 1e3, total_ms = started.elapsed().as_secs_f64() * 1e3, "KV blocks served");
     Ok(())
 }
 
@@ -414,7 +436,7 @@ async fn fetch_into(
     path: &mut Path,
 ) -> Result<(), FetchError> {
     let started = Instant::now();
-    let mut answer = Answer { stream: open(control, peer, request).await?, bulk: None };
+    let mut answer = Answer { stream: open(control, peer, request).await?, bulk: None, records: 0 };
     let opened = started.elapsed();
     let mut first = Duration::ZERO;
     let mut checks = Checks { run, pending: VecDeque::new(), parent: run.parent, waited: Duration::ZERO, failed: false };
@@ -426,17 +448,17 @@ async fn fetch_into(
         let mut index = 0;
         while index < run.hashes.len() {
             let deadline = if index == 0 { run.first_frame } else { FRAME_DEADLINE };
-            let (kind, buf, at) = answer.next(max, deadline).await?;
+            let (kind, payload) = answer.next(max, deadline).await?;
             if index == 0 {
                 first = started.elapsed();
             }
-            let len = buf.len() - at;
+            let len = payload.len();
             match kind {
                 KvFrameKind::Missing => break,
-                KvFrameKind::Refused => return Err(FetchError::Refused(String::from_utf8_lossy(&buf[at..]).into_owned())),
+                KvFrameKind::Refused => return Err(FetchError::Refused(String::from_utf8_lossy(&payload.open()?).into_owned())),
                 KvFrameKind::Bulk => match bulk {
                     Some(ip) if index == 0 && answer.bulk.is_none() => {
-                        let offer = BulkOffer::from_bytes(&buf).map_err(|e| FetchError::Frame(e.to_string()))?;
+                        let offer = BulkOffer::from_bytes(&payload.open()?).map_err(|e| FetchError::Frame(e.to_string()))?;
                         answer.bulk = Some(bulk::connect(ip, &offer).await?);
                         *path = Path::Bulk;
                         continue;
@@ -446,7 +468,7 @@ async fn fetch_into(
                 KvFrameKind::Block if len != expected => {
                     return Err(FetchError::BadBlock { index, reason: format!("{len} bytes; a block of this model is {expected}") });
                 }
-                KvFrameKind::Block => checks.start(index, buf, at, got).await?,
+                KvFrameKind::Block => checks.start(index, payload, got).await?,
             }
             index += 1;
         }
@@ -467,37 +489,66 @@ async fn fetch_into(
 struct Answer {
     stream: libp2p::Stream,
     bulk: Option<(TcpStream, RecordOpener)>,
+    /// Records read from the bulk connection.
+    records: u64,
+}
+
+/// A frame's payload as it arrived: plain (the stream), or sealed (a bulk record, opened
+/// where it is used: a block's on the thread that checks it).
+enum Payload {
+    Plain(Vec<u8>),
+    Sealed { opener: RecordOpener, number: u64, header: [u8; KV_FRAME_HEADER], sealed: Vec<u8> },
+}
+
+impl Payload {
+    /// The payload's length (as its header says).
+    fn len(&self) -> usize {
+        match self {
+            Self::Plain(bytes) => bytes.len(),
+            Self::Sealed { sealed, .. } => sealed.len() - BULK_TAG_BYTES,
+        }
+    }
+
+    /// How the payload's bytes were guarded on their way.
+    fn integrity(&self) -> Integrity {
+        match self {
+            Self::Plain(_) => Integrity::Checksum,
+            Self::Sealed { .. } => Integrity::Authenticated,
+        }
+    }
+
+    /// The payload's bytes; a sealed one must open.
+    fn open(self) -> Result<Vec<u8>, BulkError> {
+        match self {
+            Self::Plain(bytes) => Ok(bytes),
+            Self::Sealed { opener, number, header, mut sealed } => {
+                let len = opener.open(number, header, &mut sealed)?;
+                sealed.truncate(len);
+                Ok(sealed)
+            }
+        }
+    }
 }
 
 impl Answer {
-    /// The next frame, its payload at most `max` bytes: its kind, and a buffer whose
-    /// bytes from `.2` on are the payload. `deadline` bounds the wait for it to start.
-    async fn next(&mut self, max: usize, deadline: Duration) -> Result<(KvFrameKind, Vec<u8>, usize), FetchError> {
+    /// The next frame, its payload at most `max` bytes. `deadline` bounds the wait for it
+    /// to start.
+    async fn next(&mut self, max: usize, deadline: Duration) -> Result<(KvFrameKind, Payload), FetchError> {
+        let mut header = [0u8; KV_FRAME_HEADER];
         let Some((tcp, opener)) = &mut self.bulk else {
-            let mut header = [0u8; KV_FRAME_HEADER];
             read_exact_within(&mut self.stream, &mut header, deadline).await?;
             let (kind, len) = parse_header(header, max).map_err(|e| FetchError::Frame(e.to_string()))?;
             let mut buf = vec![0u8; len];
             read_exact(&mut self.stream, &mut buf).await?;
-            return Ok((kind, buf, 0));
+            return Ok((kind, Payload::Plain(buf)));
         };
-        let mut header = [0u8; BULK_RECORD_HEADER];
         read_tcp(tcp, &mut header, deadline).await?;
-        let len = u32::from_be_bytes(header) as usize;
-        if len > max_bulk_record(max) {
-            return Err(FetchError::Frame(format!("a bulk record of {len} bytes, limit {}", max_bulk_record(max))));
-        }
-        let mut buf = vec![0u8; len];
-        read_tcp(tcp, &mut buf, FRAME_DEADLINE).await?;
-        let frame = opener.open(&mut buf)?;
-        let mut header = [0u8; KV_FRAME_HEADER];
-        header.copy_from_slice(&buf[..KV_FRAME_HEADER]);
-        let (kind, payload) = parse_header(header, max).map_err(|e| FetchError::Frame(e.to_string()))?;
-        if KV_FRAME_HEADER + payload != frame {
-            return Err(FetchError::Frame(format!("a sealed frame of {frame} bytes says its payload is {payload}")));
-        }
-        buf.truncate(frame);
-        Ok((kind, buf, KV_FRAME_HEADER))
+        let (kind, len) = parse_header(header, max).map_err(|e| FetchError::Frame(e.to_string()))?;
+        let mut sealed = vec![0u8; len + BULK_TAG_BYTES];
+        read_tcp(tcp, &mut sealed, FRAME_DEADLINE).await?;
+        let number = self.records;
+        self.records += 1;
+        Ok((kind, Payload::Sealed { opener: opener.clone(), number, header, sealed }))
     }
 
     async fn close(mut self) {
@@ -515,7 +566,7 @@ async fn read_tcp(tcp: &mut TcpStream, buf: &mut [u8], deadline: Duration) -> Re
 /// order, each against the hash asked for and the block before it.
 struct Checks<'a> {
     run: &'a Run<'a>,
-    pending: VecDeque<(usize, tokio::task::JoinHandle<Result<KvBlock, pyagent_engine::kv::BlockError>>)>,
+    pending: VecDeque<(usize, tokio::task::JoinHandle<Result<KvBlock, String>>)>,
     parent: BlockHash,
     /// Time the reader spent waiting for checks (a full queue, the end).
     waited: Duration,
@@ -527,10 +578,15 @@ struct Checks<'a> {
 const CHECKS_AHEAD: usize = 4;
 
 impl Checks<'_> {
-    /// Starts checking the block whose byte form is `bytes[at..]`.
-    async fn start(&mut self, index: usize, bytes: Vec<u8>, at: usize, got: &mut Vec<KvBlock>) -> Result<(), FetchError> {
+    /// Starts checking the block whose byte form is `payload` (opening it first if sealed).
+    async fn start(&mut self, index: usize, payload: Payload, got: &mut Vec<KvBlock>) -> Result<(), FetchError> {
         let model = self.run.model;
-        self.pending.push_back((index, tokio::task::spawn_blocking(move || KvBlock::import(&bytes[at..], &model))));
+        let check = move || {
+            let integrity = payload.integrity();
+            let bytes = payload.open().map_err(|e| e.to_string())?;
+            KvBlock::import_with(&bytes, &model, integrity).map_err(|e| e.to_string())
+        };
+        self.pending.push_back((index, tokio::task::spawn_blocking(check)));
         if self.pending.len() >= CHECKS_AHEAD {
             self.take_one(got).await?;
         }
@@ -555,7 +611,7 @@ impl Checks<'_> {
         Ok(())
     }
 
-    fn accept(&mut self, index: usize, imported: Result<Result<KvBlock, pyagent_engine::kv::BlockError>, tokio::task::JoinError>) -> Result<KvBlock, FetchError> {
+    fn accept(&mut self, index: usize, imported: Result<Result<KvBlock, String>, tokio::task::JoinError>) -> Result<KvBlock, FetchError> {
         let bad = |reason: String| FetchError::BadBlock { index, reason };
         let block = imported.map_err(|e| bad(format!("its check did not finish: {e}")))?.map_err(|e| bad(e.to_string()))?;
         let (layout, hash, parent) = (self.run.layout, self.run.hashes[index], self.parent);

@@ -131,26 +131,28 @@ async fn raw_tcp(frames: u64, frame: usize) -> Result<(u64, f64), ThroughputErro
 /// `frame` payload bytes, each opened by the reader (which counts payload bytes).
 async fn bulk(frames: u64, frame: usize) -> Result<(u64, f64), ThroughputError> {
     use crate::kv::bulk::{self, BulkListener, RecordSealer};
-    use pyagent_protocol::kv::{BULK_RECORD_HEADER, KV_FRAME_HEADER, KvFrameKind};
+    use pyagent_protocol::kv::{BULK_TAG_BYTES, KV_FRAME_HEADER, KvFrameKind, parse_header};
     let failed = |e: bulk::BulkError| ThroughputError::Stream(e.to_string());
     let loopback = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
     let (listener, accepting) = BulkListener::start(loopback)?;
     let mut tasks = AbortOnDrop(vec![accepting]);
     let (offer, handoff) = listener.offer(DEADLINE).map_err(failed)?;
-    let (mut tcp, mut opener) = bulk::connect(loopback, &offer).await.map_err(failed)?;
+    let (mut tcp, opener) = bulk::connect(loopback, &offer).await.map_err(failed)?;
     let reader = tokio::spawn(async move {
         let mut buf = Vec::new();
-        let mut total = 0u64;
+        let (mut total, mut number) = (0u64, 0u64);
         loop {
-            let mut len = [0u8; BULK_RECORD_HEADER];
-            match tcp.read_exact(&mut len).await {
+            let mut header = [0u8; KV_FRAME_HEADER];
+            match tcp.read_exact(&mut header).await {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok((total, Instant::now())),
                 Err(e) => return Err(ThroughputError::Io(e)),
             }
-            buf.resize(u32::from_be_bytes(len) as usize, 0);
+            let (_, len) = parse_header(header, usize::MAX).map_err(|e| ThroughputError::Stream(e.to_string()))?;
+            buf.resize(len + BULK_TAG_BYTES, 0);
             tcp.read_exact(&mut buf).await?;
-            total += (opener.open(&mut buf).map_err(failed)? - KV_FRAME_HEADER) as u64;
+            total += opener.open(number, header, &mut buf).map_err(failed)? as u64;
+            number += 1;
         }
     });
     let mut socket = handoff.connection(DEADLINE).await.ok_or_else(|| ThroughputError::Stream("the bulk connection did not arrive".into()))?;
