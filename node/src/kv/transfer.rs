@@ -202,10 +202,12 @@ async fn send_records(tcp: &mut TcpStream, mut sealer: RecordSealer, worker: &Mo
     let started = Instant::now();
     let pool = worker.pool().clone();
     let (records, mut sealed) = tokio::sync::mpsc::channel::<Vec<u8>>(RECORDS_AHEAD);
+    // Written records go back to be filled again (their pages already mapped).
+    let (spent, mut reuse) = tokio::sync::mpsc::channel::<Vec<u8>>(RECORDS_AHEAD + 2);
     let maker = tokio::task::spawn_blocking(move || {
         for hash in hashes {
             let block = pool.lock().peek(&hash).map_err(|e| FetchError::Frame(format!("this node's pool: {e}")))?;
-            let mut record = Vec::new();
+            let mut record = reuse.try_recv().unwrap_or_default();
             match &block {
                 Some(block) => sealer.seal_with(KvFrameKind::Block, &mut record, |out| block.export_into(out, Integrity::Authenticated))?,
                 None => sealer.seal(KvFrameKind::Missing, &[], &mut record)?,
@@ -227,6 +229,7 @@ async fn send_records(tcp: &mut TcpStream, mut sealer: RecordSealer, worker: &Mo
                 counters.add_served(record.len() - KV_FRAME_HEADER - BULK_TAG_BYTES);
                 sent += 1;
             }
+            let _ = spent.try_send(record);
         }
         Ok::<_, FetchError>(())
     }
@@ -544,8 +547,19 @@ impl Answer {
         };
         read_tcp(tcp, &mut header, deadline).await?;
         let (kind, len) = parse_header(header, max).map_err(|e| FetchError::Frame(e.to_string()))?;
-        let mut sealed = vec![0u8; len + BULK_TAG_BYTES];
-        read_tcp(tcp, &mut sealed, FRAME_DEADLINE).await?;
+        // Read into spare capacity: no pass to zero 720 KB first.
+        let mut sealed = Vec::with_capacity(len + BULK_TAG_BYTES);
+        tokio::time::timeout(FRAME_DEADLINE, async {
+            while sealed.len() < len + BULK_TAG_BYTES {
+                let want = (len + BULK_TAG_BYTES - sealed.len()) as u64;
+                if (&mut *tcp).take(want).read_buf(&mut sealed).await? == 0 {
+                    return Err(FetchError::Closed);
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|_| FetchError::Timeout(FRAME_DEADLINE))??;
         let number = self.records;
         self.records += 1;
         Ok((kind, Payload::Sealed { opener: opener.clone(), number, header, sealed }))
