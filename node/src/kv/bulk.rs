@@ -11,7 +11,11 @@
 //! Hostile connections cost little: one that has not shown a token within
 //! [`TOKEN_DEADLINE`] is closed, at most [`MAX_WAITING`] wait at once (more are closed at
 //! once), an unknown, used or expired token closes the connection, and a token is only
-//! ever learned inside the encrypted stream of a swarm member.
+//! handed out inside the encrypted stream of a swarm member. It then crosses the bulk
+//! connection in the clear: an on-path observer could race the requester with it, and get
+//! records it cannot open (the key never leaves the stream) while the requester is closed
+//! out and computes the prefix itself — no worse than that observer cutting the
+//! connection.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -364,8 +364,9 @@ pub struct Fetched {
 }
 
 /// The blocks `hashes` (a run chained from `parent`) from `peer`, as far as it holds them
-/// and each one checks: its checksum, the model, `layout`, its size, the hash asked for,
-/// the parent before it. With `bulk` (the address this node reached the peer at), the
+/// and each one checks: its checksum (on the stream; the record's AEAD tag on the bulk
+/// path), the model, `layout`, its size, the hash asked for, the parent before it. The
+/// blocks got before a failure come back with it. With `bulk` (the address this node reached the peer at), the
 /// peer may move them over its bulk path; if that cannot be reached, they come over the
 /// stream.
 pub async fn fetch_run(
