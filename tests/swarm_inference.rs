@@ -18,9 +18,14 @@ use crate::support::http::{header, post};
 use crate::support::{self, Opts, wait_until};
 
 async fn node(dir: &Path, name: &str, model: Option<&PathBuf>, bootstrap: &[&Node]) -> Node {
+    node_with(dir, name, model, bootstrap, |_| {}).await
+}
+
+async fn node_with(dir: &Path, name: &str, model: Option<&PathBuf>, bootstrap: &[&Node], edit: impl FnOnce(&mut pyagent_node::config::Config)) -> Node {
     let opts = Opts { bootstrap: bootstrap.iter().flat_map(|n| n.p2p_addrs()).collect(), ..Default::default() };
     let mut config = support::test_config(&dir.join(name), &opts);
     config.inference.models = model.into_iter().cloned().collect();
+    edit(&mut config);
     Node::start(config.validate().unwrap()).await.unwrap()
 }
 
@@ -140,9 +145,12 @@ async fn nodes_without_the_model_get_the_same_greedy_text_from_the_peer_that_has
 async fn sixteen_identical_concurrent_requests_spread_over_two_capable_peers() {
     let dir = tempfile::tempdir().unwrap();
     let Some(model) = tiny_chat_model(dir.path()) else { return };
-    let a = node(dir.path(), "a", Some(&model), &[]).await;
-    let d = node(dir.path(), "d", Some(&model), &[&a]).await;
-    let b = node(dir.path(), "b", None, &[&a, &d]).await;
+    // 16 long generations at once saturate a 2-core machine, adverts included: the default
+    // 7 s peer TTL, not the tests' 2 s, so a late advert does not cut a busy peer off.
+    let ttl = |c: &mut pyagent_node::config::Config| c.membership.peer_ttl_ms = 7000;
+    let a = node_with(dir.path(), "a", Some(&model), &[], ttl).await;
+    let d = node_with(dir.path(), "d", Some(&model), &[&a], ttl).await;
+    let b = node_with(dir.path(), "b", None, &[&a, &d], ttl).await;
     sees_servers(&b, 2).await;
     let addr = b.http_addr().unwrap();
     // Long enough (a few hundred ms each) that the requests overlap.
