@@ -208,6 +208,9 @@ async fn send_records(tcp: &mut TcpStream, mut sealer: RecordSealer, worker: &Mo
         for hash in hashes {
             let block = pool.lock().peek(&hash).map_err(|e| FetchError::Frame(format!("this node's pool: {e}")))?;
             let mut record = reuse.try_recv().unwrap_or_default();
+            // Room for the whole record up front: no reallocation (and copy) for its tag.
+            record.clear();
+            record.reserve(KV_FRAME_HEADER + block.as_ref().map_or(0, |b| KvBlock::export_len(&b.layout)) + BULK_TAG_BYTES);
             match &block {
                 Some(block) => sealer.seal_with(KvFrameKind::Block, &mut record, |out| block.export_into(out, Integrity::Authenticated))?,
                 None => sealer.seal(KvFrameKind::Missing, &[], &mut record)?,
