@@ -440,6 +440,37 @@ async fn an_unreachable_bulk_port_or_a_holder_without_one_costs_nothing_but_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fixed_bulk_port_is_where_blocks_go_and_a_taken_one_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(model) = tiny_chat_model(dir.path()) else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let a = start(dir.path(), "a", &model, &[], |c| c.inference.kv_bulk_port = port).await;
+    let prefix = tokens(64, 17);
+    run_here(&a, &prefix).await;
+    let b = node(dir.path(), "b", &model, &[&a]).await;
+    sees_blocks(&b, &a, model_id(&a), &prefix, prefix.len() / BLOCK_TOKENS).await;
+    let mut prompt = prefix.clone();
+    prompt.extend(tokens(20, 18));
+    assert_eq!(run_here(&b, &prompt).await.cached_tokens, prefix.len());
+    assert_eq!(b.kv().stats().blocks_fetched_bulk, (prefix.len() / BLOCK_TOKENS) as u64, "{:?}", b.kv().stats());
+    // Anyone else on that port without a token is closed out.
+    let mut stranger = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stranger.write_all(&[0x42; 32]).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut stranger, &mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    // The same port for a second node: it does not start, and says why.
+    let opts = Opts::default();
+    let mut config = support::test_config(&dir.path().join("c"), &opts);
+    config.inference.models = vec![model.clone()];
+    config.inference.kv_bulk_port = port;
+    let err = Node::start(config.validate().unwrap()).await.expect_err("the bulk port is taken").to_string();
+    assert!(err.contains(&format!("port {port}")) && err.contains("--kv-bulk-port"), "{err}");
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_peer_outside_the_swarm_gets_no_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let Some(model) = tiny_chat_model(dir.path()) else { return };

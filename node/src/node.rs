@@ -58,6 +58,8 @@ pub enum StartError {
     Http(#[from] crate::http::HttpStartError),
     #[error("cannot start the history writer thread: {0}")]
     History(std::io::Error),
+    #[error("cannot listen for the KV bulk path on {ip} port {port} ({source}); pick another port with --kv-bulk-port (0: any free one) or go without it with --no-kv-bulk")]
+    BulkPort { ip: std::net::IpAddr, port: u16, source: std::io::Error },
 }
 
 /// A running node.
@@ -231,6 +233,11 @@ impl Node {
             })
             .collect();
         let models = Models::start(serve).await;
+        // The KV bulk path's port (a node serving models only), bound before anything runs.
+        let bulk = (settings.kv_bulk && !models.is_empty())
+            .then(|| std::net::TcpListener::bind((settings.listen_ip, settings.kv_bulk_port)))
+            .transpose()
+            .map_err(|source| StartError::BulkPort { ip: settings.listen_ip, port: settings.kv_bulk_port, source })?;
         let advertised = models.clone();
         probe.set_models(Box::new(move || advertised.adverts()));
         let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -287,7 +294,7 @@ impl Node {
         let p2p_addrs = task.listen_addrs();
         let router_task = tokio::spawn(task.run());
         let executor = crate::inference::executor::start(streams.clone(), models.clone(), client.clone());
-        let kv_settings = crate::kv::KvSettings { fetch: settings.kv_fetch, role: settings.role, bulk: settings.kv_bulk.then_some(settings.listen_ip) };
+        let kv_settings = crate::kv::KvSettings { fetch: settings.kv_fetch, role: settings.role, bulk_asked: settings.kv_bulk, bulk };
         let (kv, kv_server) = crate::kv::KvExchange::start(peer_id, streams.clone(), &models, client.clone(), kv_settings, kv_counters);
         let inference = crate::inference::Inference::new(peer_id, models.clone(), client.clone(), streams).with_kv(kv.clone());
         // From here on, a failure must stop the router again.

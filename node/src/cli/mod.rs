@@ -361,6 +361,9 @@ pub struct NodeArgs {
     /// beside libp2p, records sealed with AES-256-GCM).
     #[arg(long)]
     pub no_kv_bulk: bool,
+    /// TCP port of the KV bulk path on the p2p listen address [default: 0, any free port].
+    #[arg(long, value_name = "PORT")]
+    pub kv_bulk_port: Option<u16>,
     /// This node's part in serving: prefill (computes prompts' KV blocks for decode
     /// nodes), decode (runs requests, prompts prefilled by a prefill node when there is
     /// one) or both [default: both].
@@ -412,6 +415,7 @@ impl NodeArgs {
             provider: self.provider,
             kv_fetch: self.no_kv_fetch.then_some(false),
             kv_bulk: self.no_kv_bulk.then_some(false),
+            kv_bulk_port: self.kv_bulk_port,
             role: self.role,
             kv_host_mb: self.kv_host_mb,
             lookahead: self.lookahead,

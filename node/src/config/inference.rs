@@ -25,6 +25,9 @@ pub struct InferenceConfig {
     /// stream. Off: blocks move over libp2p streams only (a firewall that allows only
     /// the p2p port needs nothing: an unreachable bulk port falls back to the stream).
     pub kv_bulk: bool,
+    /// The bulk path's TCP port on the p2p listen address; 0 (the default): any free port.
+    /// Set it where a firewall must let the port through; a port in use stops the start.
+    pub kv_bulk_port: u16,
     /// This node's part in serving: `both` (default) runs whole requests; `decode` runs
     /// requests and has a `prefill` peer compute their prompts' KV blocks when one is
     /// there; `prefill` computes prompts for decode peers and gets requests only when no
@@ -61,6 +64,7 @@ impl Default for InferenceConfig {
             kv_host_mb: 256,
             kv_fetch: true,
             kv_bulk: true,
+            kv_bulk_port: 0,
             role: pyagent_protocol::InferenceRole::Both,
             provider: ProviderChoice::Auto,
             lookahead: pyagent_engine::infer::LOOKAHEAD,

@@ -246,6 +246,7 @@ impl Config {
         set(&mut self.inference.provider, o.provider);
         set(&mut self.inference.kv_fetch, o.kv_fetch);
         set(&mut self.inference.kv_bulk, o.kv_bulk);
+        set(&mut self.inference.kv_bulk_port, o.kv_bulk_port);
         set(&mut self.inference.role, o.role);
         set(&mut self.inference.kv_host_mb, o.kv_host_mb);
         set(&mut self.inference.lookahead, o.lookahead);
@@ -367,6 +368,7 @@ impl Config {
             kv_host_bytes: self.inference.kv_host_mb << 20,
             kv_fetch: self.inference.kv_fetch,
             kv_bulk: self.inference.kv_bulk,
+            kv_bulk_port: self.inference.kv_bulk_port,
             role: self.inference.role,
             lookahead: self.inference.lookahead,
             protocol_versions: VersionRange::SUPPORTED,
@@ -456,6 +458,8 @@ pub struct Settings {
     pub kv_fetch: bool,
     /// Move fetched KV blocks over the bulk path (a TCP port beside libp2p).
     pub kv_bulk: bool,
+    /// Its TCP port (0: any free one).
+    pub kv_bulk_port: u16,
     /// `--role`: prefill, decode or both.
     pub role: pyagent_protocol::InferenceRole,
     /// Guesses per decode pass at most (`inference.lookahead`).

@@ -82,7 +82,11 @@ impl BulkListener {
     /// Listens on `ip` (any free port); abort the handle to stop. Must run inside the
     /// tokio runtime.
     pub fn start(ip: IpAddr) -> std::io::Result<(Self, JoinHandle<()>)> {
-        let listener = std::net::TcpListener::bind((ip, 0))?;
+        Self::from_std(std::net::TcpListener::bind((ip, 0))?)
+    }
+
+    /// Serves the bulk path on `listener` (already bound); as [`Self::start`].
+    pub fn from_std(listener: std::net::TcpListener) -> std::io::Result<(Self, JoinHandle<()>)> {
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let listener = TcpListener::from_std(listener)?;

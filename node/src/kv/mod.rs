@@ -38,7 +38,7 @@
 //! itself. `both` (the default) does each part itself.
 //!
 //! **Bulk path** (on unless `--no-kv-bulk`): a fetch asks for it (`FetchBulk`); a holder
-//! with a bulk listener (any free TCP port on the p2p listen address) answers with a
+//! with a bulk listener (a TCP port on the p2p listen address, `--kv-bulk-port`) answers with a
 //! one-time token and AES-256-GCM key inside the stream, and the blocks come over a
 //! plain TCP connection to that port, sealed in one record per block — about as fast as
 //! the machines' TCP and AES, where the stream's Noise ChaCha20-Poly1305 and Yamux frames
@@ -185,14 +185,16 @@ struct Inner {
 }
 
 /// How a node takes part in the exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct KvSettings {
     /// Workers fetch missing prefixes (`--no-kv-fetch`: off).
     pub fetch: bool,
     pub role: InferenceRole,
-    /// The bulk path: listen on this address (the p2p listen address) and ask peers for
-    /// theirs; `None` (`--no-kv-bulk`): blocks go over streams only.
-    pub bulk: Option<IpAddr>,
+    /// Fetches ask peers for their bulk path (`--no-kv-bulk`: off).
+    pub bulk_asked: bool,
+    /// This node's bulk path: the listener it serves it on (bound on the p2p listen
+    /// address); `None`: blocks are served over streams only.
+    pub bulk: Option<std::net::TcpListener>,
 }
 
 /// Batches of dropped blocks waiting to be pushed to a peer.
@@ -209,18 +211,18 @@ impl KvExchange {
     /// when `fetch` is on, makes every worker fetch missing prefixes before prefill. Must run inside the tokio runtime.
     /// `counters` are shared with whoever reports them (`pyagent status`).
     pub fn start(me: PeerId, control: libp2p_stream::Control, models: &Models, client: NodeClient, settings: KvSettings, counters: Arc<Counters>) -> (Self, Option<JoinHandle<()>>) {
-        let KvSettings { fetch, role, bulk } = settings;
+        let KvSettings { fetch, role, bulk_asked, bulk } = settings;
         let prefill = role != InferenceRole::Decode;
         let server = if models.is_empty() {
             None
         } else {
-            let listener = bulk.and_then(|ip| match bulk::BulkListener::start(ip) {
+            let listener = bulk.and_then(|listener| match bulk::BulkListener::from_std(listener) {
                 Ok((listener, task)) => {
-                    tracing::debug!(%ip, port = listener.port(), "KV bulk path listening");
+                    tracing::debug!(port = listener.port(), "KV bulk path listening");
                     Some((listener, task))
                 }
                 Err(e) => {
-                    tracing::warn!(%ip, "KV blocks are served over streams only: cannot listen for the bulk path: {e}");
+                    tracing::warn!("KV blocks are served over streams only: cannot listen for the bulk path: {e}");
                     None
                 }
             });
@@ -238,7 +240,7 @@ impl KvExchange {
             offload,
             fetch,
             role,
-            bulk: bulk.is_some(),
+            bulk: bulk_asked,
             bulk_unreachable: Mutex::default(),
         };
         let exchange = Self { inner: Arc::new(inner) };
