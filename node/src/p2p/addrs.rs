@@ -67,6 +67,14 @@ mod tests {
     }
 
     #[test]
+    fn the_ip_of_an_address_is_its_first_ip_component() {
+        let a = |s: &str| -> Multiaddr { s.parse().unwrap() };
+        assert_eq!(ip_of(&a("/ip4/10.0.0.2/tcp/7760")), Some(IpAddr::from([10, 0, 0, 2])));
+        assert_eq!(ip_of(&a("/ip6/::1/udp/7760/quic-v1")), Some(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)));
+        assert_eq!(ip_of(&a("/dns4/example.org/tcp/7760")), None);
+    }
+
+    #[test]
     fn tcp_addresses_are_dialed_before_quic_ones() {
         let a = |s: &str| -> Multiaddr { s.parse().unwrap() };
         let (quic, tcp1, tcp2) = (a("/ip4/10.0.0.2/udp/7760/quic-v1"), a("/ip4/10.0.0.2/tcp/7760"), a("/ip4/10.0.1.2/tcp/7760"));
