@@ -580,8 +580,9 @@ async fn read_tcp(tcp: &mut TcpStream, buf: &mut [u8], deadline: Duration) -> Re
 }
 
 /// Blocks checked on blocking threads while the next ones are read (checking a block —
-/// its BLAKE3 sum, its fields, a copy — takes about as long as receiving it); taken in
-/// order, each against the hash asked for and the block before it.
+/// its BLAKE3 sum on the stream or its record's AEAD tag on the bulk path, its fields, a
+/// copy — takes about as long as receiving it); taken in order, each against the hash
+/// asked for and the block before it.
 struct Checks<'a> {
     run: &'a Run<'a>,
     pending: VecDeque<(usize, tokio::task::JoinHandle<Result<KvBlock, String>>)>,
