@@ -41,11 +41,15 @@ async fn node_as(dir: &Path, name: &str, model: &Path, bootstrap: &[&Node], role
 }
 
 async fn start(dir: &Path, name: &str, model: &Path, bootstrap: &[&Node], edit: impl FnOnce(&mut Config)) -> Node {
+    try_start(dir, name, model, bootstrap, edit).await.unwrap()
+}
+
+async fn try_start(dir: &Path, name: &str, model: &Path, bootstrap: &[&Node], edit: impl FnOnce(&mut Config)) -> Result<Node, pyagent_node::StartError> {
     let opts = Opts { bootstrap: bootstrap.iter().flat_map(|n| n.p2p_addrs()).collect(), ..Default::default() };
     let mut config = support::test_config(&dir.join(name), &opts);
     config.inference.models = vec![model.to_owned()];
     edit(&mut config);
-    Node::start(config.validate().unwrap()).await.unwrap()
+    Node::start(config.validate().unwrap()).await
 }
 
 /// A prompt of `n` tokens of the tiny model's vocabulary, varied by `seed`.
@@ -460,11 +464,7 @@ async fn a_fixed_bulk_port_is_where_blocks_go_and_a_taken_one_stops_the_start() 
     tokio::io::AsyncReadExt::read_to_end(&mut stranger, &mut rest).await.unwrap();
     assert!(rest.is_empty());
     // The same port for a second node: it does not start, and says why.
-    let opts = Opts::default();
-    let mut config = support::test_config(&dir.path().join("c"), &opts);
-    config.inference.models = vec![model.clone()];
-    config.inference.kv_bulk_port = port;
-    let err = Node::start(config.validate().unwrap()).await.expect_err("the bulk port is taken").to_string();
+    let err = try_start(dir.path(), "c", &model, &[], |c| c.inference.kv_bulk_port = port).await.expect_err("the bulk port is taken").to_string();
     assert!(err.contains(&format!("port {port}")) && err.contains("--kv-bulk-port"), "{err}");
     b.shutdown().await;
     a.shutdown().await;

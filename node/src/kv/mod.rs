@@ -48,12 +48,14 @@
 //!
 //! - [`credit`]: what placement credits a candidate with; which prefill peer (pure).
 //! - [`plan`]: which peer serves which blocks (pure).
-//! - [`transfer`]: the stream protocol, both sides.
+//! - [`transfer`]: the stream protocol, the asking side (fetch, prefill by a peer, push).
+//! - [`serve`]: the stream protocol, the serving side.
 //! - [`bulk`]: the bulk path's listener, connection and sealed records.
 
 pub mod bulk;
 pub mod credit;
 pub mod plan;
+pub mod serve;
 pub mod transfer;
 
 pub use credit::{Credit, credits};
@@ -226,8 +228,7 @@ impl KvExchange {
                     None
                 }
             });
-            let listener = listener.map_or((None, None), |(l, t)| (Some(l), Some(t)));
-            transfer::serve(control.clone(), models.clone(), client.clone(), counters.clone(), prefill, listener)
+            serve::serve(control.clone(), models.clone(), client.clone(), counters.clone(), prefill, listener)
         };
         let (offload, batches) = tokio::sync::mpsc::channel(OFFLOAD_QUEUE);
         let inner = Inner {
