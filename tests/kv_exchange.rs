@@ -154,6 +154,18 @@ async fn a_prefix_computed_on_one_peer_is_fetched_by_another_and_changes_nothing
     let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {answer}"));
     assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], (prompt.len() - 1) / BLOCK_TOKENS * BLOCK_TOKENS, "{v}");
     assert!(a.kv().stats().blocks_fetched > 0);
+
+    // A prompt of whole blocks that a peer ran: all of them are fetched, the last one
+    // included, and only the last token runs again.
+    let aligned = tokens(12 * BLOCK_TOKENS, 3);
+    let reference = cold(&model, &aligned).await;
+    run_here(&a, &aligned).await;
+    sees_blocks(&b, &a, model_id(&a), &aligned, 12).await;
+    let before = b.kv().stats().blocks_fetched;
+    let fetched = run_here(&b, &aligned).await;
+    assert_eq!(fetched.cached_tokens, aligned.len() - 1, "every block fetched, the last token run again");
+    assert_eq!(b.kv().stats().blocks_fetched - before, 12);
+    same_output(&fetched, &reference, "fetched whole prompt");
     b.shutdown().await;
     a.shutdown().await;
 }

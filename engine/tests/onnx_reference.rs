@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use pyagent_engine::infer::{self, ComputeChoice, ComputeMode, Decoder, ModelDir, ModelError, RuntimeError};
+use pyagent_engine::kv::BLOCK_TOKENS;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -220,7 +221,7 @@ fn missing_runtime_corrupt_model_and_tokenizer_mismatch_are_clear_errors() {
 mod engine {
     use super::*;
     use pyagent_engine::infer::{Engine, GenerateOptions, Sampling};
-    use pyagent_engine::kv::{BLOCK_TOKENS, Eviction, KvBlock, PoolConfig, block_hashes};
+    use pyagent_engine::kv::{Eviction, KvBlock, PoolConfig, block_hashes};
 
     fn pool(host_blocks: u64, disk_blocks: u64, dir: &Path, model: &ModelDir) -> PoolConfig {
         let size = model.config.kv_layout().block_bytes() as u64;
@@ -266,6 +267,23 @@ mod engine {
         assert_eq!(engine.pool.lock().counts().iter().map(|(_, n)| n).sum::<usize>(), held);
         let again = engine.generate(&ids, &options, |_| {}).unwrap();
         assert_eq!((again.cached_tokens, &again.tokens), (warm.cached_tokens, &cold.tokens));
+
+        // A prompt of whole blocks, run before: every block is reused and only the last
+        // token runs again (over its cached keys and values), twice in a row, the second
+        // time from the blocks the first gave back.
+        let aligned = &ids[..3 * BLOCK_TOKENS];
+        let aligned_dir = tempfile::tempdir().unwrap();
+        let mut whole = Engine::new(ModelDir::open_with(&model_dir, choice).unwrap(), env, 1, &pool(64, 0, aligned_dir.path(), &engine.model)).unwrap();
+        let first = whole.generate(aligned, &options, |_| {}).unwrap();
+        assert_eq!(first.cached_tokens, 0);
+        let held = whole.pool.lock().hashes().len();
+        for run in 0..2 {
+            let hit = whole.generate(aligned, &options, |_| {}).unwrap();
+            assert_eq!(hit.cached_tokens, aligned.len() - 1, "run {run}: every block reused, the last token run again");
+            assert_eq!(hit.tokens, first.tokens, "run {run}");
+            assert!(same(&hit.step_logits, &first.step_logits) <= allowed, "run {run}");
+            assert_eq!(whole.pool.lock().counts().iter().map(|(_, n)| n).sum::<usize>(), held, "run {run}: every lent block came back");
+        }
 
         // Blocks exported and imported into a fresh pool of another engine.
         let hashes = block_hashes(&engine.model.id, &ids);
@@ -444,6 +462,14 @@ mod smollm2 {
             assert!(warm.cached_tokens >= 32, "{}", warm.cached_tokens);
             assert_eq!(warm.tokens, cold.tokens, "{mode}: cached prefix");
             assert!(steps_diff(&warm.step_logits, &cold.step_logits) <= allowed, "{mode}: cached prefix");
+            // Whole blocks, all cached: only the last token runs again.
+            let aligned = &ids[..ids.len() / BLOCK_TOKENS * BLOCK_TOKENS];
+            let mut engine = fresh();
+            let cold_aligned = engine.generate(aligned, &options, |_| {}).unwrap();
+            let hit = engine.generate(aligned, &options, |_| {}).unwrap();
+            assert_eq!(hit.cached_tokens, aligned.len() - 1);
+            assert_eq!(hit.tokens, cold_aligned.tokens, "{mode}: whole prompt cached");
+            assert!(steps_diff(&hit.step_logits, &cold_aligned.step_logits) <= allowed, "{mode}: whole prompt cached");
             // Guesses in the free second row of int8-compute decode passes change nothing,
             // greedy or sampled; fp32 compute has no free row.
             // 32 tokens: some guesses are wrong before the end.

@@ -150,6 +150,10 @@ fn peak_rss_bytes() -> Option<u64> {
 fn generate(args: &cli::GenerateArgs) -> ExitCode {
     use pyagent_engine::infer::{self, Engine, GenerateOptions, Sampling};
     use std::io::Write;
+    // The engine's own timings (RUST_LOG=pyagent_engine=debug); quiet otherwise.
+    if std::env::var_os("RUST_LOG").is_some() {
+        pyagent_node::logging::init(pyagent_node::config::LogFormat::Pretty);
+    }
     let run = || -> anyhow::Result<()> {
         let env = infer::environment(args.ort_lib.as_deref()).context("inference is off")?;
         let model = match args.compute {

@@ -182,7 +182,7 @@ impl Engine {
         if self.pool.lock().held_run(&hashes) == hashes.len() {
             return Ok(0);
         }
-        let (_, state, loan) = self.prefill(tokens, 0)?;
+        let (_, state, loan, _) = self.prefill(tokens, 0)?;
         self.decoder.release();
         // The lent blocks come back cut from the cache, with the new ones.
         let stored = self.store(state, tokens)?;
@@ -190,11 +190,20 @@ impl Engine {
     }
 
     /// Prefills `prompt` (reusing cached blocks) in chunks of `prefill_chunk` tokens and
-    /// returns the last position's logits, the cache, and the loan of the prompt blocks
-    /// that came from the pool (the cache is built from them, which the pool lends rather
-    /// than copies: they come back cut from the cache). Storing the new blocks waits until
-    /// the generation is over: it is not on the way to the first token.
-    fn prefill(&mut self, prompt: &[u32], max_tokens: usize) -> Result<(Logits, KvState, Loan), EngineError> {
+    /// returns the last position's logits, the cache, the loan of the prompt blocks that
+    /// came from the pool (the cache is built from them, which the pool lends rather than
+    /// copies: they come back cut from the cache), and how many of the prompt's positions
+    /// were reused. Storing the new blocks waits until the generation is over: it is not
+    /// on the way to the first token.
+    ///
+    /// Every whole block of the prompt may be reused. When they cover the whole prompt
+    /// (a prompt run before, or fetched whole from a peer) the last position is run again
+    /// over its cached keys and values, for its logits (what vLLM does on a full hit):
+    /// one position instead of a block of 16. Its keys and values come out the same as
+    /// the block's with int8 compute (rows of passes of 2 or more are bit-identical however
+    /// they are chunked, and a 1-token pass runs as 2 rows); with fp32 compute a 1-row
+    /// pass rounds them within 1e-4, as every fp32 decode step does.
+    fn prefill(&mut self, prompt: &[u32], max_tokens: usize) -> Result<(Logits, KvState, Loan, usize), EngineError> {
         let layout = self.model.config.kv_layout();
         // Refused before anything is lent: a request that fails later loses the blocks it
         // was lent (its cache goes with it).
@@ -202,29 +211,38 @@ impl Engine {
         if let Some(bad) = prompt.iter().find(|&&t| t as usize >= vocab as usize) {
             return Err(ModelError::Run(format!("token {bad} is outside the vocabulary of {vocab}")).into());
         }
-        // At least one token must run to get logits.
-        let usable = prompt.len().saturating_sub(1) / BLOCK_TOKENS;
-        let cached = self.pool.lock().lend_prefix(prompt, usable)?;
+        let cached = self.pool.lock().lend_prefix(prompt, prompt.len() / BLOCK_TOKENS)?;
         let loan = Loan { pool: self.pool.clone(), hashes: cached.iter().map(|b| b.hash).collect() };
         let reused = cached.len();
         // Room for the whole generation up front where the graph appends in place.
         let total = prompt.len() + max_tokens;
+        let building = Instant::now();
         let mut state = if cached.is_empty() {
             self.decoder.reserve(self.decoder.empty_cache()?, total)?
         } else {
             let capacity = self.decoder.capacity_for(reused * BLOCK_TOKENS, total);
             cache::state_of(layout, cached, capacity)?
         };
+        // At least one token runs, for the logits.
+        let start = (reused * BLOCK_TOKENS).min(prompt.len().saturating_sub(1));
+        state.truncate(start)?;
+        let built = building.elapsed();
         let mut last = None;
         // Chunks bound the memory of a long prompt (logits are [chunk, vocab]) without
         // changing its result.
-        for chunk in prompt[reused * BLOCK_TOKENS..].chunks(self.prefill_chunk.max(1)) {
+        for chunk in prompt[start..].chunks(self.prefill_chunk.max(1)) {
             let (logits, present) = self.decoder.forward_rows(chunk, state, 1)?;
             state = present;
             last = Some(logits);
         }
         let last = last.ok_or_else(|| ModelError::Run("nothing of the prompt was left to run".into()))?;
-        Ok((last, state, loan))
+        tracing::debug!(
+            reused = start,
+            cache_ms = built.as_secs_f64() * 1e3,
+            run_ms = building.elapsed().saturating_sub(built).as_secs_f64() * 1e3,
+            "prompt prefilled"
+        );
+        Ok((last, state, loan, start))
     }
 
     fn token_logprob(&self, logits: &[f32], token: u32, top: usize) -> Result<TokenLogprob, ModelError> {
@@ -257,8 +275,7 @@ impl Engine {
             return Err(ModelError::Run("the prompt has no tokens".into()).into());
         }
         let started = Instant::now();
-        let (mut last, mut state, loan) = self.prefill(prompt, options.max_tokens)?;
-        let cached_tokens = loan.blocks() * BLOCK_TOKENS;
+        let (mut last, mut state, loan, cached_tokens) = self.prefill(prompt, options.max_tokens)?;
         let prefill_secs = started.elapsed().as_secs_f64();
         let decode_started = Instant::now();
         let eos = self.model.config.eos_tokens();

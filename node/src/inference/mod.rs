@@ -179,7 +179,8 @@ impl Inference {
                 (tokens.clone(), parse_model_id(hex)?, Some(0), None)
             }
         };
-        let usable = tokens.len().saturating_sub(1) / pyagent_engine::kv::BLOCK_TOKENS * pyagent_engine::kv::BLOCK_TOKENS;
+        // Every whole block counts: the engine reuses them all (a full hit runs the last token again).
+        let usable = tokens.len() / pyagent_engine::kv::BLOCK_TOKENS * pyagent_engine::kv::BLOCK_TOKENS;
         let hashes = pyagent_engine::kv::block_hashes(&id, &tokens[..usable]);
         let local_run = local_run.unwrap_or_else(|| self.models.get(&request.model).map_or(0, |w| w.pool().lock().held_run(&hashes)));
         let fetch_rate = match (&self.kv, block_bytes) {

@@ -139,8 +139,8 @@ fn context_length(engine: &Engine) -> usize {
 /// Fetches from peers the blocks of the prompt's prefix that this pool lacks, so prefill
 /// skips them. Whatever is not fetched (none held, a dead peer, a bad block) is computed.
 fn fetch_prefix(engine: &Engine, source: &dyn BlockSource, prompt: &[u32]) {
-    // The engine always runs the prompt's last token itself.
-    let usable = prompt.len().saturating_sub(1) / BLOCK_TOKENS * BLOCK_TOKENS;
+    // Every whole block: with all of them the engine runs only the last token again.
+    let usable = prompt.len() / BLOCK_TOKENS * BLOCK_TOKENS;
     let hashes = block_hashes(&engine.model.id, &prompt[..usable]);
     let local = engine.pool.lock().held_run(&hashes);
     if local == hashes.len() {
