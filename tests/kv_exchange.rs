@@ -497,8 +497,11 @@ async fn a_peer_outside_the_swarm_gets_no_blocks() {
     let layout = a.model().unwrap().pool().lock().layout();
     // Asking for the bulk path changes nothing: no offer goes to an outsider.
     let loopback = Some(std::net::IpAddr::from([127, 0, 0, 1]));
-    let Fetched { blocks: got, error, path } = pyagent_node::kv::transfer::fetch_run(&mut outsider.inference().control(), a.peer_id(), loopback, id, layout, &hashes, pyagent_engine::kv::hash::ROOT).await;
-    assert!(got.is_empty());
+    let mut blocks = Vec::new();
+    let Fetched { got, error, path } =
+        pyagent_node::kv::transfer::fetch_run(&mut outsider.inference().control(), a.peer_id(), loopback, id, layout, &hashes, pyagent_engine::kv::hash::ROOT, &mut blocks).await;
+    assert_eq!(got, 0);
+    assert!(blocks.is_empty());
     assert_eq!(path, Via::Stream);
     // Refused by a, or the connection to a closed first (the namespaces differ): either
     // way an error, never blocks.

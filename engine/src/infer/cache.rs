@@ -73,7 +73,6 @@ pub fn state_of(layout: KvLayout, blocks: Vec<Arc<KvBlock>>, capacity: usize) ->
     let (heads, dim, layers) = (layout.kv_heads as usize, layout.head_dim as usize, layout.layers as usize);
     let len = blocks.len() * BLOCK_TOKENS;
     let capacity = capacity.max(len);
-    let run = BLOCK_TOKENS * dim;
     if let Some(bad) = blocks.iter().find(|b| b.layout != layout) {
         return Err(layout_err(&format!("block {} is {:?}, the cache {layout:?}", bad.hash, bad.layout)));
     }
@@ -95,20 +94,46 @@ pub fn state_of(layout: KvLayout, blocks: Vec<Arc<KvBlock>>, capacity: usize) ->
                 Source::Shared(block) => block.layer(l),
             };
             let bytes = bytes.ok_or_else(|| layout_err(&format!("block {b} has no layer {l}")))?;
-            // Per head, keys then values: runs of 16 positions.
-            for (t, dest) in [&mut *keys, &mut *values].into_iter().enumerate() {
-                for h in 0..heads {
-                    let at = ((t * heads + h) * run) * 4;
-                    let src = bytes.get(at..at + run * 4).ok_or_else(|| layout_err(&format!("block {b}'s layer {l} is too short")))?;
-                    let start = h * capacity * dim + b * run;
-                    for (d, c) in dest[start..start + run].iter_mut().zip(src.chunks_exact(4)) {
-                        *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                    }
-                }
-            }
+            put_layer(bytes, (b, l), (heads, dim, capacity), keys, values)?;
         }
         Ok(())
     })
+}
+
+/// Writes `block` into `state` as its block number `b` (positions `16 b..16 (b + 1)`),
+/// which the buffers must have room for; the state's length is not changed.
+pub fn put_block(state: &mut KvState, b: usize, block: &KvBlock) -> Result<(), ModelError> {
+    let (heads, dim, capacity) = (block.layout.kv_heads as usize, block.layout.head_dim as usize, state.capacity());
+    if (b + 1) * BLOCK_TOKENS > capacity || block.layout.layers as usize != state.layer_count() {
+        return Err(layout_err(&format!("block {b} of {} layers in a cache of {} layers with room for {capacity} positions", block.layout.layers, state.layer_count())));
+    }
+    for l in 0..state.layer_count() {
+        let bytes = block.layer(l).ok_or_else(|| layout_err(&format!("block {b} has no layer {l}")))?;
+        let (keys, values) = state.layer_mut(l)?;
+        if keys.len() != heads * capacity * dim || values.len() != keys.len() {
+            return Err(layout_err(&format!("layer {l} of the cache is not {heads} heads x {capacity} x {dim}")));
+        }
+        put_layer(bytes, (b, l), (heads, dim, capacity), keys, values)?;
+    }
+    Ok(())
+}
+
+/// Layer `l` of block `b` (its byte form: per head, keys then values, runs of 16
+/// positions) into a cache's keys and values `[heads, capacity, dim]`.
+fn put_layer(bytes: &[u8], (b, l): (usize, usize), (heads, dim, capacity): (usize, usize, usize), keys: &mut [f32], values: &mut [f32]) -> Result<(), ModelError> {
+    let run = BLOCK_TOKENS * dim;
+    for (t, dest) in [keys, values].into_iter().enumerate() {
+        for h in 0..heads {
+            let at = ((t * heads + h) * run) * 4;
+            let src = bytes.get(at..at + run * 4).ok_or_else(|| layout_err(&format!("block {b}'s layer {l} is too short")))?;
+            let start = h * capacity * dim + b * run;
+            let dest = dest.get_mut(start..start + run).ok_or_else(|| layout_err(&format!("no room for block {b} in layer {l}")))?;
+            for (d, c) in dest.iter_mut().zip(src.chunks_exact(4)) {
+                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,9 +4,10 @@
 
 use std::time::Instant;
 
-use crate::kv::{BLOCK_TOKENS, BlockHash, BlockPool, PoolConfig, PoolError, SharedPool, block_hashes};
+use crate::kv::{BLOCK_TOKENS, BlockPool, PoolConfig, PoolError, SharedPool, block_hashes};
 
 use super::cache;
+use super::prompt_cache::{Loan, PromptCache};
 use super::decoder::{Decoder, KvState, Logits};
 use super::model::{ModelDir, ModelError};
 use super::sampling::{Sampler, Sampling};
@@ -182,19 +183,47 @@ impl Engine {
         if self.pool.lock().held_run(&hashes) == hashes.len() {
             return Ok(0);
         }
-        let (_, state, loan, _) = self.prefill(tokens, 0)?;
+        let cache = self.prompt_cache(tokens, 0)?;
+        let (_, state, loan, _) = self.prefill(cache, tokens)?;
         self.decoder.release();
         // The lent blocks come back cut from the cache, with the new ones.
         let stored = self.store(state, tokens)?;
         Ok(stored.saturating_sub(loan.blocks()))
     }
 
-    /// Prefills `prompt` (reusing cached blocks) in chunks of `prefill_chunk` tokens and
-    /// returns the last position's logits, the cache, the loan of the prompt blocks that
-    /// came from the pool (the cache is built from them, which the pool lends rather than
-    /// copies: they come back cut from the cache), and how many of the prompt's positions
-    /// were reused. Storing the new blocks waits until the generation is over: it is not
-    /// on the way to the first token.
+    /// The cache `prompt`'s run starts from (with room for `max_tokens` more where the
+    /// graph appends in place): the longest run of its whole blocks the pool holds, lent
+    /// rather than copied (they come back cut from the cache when the run ends). More of
+    /// the prompt's blocks may be pushed into it before [`Self::generate_cached`].
+    pub fn prompt_cache(&mut self, prompt: &[u32], max_tokens: usize) -> Result<PromptCache, EngineError> {
+        let layout = self.model.config.kv_layout();
+        // Refused before anything is lent: a request that fails later loses the blocks it
+        // was lent (its cache goes with it).
+        let vocab = self.model.config.vocab_size;
+        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= vocab as usize) {
+            return Err(ModelError::Run(format!("token {bad} is outside the vocabulary of {vocab}")).into());
+        }
+        let whole = prompt.len() / BLOCK_TOKENS;
+        let cached = self.pool.lock().lend_prefix(prompt, whole)?;
+        let loan = Loan { pool: self.pool.clone(), hashes: cached.iter().map(|b| b.hash).collect() };
+        let reused = cached.len();
+        // Room for the whole generation up front where the graph appends in place.
+        let total = prompt.len() + max_tokens;
+        let building = Instant::now();
+        let state = if cached.is_empty() {
+            self.decoder.reserve(self.decoder.empty_cache()?, total)?
+        } else {
+            let capacity = self.decoder.capacity_for(reused * BLOCK_TOKENS, total);
+            cache::state_of(layout, cached, capacity)?
+        };
+        tracing::debug!(blocks = reused, ms = building.elapsed().as_secs_f64() * 1e3, "prompt cache built");
+        Ok(PromptCache::new(state, loan, prompt, layout, block_hashes(&self.model.id, &prompt[..whole * BLOCK_TOKENS])))
+    }
+
+    /// Prefills `prompt` from `cache` in chunks of `prefill_chunk` tokens and returns the
+    /// last position's logits, the cache, the loan of the prompt blocks that came from
+    /// the pool, and how many of the prompt's positions were reused. Storing the new
+    /// blocks waits until the generation is over: it is not on the way to the first token.
     ///
     /// Every whole block of the prompt may be reused. When they cover the whole prompt
     /// (a prompt run before, or fetched whole from a peer) the last position is run again
@@ -203,30 +232,15 @@ impl Engine {
     /// the block's with int8 compute (rows of passes of 2 or more are bit-identical however
     /// they are chunked, and a 1-token pass runs as 2 rows); with fp32 compute a 1-row
     /// pass rounds them within 1e-4, as every fp32 decode step does.
-    fn prefill(&mut self, prompt: &[u32], max_tokens: usize) -> Result<(Logits, KvState, Loan, usize), EngineError> {
-        let layout = self.model.config.kv_layout();
-        // Refused before anything is lent: a request that fails later loses the blocks it
-        // was lent (its cache goes with it).
-        let vocab = self.model.config.vocab_size;
-        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= vocab as usize) {
-            return Err(ModelError::Run(format!("token {bad} is outside the vocabulary of {vocab}")).into());
+    fn prefill(&mut self, cache: PromptCache, prompt: &[u32]) -> Result<(Logits, KvState, Loan, usize), EngineError> {
+        if cache.tokens != prompt {
+            return Err(ModelError::Run("the prompt cache was made for another prompt".into()).into());
         }
-        let cached = self.pool.lock().lend_prefix(prompt, prompt.len() / BLOCK_TOKENS)?;
-        let loan = Loan { pool: self.pool.clone(), hashes: cached.iter().map(|b| b.hash).collect() };
-        let reused = cached.len();
-        // Room for the whole generation up front where the graph appends in place.
-        let total = prompt.len() + max_tokens;
-        let building = Instant::now();
-        let mut state = if cached.is_empty() {
-            self.decoder.reserve(self.decoder.empty_cache()?, total)?
-        } else {
-            let capacity = self.decoder.capacity_for(reused * BLOCK_TOKENS, total);
-            cache::state_of(layout, cached, capacity)?
-        };
+        let started = Instant::now();
         // At least one token runs, for the logits.
-        let start = (reused * BLOCK_TOKENS).min(prompt.len().saturating_sub(1));
-        state.truncate(start)?;
-        let built = building.elapsed();
+        let start = (cache.blocks * BLOCK_TOKENS).min(prompt.len().saturating_sub(1));
+        let PromptCache { state, loan, .. } = cache;
+        let mut state = self.decoder.fit(state, start)?;
         let mut last = None;
         // Chunks bound the memory of a long prompt (logits are [chunk, vocab]) without
         // changing its result.
@@ -236,12 +250,7 @@ impl Engine {
             last = Some(logits);
         }
         let last = last.ok_or_else(|| ModelError::Run("nothing of the prompt was left to run".into()))?;
-        tracing::debug!(
-            reused = start,
-            cache_ms = built.as_secs_f64() * 1e3,
-            run_ms = building.elapsed().saturating_sub(built).as_secs_f64() * 1e3,
-            "prompt prefilled"
-        );
+        tracing::debug!(reused = start, ms = started.elapsed().as_secs_f64() * 1e3, "prompt prefilled");
         Ok((last, state, loan, start))
     }
 
@@ -265,8 +274,19 @@ impl Engine {
     /// [`Self::generate`], piece by piece (text and, when asked, log-probabilities),
     /// stopped early when `on_piece` returns `Break` (a client that went away): the output
     /// so far comes back as [`Finish::Cancelled`], and its blocks are kept.
-    pub fn generate_until(
+    pub fn generate_until(&mut self, prompt: &[u32], options: &GenerateOptions, on_piece: impl FnMut(Piece<'_>) -> std::ops::ControlFlow<()>) -> Result<Output, EngineError> {
+        if prompt.is_empty() {
+            return Err(ModelError::Run("the prompt has no tokens".into()).into());
+        }
+        let cache = self.prompt_cache(prompt, options.max_tokens)?;
+        self.generate_cached(cache, prompt, options, on_piece)
+    }
+
+    /// [`Self::generate_until`] from `cache`, the one [`Self::prompt_cache`] made for
+    /// `prompt` (with the blocks pushed into it since).
+    pub fn generate_cached(
         &mut self,
+        cache: PromptCache,
         prompt: &[u32],
         options: &GenerateOptions,
         mut on_piece: impl FnMut(Piece<'_>) -> std::ops::ControlFlow<()>,
@@ -275,7 +295,7 @@ impl Engine {
             return Err(ModelError::Run("the prompt has no tokens".into()).into());
         }
         let started = Instant::now();
-        let (mut last, mut state, loan, cached_tokens) = self.prefill(prompt, options.max_tokens)?;
+        let (mut last, mut state, loan, cached_tokens) = self.prefill(cache, prompt)?;
         let prefill_secs = started.elapsed().as_secs_f64();
         let decode_started = Instant::now();
         let eos = self.model.config.eos_tokens();
@@ -417,27 +437,6 @@ impl Engine {
             }
         }
         self.recent.push_back(sequence);
-    }
-}
-
-/// The blocks a pool lent to the running sequence ([`BlockPool::lend_prefix`]): those not
-/// given back by the time this is dropped (the sequence failed) are let go.
-struct Loan {
-    pool: SharedPool,
-    hashes: Vec<BlockHash>,
-}
-
-impl Loan {
-    fn blocks(&self) -> usize {
-        self.hashes.len()
-    }
-}
-
-impl Drop for Loan {
-    fn drop(&mut self) {
-        if !self.hashes.is_empty() {
-            self.pool.lock().end_loan(&self.hashes);
-        }
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`generate`]: plain greedy generation (no pool), the reference loop.
 //! - [`sampling`]: greedy, temperature, top-k, top-p, seeded.
 //! - [`cache`]: a sequence's KV cache to and from 16-token blocks.
+//! - [`prompt_cache`]: a prompt's cache before its run: the pool's prefix, then blocks
+//!   pushed as they arrive (a peer's).
 //! - [`engine`]: model + decoder + block pool: prefix reuse, chunked prefill, stop strings,
 //!   incremental detokenization and streaming; lookahead (guessed tokens in the rows an
 //!   int8-compute decode pass runs anyway).
@@ -18,14 +20,17 @@ pub mod cache;
 pub mod compute;
 pub mod decoder;
 pub mod engine;
+mod kv_state;
 pub mod generate;
 mod logits;
 pub mod model;
+pub mod prompt_cache;
 pub mod runtime;
 pub mod sampling;
 pub mod speculative;
 
 pub use decoder::{Decoder, KvState, Logits, Provider};
+pub use prompt_cache::PromptCache;
 pub use engine::{Alternative, Engine, EngineError, Finish, GenerateOptions, LOOKAHEAD, Lookahead, Output, PREFILL_CHUNK, Piece, RECENT_TOKENS, TokenLogprob};
 pub use sampling::{Logprobs, Sampler, Sampling, logprobs};
 pub use compute::{Compute, ComputeChoice, ComputeMode};

@@ -62,7 +62,7 @@ pub use credit::{Credit, credits};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,10 +71,12 @@ use pyagent_engine::kv::{BLOCK_TOKENS, BlockHash, KvBlock, KvLayout, ModelId, ha
 use pyagent_protocol::{InferenceCapacity, InferenceRole};
 use pyagent_protocol::api::PeerInfo;
 use pyagent_protocol::kv::KvSummary;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::p2p::NodeClient;
 use crate::serving::{BlockSource, Models};
+use transfer::FetchError;
 
 // Blocks are named the same on the wire as in the engine.
 const _: () = assert!(pyagent_protocol::kv::BLOCK_TOKENS == BLOCK_TOKENS);
@@ -86,6 +88,9 @@ pub const DEFAULT_FETCH_RATE: f64 = 100e6;
 /// How long a peer whose bulk port could not be reached is fetched from over the stream
 /// without asking for the bulk path.
 pub const BULK_UNREACHABLE_FOR: Duration = Duration::from_secs(300);
+/// Fetched blocks on their way to the worker's thread, at most: the fetch waits (and the
+/// peer with it) while the worker copies.
+const HANDED_AHEAD: usize = 8;
 
 /// What the exchange has done, for `/metrics` and `pyagent status`.
 #[derive(Debug, Default)]
@@ -281,14 +286,17 @@ impl KvExchange {
     }
 
     /// Blocks `hashes[from..]` (those of `tokens`) from the peers that hold them, and on
-    /// a decode node the rest from a prefill peer (see the module docs).
-    pub async fn fetch(&self, model: ModelId, layout: KvLayout, tokens: &[u32], hashes: &[BlockHash], from: usize) -> Vec<KvBlock> {
-        let mut blocks = self.fetch_held(model, layout, hashes, from).await;
-        let at = from + blocks.len();
+    /// a decode node the rest from a prefill peer (see the module docs), into `out` in
+    /// order as they come (it stops when `out` is closed).
+    pub async fn fetch(&self, model: ModelId, layout: KvLayout, tokens: &[u32], hashes: &[BlockHash], from: usize, out: &mpsc::Sender<KvBlock>) {
+        let at = from + self.fetch_held(model, layout, hashes, from, out).await;
         if self.inner.role == InferenceRole::Decode && at < hashes.len() {
-            blocks.extend(self.prefill_elsewhere(model, layout, tokens, hashes, at).await);
+            for block in self.prefill_elsewhere(model, layout, tokens, hashes, at).await {
+                if out.send(block).await.is_err() {
+                    break;
+                }
+            }
         }
-        blocks
     }
 
     /// The blocks of `tokens` from block `from` on, computed by the prefill peer expected
@@ -322,63 +330,81 @@ impl KvExchange {
         got
     }
 
-    /// Blocks `hashes[from..]` from the peers that hold them.
-    async fn fetch_held(&self, model: ModelId, layout: KvLayout, hashes: &[BlockHash], from: usize) -> Vec<KvBlock> {
+    /// Blocks `hashes[from..]` from the peers that hold them, into `out` as they come:
+    /// the parts (one per holder) are fetched at once, each into a channel with room for
+    /// all of it, and handed on in order, a part only after the whole one before it.
+    /// Returns how many were handed on: the usable prefix.
+    async fn fetch_held(&self, model: ModelId, layout: KvLayout, hashes: &[BlockHash], from: usize, out: &mpsc::Sender<KvBlock>) -> usize {
         let holders = self.holders(&model).await;
         let raw: Vec<[u8; 32]> = hashes.iter().map(|h| h.0).collect();
         let parts = plan::plan(&holders.iter().map(|(p, s)| (*p, s)).collect::<Vec<_>>(), &raw, from);
         if parts.is_empty() {
-            return Vec::new();
+            return 0;
         }
         let planned: usize = parts.iter().map(|p| p.range.len()).sum();
         let started = Instant::now();
-        let runs = parts.iter().map(|part| {
+        let (senders, receivers): (Vec<_>, Vec<_>) = parts.iter().map(|p| mpsc::channel::<KvBlock>(p.range.len().max(1))).unzip();
+        let runs = parts.iter().zip(senders).map(|(part, mut keep)| {
             let mut control = self.inner.control.clone();
             let parent = part.range.start.checked_sub(1).map_or(ROOT, |i| hashes[i]);
             let run = &hashes[part.range.clone()];
             async move {
                 let bulk = self.bulk_address(part.peer).await;
-                transfer::fetch_run(&mut control, part.peer, bulk, model, layout, run, parent).await
+                transfer::fetch_run(&mut control, part.peer, bulk, model, layout, run, parent, &mut keep).await
             }
         });
-        let results = match tokio::time::timeout(FETCH_DEADLINE, futures::future::join_all(runs)).await {
-            Ok(results) => results,
+        let forwarded = AtomicUsize::new(0);
+        let forward = async {
+            for (part, mut blocks) in parts.iter().zip(receivers) {
+                let mut n = 0;
+                while let Some(block) = blocks.recv().await {
+                    if out.send(block).await.is_err() {
+                        return;
+                    }
+                    n += 1;
+                    forwarded.fetch_add(1, Ordering::Relaxed);
+                }
+                if n < part.range.len() {
+                    return; // the parts after a short one are of no use
+                }
+            }
+        };
+        let c = &self.inner.counters;
+        let results = match tokio::time::timeout(FETCH_DEADLINE, futures::future::join(futures::future::join_all(runs), forward)).await {
+            Ok((results, ())) => Some(results),
             Err(_) => {
-                tracing::info!(blocks = planned, "KV prefix fetch ran past its deadline; computing the prefix instead");
-                self.inner.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
-                self.inner.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
-                return Vec::new();
+                tracing::info!(blocks = planned, "KV prefix fetch ran past its deadline; computing the rest of the prefix instead");
+                c.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                None
             }
         };
         let secs = started.elapsed().as_secs_f64();
-        // The usable prefix: parts in order, up to the first one that came back short.
-        let mut blocks = Vec::with_capacity(planned);
+        let fetched = forwarded.load(Ordering::Relaxed);
         let mut whole = true;
-        let c = &self.inner.counters;
-        for (part, fetched) in parts.iter().zip(results) {
-            if let Some(e) = &fetched.error {
-                self.failed(part.peer, e);
+        for (part, result) in parts.iter().zip(results.iter().flatten()) {
+            match &result.error {
+                Some(FetchError::Unwanted) | None => {}
+                Some(e) => self.failed(part.peer, e),
             }
-            if fetched.path == transfer::Path::BulkUnreachable {
+            if result.path == transfer::Path::BulkUnreachable {
                 self.inner.bulk_unreachable.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(part.peer, Instant::now());
             }
             if whole {
-                whole = fetched.blocks.len() == part.range.len();
-                if fetched.path == transfer::Path::Bulk {
-                    c.blocks_fetched_bulk.fetch_add(fetched.blocks.len() as u64, Ordering::Relaxed);
+                whole = result.got == part.range.len();
+                if result.path == transfer::Path::Bulk {
+                    c.blocks_fetched_bulk.fetch_add(result.got as u64, Ordering::Relaxed);
                 }
-                blocks.extend(fetched.blocks);
             }
         }
-        let bytes = (blocks.len() * KvBlock::export_len(&layout)) as u64;
-        c.blocks_fetched.fetch_add(blocks.len() as u64, Ordering::Relaxed);
+        let bytes = (fetched * KvBlock::export_len(&layout)) as u64;
+        c.blocks_fetched.fetch_add(fetched as u64, Ordering::Relaxed);
         c.bytes_fetched.fetch_add(bytes, Ordering::Relaxed);
         c.measured(bytes, secs);
-        if blocks.len() < planned {
+        if fetched < planned {
             c.fallbacks.fetch_add(1, Ordering::Relaxed);
         }
-        tracing::debug!(fetched = blocks.len(), planned, ms = (secs * 1e3) as u64, "KV prefix fetched");
-        blocks
+        tracing::debug!(fetched, planned, ms = (secs * 1e3) as u64, "KV prefix fetched");
+        fetched
     }
 
     /// Where to reach `peer`'s bulk path (the address of this node's connection to it),
@@ -446,17 +472,20 @@ impl KvExchange {
 }
 
 impl BlockSource for KvExchange {
-    fn fetch(&self, model: ModelId, layout: KvLayout, tokens: &[u32], hashes: &[BlockHash], from: usize) -> Vec<KvBlock> {
+    fn fetch(&self, model: ModelId, layout: KvLayout, tokens: &[u32], hashes: &[BlockHash], from: usize, each: &mut dyn FnMut(KvBlock) -> bool) {
         if !self.inner.fetch {
-            return Vec::new();
+            return;
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, mut rx) = mpsc::channel(HANDED_AHEAD);
         let (me, tokens, hashes) = (self.clone(), tokens.to_vec(), hashes.to_vec());
-        self.inner.runtime.spawn(async move {
-            let _ = tx.send(me.fetch(model, layout, &tokens, &hashes, from).await);
-        });
-        // The worker's own thread, outside the runtime: waiting here holds only this model.
-        rx.blocking_recv().unwrap_or_default()
+        self.inner.runtime.spawn(async move { me.fetch(model, layout, &tokens, &hashes, from, &tx).await });
+        // The worker's own thread, outside the runtime: waiting here holds only this
+        // model. Each block goes into the prompt's cache while the next ones arrive.
+        while let Some(block) = rx.blocking_recv() {
+            if !each(block) {
+                break; // closing the channel stops the fetch
+            }
+        }
     }
 
     fn pool_changed(&self) {

@@ -50,6 +50,10 @@ pub enum FetchError {
     Refused(String),
     #[error("bulk path: {0}")]
     Bulk(#[from] BulkError),
+    /// Not the peer's doing: this node stopped taking the blocks (a later part of the
+    /// prefix failed, or the run could not use one).
+    #[error("the blocks were no longer wanted")]
+    Unwanted,
 }
 
 impl From<std::io::Error> for FetchError {
@@ -104,21 +108,48 @@ pub enum Path {
     BulkUnreachable,
 }
 
-/// What a fetch from one peer brought: the blocks got (those before a failure too), the
-/// failure, and how they came.
+/// What a fetch from one peer brought: how many blocks were kept (those before a failure
+/// too), the failure, and how they came.
 #[derive(Debug)]
 pub struct Fetched {
-    pub blocks: Vec<KvBlock>,
+    pub got: usize,
     pub error: Option<FetchError>,
     pub path: Path,
 }
 
+/// Where a fetch's checked blocks go, in the run's order, as they come; `false`: no more
+/// are wanted (the fetch stops with [`FetchError::Unwanted`]).
+pub trait Keep: Send {
+    fn keep(&mut self, block: KvBlock) -> bool;
+}
+
+impl Keep for Vec<KvBlock> {
+    fn keep(&mut self, block: KvBlock) -> bool {
+        self.push(block);
+        true
+    }
+}
+
+/// A channel with room for the whole run (it never waits).
+impl Keep for tokio::sync::mpsc::Sender<KvBlock> {
+    fn keep(&mut self, block: KvBlock) -> bool {
+        self.try_send(block).is_ok()
+    }
+}
+
+/// The blocks a fetch kept so far, and where they went.
+struct Got<'a> {
+    keep: &'a mut dyn Keep,
+    count: usize,
+}
+
 /// The blocks `hashes` (a run chained from `parent`) from `peer`, as far as it holds them
 /// and each one checks: its checksum (on the stream; the record's AEAD tag on the bulk
-/// path), the model, `layout`, its size, the hash asked for, the parent before it. The
-/// blocks got before a failure come back with it. With `bulk` (the address this node reached the peer at), the
-/// peer may move them over its bulk path; if that cannot be reached, they come over the
-/// stream.
+/// path), the model, `layout`, its size, the hash asked for, the parent before it. Each
+/// goes to `keep` as soon as it checks (and those before it did), those before a failure
+/// too. With `bulk` (the address this node reached the peer at), the peer may move them
+/// over its bulk path; if that cannot be reached, they come over the stream.
+#[allow(clippy::too_many_arguments)] // one run's coordinates, each needed
 pub async fn fetch_run(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
@@ -127,10 +158,11 @@ pub async fn fetch_run(
     layout: KvLayout,
     hashes: &[BlockHash],
     parent: BlockHash,
+    keep: &mut dyn Keep,
 ) -> Fetched {
     let raw = || hashes.iter().map(|h| h.0).collect();
     let run = Run { model, layout, hashes, parent, first_frame: FRAME_DEADLINE };
-    let mut blocks = Vec::with_capacity(hashes.len());
+    let mut blocks = Got { keep, count: 0 };
     let request = match bulk {
         Some(_) => KvRequest::FetchBulk { model_id: model.0, hashes: raw() },
         None => KvRequest::Fetch { model_id: model.0, hashes: raw() },
@@ -143,7 +175,7 @@ pub async fn fetch_run(
         let request = KvRequest::Fetch { model_id: model.0, hashes: raw() };
         error = fetch_into(control, peer, &request, None, &run, &mut blocks, &mut Path::Stream).await.err();
     }
-    Fetched { blocks, error, path }
+    Fetched { got: blocks.count, error, path }
 }
 
 /// A prompt a decode node hands to a prefill peer: whole blocks of `tokens`, whose block
@@ -164,7 +196,7 @@ pub async fn prefill_run(control: &mut libp2p_stream::Control, peer: PeerId, ask
     let parent = from.checked_sub(1).and_then(|i| ask.hashes.get(i)).copied().unwrap_or(pyagent_engine::kv::hash::ROOT);
     let run = Run { model: ask.model, layout: ask.layout, hashes: run, parent, first_frame: deadline.min(MAX_PREFILL_DEADLINE) };
     let mut got = Vec::with_capacity(run.hashes.len());
-    let error = fetch_into(control, peer, &request, None, &run, &mut got, &mut Path::Stream).await.err();
+    let error = fetch_into(control, peer, &request, None, &run, &mut Got { keep: &mut got, count: 0 }, &mut Path::Stream).await.err();
     (got, error)
 }
 
@@ -186,7 +218,7 @@ async fn fetch_into(
     request: &KvRequest,
     bulk: Option<IpAddr>,
     run: &Run<'_>,
-    got: &mut Vec<KvBlock>,
+    got: &mut Got<'_>,
     path: &mut Path,
 ) -> Result<(), FetchError> {
     let started = Instant::now();
@@ -234,7 +266,7 @@ async fn fetch_into(
     let drained = checks.finish(got).await;
     read = drained.and(read);
     answer.close().await;
-    tracing::debug!(%peer, blocks = got.len(), ?path, open_ms = opened.as_secs_f64() * 1e3, first_block_ms = first.as_secs_f64() * 1e3, waiting_for_checks_ms = checks.waited.as_secs_f64() * 1e3, total_ms = started.elapsed().as_secs_f64() * 1e3, "KV blocks fetched");
+    tracing::debug!(%peer, blocks = got.count, ?path, open_ms = opened.as_secs_f64() * 1e3, first_block_ms = first.as_secs_f64() * 1e3, waiting_for_checks_ms = checks.waited.as_secs_f64() * 1e3, total_ms = started.elapsed().as_secs_f64() * 1e3, "KV blocks fetched");
     read
 }
 
@@ -345,7 +377,7 @@ const CHECKS_AHEAD: usize = 4;
 
 impl Checks<'_> {
     /// Starts checking the block whose byte form is `payload` (opening it first if sealed).
-    async fn start(&mut self, index: usize, payload: Payload, got: &mut Vec<KvBlock>) -> Result<(), FetchError> {
+    async fn start(&mut self, index: usize, payload: Payload, got: &mut Got<'_>) -> Result<(), FetchError> {
         let model = self.run.model;
         let check = move || {
             let integrity = payload.integrity();
@@ -359,21 +391,25 @@ impl Checks<'_> {
         Ok(())
     }
 
-    async fn finish(&mut self, got: &mut Vec<KvBlock>) -> Result<(), FetchError> {
+    async fn finish(&mut self, got: &mut Got<'_>) -> Result<(), FetchError> {
         while !self.pending.is_empty() && !self.failed {
             self.take_one(got).await?;
         }
         Ok(())
     }
 
-    async fn take_one(&mut self, got: &mut Vec<KvBlock>) -> Result<(), FetchError> {
+    async fn take_one(&mut self, got: &mut Got<'_>) -> Result<(), FetchError> {
         let Some((index, check)) = self.pending.pop_front() else { return Ok(()) };
         let waiting = Instant::now();
         let imported = check.await;
         self.waited += waiting.elapsed();
         let block = self.accept(index, imported);
         self.failed = block.is_err();
-        got.push(block?);
+        if !got.keep.keep(block?) {
+            self.failed = true;
+            return Err(FetchError::Unwanted);
+        }
+        got.count += 1;
         Ok(())
     }
 

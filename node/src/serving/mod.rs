@@ -51,9 +51,10 @@ pub const DEFAULT_CONTEXT: usize = 2048;
 pub trait BlockSource: Send + Sync + std::fmt::Debug {
     /// Blocks `hashes[from..]` (the blocks of `tokens`), as many from the start of that
     /// run as peers hold or (on a decode node) a prefill peer computes, each checked
-    /// against its hash, the model and `layout`; may be empty. Called on the worker's
-    /// thread: it blocks until done or its deadline.
-    fn fetch(&self, model: ModelId, layout: KvLayout, tokens: &[u32], hashes: &[BlockHash], from: usize) -> Vec<KvBlock>;
+    /// against its hash, the model and `layout`, handed to `each` in order as they come;
+    /// maybe none. `each` returning `false` stops it. Called on the worker's thread: it
+    /// blocks until done or its deadline.
+    fn fetch(&self, model: ModelId, layout: KvLayout, tokens: &[u32], hashes: &[BlockHash], from: usize, each: &mut dyn FnMut(KvBlock) -> bool);
 
     /// The pool's blocks changed (stored, fetched or dropped): peers should hear of it
     /// soon (returns at once).

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use pyagent_engine::infer::{self, Engine, GenerateOptions, Provider};
-use pyagent_engine::kv::{BLOCK_TOKENS, PoolConfig, SharedPool, block_hashes};
+use pyagent_engine::infer::{self, Engine, GenerateOptions, PromptCache, Provider};
+use pyagent_engine::kv::{BLOCK_TOKENS, PoolConfig, SharedPool};
 use pyagent_protocol::InferenceCapacity;
 use tokio::sync::{mpsc, oneshot};
 
@@ -70,14 +70,15 @@ pub(super) fn serve(config: ServeConfig, mut jobs: mpsc::Receiver<Work>, ready: 
             if prompt.len() + job.options.max_tokens > context || job.options.max_tokens == 0 {
                 return Err(ServeError::ContextLength { prompt: prompt.len(), max_tokens: job.options.max_tokens, context });
             }
+            let mut cache = engine.prompt_cache(&prompt, job.options.max_tokens).map_err(|e| ServeError::Generate(e.to_string()))?;
             if let Some(source) = source.get() {
-                fetch_prefix(&engine, source.as_ref(), &prompt);
+                fetch_prefix(&engine, source.as_ref(), &prompt, &mut cache);
             }
             let pieces = job.pieces.take();
             let load = &mut job.load;
             let mut first = true;
             engine
-                .generate_until(&prompt, &job.options, |piece| {
+                .generate_cached(cache, &prompt, &job.options, |piece| {
                     if std::mem::take(&mut first) {
                         load.prefilled();
                     }
@@ -136,24 +137,23 @@ fn context_length(engine: &Engine) -> usize {
     engine.model.config.max_position_embeddings.map_or(DEFAULT_CONTEXT, |m| m as usize)
 }
 
-/// Fetches from peers the blocks of the prompt's prefix that this pool lacks, so prefill
-/// skips them. Whatever is not fetched (none held, a dead peer, a bad block) is computed.
-fn fetch_prefix(engine: &Engine, source: &dyn BlockSource, prompt: &[u32]) {
-    // Every whole block: with all of them the engine runs only the last token again.
-    let usable = prompt.len() / BLOCK_TOKENS * BLOCK_TOKENS;
-    let hashes = block_hashes(&engine.model.id, &prompt[..usable]);
-    let local = engine.pool.lock().held_run(&hashes);
-    if local == hashes.len() {
+/// Fetches from peers the prompt's whole blocks that `cache` (the pool's prefix) lacks,
+/// into the cache as they arrive, so prefill skips them. Whatever is not fetched (none
+/// held, a dead peer, a bad block) is computed; the fetched blocks join the pool when the
+/// run ends, cut from the cache like the rest.
+fn fetch_prefix(engine: &Engine, source: &dyn BlockSource, prompt: &[u32], cache: &mut PromptCache) {
+    let (from, hashes) = (cache.blocks(), cache.hashes().to_vec());
+    if from == hashes.len() {
         return;
     }
-    let blocks = source.fetch(engine.model.id, engine.model.config.kv_layout(), &prompt[..usable], &hashes, local);
-    let mut pool = engine.pool.lock();
-    for block in blocks {
-        if let Err(e) = pool.insert(block) {
-            tracing::warn!("a fetched KV block was not kept: {e}");
-            break;
+    let tokens = &prompt[..hashes.len() * BLOCK_TOKENS];
+    source.fetch(engine.model.id, engine.model.config.kv_layout(), tokens, &hashes, from, &mut |block| match cache.push(&block) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("a fetched KV block was not used: {e}");
+            false
         }
-    }
+    });
 }
 
 fn load(config: &ServeConfig) -> Result<(Engine, InferenceCapacity, ModelInfo), String> {
