@@ -298,6 +298,29 @@ mod engine {
         assert_eq!(imported.tokens, cold.tokens);
         assert!(same(&imported.step_logits, &cold.step_logits) <= allowed);
 
+        // Blocks pushed into a prompt's cache as they come (a peer's, in a node): the same
+        // output; a block out of order is refused and changes nothing; the pushed blocks
+        // join the pool when the run ends.
+        let push_dir = tempfile::tempdir().unwrap();
+        let mut pushed = Engine::new(ModelDir::open_with(&model_dir, choice).unwrap(), env, 1, &pool(64, 0, push_dir.path(), &engine.model)).unwrap();
+        let blocks: Vec<KvBlock> = exported.iter().map(|bytes| KvBlock::import(bytes, &pushed.model.id).unwrap()).collect();
+        let mut cache = pushed.prompt_cache(&ids, options.max_tokens).unwrap();
+        assert_eq!((cache.blocks(), cache.hashes()), (0, &hashes[..]));
+        assert!(cache.push(&blocks[1]).is_err(), "block 1 before block 0");
+        for block in &blocks[..2] {
+            cache.push(block).unwrap();
+        }
+        assert!(cache.push(&blocks[1]).is_err(), "block 1 twice");
+        assert_eq!(cache.blocks(), 2);
+        let out = pushed.generate_cached(cache, &ids, &options, |_| std::ops::ControlFlow::Continue(())).unwrap();
+        assert_eq!(out.cached_tokens, 2 * BLOCK_TOKENS);
+        assert_eq!(out.tokens, cold.tokens);
+        assert!(same(&out.step_logits, &cold.step_logits) <= allowed);
+        assert_eq!(pushed.pool.lock().held_run(&hashes), hashes.len());
+        // A cache made for one prompt does not run another.
+        let cache = pushed.prompt_cache(&ids[..BLOCK_TOKENS + 3], 4).unwrap();
+        assert!(pushed.generate_cached(cache, &ids, &options, |_| std::ops::ControlFlow::Continue(())).is_err());
+
         // A tiny budget: two blocks in RAM, the rest of the prompt's on disk; blocks are
         // demoted, then found on disk and promoted, without changing the output.
         let tiny_dir = tempfile::tempdir().unwrap();

@@ -472,20 +472,14 @@ impl KvExchange {
 }
 
 impl BlockSource for KvExchange {
-    fn fetch(&self, model: ModelId, layout: KvLayout, tokens: &[u32], hashes: &[BlockHash], from: usize, each: &mut dyn FnMut(KvBlock) -> bool) {
+    fn fetch(&self, model: ModelId, layout: KvLayout, tokens: &[u32], hashes: &[BlockHash], from: usize) -> Option<mpsc::Receiver<KvBlock>> {
         if !self.inner.fetch {
-            return;
+            return None;
         }
-        let (tx, mut rx) = mpsc::channel(HANDED_AHEAD);
+        let (tx, rx) = mpsc::channel(HANDED_AHEAD);
         let (me, tokens, hashes) = (self.clone(), tokens.to_vec(), hashes.to_vec());
         self.inner.runtime.spawn(async move { me.fetch(model, layout, &tokens, &hashes, from, &tx).await });
-        // The worker's own thread, outside the runtime: waiting here holds only this
-        // model. Each block goes into the prompt's cache while the next ones arrive.
-        while let Some(block) = rx.blocking_recv() {
-            if !each(block) {
-                break; // closing the channel stops the fetch
-            }
-        }
+        Some(rx)
     }
 
     fn pool_changed(&self) {

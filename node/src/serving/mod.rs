@@ -49,12 +49,12 @@ pub const DEFAULT_CONTEXT: usize = 2048;
 
 /// Where a worker gets the prefix blocks its pool lacks.
 pub trait BlockSource: Send + Sync + std::fmt::Debug {
-    /// Blocks `hashes[from..]` (the blocks of `tokens`), as many from the start of that
-    /// run as peers hold or (on a decode node) a prefill peer computes, each checked
-    /// against its hash, the model and `layout`, handed to `each` in order as they come;
-    /// maybe none. `each` returning `false` stops it. Called on the worker's thread: it
-    /// blocks until done or its deadline.
-    fn fetch(&self, model: ModelId, layout: KvLayout, tokens: &[u32], hashes: &[BlockHash], from: usize, each: &mut dyn FnMut(KvBlock) -> bool);
+    /// Starts fetching blocks `hashes[from..]` (the blocks of `tokens`), as many from the
+    /// start of that run as peers hold or (on a decode node) a prefill peer computes,
+    /// each checked against its hash, the model and `layout`. They arrive in order on the
+    /// receiver, maybe none; it closes when the fetch is done or past its deadline, and
+    /// dropping it stops the fetch. Returns at once.
+    fn fetch(&self, model: ModelId, layout: KvLayout, tokens: &[u32], hashes: &[BlockHash], from: usize) -> Option<mpsc::Receiver<KvBlock>>;
 
     /// The pool's blocks changed (stored, fetched or dropped): peers should hear of it
     /// soon (returns at once).

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use pyagent_engine::infer::{self, Engine, GenerateOptions, PromptCache, Provider};
-use pyagent_engine::kv::{BLOCK_TOKENS, PoolConfig, SharedPool};
+use pyagent_engine::kv::{BLOCK_TOKENS, KvBlock, PoolConfig, SharedPool, block_hashes};
 use pyagent_protocol::InferenceCapacity;
 use tokio::sync::{mpsc, oneshot};
 
@@ -70,9 +70,12 @@ pub(super) fn serve(config: ServeConfig, mut jobs: mpsc::Receiver<Work>, ready: 
             if prompt.len() + job.options.max_tokens > context || job.options.max_tokens == 0 {
                 return Err(ServeError::ContextLength { prompt: prompt.len(), max_tokens: job.options.max_tokens, context });
             }
+            // The fetch starts first: the cache's buffers are allocated while its first
+            // blocks are on their way, and the blocks go into them as they come.
+            let fetching = source.get().and_then(|source| start_fetch(&engine, source.as_ref(), &prompt));
             let mut cache = engine.prompt_cache(&prompt, job.options.max_tokens).map_err(|e| ServeError::Generate(e.to_string()))?;
-            if let Some(source) = source.get() {
-                fetch_prefix(&engine, source.as_ref(), &prompt, &mut cache);
+            if let Some((from, incoming)) = fetching {
+                take_fetched(&mut cache, from, incoming);
             }
             let pieces = job.pieces.take();
             let load = &mut job.load;
@@ -137,23 +140,36 @@ fn context_length(engine: &Engine) -> usize {
     engine.model.config.max_position_embeddings.map_or(DEFAULT_CONTEXT, |m| m as usize)
 }
 
-/// Fetches from peers the prompt's whole blocks that `cache` (the pool's prefix) lacks,
-/// into the cache as they arrive, so prefill skips them. Whatever is not fetched (none
-/// held, a dead peer, a bad block) is computed; the fetched blocks join the pool when the
-/// run ends, cut from the cache like the rest.
-fn fetch_prefix(engine: &Engine, source: &dyn BlockSource, prompt: &[u32], cache: &mut PromptCache) {
-    let (from, hashes) = (cache.blocks(), cache.hashes().to_vec());
-    if from == hashes.len() {
-        return;
+/// Starts fetching from peers the prompt's whole blocks after those the pool holds; none
+/// when it holds them all or there is nothing to fetch from. Returns where the fetch
+/// starts (a block number) and where its blocks arrive.
+fn start_fetch(engine: &Engine, source: &dyn BlockSource, prompt: &[u32]) -> Option<(usize, mpsc::Receiver<KvBlock>)> {
+    let tokens = &prompt[..prompt.len() / BLOCK_TOKENS * BLOCK_TOKENS];
+    let hashes = block_hashes(&engine.model.id, tokens);
+    let local = engine.pool.lock().held_run(&hashes);
+    if local == hashes.len() {
+        return None;
     }
-    let tokens = &prompt[..hashes.len() * BLOCK_TOKENS];
-    source.fetch(engine.model.id, engine.model.config.kv_layout(), tokens, &hashes, from, &mut |block| match cache.push(&block) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!("a fetched KV block was not used: {e}");
-            false
+    source.fetch(engine.model.id, engine.model.config.kv_layout(), tokens, &hashes, local).map(|incoming| (local, incoming))
+}
+
+/// Puts the fetched blocks (block `from` on) into the prompt's cache as they arrive, so
+/// prefill skips them. Whatever is not fetched (none held, a dead peer, a bad block) is
+/// computed; the fetched blocks join the pool when the run ends, cut from the cache like
+/// the rest. Blocks the cache got from the pool meanwhile are skipped.
+fn take_fetched(cache: &mut PromptCache, from: usize, mut incoming: mpsc::Receiver<KvBlock>) {
+    let mut index = from;
+    // The worker's own thread, outside the runtime: waiting here holds only this model.
+    while let Some(block) = incoming.blocking_recv() {
+        index += 1;
+        if index <= cache.blocks() {
+            continue;
         }
-    });
+        if let Err(e) = cache.push(&block) {
+            tracing::warn!("a fetched KV block was not used: {e}");
+            return; // dropping `incoming` stops the fetch
+        }
+    }
 }
 
 fn load(config: &ServeConfig) -> Result<(Engine, InferenceCapacity, ModelInfo), String> {
