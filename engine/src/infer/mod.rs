@@ -6,6 +6,7 @@
 //!   id = BLAKE3 of the files).
 //! - [`decoder`]: forward passes; the KV cache stays in ONNX Runtime tensors, appended in
 //!   place (I/O binding) when the graph's attention allows it; logits read in place.
+//! - `kv_state`: those tensors ([`KvState`]): built, filled, grown, cut.
 //! - [`generate`]: plain greedy generation (no pool), the reference loop.
 //! - [`sampling`]: greedy, temperature, top-k, top-p, seeded.
 //! - [`cache`]: a sequence's KV cache to and from 16-token blocks.

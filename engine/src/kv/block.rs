@@ -75,11 +75,50 @@ pub struct KvBlock {
     pub tokens: [u32; BLOCK_TOKENS],
     pub layout: KvLayout,
     /// Per layer, `layout.layer_bytes()`: keys then values, each [kv heads, 16, head dim].
-    /// One allocation per layer, so that a sequence's cache (per layer, all positions) and
-    /// its blocks can trade memory a layer at a time instead of both being whole at once
-    /// (`infer::cache`).
-    layers: Vec<Box<[u8]>>,
+    layers: Layers,
 }
+
+/// A block's layers.
+#[derive(Debug, Clone)]
+enum Layers {
+    /// One allocation per layer (a block cut from a cache), so that a sequence's cache
+    /// (per layer, all positions) and its blocks can trade memory a layer at a time
+    /// instead of both being whole at once (`infer::cache`).
+    Separate(Vec<Box<[u8]>>),
+    /// The byte form the block arrived in, kept whole ([`KvBlock::import_owned`]): layer
+    /// `l` is `each` bytes at `at + l * each`. A fetched block is copied once, into the
+    /// cache that uses it, not first out of its record.
+    Joined { bytes: Vec<u8>, at: usize, each: usize, count: usize },
+}
+
+impl Layers {
+    fn get(&self, l: usize) -> Option<&[u8]> {
+        match self {
+            Self::Separate(layers) => layers.get(l).map(|b| &b[..]),
+            Self::Joined { bytes, at, each, count } => (l < *count).then(|| bytes.get(at + l * each..at + (l + 1) * each)).flatten(),
+        }
+    }
+
+    fn count(&self) -> usize {
+        match self {
+            Self::Separate(layers) => layers.len(),
+            Self::Joined { count, .. } => *count,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.count()).filter_map(|l| self.get(l))
+    }
+}
+
+/// The same keys and values, however they are held.
+impl PartialEq for Layers {
+    fn eq(&self, other: &Self) -> bool {
+        self.count() == other.count() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Layers {}
 
 impl KvBlock {
     /// A block for `tokens` after `parent`; `data` (every layer, one after another) must
@@ -103,22 +142,25 @@ impl KvBlock {
             return Err(BlockError::Size { got, expected: layout.block_bytes() });
         }
         let hash = block_hash(&model, &parent, &tokens);
-        Ok(Self { model, parent, hash, tokens, layout, layers })
+        Ok(Self { model, parent, hash, tokens, layout, layers: Layers::Separate(layers) })
     }
 
     /// Layer `l`'s keys then values.
     pub fn layer(&self, l: usize) -> Option<&[u8]> {
-        self.layers.get(l).map(|b| &b[..])
+        self.layers.get(l)
     }
 
-    /// The layers' bytes, to be let go one by one.
+    /// The layers' bytes, to be let go one by one (copied apart if they arrived whole).
     pub fn into_layers(self) -> Vec<Box<[u8]>> {
-        self.layers
+        match self.layers {
+            Layers::Separate(layers) => layers,
+            joined => joined.iter().map(Box::from).collect(),
+        }
     }
 
     /// Every layer's bytes, one after another (a copy).
     pub fn data(&self) -> Vec<u8> {
-        self.layers.concat()
+        self.layers.iter().collect::<Vec<_>>().concat()
     }
 
     /// Length of the byte form of a block of `layout`: the header (magic, version, model,
@@ -129,7 +171,7 @@ impl KvBlock {
 
     /// Bytes this block takes in a tier.
     pub fn size(&self) -> usize {
-        self.layers.iter().map(|l| l.len()).sum()
+        self.layers.iter().map(<[u8]>::len).sum()
     }
 
     /// The byte form.
@@ -160,7 +202,7 @@ impl KvBlock {
             DType::F16 => 1,
         });
         out.extend_from_slice(&(self.size() as u64).to_le_bytes());
-        for layer in &self.layers {
+        for layer in self.layers.iter() {
             out.extend_from_slice(layer);
         }
         let checksum = match integrity {
@@ -178,6 +220,40 @@ impl KvBlock {
     /// As [`Self::import`]; with [`Integrity::Authenticated`] the checksum is not checked
     /// (everything else is: format, model, layout, size, the hash of the tokens).
     pub fn import_with(bytes: &[u8], model: &ModelId, integrity: Integrity) -> Result<Self, BlockError> {
+        let form = Form::parse(bytes, model, integrity)?;
+        let block = Self::from_data(*model, form.parent, form.tokens, form.layout, &bytes[form.data.clone()])?;
+        if block.hash != form.hash {
+            return Err(BlockError::WrongHash);
+        }
+        Ok(block)
+    }
+
+    /// As [`Self::import_with`], keeping `bytes` as the block's storage: no copy.
+    pub fn import_owned(bytes: Vec<u8>, model: &ModelId, integrity: Integrity) -> Result<Self, BlockError> {
+        let Form { parent, hash, tokens, layout, data } = Form::parse(&bytes, model, integrity)?;
+        let (each, count) = (layout.layer_bytes(), layout.layers as usize);
+        if data.len() != layout.block_bytes() || (each == 0 && count > 0) {
+            return Err(BlockError::Size { got: data.len(), expected: layout.block_bytes() });
+        }
+        if block_hash(model, &parent, &tokens) != hash {
+            return Err(BlockError::WrongHash);
+        }
+        Ok(Self { model: *model, parent, hash, tokens, layout, layers: Layers::Joined { bytes, at: data.start, each, count } })
+    }
+}
+
+/// A byte form's header, checked (format, version, model, checksum unless authenticated),
+/// and where its data lies.
+struct Form {
+    parent: BlockHash,
+    hash: BlockHash,
+    tokens: [u32; BLOCK_TOKENS],
+    layout: KvLayout,
+    data: std::ops::Range<usize>,
+}
+
+impl Form {
+    fn parse(bytes: &[u8], model: &ModelId, integrity: Integrity) -> Result<Self, BlockError> {
         if bytes.len() < 32 {
             return Err(BlockError::Format("too short"));
         }
@@ -193,8 +269,7 @@ impl KvBlock {
         if version != VERSION {
             return Err(BlockError::Version(version));
         }
-        let block_model = ModelId(r.array()?);
-        if block_model != *model {
+        if ModelId(r.array()?) != *model {
             return Err(BlockError::WrongModel);
         }
         let parent = BlockHash(r.array()?);
@@ -210,16 +285,12 @@ impl KvBlock {
             _ => return Err(BlockError::Format("unknown dtype")),
         };
         let len = u64::from_le_bytes(r.array()?) as usize;
-        let data = r.take(len)?;
+        let start = r.at;
+        r.take(len)?;
         if r.at != body.len() {
             return Err(BlockError::Format("trailing bytes"));
         }
-        let layout = KvLayout { layers, kv_heads, head_dim, dtype };
-        let block = Self::from_data(block_model, parent, tokens, layout, data)?;
-        if block.hash != hash {
-            return Err(BlockError::WrongHash);
-        }
-        Ok(block)
+        Ok(Self { parent, hash, tokens, layout: KvLayout { layers, kv_heads, head_dim, dtype }, data: start..r.at })
     }
 }
 
@@ -312,5 +383,35 @@ mod tests {
         let mut out = Vec::new();
         forged.export_into(&mut out, Integrity::Authenticated);
         assert_eq!(KvBlock::import_with(&out, &b.model, Integrity::Authenticated), Err(BlockError::WrongHash));
+    }
+
+    #[test]
+    fn a_block_kept_in_its_byte_form_is_the_same_block_and_checked_the_same() {
+        let b = block(7);
+        for integrity in [Integrity::Checksum, Integrity::Authenticated] {
+            let mut bytes = Vec::new();
+            b.export_into(&mut bytes, integrity);
+            let owned = KvBlock::import_owned(bytes.clone(), &b.model, integrity).unwrap();
+            assert_eq!(owned, b);
+            assert!((0..2).all(|l| owned.layer(l) == b.layer(l)) && owned.layer(2).is_none());
+            assert_eq!((owned.size(), owned.data()), (b.size(), b.data()));
+            assert_eq!(owned.export(), b.export());
+            assert_eq!(owned.clone().into_layers(), b.clone().into_layers());
+            // Refused exactly as a copied import is.
+            let refused = |bytes: &[u8], model: &ModelId| (KvBlock::import_owned(bytes.to_vec(), model, integrity), KvBlock::import_with(bytes, model, integrity));
+            let (a, c) = refused(&bytes, &ModelId::of(b"other"));
+            assert_eq!((a.unwrap_err(), c.unwrap_err()), (BlockError::WrongModel, BlockError::WrongModel));
+            let (a, c) = refused(&bytes[..bytes.len() - 40], &b.model);
+            assert_eq!(a.unwrap_err(), c.unwrap_err());
+            let mut forged = b.clone();
+            forged.hash = BlockHash([7; 32]);
+            let mut out = Vec::new();
+            forged.export_into(&mut out, integrity);
+            let (a, c) = refused(&out, &b.model);
+            assert_eq!((a.unwrap_err(), c.unwrap_err()), (BlockError::WrongHash, BlockError::WrongHash));
+        }
+        let mut bytes = b.export();
+        bytes[100] ^= 1;
+        assert_eq!(KvBlock::import_owned(bytes, &b.model, Integrity::Checksum), Err(BlockError::Checksum));
     }
 }

@@ -382,7 +382,7 @@ impl Checks<'_> {
         let check = move || {
             let integrity = payload.integrity();
             let bytes = payload.open().map_err(|e| e.to_string())?;
-            KvBlock::import_with(&bytes, &model, integrity).map_err(|e| e.to_string())
+            KvBlock::import_owned(bytes, &model, integrity).map_err(|e| e.to_string())
         };
         self.pending.push_back((index, tokio::task::spawn_blocking(check)));
         if self.pending.len() >= CHECKS_AHEAD {
