@@ -6,8 +6,9 @@
 //!
 //! worker, before prefill:  prompt block hashes ── local pool run ──▶ missing from block i
 //!     ──▶ KvExchange::fetch (plan: who holds the longest runs, split between holders)
-//!     ──▶ /pyagent/kv/1 streams, in parallel ──▶ each block checked ──▶ pool ──▶ prefill
-//!         only the rest
+//!     ──▶ /pyagent/kv/1 streams (or the bulk path), in parallel ──▶ each block checked
+//!     ──▶ in order, as they come ──▶ the prompt's cache (allocated meanwhile) ──▶ prefill
+//!         only the rest ──▶ the blocks join the pool, cut from the cache, after the run
 //! ```
 //!
 //! Who holds what is the filters in the adverts (`pyagent_protocol::kv::KvSummary`): at
