@@ -92,8 +92,11 @@ pub struct Output {
     /// The logits each generated token was picked from (with `keep_logits`).
     pub step_logits: Vec<Vec<f32>>,
     pub prompt_tokens: usize,
-    /// Prompt tokens whose keys and values came from the pool (prefill skipped them).
+    /// Prompt tokens whose keys and values came from the pool or were pushed into the
+    /// prompt's cache (prefill skipped them).
     pub cached_tokens: usize,
+    /// From the making of the prompt's cache to the first token's logits (a wait for
+    /// blocks pushed into it included).
     pub prefill_secs: f64,
     pub decode_secs: f64,
     pub finish: Finish,
@@ -196,6 +199,7 @@ impl Engine {
     /// rather than copied (they come back cut from the cache when the run ends). More of
     /// the prompt's blocks may be pushed into it before [`Self::generate_cached`].
     pub fn prompt_cache(&mut self, prompt: &[u32], max_tokens: usize) -> Result<PromptCache, EngineError> {
+        let started = Instant::now();
         let layout = self.model.config.kv_layout();
         // Refused before anything is lent: a request that fails later loses the blocks it
         // was lent (its cache goes with it).
@@ -209,15 +213,14 @@ impl Engine {
         let reused = cached.len();
         // Room for the whole generation up front where the graph appends in place.
         let total = prompt.len() + max_tokens;
-        let building = Instant::now();
         let state = if cached.is_empty() {
             self.decoder.reserve(self.decoder.empty_cache()?, total)?
         } else {
             let capacity = self.decoder.capacity_for(reused * BLOCK_TOKENS, total);
             cache::state_of(layout, cached, capacity)?
         };
-        tracing::debug!(blocks = reused, ms = building.elapsed().as_secs_f64() * 1e3, "prompt cache built");
-        Ok(PromptCache::new(state, loan, prompt, layout, block_hashes(&self.model.id, &prompt[..whole * BLOCK_TOKENS])))
+        tracing::debug!(blocks = reused, ms = started.elapsed().as_secs_f64() * 1e3, "prompt cache built");
+        Ok(PromptCache::new(state, loan, prompt, layout, block_hashes(&self.model.id, &prompt[..whole * BLOCK_TOKENS]), started))
     }
 
     /// Prefills `prompt` from `cache` in chunks of `prefill_chunk` tokens and returns the
@@ -294,7 +297,8 @@ impl Engine {
         if prompt.is_empty() {
             return Err(ModelError::Run("the prompt has no tokens".into()).into());
         }
-        let started = Instant::now();
+        // From the cache's making on: its build, and any wait for blocks pushed into it.
+        let started = cache.started;
         let (mut last, mut state, loan, cached_tokens) = self.prefill(cache, prompt)?;
         let prefill_secs = started.elapsed().as_secs_f64();
         let decode_started = Instant::now();

@@ -3,6 +3,8 @@
 //! Filling the cache while the blocks arrive takes its allocation and copies off the way
 //! to the first token: a fetched prefix needs no second pass over it once it is here.
 
+use std::time::Instant;
+
 use crate::kv::{BLOCK_TOKENS, BlockHash, KvBlock, KvLayout, SharedPool};
 
 use super::cache;
@@ -21,6 +23,8 @@ pub struct PromptCache {
     hashes: Vec<BlockHash>,
     /// Blocks in the cache: the first `blocks` of `hashes`.
     pub(super) blocks: usize,
+    /// When its making began: a run's time to its first token counts from here.
+    pub(super) started: Instant,
 }
 
 impl std::fmt::Debug for PromptCache {
@@ -30,9 +34,9 @@ impl std::fmt::Debug for PromptCache {
 }
 
 impl PromptCache {
-    pub(super) fn new(state: KvState, loan: Loan, tokens: &[u32], layout: KvLayout, hashes: Vec<BlockHash>) -> Self {
+    pub(super) fn new(state: KvState, loan: Loan, tokens: &[u32], layout: KvLayout, hashes: Vec<BlockHash>, started: Instant) -> Self {
         let blocks = state.len() / BLOCK_TOKENS;
-        Self { state, loan, tokens: tokens.to_vec(), layout, hashes, blocks }
+        Self { state, loan, tokens: tokens.to_vec(), layout, hashes, blocks, started }
     }
 
     /// Blocks the cache holds: the prompt's first ones.
