@@ -278,9 +278,7 @@ impl Engine {
     /// stopped early when `on_piece` returns `Break` (a client that went away): the output
     /// so far comes back as [`Finish::Cancelled`], and its blocks are kept.
     pub fn generate_until(&mut self, prompt: &[u32], options: &GenerateOptions, on_piece: impl FnMut(Piece<'_>) -> std::ops::ControlFlow<()>) -> Result<Output, EngineError> {
-        if prompt.is_empty() {
-            return Err(ModelError::Run("the prompt has no tokens".into()).into());
-        }
+        // An empty prompt makes an empty cache; `generate_cached` refuses it.
         let cache = self.prompt_cache(prompt, options.max_tokens)?;
         self.generate_cached(cache, prompt, options, on_piece)
     }
