@@ -5,10 +5,11 @@
 #   1. TTFT of a 1,024-token prompt recomputed on machine 2 vs the same-size prompt that
 #      machine 1 ran first, fetched by machine 2 (target >= 20x lower); and the local
 #      cache hit for reference
-#   2. block transfer rate of those fetches (the swarm's Noise + Yamux transport, blocks
-#      checked on arrival) next to one raw TCP stream between the same two machines
-#      (target >= 50% of it); and one stream over each transport stack on loopback next to
-#      raw TCP in the same process (`pyagent bench-transport`)
+#   2. block transfer rate of those fetches (the KV bulk path, blocks checked on arrival)
+#      next to one raw TCP stream between the same two machines (target >= 50% of it); one
+#      stream of the bulk path alone between the two machines next to raw TCP from the same
+#      tool (`pyagent bench-transport --send-from/--receive-from`); and one stream over each
+#      transport stack on loopback next to raw TCP in the same process
 #   3. a shared-prefix workload: 32 requests over 4 distinct 512-token prefixes, sent in
 #      turn to the 3 machines: mean TTFT with KV-aware placement (exchange on) vs pinned
 #      round-robin with the exchange off (target >= 2x lower)
@@ -96,6 +97,17 @@ wait $!
 tcp=$(cat "$work/tcp")
 echo "loopback: one stream over each transport stack, next to raw TCP (1 GiB, 3 runs each)" >&2
 loopback=$("$BIN" bench-transport --mib 1024 --runs 3 | python3 -c 'import json,sys; print(json.dumps([json.loads(l) for l in sys.stdin]))')
+# between FROM TO STACK: one stream of 1 GiB from lab machine FROM to TO (`bench-transport
+# --send-from` / `--receive-from`: the sender prints a ticket line, the receiver the rate).
+between() {
+    local from=$1 to=$2 stack=$3 ticket
+    coproc SENDER { in_ns "$from" "$BIN" bench-transport --stack "$stack" --mib 1024 --send-from "$(addr "$from")"; }
+    read -r ticket <&"${SENDER[0]}"
+    in_ns "$to" "$BIN" bench-transport --stack "$stack" --receive-from "$(addr "$from")" --ticket "$ticket"
+    wait "$SENDER_PID"
+}
+echo "lab hosts: raw TCP and the KV bulk path, machine 1 -> machine 2 (1 GiB, 3 runs each, interleaved)" >&2
+hosts=$(for _ in 1 2 3; do between 1 2 raw-tcp; between 1 2 bulk; done | python3 -c 'import json,sys; print(json.dumps([json.loads(l) for l in sys.stdin]))')
 
 results=()
 for name in "${MODELS[@]}"; do
@@ -114,12 +126,17 @@ for name in "${MODELS[@]}"; do
     results+=("{\"model\": \"$name\", \"ttft\": $ttft, \"aware\": $aware, \"round_robin\": $rr}")
 done
 
-python3 - "$tcp" "$loopback" "${results[@]}" <<'PY' | tee "$out/kv.json"
+python3 - "$tcp" "$loopback" "$hosts" "${results[@]}" <<'PY' | tee "$out/kv.json"
 import json, sys
 tcp = float(sys.argv[1])
 loopback = {r["stack"]: {"gbytes_per_s": r["best_gbytes_per_s"], "over_raw_tcp": r["over_raw_tcp"]} for r in json.loads(sys.argv[2])}
-out = {"raw_tcp_gbytes_per_s": round(tcp, 3), "loopback": loopback, "models": []}
-for r in map(json.loads, sys.argv[3:]):
+hosts = {}
+for r in json.loads(sys.argv[3]):
+    hosts.setdefault(r["stack"], []).append(r["gbytes_per_s"])
+raw, bulk = max(hosts["raw tcp"]), max(hosts["kv bulk (tcp+aes-256-gcm)"])
+lab = {"raw_tcp_gbytes_per_s": hosts["raw tcp"], "bulk_gbytes_per_s": hosts["kv bulk (tcp+aes-256-gcm)"], "best_bulk_over_best_raw": round(bulk / raw, 3)}
+out = {"raw_tcp_gbytes_per_s": round(tcp, 3), "loopback": loopback, "lab_hosts": lab, "models": []}
+for r in map(json.loads, sys.argv[4:]):
     t = r["ttft"]
     out["models"].append({
         "model": r["model"],

@@ -1,10 +1,16 @@
 //! `pyagent bench-transport`: one stream's throughput over each transport stack the node
-//! runs, on loopback in this process, next to raw TCP (see `p2p::throughput`).
+//! runs, on loopback in this process, next to raw TCP (see `p2p::throughput`); or, with
+//! `--send-from` / `--receive-from`, raw TCP or the KV bulk path between two hosts (see
+//! `p2p::throughput_between`).
 
-use anyhow::Context;
+use std::io::Write;
+use std::net::IpAddr;
+
+use anyhow::{Context, bail};
 use clap::Args;
 
 use crate::p2p::throughput::{self, Stack};
+use crate::p2p::throughput_between::{self as between, Ticket, TicketStack};
 
 /// Bytes of one SmolLM2 KV block as a fetch sends it (fp32, 16 tokens, 30 layers).
 const KV_BLOCK_BYTES: usize = 737_280;
@@ -26,6 +32,19 @@ pub struct BenchTransportArgs {
     /// Runs of each stack (the best and every run are printed).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub runs: u32,
+    /// Between two hosts, the sending end: listen on IP, print a ticket (one JSON line) for
+    /// the receiving end, send `--mib` to the one connection that shows it, and exit. One
+    /// stack: raw-tcp or bulk.
+    #[arg(long, value_name = "IP", conflicts_with = "receive_from")]
+    pub send_from: Option<IpAddr>,
+    /// Between two hosts, the receiving end: connect to the sender at IP with the ticket it
+    /// printed (`--ticket`) and print the rate (one JSON line).
+    #[arg(long, value_name = "IP", requires = "ticket")]
+    pub receive_from: Option<IpAddr>,
+    /// The sender's ticket line (for `--receive-from`). It holds the bulk offer's key: hand
+    /// it over only to the receiving end.
+    #[arg(long, value_name = "JSON")]
+    pub ticket: Option<String>,
 }
 
 fn frame_bytes(s: &str) -> Result<usize, String> {
@@ -33,8 +52,15 @@ fn frame_bytes(s: &str) -> Result<usize, String> {
     if (1..=64 << 20).contains(&n) { Ok(n) } else { Err("between 1 and 67108864 bytes".into()) }
 }
 
-/// Measures and prints one JSON line per stack.
+/// Measures and prints one JSON line per stack (between hosts: the sender prints its
+/// ticket, the receiver the rate).
 pub async fn run(args: BenchTransportArgs) -> anyhow::Result<()> {
+    if let Some(ip) = args.send_from {
+        return send(&args, ip).await;
+    }
+    if let Some(ip) = args.receive_from {
+        return receive(&args, ip).await;
+    }
     let stacks = if args.stacks.is_empty() { Stack::ALL.to_vec() } else { args.stacks.clone() };
     let mut raw = None;
     for stack in stacks {
@@ -59,6 +85,38 @@ pub async fn run(args: BenchTransportArgs) -> anyhow::Result<()> {
         });
         println!("{line}");
     }
+    Ok(())
+}
+
+fn one_stack(args: &BenchTransportArgs) -> anyhow::Result<TicketStack> {
+    match args.stacks.as_slice() {
+        [stack] => TicketStack::of(*stack).with_context(|| format!("between hosts only raw-tcp and bulk can be measured, not {}", stack.name())),
+        _ => bail!("between hosts name exactly one --stack: raw-tcp or bulk"),
+    }
+}
+
+async fn send(args: &BenchTransportArgs, ip: IpAddr) -> anyhow::Result<()> {
+    let stack = one_stack(args)?;
+    let sending = between::listen(stack, ip).await.with_context(|| format!("listening on {ip}"))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string(sending.ticket())?)?;
+    out.flush()?;
+    drop(out);
+    sending.send(args.mib << 20, args.frame_bytes).await.context("sending to the receiver")
+}
+
+async fn receive(args: &BenchTransportArgs, ip: IpAddr) -> anyhow::Result<()> {
+    let line = args.ticket.as_deref().context("--receive-from needs --ticket")?;
+    let ticket: Ticket = serde_json::from_str(line.trim()).context("--ticket: not a ticket line that --send-from printed")?;
+    let m = between::receive(ip, &ticket).await.with_context(|| format!("receiving from {ip}:{}", ticket.port))?;
+    let line = serde_json::json!({
+        "stack": m.stack,
+        "from": ip.to_string(),
+        "bytes": m.bytes,
+        "seconds": m.seconds,
+        "gbytes_per_s": milli(m.gbytes_per_s),
+    });
+    println!("{line}");
     Ok(())
 }
 

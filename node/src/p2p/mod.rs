@@ -15,7 +15,8 @@
 //! ```
 //!
 //! - [`transport`]: TCP (+ pnet when a swarm key is set) + Noise + Yamux, and QUIC;
-//!   [`throughput`]: one stream's rate over each stack (`pyagent bench-transport`).
+//!   [`throughput`]: one stream's rate over each stack (`pyagent bench-transport`);
+//!   [`throughput_between`]: raw TCP and the KV bulk path between two hosts.
 //! - [`behaviour`]: the composed `NetworkBehaviour`; [`pending_limit`]: handshakes in
 //!   progress bounded per source address.
 //! - [`codec`]: the request-response codec, generic over `pyagent_protocol::rpc`'s
@@ -36,6 +37,7 @@ mod history;
 pub mod pending_limit;
 pub mod router;
 pub mod throughput;
+pub mod throughput_between;
 pub mod transport;
 
 pub use client::{ClientError, Command, NodeClient};

@@ -19,7 +19,7 @@ use super::transport;
 
 const BENCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/pyagent/bench-transport/1");
 /// Longest any one measurement may take (listening, dialing and moving the bytes).
-const DEADLINE: Duration = Duration::from_secs(120);
+pub(super) const DEADLINE: Duration = Duration::from_secs(120);
 
 /// A transport stack a node can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -102,72 +102,93 @@ async fn raw_tcp(frames: u64, frame: usize) -> Result<(u64, f64), ThroughputErro
     let addr = listener.local_addr()?;
     // Stopped with this measurement, also when it fails or times out.
     let mut reader = AbortOnDrop(vec![tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        loop {
-            let n = socket.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<_, std::io::Error>((total, Instant::now()));
-            }
-            total += n as u64;
-        }
+        let (socket, _) = listener.accept().await?;
+        read_to_end(socket).await
     })]);
     let mut socket = tokio::net::TcpStream::connect(addr).await?;
     socket.set_nodelay(true)?;
-    let payload = vec![0x5au8; frame];
     let start = Instant::now();
-    for _ in 0..frames {
-        socket.write_all(&payload).await?;
-    }
-    socket.shutdown().await?;
+    write_frames(&mut socket, frames, frame).await?;
     drop(socket);
     let read = reader.0.first_mut().ok_or_else(|| ThroughputError::Stream("no reader".into()))?;
     let (total, end) = read.await.map_err(|e| ThroughputError::Stream(e.to_string()))??;
     Ok((total, (end - start).as_secs_f64()))
 }
 
+/// Reads `socket` to its end: the bytes read, and when the end came.
+pub(super) async fn read_to_end(mut socket: tokio::net::TcpStream) -> Result<(u64, Instant), ThroughputError> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = socket.read(&mut buf).await?;
+        if n == 0 {
+            return Ok((total, Instant::now()));
+        }
+        total += n as u64;
+    }
+}
+
+/// Writes `frames` frames of `frame` bytes, then ends the stream.
+pub(super) async fn write_frames(socket: &mut tokio::net::TcpStream, frames: u64, frame: usize) -> Result<(), ThroughputError> {
+    let payload = vec![0x5au8; frame];
+    for _ in 0..frames {
+        socket.write_all(&payload).await?;
+    }
+    Ok(socket.shutdown().await?)
+}
+
 /// The KV bulk path on loopback: one offer, its connection, `frames` sealed records of
 /// `frame` payload bytes, each opened by the reader (which counts payload bytes).
 async fn bulk(frames: u64, frame: usize) -> Result<(u64, f64), ThroughputError> {
-    use crate::kv::bulk::{self, BulkListener, RecordSealer};
-    use pyagent_protocol::kv::{BULK_TAG_BYTES, KV_FRAME_HEADER, KvFrameKind, parse_header};
+    use crate::kv::bulk::{self, BulkListener};
     let failed = |e: bulk::BulkError| ThroughputError::Stream(e.to_string());
     let loopback = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
     let (listener, accepting) = BulkListener::start(loopback)?;
     let mut tasks = AbortOnDrop(vec![accepting]);
     let (offer, handoff) = listener.offer(DEADLINE).map_err(failed)?;
-    let (mut tcp, opener) = bulk::connect(loopback, &offer).await.map_err(failed)?;
-    let reader = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let (mut total, mut number) = (0u64, 0u64);
-        loop {
-            let mut header = [0u8; KV_FRAME_HEADER];
-            match tcp.read_exact(&mut header).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok((total, Instant::now())),
-                Err(e) => return Err(ThroughputError::Io(e)),
-            }
-            let (_, len) = parse_header(header, usize::MAX).map_err(|e| ThroughputError::Stream(e.to_string()))?;
-            buf.resize(len + BULK_TAG_BYTES, 0);
-            tcp.read_exact(&mut buf).await?;
-            total += opener.open(number, header, &mut buf).map_err(failed)? as u64;
-            number += 1;
-        }
-    });
+    let (tcp, opener) = bulk::connect(loopback, &offer).await.map_err(failed)?;
+    let reader = tokio::spawn(read_records(tcp, opener));
     let mut socket = handoff.connection(DEADLINE).await.ok_or_else(|| ThroughputError::Stream("the bulk connection did not arrive".into()))?;
-    let mut sealer = RecordSealer::new(&offer.key).map_err(failed)?;
-    let (payload, mut record) = (vec![0x5au8; frame], Vec::new());
     let start = Instant::now();
-    for _ in 0..frames {
-        sealer.seal(KvFrameKind::Block, &payload, &mut record).map_err(failed)?;
-        socket.write_all(&record).await?;
-    }
-    socket.shutdown().await?;
+    write_records(&mut socket, &offer.key, frames, frame).await?;
     drop(socket);
     let (total, end) = reader.await.map_err(|e| ThroughputError::Stream(e.to_string()))??;
     tasks.0.clear();
     Ok((total, (end - start).as_secs_f64()))
+}
+
+/// Reads bulk records to the connection's end, opening each: the payload bytes, and when
+/// the end came.
+pub(super) async fn read_records(mut tcp: tokio::net::TcpStream, opener: crate::kv::bulk::RecordOpener) -> Result<(u64, Instant), ThroughputError> {
+    use pyagent_protocol::kv::{BULK_TAG_BYTES, KV_FRAME_HEADER, parse_header};
+    let mut buf = Vec::new();
+    let (mut total, mut number) = (0u64, 0u64);
+    loop {
+        let mut header = [0u8; KV_FRAME_HEADER];
+        match tcp.read_exact(&mut header).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok((total, Instant::now())),
+            Err(e) => return Err(ThroughputError::Io(e)),
+        }
+        let (_, len) = parse_header(header, usize::MAX).map_err(|e| ThroughputError::Stream(e.to_string()))?;
+        buf.resize(len + BULK_TAG_BYTES, 0);
+        tcp.read_exact(&mut buf).await?;
+        total += opener.open(number, header, &mut buf).map_err(|e| ThroughputError::Stream(e.to_string()))? as u64;
+        number += 1;
+    }
+}
+
+/// Writes `frames` records sealing `frame` payload bytes each under `key`, then ends the
+/// connection.
+pub(super) async fn write_records(socket: &mut tokio::net::TcpStream, key: &[u8; 32], frames: u64, frame: usize) -> Result<(), ThroughputError> {
+    use pyagent_protocol::kv::KvFrameKind;
+    let mut sealer = crate::kv::bulk::RecordSealer::new(key).map_err(|e| ThroughputError::Stream(e.to_string()))?;
+    let (payload, mut record) = (vec![0x5au8; frame], Vec::new());
+    for _ in 0..frames {
+        sealer.seal(KvFrameKind::Block, &payload, &mut record).map_err(|e| ThroughputError::Stream(e.to_string()))?;
+        socket.write_all(&record).await?;
+    }
+    Ok(socket.shutdown().await?)
 }
 
 type BenchSwarm = Swarm<libp2p_stream::Behaviour>;
@@ -271,7 +292,7 @@ async fn over_libp2p(stack: Stack, frames: u64, frame: usize, streams: usize) ->
     outcome
 }
 
-struct AbortOnDrop<T>(Vec<tokio::task::JoinHandle<T>>);
+pub(super) struct AbortOnDrop<T>(pub(super) Vec<tokio::task::JoinHandle<T>>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
