@@ -100,11 +100,12 @@ loopback=$("$BIN" bench-transport --mib 1024 --runs 3 | python3 -c 'import json,
 # between FROM TO STACK: one stream of 1 GiB from lab machine FROM to TO (`bench-transport
 # --send-from` / `--receive-from`: the sender prints a ticket line, the receiver the rate).
 between() {
-    local from=$1 to=$2 stack=$3 ticket
+    local from=$1 to=$2 stack=$3 ticket sender
     coproc SENDER { in_ns "$from" "$BIN" bench-transport --stack "$stack" --mib 1024 --send-from "$(addr "$from")"; }
+    sender=$SENDER_PID # bash unsets it when the sender exits
     read -r ticket <&"${SENDER[0]}"
     in_ns "$to" "$BIN" bench-transport --stack "$stack" --receive-from "$(addr "$from")" --ticket "$ticket"
-    wait "$SENDER_PID"
+    wait "$sender"
 }
 echo "lab hosts: raw TCP and the KV bulk path, machine 1 -> machine 2 (1 GiB, 3 runs each, interleaved)" >&2
 hosts=$(for _ in 1 2 3; do between 1 2 raw-tcp; between 1 2 bulk; done | python3 -c 'import json,sys; print(json.dumps([json.loads(l) for l in sys.stdin]))')
