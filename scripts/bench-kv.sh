@@ -15,7 +15,8 @@
 #      round-robin with the exchange off (target >= 2x lower)
 # Prints the machine and a JSON summary (also in target/bench/kv.json). BENCH_KV_LOG sets the
 # nodes' RUST_LOG (e.g. pyagent_node::kv=debug: where each fetch's time goes); their logs are
-# kept in target/bench/kv-logs/.
+# kept in target/bench/kv-logs/. BENCH_KV_DETAIL=1 prints each workload request (where it ran,
+# tokens reused, TTFT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "bench-kv: needs root (network namespaces)" >&2; exit 1; }

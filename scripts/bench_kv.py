@@ -7,10 +7,12 @@
       32 requests, 4 distinct 512-token prefixes + a 32-token suffix each, sent in turn to
       the nodes: MODE aware (placement decides) or rr (pinned round-robin); mean TTFT
   bench_kv.py status URL KEY       the node's KV exchange counters (from /metrics)
+BENCH_KV_DETAIL=1 prints each workload request (where it ran, tokens reused, TTFT) on stderr.
 Prints one JSON object. Prompts are token ids (seeded), so every node agrees on them.
 """
 import http.client
 import json
+import os
 import random
 import statistics
 import sys
@@ -116,6 +118,8 @@ def main():
             hit = usage["prompt_tokens_details"]["cached_tokens"]
             cached += hit
             computed += hit < 512  # its prefix computed, not found
+            if os.environ.get("BENCH_KV_DETAIL"):
+                print(json.dumps({"request": i, "sent_to": url, "ran_on": on, "cached_tokens": hit, "ttft_ms": round(t * 1e3, 1)}), file=sys.stderr)
         print(json.dumps({"mode": mode, "requests": len(times), "mean_ttft_ms": round(statistics.mean(times) * 1e3, 1),
                           "p50_ttft_ms": round(statistics.median(times) * 1e3, 1), "cached_tokens": cached, "prefixes_computed": computed, "ran_on": sorted(ran.values(), reverse=True)}))
     elif cmd == "status":

@@ -59,6 +59,43 @@ async fn the_worker_keeps_the_engine_serves_and_refuses_beyond_its_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_advertised_rates_follow_what_the_runs_measure() {
+    use pyagent_node::serving::rates::{MIN_DECODE_TOKENS, next};
+    let Some((_dir, node, worker)) = node_with_tiny_model().await else { return };
+    let probe = worker.capacity().clone();
+    let rates = |w: &pyagent_node::serving::ModelWorker| (w.advert().prefill_tokens_per_s, w.advert().decode_tokens_per_s);
+    assert_eq!(rates(&worker), (probe.prefill_tokens_per_s, probe.decode_tokens_per_s), "the probe's until a run measures");
+
+    // A cold run of 200 prompt tokens: its prefill rate replaces the probe's (and its
+    // decode rate, when it generated enough tokens to measure one).
+    let prompt: Vec<u32> = (1..=200).map(|i| i * 3 % 250 + 1).collect();
+    let cold = worker.generate(prompt.clone(), GenerateOptions { max_tokens: 24, ..Default::default() }).await.unwrap();
+    assert_eq!(cold.cached_tokens, 0);
+    let prefill = next(0, true, cold.prompt_tokens as f64 / cold.prefill_secs);
+    let decode = if cold.tokens.len() >= MIN_DECODE_TOKENS { next(0, true, cold.tokens.len() as f64 / cold.decode_secs) } else { probe.decode_tokens_per_s };
+    assert_eq!(rates(&worker), (prefill, decode));
+    // The same prompt again reuses its blocks: its prefill time is no rate, and the
+    // advertised prefill rate stays; the node's own advert says the same.
+    let warm = worker.generate(prompt.clone(), GenerateOptions { max_tokens: 1, ..Default::default() }).await.unwrap();
+    assert!(warm.cached_tokens > 0);
+    assert_eq!(rates(&worker).0, prefill);
+    // The node's advert takes them up when it is next published (the cold run's new
+    // blocks asked for that soon).
+    let want = rates(&worker);
+    support::wait_until("the node advertises the measured rates", std::time::Duration::from_secs(10), || async {
+        let advertised = node.client().status().await.unwrap().capacity.models.first().cloned().expect("inference on");
+        (advertised.prefill_tokens_per_s, advertised.decode_tokens_per_s) == want
+    })
+    .await;
+    // Another cold run moves it by the weight.
+    let other: Vec<u32> = (1..=200).map(|i| i * 7 % 250 + 1).collect();
+    let second = worker.generate(other, GenerateOptions { max_tokens: 1, ..Default::default() }).await.unwrap();
+    assert_eq!(second.cached_tokens, 0);
+    assert_eq!(rates(&worker).0, next(prefill, false, second.prompt_tokens as f64 / second.prefill_secs));
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_generation_equals_the_whole_one_and_stops_when_the_caller_goes() {
     let Some((_dir, node, worker)) = node_with_tiny_model().await else { return };
     let prompt: Vec<u32> = (3..40).collect();

@@ -2,7 +2,7 @@
 //! on a thread of its own, for as long as the node runs. Requests reach it over a bounded
 //! inbox; a full inbox is an immediate [`ServeError::Overloaded`], never an unbounded wait.
 //! At start a worker loads its model and measures prefill and decode speed, which the node
-//! advertises.
+//! advertises — then follows what its runs measure ([`rates`]).
 //!
 //! Without a model, or when the runtime or a model cannot be loaded, the node runs on
 //! without it, says why, and advertises no capacity for it.
@@ -20,9 +20,12 @@
 //! - [`worker`]: the thread: load, measure, fetch the prefix, serve.
 //! - [`prompt`]: prompts to tokens (shared by the worker and the placing node).
 //! - [`placement`]: where a request runs — the cost function over the peers' adverts (pure).
+//! - [`rates`]: the prefill and decode rates advertised: the start-up probe's, then the
+//!   runs' own (pure).
 
 pub mod placement;
 pub mod prompt;
+pub mod rates;
 mod worker;
 
 use std::path::PathBuf;
@@ -185,6 +188,8 @@ pub struct Load {
     /// Lookahead (this run): tokens guessed in decode passes, and those the sampler took.
     pub lookahead_guessed: AtomicU64,
     pub lookahead_right: AtomicU64,
+    /// The prefill and decode rates to advertise (tokens/s).
+    pub rates: rates::Rates,
 }
 
 /// A request's share of [`Load`], given back when it is done (or dropped).
@@ -301,7 +306,8 @@ impl ModelWorker {
         self.model_id
     }
 
-    /// What the model needs and how fast it ran at start (for the advert).
+    /// What the model needs and how fast it ran at start (the advert's rates follow the
+    /// runs since: [`Self::advert`]).
     pub fn capacity(&self) -> &InferenceCapacity {
         &self.capacity
     }
@@ -325,6 +331,8 @@ impl ModelWorker {
             queued_prefill_tokens: get(&self.load.prompt_tokens),
             queued_decode_tokens: get(&self.load.decode_tokens),
             kv_free_bytes: self.capacity.kv_budget_bytes.saturating_sub(get(&self.load.kv_host_bytes)),
+            prefill_tokens_per_s: self.load.rates.prefill.get(),
+            decode_tokens_per_s: self.load.rates.decode.get(),
             ..self.capacity.clone()
         }
     }

@@ -12,6 +12,7 @@ use pyagent_protocol::InferenceCapacity;
 use tokio::sync::{mpsc, oneshot};
 
 use super::prompt::PromptTokenizer;
+use super::rates::RunSample;
 use super::{BlockSource, Chunk, DEFAULT_CONTEXT, Load, ModelInfo, REST_OF_CONTEXT, ServeConfig, ServeError, SourceSlot, Work};
 use crate::config::ProviderChoice;
 
@@ -35,6 +36,8 @@ pub(super) fn serve(config: ServeConfig, mut jobs: mpsc::Receiver<Work>, ready: 
     let (mut engine, tokenizer) = match load(&config) {
         Ok((engine, capacity, info)) => {
             publish_pool(&engine, &stats);
+            stats.rates.prefill.probe(capacity.prefill_tokens_per_s);
+            stats.rates.decode.probe(capacity.decode_tokens_per_s);
             let tokenizer = Arc::new(PromptTokenizer::of(&engine.model));
             let loaded = Loaded { capacity, info, load: stats.clone(), pool: engine.pool.clone(), tokenizer: tokenizer.clone() };
             if ready.send(Ok(loaded)).is_err() {
@@ -99,6 +102,13 @@ pub(super) fn serve(config: ServeConfig, mut jobs: mpsc::Receiver<Work>, ready: 
         if let Ok(out) = &result {
             stats.lookahead_guessed.fetch_add(out.lookahead.guessed as u64, Ordering::Relaxed);
             stats.lookahead_right.fetch_add(out.lookahead.right as u64, Ordering::Relaxed);
+            stats.rates.observe(&RunSample {
+                prompt_tokens: out.prompt_tokens,
+                cached_tokens: out.cached_tokens,
+                prefill_secs: out.prefill_secs,
+                generated: out.tokens.len(),
+                decode_secs: out.decode_secs,
+            });
         }
         after_job(&engine, &stats, &source);
         let _ = job.reply.send(result);
