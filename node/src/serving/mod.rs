@@ -21,7 +21,7 @@
 //! - [`prompt`]: prompts to tokens (shared by the worker and the placing node).
 //! - [`placement`]: where a request runs — the cost function over the peers' adverts (pure).
 //! - [`rates`]: the prefill and decode rates advertised: the start-up probe's, then the
-//!   runs' own (pure).
+//!   runs' own (no I/O; unit-tested on its own).
 
 pub mod placement;
 pub mod prompt;
