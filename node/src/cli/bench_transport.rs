@@ -49,7 +49,7 @@ pub struct BenchTransportArgs {
 
 fn frame_bytes(s: &str) -> Result<usize, String> {
     let n: usize = s.parse().map_err(|e| format!("{e}"))?;
-    if (1..=64 << 20).contains(&n) { Ok(n) } else { Err("between 1 and 67108864 bytes".into()) }
+    if (1..=throughput::MAX_FRAME_BYTES).contains(&n) { Ok(n) } else { Err(format!("between 1 and {} bytes", throughput::MAX_FRAME_BYTES)) }
 }
 
 /// Measures and prints one JSON line per stack (between hosts: the sender prints its

@@ -20,6 +20,8 @@ use super::transport;
 const BENCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/pyagent/bench-transport/1");
 /// Longest any one measurement may take (listening, dialing and moving the bytes).
 pub(super) const DEADLINE: Duration = Duration::from_secs(120);
+/// The largest frame a measurement writes (and a bulk record a receiver accepts).
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
 /// A transport stack a node can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -170,7 +172,7 @@ pub(super) async fn read_records(mut tcp: tokio::net::TcpStream, opener: crate::
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok((total, Instant::now())),
             Err(e) => return Err(ThroughputError::Io(e)),
         }
-        let (_, len) = parse_header(header, usize::MAX).map_err(|e| ThroughputError::Stream(e.to_string()))?;
+        let (_, len) = parse_header(header, MAX_FRAME_BYTES).map_err(|e| ThroughputError::Stream(e.to_string()))?;
         buf.resize(len + BULK_TAG_BYTES, 0);
         tcp.read_exact(&mut buf).await?;
         total += opener.open(number, header, &mut buf).map_err(|e| ThroughputError::Stream(e.to_string()))? as u64;

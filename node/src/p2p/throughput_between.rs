@@ -193,6 +193,21 @@ mod tests {
         assert!(matches!(receive(ip, &forged).await, Err(ThroughputError::Stream(e)) if e.contains("before sending anything")));
         assert!(!sender.is_finished());
         sender.abort();
+        // A sender that claims a record larger than any measurement writes: refused
+        // before anything is allocated for it.
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let liar = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut token = [0u8; 32];
+            tokio::io::AsyncReadExt::read_exact(&mut socket, &mut token).await.unwrap();
+            let header = pyagent_protocol::kv::frame_header(pyagent_protocol::kv::KvFrameKind::Block, usize::MAX >> 1);
+            tokio::io::AsyncWriteExt::write_all(&mut socket, &header).await.unwrap();
+            socket
+        });
+        let ticket = Ticket { stack: TicketStack::Bulk, port, token: Some([1; 32]), key: Some([2; 32]) };
+        assert!(matches!(receive(ip, &ticket).await, Err(ThroughputError::Stream(_))));
+        drop(liar.await.unwrap());
         // A bulk ticket without its secrets is refused before connecting.
         let bare = Ticket { stack: TicketStack::Bulk, port: 1, token: None, key: None };
         assert!(matches!(receive(ip, &bare).await, Err(ThroughputError::Stream(_))));
