@@ -83,7 +83,8 @@ pub struct InferenceCapacity {
     pub kv_budget_bytes: u64,
     /// Whether the model and its KV budget fit in the memory available at start.
     pub fits: bool,
-    /// Measured at start (tokens/s).
+    /// Measured (tokens/s): by a short probe at start, then by the model's own runs (the
+    /// node's `serving::rates`).
     pub prefill_tokens_per_s: u32,
     pub decode_tokens_per_s: u32,
     /// The KV blocks its pool holds (a Bloom filter of their hashes): what peers may fetch
