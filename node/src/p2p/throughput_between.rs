@@ -94,7 +94,7 @@ impl Sending {
         &self.ticket
     }
 
-    /// Waits (at most [`DEADLINE`]) for the receiver, then sends it `bytes` in whole frames
+    /// Waits (at most the measurement deadline, 120 s) for the receiver, then sends it `bytes` in whole frames
     /// of `frame` bytes and ends the stream.
     pub async fn send(self, bytes: u64, frame: usize) -> Result<(), ThroughputError> {
         let frame = frame.max(1);
