@@ -94,8 +94,8 @@ impl Sending {
         &self.ticket
     }
 
-    /// Waits (at most the measurement deadline, 120 s) for the receiver, then sends it `bytes` in whole frames
-    /// of `frame` bytes and ends the stream.
+    /// Waits (at most the measurement deadline, 120 s) for the receiver, then sends it
+    /// `bytes` in whole frames of `frame` bytes and ends the stream.
     pub async fn send(self, bytes: u64, frame: usize) -> Result<(), ThroughputError> {
         let frame = frame.max(1);
         let frames = bytes.div_ceil(frame as u64);
