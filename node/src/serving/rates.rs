@@ -51,12 +51,6 @@ pub struct Followed {
 }
 
 impl Followed {
-    pub fn new(probe: u32) -> Self {
-        let rate = Self::default();
-        rate.probe(probe);
-        rate
-    }
-
     /// The start-up probe's rate: stands until a run measures one.
     pub fn probe(&self, rate: u32) {
         if !self.measured.load(Ordering::Relaxed) {
@@ -93,10 +87,6 @@ pub struct Rates {
 }
 
 impl Rates {
-    pub fn new(prefill_probe: u32, decode_probe: u32) -> Self {
-        Self { prefill: Followed::new(prefill_probe), decode: Followed::new(decode_probe) }
-    }
-
     /// Takes what a run measured.
     pub fn observe(&self, run: &RunSample) {
         if let Some(rate) = run.prefill_rate() {
@@ -112,6 +102,14 @@ impl Rates {
 mod tests {
     use super::*;
 
+    /// Rates as the worker starts them: unknown, then the probe's.
+    fn probed(prefill: u32, decode: u32) -> Rates {
+        let rates = Rates::default();
+        rates.prefill.probe(prefill);
+        rates.decode.probe(decode);
+        rates
+    }
+
     fn run(prompt_tokens: usize, cached_tokens: usize, prefill_secs: f64, generated: usize, decode_secs: f64) -> RunSample {
         RunSample { prompt_tokens, cached_tokens, prefill_secs, generated, decode_secs }
     }
@@ -119,7 +117,7 @@ mod tests {
     #[test]
     fn the_first_measured_run_replaces_the_probe_and_later_ones_move_it_by_the_weight() {
         // The lab's probe: 160 prefill, 10 decode tokens/s; the model runs at 600 / 60.
-        let rates = Rates::new(160, 10);
+        let rates = probed(160, 10);
         rates.observe(&run(600, 0, 1.0, 60, 1.0));
         assert_eq!((rates.prefill.get(), rates.decode.get()), (600, 60));
         // A slower run moves the rates 30% of the way, not all of it.
@@ -130,7 +128,7 @@ mod tests {
 
     #[test]
     fn runs_that_do_not_measure_a_rate_leave_it_alone() {
-        let rates = Rates::new(160, 10);
+        let rates = probed(160, 10);
         // A prompt that reused blocks (its time holds a cache build or a fetch), one too
         // short, a run of one token (max_tokens 1: no decode to speak of), zero times.
         for r in [run(600, 512, 0.1, 1, 0.0), run(32, 0, 0.05, 4, 0.1), run(600, 0, 0.0, 0, 0.0)] {
